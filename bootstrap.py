@@ -1,0 +1,70 @@
+#!/usr/bin/env python3
+"""Install everything into ./.venv and run one job. Needs only Python >= 3.11.
+
+    python3 bootstrap.py demo    # install, then run `tasklease demo`
+    python3 bootstrap.py test    # install, then lint, type-check and run every test
+    python3 bootstrap.py bench   # install, then run the benchmarks (bench/)
+
+Installing is idempotent: a second run only checks that the venv is current.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / "bin"
+STAMP = VENV / ".tasklease-installed"
+
+
+def run(*cmd: str | Path) -> None:
+    print("+", " ".join(str(c) for c in cmd), flush=True)
+    subprocess.run([str(c) for c in cmd], cwd=ROOT, check=True)
+
+
+def install() -> None:
+    if sys.version_info < (3, 11):
+        sys.exit(f"tasklease needs Python >= 3.11, this is {sys.version.split()[0]}")
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if STAMP.exists() and STAMP.read_text() == digest:
+        return
+    if not (BIN / "python").exists():
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    run(BIN / "python", "-m", "pip", "install", "--quiet", "--upgrade", "pip")
+    run(BIN / "python", "-m", "pip", "install", "--quiet", "-e", ".[dev]")
+    STAMP.write_text(digest)
+
+
+def main() -> int:
+    job = sys.argv[1] if len(sys.argv) > 1 else "test"
+    rest = sys.argv[2:]
+    install()
+    env_bin = str(BIN)
+    os.environ["PATH"] = env_bin + os.pathsep + os.environ.get("PATH", "")
+    try:
+        if job == "install":
+            return 0
+        if job == "demo":
+            run(BIN / "tasklease", "demo", *rest)
+        elif job == "test":
+            run(BIN / "ruff", "check", "src", "tests", "bench")
+            run(BIN / "ruff", "format", "--check", "src", "tests", "bench")
+            run(BIN / "mypy", "src")
+            run(BIN / "python", "-m", "pytest", *(rest or ["-q"]))
+        elif job == "bench":
+            run(BIN / "python", "-m", "bench", *rest)
+        else:
+            sys.exit(f"unknown job {job!r}: use demo, test, bench or install")
+    except subprocess.CalledProcessError as exc:
+        return exc.returncode or 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

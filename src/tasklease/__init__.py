@@ -1,0 +1,58 @@
+"""tasklease: a distributed task scheduler for Python, coordinated by etcd."""
+
+from tasklease.client import BatchResult, Client, SyncClient, TaskSpec
+from tasklease.errors import (
+    ConflictError,
+    CorruptRecord,
+    InvalidPayload,
+    InvalidPriority,
+    InvalidQueueName,
+    InvalidState,
+    InvalidTransition,
+    PayloadTooLarge,
+    StoreAuthError,
+    StoreError,
+    StoreUnavailable,
+    TaskFailed,
+    TaskleaseError,
+    TaskNotFound,
+    ValidationError,
+    WaitTimeout,
+)
+from tasklease.keys import Keyspace
+from tasklease.models import Attempt, Outcome, Task, TaskState
+from tasklease.retry import RetryPolicy
+from tasklease.store import StoreConfig
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Attempt",
+    "BatchResult",
+    "Client",
+    "ConflictError",
+    "CorruptRecord",
+    "InvalidPayload",
+    "InvalidPriority",
+    "InvalidQueueName",
+    "InvalidState",
+    "InvalidTransition",
+    "Keyspace",
+    "Outcome",
+    "PayloadTooLarge",
+    "RetryPolicy",
+    "StoreAuthError",
+    "StoreConfig",
+    "StoreError",
+    "StoreUnavailable",
+    "SyncClient",
+    "Task",
+    "TaskFailed",
+    "TaskNotFound",
+    "TaskSpec",
+    "TaskState",
+    "TaskleaseError",
+    "ValidationError",
+    "WaitTimeout",
+    "__version__",
+]

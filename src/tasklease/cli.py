@@ -1,0 +1,444 @@
+"""The ``tasklease`` command: a thin layer over :mod:`tasklease.client`.
+
+Exit codes: 0 success; 1 a runtime failure (etcd unreachable, a task that did
+not succeed, a wait that timed out); 2 bad input (bad option, unknown task id,
+invalid transition). Errors are one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import orjson
+
+from tasklease import codec
+from tasklease.client import Client, TaskSpec
+from tasklease.errors import (
+    InvalidTransition,
+    TaskleaseError,
+    TaskNotFound,
+    ValidationError,
+)
+from tasklease.models import Task, TaskState
+from tasklease.retry import RetryPolicy
+from tasklease.store import DEFAULT_ENDPOINT, StoreConfig
+
+EXIT_OK = 0
+EXIT_RUNTIME = 1
+EXIT_USAGE = 2
+
+USER_ERRORS = (ValidationError, TaskNotFound, InvalidTransition)
+
+
+class UsageError(Exception):
+    """A mistake on the command line (exit 2)."""
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(name, default)
+
+
+def _common(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """Options every command takes, before or after the command name."""
+
+    # On the top parser they carry defaults; on sub-parsers SUPPRESS keeps a
+    # value given before the command from being reset to the default.
+    def d(value: Any) -> Any:
+        return value if top else argparse.SUPPRESS
+
+    g = parser.add_argument_group("etcd connection")
+    g.add_argument(
+        "--etcd",
+        metavar="ENDPOINTS",
+        default=d(_env("TASKLEASE_ETCD", DEFAULT_ENDPOINT)),
+        help="comma-separated etcd endpoints (env TASKLEASE_ETCD; default %(default)s)"
+        if top
+        else argparse.SUPPRESS,
+    )
+    g.add_argument(
+        "--namespace",
+        default=d(_env("TASKLEASE_NAMESPACE", "tasklease")),
+        help="key namespace (env TASKLEASE_NAMESPACE)" if top else argparse.SUPPRESS,
+    )
+    g.add_argument(
+        "--etcd-timeout",
+        type=float,
+        default=d(float(_env("TASKLEASE_ETCD_TIMEOUT", "5") or 5)),
+        help="seconds to wait for one etcd request" if top else argparse.SUPPRESS,
+    )
+    g.add_argument("--etcd-user", default=d(_env("TASKLEASE_ETCD_USER")), help=argparse.SUPPRESS)
+    g.add_argument("--etcd-password", default=d(_env("TASKLEASE_ETCD_PASSWORD")), help=argparse.SUPPRESS)
+    g.add_argument("--etcd-ca", default=d(_env("TASKLEASE_ETCD_CA")), help=argparse.SUPPRESS)
+    g.add_argument("--etcd-cert", default=d(_env("TASKLEASE_ETCD_CERT")), help=argparse.SUPPRESS)
+    g.add_argument("--etcd-key", default=d(_env("TASKLEASE_ETCD_KEY")), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=d(False),
+        help="print machine-readable JSON" if top else argparse.SUPPRESS,
+    )
+    parser.add_argument(
+        "--log-level",
+        default=d(_env("TASKLEASE_LOG_LEVEL", "warning")),
+        choices=["debug", "info", "warning", "error"],
+        help=argparse.SUPPRESS,
+    )
+
+
+def store_config(args: argparse.Namespace) -> StoreConfig:
+    """The etcd connection the options describe."""
+    return StoreConfig.from_text(
+        args.etcd,
+        timeout_s=args.etcd_timeout,
+        user=args.etcd_user,
+        password=args.etcd_password,
+        ca_file=args.etcd_ca,
+        cert_file=args.etcd_cert,
+        key_file=args.etcd_key,
+    )
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line."""
+    parser = argparse.ArgumentParser(
+        prog="tasklease", description="A distributed task scheduler coordinated by etcd."
+    )
+    _common(parser, top=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def cmd(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        _common(p, top=False)
+        return p
+
+    p = cmd("etcd", "run a single-node etcd on 127.0.0.1 in the foreground")
+    p.add_argument("--data-dir", type=Path, default=None, help="data directory")
+    p.add_argument("--port", type=_int, default=2379, help="client port (default 2379)")
+    p.add_argument("--peer-port", type=_int, default=0, help="peer port (default: a free one)")
+
+    p = cmd("submit", "submit a task")
+    p.add_argument("type", help="task type (executor name)")
+    p.add_argument("--payload", default="null", help="JSON payload")
+    p.add_argument("--priority", type=_int, default=1, help="0 (low) .. 3 (urgent); default 1")
+    p.add_argument("--queue", default="default")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds per attempt")
+    p.add_argument("--retries", type=_int, default=0, help="retries after a failure")
+    p.add_argument("--backoff", type=float, default=1.0, help="first retry delay (s)")
+    p.add_argument("--wait", action="store_true", help="wait and print the final record")
+    p.add_argument("--wait-timeout", type=_positive_float, default=None, help="give up waiting after S s")
+
+    p = cmd("status", "show a task")
+    p.add_argument("id")
+
+    p = cmd("list", "list tasks")
+    p.add_argument("--state", default=None)
+    p.add_argument("--queue", default=None)
+    p.add_argument("--limit", type=_int, default=100)
+
+    p = cmd("cancel", "cancel a queued or running task")
+    p.add_argument("id")
+
+    p = cmd("priority", "change a waiting task's priority")
+    p.add_argument("id")
+    p.add_argument("priority", type=_int)
+
+    p = cmd("wait", "wait for a task to finish")
+    p.add_argument("id")
+    p.add_argument("--timeout", type=_positive_float, default=None)
+
+    cmd("stats", "tasks per state and queue")
+
+    p = cmd("demo", "start a local etcd, run a small workload, print a summary, stop")
+    p.add_argument("--data-dir", type=Path, default=None, help="keep etcd's data here")
+    return parser
+
+
+# output ----------------------------------------------------------------------------------
+def _print_json(value: Any) -> None:
+    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) + f".{int(ts * 1000) % 1000:03d}"
+
+
+def _print_task(task: Task) -> None:
+    print(f"id:        {task.id}")
+    print(f"type:      {task.type}")
+    print(f"state:     {task.state.value}")
+    print(f"queue:     {task.queue}   priority: {task.priority}   timeout: {task.timeout_s:g} s")
+    print(f"retries:   {task.retry.max_retries} (backoff {task.retry.backoff_s:g} s)")
+    print(f"created:   {_when(task.created_at)}   updated: {_when(task.updated_at)}")
+    if task.not_before:
+        print(f"not before {_when(task.not_before)}")
+    print(f"payload:   {orjson.dumps(task.payload).decode()}")
+    if task.state is TaskState.SUCCEEDED:
+        print(f"result:    {orjson.dumps(task.result).decode()}")
+    if task.error:
+        print(f"error:     {task.error}")
+    if task.attempts:
+        print("attempts:")
+        for a in task.attempts:
+            outcome = a.outcome.value if a.outcome else "running"
+            err = f"  {a.error}" if a.error else ""
+            print(f"  #{a.number} {a.worker} {_when(a.started_at)} -> {_when(a.finished_at)} {outcome}{err}")
+
+
+def _table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
+    for row in (header, *rows):
+        print("  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=False)).rstrip())
+
+
+# commands --------------------------------------------------------------------------------
+async def _with_client(args: argparse.Namespace, fn: Callable[[Client], Awaitable[int]]) -> int:
+    client = await Client.connect(store_config(args), namespace=args.namespace)
+    try:
+        return await fn(client)
+    finally:
+        await client.close()
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """``tasklease submit``."""
+    payload = codec.parse_json(args.payload)
+    spec = TaskSpec(
+        type=args.type,
+        payload=payload,
+        queue=args.queue,
+        priority=args.priority,
+        timeout_s=args.timeout,
+        retry=RetryPolicy(max_retries=args.retries, backoff_s=args.backoff),
+    )
+
+    async def run(client: Client) -> int:
+        task = await client.submit_spec(spec)
+        if not args.wait:
+            if args.json:
+                _print_json({"id": task.id})
+            else:
+                print(task.id)
+            return EXIT_OK
+        final = await client.wait(task.id, args.wait_timeout)
+        return _show_final(args, final)
+
+    return asyncio.run(_with_client(args, run))
+
+
+def _show_final(args: argparse.Namespace, task: Task) -> int:
+    if args.json:
+        _print_json(codec.task_to_dict(task))
+    else:
+        _print_task(task)
+    return EXIT_OK if task.state is TaskState.SUCCEEDED else EXIT_RUNTIME
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """``tasklease status``."""
+
+    async def run(client: Client) -> int:
+        task = await client.get(args.id)
+        if args.json:
+            _print_json(codec.task_to_dict(task))
+        else:
+            _print_task(task)
+        return EXIT_OK
+
+    return asyncio.run(_with_client(args, run))
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """``tasklease list``."""
+    state = TaskState.parse(args.state) if args.state else None
+
+    async def run(client: Client) -> int:
+        tasks = await client.list(state=state, queue=args.queue, limit=args.limit)
+        if args.json:
+            _print_json([codec.task_to_dict(t) for t in tasks])
+            return EXIT_OK
+        rows = [
+            (
+                t.id,
+                t.state.value,
+                t.queue,
+                str(t.priority),
+                t.type,
+                str(len(t.attempts)),
+                _when(t.created_at),
+            )
+            for t in tasks
+        ]
+        _table(rows, ("ID", "STATE", "QUEUE", "PRIO", "TYPE", "ATTEMPTS", "CREATED"))
+        return EXIT_OK
+
+    return asyncio.run(_with_client(args, run))
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    """``tasklease cancel``."""
+
+    async def run(client: Client) -> int:
+        task = await client.cancel(args.id)
+        if args.json:
+            _print_json(codec.task_to_dict(task))
+        else:
+            print(f"{task.id} cancelled")
+        return EXIT_OK
+
+    return asyncio.run(_with_client(args, run))
+
+
+def cmd_priority(args: argparse.Namespace) -> int:
+    """``tasklease priority``."""
+
+    async def run(client: Client) -> int:
+        task = await client.set_priority(args.id, args.priority)
+        if args.json:
+            _print_json(codec.task_to_dict(task))
+        else:
+            print(f"{task.id} priority {task.priority}")
+        return EXIT_OK
+
+    return asyncio.run(_with_client(args, run))
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    """``tasklease wait``."""
+
+    async def run(client: Client) -> int:
+        return _show_final(args, await client.wait(args.id, args.timeout))
+
+    return asyncio.run(_with_client(args, run))
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    """``tasklease stats``."""
+
+    async def run(client: Client) -> int:
+        stats = await client.stats()
+        if args.json:
+            _print_json(stats)
+            return EXIT_OK
+        states = [s.value for s in TaskState]
+        rows = [(q, *(str(c[s]) for s in states)) for q, c in stats["queues"].items()]
+        rows.append(("TOTAL", *(str(stats["states"][s]) for s in states)))
+        _table(rows, ("QUEUE", *(s.upper() for s in states)))
+        return EXIT_OK
+
+    return asyncio.run(_with_client(args, run))
+
+
+def cmd_etcd(args: argparse.Namespace) -> int:
+    """``tasklease etcd``: a local etcd in the foreground until SIGINT/SIGTERM."""
+    from tasklease.etcd_server import EtcdServer
+
+    data_dir = (
+        args.data_dir
+        or Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share"))
+        / "tasklease"
+        / f"etcd-{args.port}"
+    )
+    server = EtcdServer(data_dir=data_dir, client_port=args.port, peer_port=args.peer_port)
+    stop = {"signal": 0}
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop["signal"] = signum
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server.start(stream=False)
+    msg = f"etcd {server.endpoint} ready (data dir {data_dir}, metrics {server.metrics_url})"
+    if args.json:
+        _print_json(
+            {
+                "endpoint": server.endpoint,
+                "data_dir": str(data_dir),
+                "pid": server.process.pid if server.process else None,
+            }
+        )
+    else:
+        print(msg, flush=True)
+    sys.stdout.flush()
+    try:
+        while not stop["signal"]:
+            if not server.running:
+                print("error: etcd exited unexpectedly", file=sys.stderr)
+                return EXIT_RUNTIME
+            time.sleep(0.1)
+    finally:
+        server.stop()
+    if not args.json:
+        print("etcd stopped", flush=True)
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``tasklease demo``."""
+    from tasklease.demo import run_demo
+
+    return run_demo(args.data_dir)
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "demo": cmd_demo,
+    "etcd": cmd_etcd,
+    "submit": cmd_submit,
+    "status": cmd_status,
+    "list": cmd_list,
+    "cancel": cmd_cancel,
+    "priority": cmd_priority,
+    "wait": cmd_wait,
+    "stats": cmd_stats,
+}
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    sys.stderr.write(f"tasklease: error: {message}\n")
+    raise SystemExit(code)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code."""
+    from tasklease.logs import setup_logging
+
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level, "text")
+    try:
+        return COMMANDS[args.command](args)
+    except USER_ERRORS as exc:
+        _fail(str(exc), EXIT_USAGE)
+    except TaskleaseError as exc:
+        _fail(str(exc), EXIT_RUNTIME)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,649 @@
+"""Submit, inspect, wait for, re-prioritise and cancel tasks.
+
+Round trips (each is one etcd request):
+
+=========================  ===============================================
+``submit``                 1 transaction (record + queue key)
+``submit_many`` (n tasks)  ceil(n / 64) transactions (fewer if payloads are
+                           large: one transaction stays under 1.4 MB)
+``get``                    1 range
+``cancel`` / ``priority``  1 range + 1 transaction (repeated on a race)
+``wait``                   1 range + 1 watch stream
+=========================  ===============================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import logging
+import random
+import threading
+from collections import Counter
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from types import TracebackType
+from typing import Any, TypeVar
+
+from tasklease import codec
+from tasklease.clock import Clock, SystemClock
+from tasklease.errors import (
+    BatchIncomplete,
+    ConflictError,
+    CorruptRecord,
+    InvalidOption,
+    InvalidTransition,
+    StoreUnavailable,
+    TaskFailed,
+    TaskNotFound,
+    WaitTimeout,
+    WatchCompacted,
+)
+from tasklease.ids import IdGenerator, is_task_id
+from tasklease.keys import Keyspace, check_name, prefix_end
+from tasklease.models import (
+    DEFAULT_PRIORITY,
+    DEFAULT_QUEUE,
+    DEFAULT_TIMEOUT_S,
+    JSON,
+    Outcome,
+    Task,
+    TaskState,
+    check_priority,
+    check_timeout,
+    transition,
+)
+from tasklease.retry import RetryPolicy
+from tasklease.store import (
+    KV,
+    MAX_TXN_BYTES,
+    MAX_TXN_OPS,
+    Compare,
+    Delete,
+    Get,
+    Op,
+    Put,
+    Store,
+    StoreConfig,
+)
+
+log = logging.getLogger("tasklease.client")
+
+T = TypeVar("T")
+
+# Each submitted task is one compare and two puts: 64 fill etcd's 128 ops.
+TASKS_PER_TXN = MAX_TXN_OPS // 2
+# How often a read-modify-write is retried when someone else won the race.
+MAX_CONFLICT_RETRIES = 50
+LIST_PAGE = 500
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """What to run: everything a submit needs, validated on construction.
+
+    Attributes:
+        type: The executor name (task type).
+        payload: JSON arguments.
+        queue: Queue name.
+        priority: 0 (low) .. 3 (urgent).
+        timeout_s: Limit of one attempt.
+        retry: Retry policy.
+        task_id: An id to use instead of a new one (must be unused).
+    """
+
+    type: str
+    payload: JSON = None
+    queue: str = DEFAULT_QUEUE
+    priority: int = DEFAULT_PRIORITY
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    task_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.type, str) or not 1 <= len(self.type) <= 128:
+            raise InvalidOption("task type must be a string of 1 to 128 characters")
+        check_priority(self.priority)
+        check_name(self.queue)
+        check_timeout(self.timeout_s)
+        codec.encode_json(self.payload)
+        if self.task_id is not None and not is_task_id(self.task_id):
+            raise InvalidOption(f"bad task id {self.task_id!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """What ``submit_many`` wrote.
+
+    Attributes:
+        tasks: The submitted tasks, in the order given.
+        transactions: How many etcd transactions it took. With 1 the batch was
+            atomic; with more, each transaction was atomic on its own.
+    """
+
+    tasks: list[Task]
+    transactions: int
+
+    @property
+    def atomic(self) -> bool:
+        """Whether the whole batch was written by one transaction."""
+        return self.transactions <= 1
+
+
+class Client:
+    """The async client.
+
+    Args:
+        store: A connected store.
+        keyspace: The namespace's keys.
+        clock: Time source.
+        ids: Id and sequence generator.
+
+    Use :meth:`connect` to build one from a :class:`StoreConfig`.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        keyspace: Keyspace,
+        *,
+        clock: Clock | None = None,
+        ids: IdGenerator | None = None,
+    ) -> None:
+        self.store = store
+        self.keys = keyspace
+        self.clock = clock or SystemClock()
+        self.ids = ids or IdGenerator(self.clock)
+        self._owns_store = False
+        self._rng = random.Random()
+
+    @classmethod
+    async def connect(cls, config: StoreConfig | None = None, *, namespace: str = "tasklease") -> Client:
+        """Connect to etcd and return a client that owns the connection."""
+        keyspace = Keyspace(namespace)
+        store = Store(config)
+        await store.connect()
+        client = cls(store, keyspace)
+        client._owns_store = True
+        return client
+
+    async def close(self) -> None:
+        """Close the connection if this client opened it."""
+        if self._owns_store:
+            await self.store.close()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # submit -----------------------------------------------------------------------------
+    def _new_task(self, spec: TaskSpec) -> Task:
+        now = self.clock.now()
+        return Task(
+            id=spec.task_id or self.ids.task_id(),
+            type=spec.type,
+            payload=spec.payload,
+            queue=spec.queue,
+            priority=spec.priority,
+            timeout_s=float(spec.timeout_s),
+            retry=spec.retry,
+            state=TaskState.QUEUED,
+            seq=self.ids.sequence(),
+            created_at=now,
+            updated_at=now,
+        )
+
+    def _queue_key(self, task: Task) -> str:
+        return self.keys.queue_entry(task.queue, task.priority, task.seq, task.id)
+
+    def _submit_ops(self, task: Task, data: bytes) -> tuple[Compare, list[Op]]:
+        return (
+            Compare.absent(self.keys.task(task.id)),
+            [
+                Put(self.keys.task(task.id), data),
+                Put(self._queue_key(task), task.id.encode()),
+            ],
+        )
+
+    async def submit(
+        self,
+        type: str,
+        payload: JSON = None,
+        *,
+        queue: str = DEFAULT_QUEUE,
+        priority: int = DEFAULT_PRIORITY,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        retry: RetryPolicy | None = None,
+        task_id: str | None = None,
+    ) -> Task:
+        """Submit one task: one transaction writes its record and its queue key.
+
+        Returns:
+            The task as stored (state ``queued``).
+
+        Raises:
+            ValidationError: Bad priority, queue, timeout, payload (nothing written).
+            InvalidOption: ``task_id`` is already used.
+            StoreError: etcd failed.
+        """
+        spec = TaskSpec(type, payload, queue, priority, timeout_s, retry or RetryPolicy(), task_id)
+        return await self.submit_spec(spec)
+
+    async def submit_spec(self, spec: TaskSpec) -> Task:
+        """Submit one validated :class:`TaskSpec`."""
+        task = self._new_task(spec)
+        data = codec.encode_task(task)
+        compare, ops = self._submit_ops(task, data)
+        try:
+            result = await self.store.txn([compare], ops)
+        except StoreUnavailable:
+            # The transaction may have committed before the answer was lost.
+            if await self._stored_as(task.id, data):
+                return task
+            raise
+        if not result.succeeded:
+            raise InvalidOption(f"task id {task.id} is already used")
+        log.debug("submitted", extra={"task_id": task.id, "queue": task.queue})
+        return task
+
+    async def _stored_as(self, task_id: str, data: bytes) -> bool:
+        try:
+            kv, _ = await self.store.get(self.keys.task(task_id))
+        except StoreUnavailable:
+            return False
+        return kv is not None and kv.value == data
+
+    async def submit_many(self, specs: Iterable[TaskSpec]) -> BatchResult:
+        """Submit many tasks in as few transactions as etcd allows.
+
+        Every spec is validated and encoded before anything is written, so one
+        invalid task writes nothing. Up to 64 tasks (and 1.4 MB) go in one
+        transaction, which is all or nothing; a larger batch is split at that
+        limit, and :attr:`BatchResult.transactions` says into how many.
+
+        Raises:
+            ValidationError: Some spec is invalid (nothing written).
+            BatchIncomplete: A later transaction failed after earlier ones were
+                committed; its ``written`` attribute lists the tasks that were.
+        """
+        tasks: list[Task] = []
+        encoded: list[bytes] = []
+        for spec in specs:
+            task = self._new_task(spec)
+            tasks.append(task)
+            encoded.append(codec.encode_task(task))
+        if len({t.id for t in tasks}) != len(tasks):
+            raise InvalidOption("a batch holds the same task id twice")
+        chunks = _chunk(tasks, encoded)
+        if len(chunks) > 1:
+            log.info(
+                "batch of %d tasks split into %d transactions (etcd allows %d ops each)",
+                len(tasks),
+                len(chunks),
+                MAX_TXN_OPS,
+            )
+        written: list[Task] = []
+        for chunk in chunks:
+            compares: list[Compare] = []
+            ops: list[Op] = []
+            for task, data in chunk:
+                compare, task_ops = self._submit_ops(task, data)
+                compares.append(compare)
+                ops.extend(task_ops)
+            try:
+                result = await self.store.txn(compares, ops)
+            except StoreUnavailable as exc:
+                first_task, first_data = chunk[0]
+                if not await self._stored_as(first_task.id, first_data):
+                    if written:
+                        raise BatchIncomplete(written, str(exc)) from exc
+                    raise
+                result = None
+            if result is not None and not result.succeeded:
+                reason = "a task id in the batch is already used"
+                if written:
+                    raise BatchIncomplete(written, reason)
+                raise InvalidOption(reason)
+            written.extend(task for task, _ in chunk)
+        return BatchResult(tasks, len(chunks))
+
+    # read -------------------------------------------------------------------------------
+    async def _read(self, task_id: str) -> tuple[Task, KV, int]:
+        if not is_task_id(task_id):
+            raise TaskNotFound(task_id)
+        key = self.keys.task(task_id)
+        kv, revision = await self.store.get(key)
+        if kv is None:
+            raise TaskNotFound(task_id)
+        return codec.decode_task(key, kv.value), kv, revision
+
+    async def get(self, task_id: str) -> Task:
+        """Return a task's record.
+
+        Raises:
+            TaskNotFound: No such task (or it expired).
+            CorruptRecord: The stored record cannot be decoded.
+        """
+        task, _, _ = await self._read(task_id)
+        return task
+
+    async def list(
+        self,
+        *,
+        state: TaskState | None = None,
+        queue: str | None = None,
+        limit: int = 100,
+    ) -> list[Task]:
+        """List tasks, oldest first; queued tasks of one queue in dequeue order.
+
+        ``state=queued`` with a ``queue`` reads that queue's keys (cost grows
+        with ``limit``); any other filter scans task records in pages.
+        Records that cannot be decoded are skipped with an error log.
+
+        Args:
+            state: Only this state.
+            queue: Only this queue.
+            limit: At most this many (1..10000).
+        """
+        if not 1 <= limit <= 10_000:
+            raise InvalidOption("limit must be in 1..10000")
+        if queue is not None:
+            check_name(queue)
+        if state is TaskState.QUEUED and queue is not None:
+            return await self._list_queue(queue, limit)
+        found: list[Task] = []
+        async for task in self.scan():
+            if state is not None and task.state is not state:
+                continue
+            if queue is not None and task.queue != queue:
+                continue
+            found.append(task)
+            if len(found) >= limit:
+                break
+        return found
+
+    async def _list_queue(self, queue: str, limit: int) -> builtins.list[Task]:
+        prefix = self.keys.queue(queue)
+        entries = await self.store.range(prefix, prefix_end(prefix), limit=limit, keys_only=True)
+        ids = [self.keys.parse_queue_entry(kv.key).task_id for kv in entries.kvs]
+        tasks: builtins.list[Task] = []
+        for start in range(0, len(ids), MAX_TXN_OPS):
+            chunk = ids[start : start + MAX_TXN_OPS]
+            result = await self.store.txn([], [Get(self.keys.task(i)) for i in chunk])
+            for kvs in result.reads:
+                for kv in kvs:
+                    task = self._decode_or_log(kv)
+                    if task is not None and task.state is TaskState.QUEUED:
+                        tasks.append(task)
+        return tasks
+
+    def _decode_or_log(self, kv: KV) -> Task | None:
+        try:
+            return codec.decode_task(kv.key, kv.value)
+        except CorruptRecord as exc:
+            log.error("skipping corrupt task record: %s", exc)
+            return None
+
+    async def scan(self) -> Any:
+        """Yield every decodable task record, in id order, page by page."""
+        start = self.keys.tasks
+        end = prefix_end(start)
+        while True:
+            page = await self.store.range(start, end, limit=LIST_PAGE)
+            for kv in page.kvs:
+                task = self._decode_or_log(kv)
+                if task is not None:
+                    yield task
+            if not page.more or not page.kvs:
+                return
+            start = page.kvs[-1].key + "\0"
+
+    async def stats(self) -> dict[str, Any]:
+        """Tasks per state and per queue (scans every record)."""
+        per_queue: dict[str, Counter[str]] = {}
+        totals: Counter[str] = Counter()
+        async for task in self.scan():
+            per_queue.setdefault(task.queue, Counter())[task.state.value] += 1
+            totals[task.state.value] += 1
+        return {
+            "states": {s.value: totals.get(s.value, 0) for s in TaskState},
+            "queues": {
+                q: {s.value: c.get(s.value, 0) for s in TaskState} for q, c in sorted(per_queue.items())
+            },
+            "total": sum(totals.values()),
+        }
+
+    # change -----------------------------------------------------------------------------
+    async def _modify(
+        self, task_id: str, action: str, change: Callable[[Task], tuple[Task, builtins.list[Op]] | None]
+    ) -> Task:
+        """Read-modify-write with a compare on the record's mod revision, retried on races.
+
+        ``change(task)`` returns ``(new_task, extra_ops)``, or ``None`` for no change.
+        """
+        for _ in range(MAX_CONFLICT_RETRIES):
+            task, kv, _ = await self._read(task_id)
+            planned = change(task)
+            if planned is None:
+                return task
+            new_task, extra_ops = planned
+            data = codec.encode_task(new_task)
+            try:
+                result = await self.store.txn([Compare.unchanged(kv)], [Put(kv.key, data), *extra_ops])
+            except StoreUnavailable:
+                if await self._stored_as(task_id, data):
+                    return new_task
+                raise
+            if result.succeeded:
+                return new_task
+            await asyncio.sleep(self._rng.uniform(0, 0.005))
+        raise ConflictError(f"could not {action} task {task_id}: it kept changing")
+
+    async def cancel(self, task_id: str, reason: str = "cancelled by request") -> Task:
+        """Cancel a task that has not finished.
+
+        A queued task leaves its queue; a running task's assignment is deleted,
+        which tells its worker to stop it (and fences off its result).
+
+        Raises:
+            TaskNotFound: No such task.
+            InvalidTransition: It already finished.
+        """
+
+        def change(task: Task) -> tuple[Task, list[Op]] | None:
+            now = self.clock.now()
+            if task.state.terminal:
+                raise InvalidTransition(task.id, task.state.value, "cancel")
+            ops: list[Op] = []
+            attempts = task.attempts
+            if task.state is TaskState.QUEUED:
+                ops.append(Delete(self._queue_key(task)))
+            elif task.state is TaskState.RUNNING and (current := task.current_attempt):
+                ops.append(Delete(self.keys.assignment(current.worker, task.id)))
+                ops.append(Delete(self.keys.running_entry(task.id)))
+                attempts = (
+                    *attempts[:-1],
+                    replace(current, finished_at=now, outcome=Outcome.CANCELLED, error=reason),
+                )
+            return transition(task, TaskState.CANCELLED, now=now, attempts=attempts, error=reason), ops
+
+        return await self._modify(task_id, "cancel", change)
+
+    async def set_priority(self, task_id: str, priority: int) -> Task:
+        """Change the priority of a task that waits (queued or pending).
+
+        A queued task's queue key moves to the new band in the same
+        transaction; it keeps its place in time (its sequence).
+
+        Raises:
+            InvalidPriority: Priority outside 0..3.
+            TaskNotFound: No such task.
+            InvalidTransition: It is running or finished.
+        """
+        check_priority(priority)
+
+        def change(task: Task) -> tuple[Task, list[Op]] | None:
+            if task.state not in (TaskState.QUEUED, TaskState.PENDING):
+                raise InvalidTransition(task.id, task.state.value, "change the priority of")
+            if task.priority == priority:
+                return None
+            new_task = replace(task, priority=priority, updated_at=self.clock.now())
+            ops: list[Op] = []
+            if task.state is TaskState.QUEUED:
+                ops = [
+                    Delete(self._queue_key(task)),
+                    Put(self._queue_key(new_task), task.id.encode()),
+                ]
+            return new_task, ops
+
+        return await self._modify(task_id, "change the priority of", change)
+
+    # wait -------------------------------------------------------------------------------
+    async def wait(self, task_id: str, timeout_s: float | None = None) -> Task:
+        """Wait until the task is terminal, by watching its record (no polling).
+
+        Args:
+            task_id: The task.
+            timeout_s: Give up after this long (None = wait forever).
+
+        Returns:
+            The terminal record.
+
+        Raises:
+            WaitTimeout: The time ran out.
+            TaskNotFound: No such task, or it was deleted while waiting.
+        """
+        if timeout_s is not None and timeout_s <= 0:
+            raise InvalidOption("wait timeout must be > 0")
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await self._wait(task_id)
+        except TimeoutError:
+            raise WaitTimeout(task_id, timeout_s or 0) from None
+
+    async def _wait(self, task_id: str) -> Task:
+        while True:
+            task, _, revision = await self._read(task_id)
+            if task.state.terminal:
+                return task
+            key = self.keys.task(task_id)
+            try:
+                async for events in self.store.watch(key, key + "\0", revision + 1):
+                    for ev in events:
+                        if ev.type == "delete":
+                            raise TaskNotFound(task_id)
+                        task = codec.decode_task(key, ev.kv.value)
+                        if task.state.terminal:
+                            return task
+            except WatchCompacted:
+                continue
+
+    async def result(self, task_id: str, timeout_s: float | None = None) -> JSON:
+        """Wait for the task and return its result.
+
+        Raises:
+            TaskFailed: It ended failed or cancelled.
+            WaitTimeout: The time ran out.
+        """
+        task = await self.wait(task_id, timeout_s)
+        if task.state is not TaskState.SUCCEEDED:
+            raise TaskFailed(task.id, task.state.value, task.error)
+        return task.result
+
+
+def _chunk(tasks: Sequence[Task], encoded: Sequence[bytes]) -> list[list[tuple[Task, bytes]]]:
+    chunks: list[list[tuple[Task, bytes]]] = []
+    current: list[tuple[Task, bytes]] = []
+    size = 0
+    for task, data in zip(tasks, encoded, strict=True):
+        cost = len(data) + 2 * 160
+        if current and (len(current) >= TASKS_PER_TXN or size + cost > MAX_TXN_BYTES):
+            chunks.append(current)
+            current, size = [], 0
+        current.append((task, data))
+        size += cost
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+class SyncClient:
+    """A blocking facade over :class:`Client` for WSGI apps and scripts.
+
+    It runs the async client on an event loop in a background thread; every
+    method has the async client's meaning and errors.
+
+    Args:
+        config: Where etcd is.
+        namespace: The deployment's namespace.
+    """
+
+    def __init__(self, config: StoreConfig | None = None, *, namespace: str = "tasklease") -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        try:
+            self._client = self._run(Client.connect(config, namespace=namespace))
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    def close(self) -> None:
+        """Close the connection and the background loop."""
+        if self._loop.is_closed():
+            return
+        self._run(self._client.close())
+        self._stop_loop()
+
+    def __enter__(self) -> SyncClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def submit(self, type: str, payload: JSON = None, **options: Any) -> Task:
+        """See :meth:`Client.submit`."""
+        return self._run(self._client.submit(type, payload, **options))
+
+    def submit_many(self, specs: Iterable[TaskSpec]) -> BatchResult:
+        """See :meth:`Client.submit_many`."""
+        return self._run(self._client.submit_many(list(specs)))
+
+    def get(self, task_id: str) -> Task:
+        """See :meth:`Client.get`."""
+        return self._run(self._client.get(task_id))
+
+    def list(self, **filters: Any) -> list[Task]:
+        """See :meth:`Client.list`."""
+        return self._run(self._client.list(**filters))
+
+    def cancel(self, task_id: str) -> Task:
+        """See :meth:`Client.cancel`."""
+        return self._run(self._client.cancel(task_id))
+
+    def set_priority(self, task_id: str, priority: int) -> Task:
+        """See :meth:`Client.set_priority`."""
+        return self._run(self._client.set_priority(task_id, priority))
+
+    def wait(self, task_id: str, timeout_s: float | None = None) -> Task:
+        """See :meth:`Client.wait`."""
+        return self._run(self._client.wait(task_id, timeout_s))
+
+    def result(self, task_id: str, timeout_s: float | None = None) -> JSON:
+        """See :meth:`Client.result`."""
+        return self._run(self._client.result(task_id, timeout_s))

@@ -1,0 +1,211 @@
+"""Records <-> bytes: JSON (never pickle), with a schema version.
+
+Limits. etcd refuses requests over 1.5 MiB (``--max-request-bytes``). A task
+record is written whole in one transaction with its queue key, so we keep a
+margin: a payload (and a result) may be at most ``MAX_PAYLOAD_BYTES`` (512 KiB)
+of JSON, and a whole encoded record at most ``MAX_RECORD_BYTES`` (1 MiB).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import orjson
+
+from tasklease.errors import CorruptRecord, InvalidPayload, PayloadTooLarge, TaskleaseError
+from tasklease.models import JSON, SCHEMA_VERSION, Attempt, Outcome, Task, TaskState
+from tasklease.retry import RetryPolicy
+
+MAX_PAYLOAD_BYTES = 512 * 1024
+MAX_RECORD_BYTES = 1024 * 1024
+_MAX_DEPTH = 64
+
+
+def _check_json_value(value: Any, depth: int = 0) -> None:
+    """Reject what orjson would encode silently but JSON does not have (NaN, inf)."""
+    if depth > _MAX_DEPTH:
+        raise InvalidPayload(f"JSON nested deeper than {_MAX_DEPTH} levels")
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidPayload(f"{value} is not a JSON number")
+    elif isinstance(value, dict):
+        for item in value.values():
+            _check_json_value(item, depth + 1)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _check_json_value(item, depth + 1)
+
+
+def encode_json(value: JSON, what: str = "payload", limit: int = MAX_PAYLOAD_BYTES) -> bytes:
+    """Encode a JSON value, checking that it is JSON and within ``limit``.
+
+    Args:
+        value: The value (dict, list, str, int, float, bool or None).
+        what: What it is, for error messages ("payload", "result").
+        limit: Maximum encoded size in bytes.
+
+    Returns:
+        The UTF-8 JSON bytes.
+
+    Raises:
+        InvalidPayload: If the value is not JSON-serialisable.
+        PayloadTooLarge: If its encoding is over ``limit``.
+    """
+    try:
+        data = orjson.dumps(value)
+    except TypeError as exc:
+        raise InvalidPayload(f"{what} is not JSON-serialisable: {exc}") from None
+    _check_json_value(value)
+    if len(data) > limit:
+        raise PayloadTooLarge(what, len(data), limit)
+    return data
+
+
+def parse_json(text: str | bytes, what: str = "payload") -> JSON:
+    """Parse JSON text given by a user.
+
+    Raises:
+        InvalidPayload: If it is not valid JSON.
+    """
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidPayload(f"{what} is not valid JSON: {exc}") from None
+
+
+def _attempt_to_dict(a: Attempt) -> dict[str, Any]:
+    return {
+        "n": a.number,
+        "worker": a.worker,
+        "started_at": a.started_at,
+        "finished_at": a.finished_at,
+        "outcome": a.outcome.value if a.outcome else None,
+        "error": a.error,
+    }
+
+
+def _attempt_from_dict(d: dict[str, Any]) -> Attempt:
+    outcome = d.get("outcome")
+    return Attempt(
+        number=int(d["n"]),
+        worker=str(d["worker"]),
+        started_at=float(d["started_at"]),
+        finished_at=None if d.get("finished_at") is None else float(d["finished_at"]),
+        outcome=None if outcome is None else Outcome(outcome),
+        error=d.get("error"),
+    )
+
+
+def task_to_dict(task: Task) -> dict[str, Any]:
+    """The record as a JSON-ready dict (what ``status --json`` prints)."""
+    r = task.retry
+    return {
+        "v": SCHEMA_VERSION,
+        "id": task.id,
+        "type": task.type,
+        "payload": task.payload,
+        "queue": task.queue,
+        "priority": task.priority,
+        "timeout_s": task.timeout_s,
+        "retry": {
+            "max_retries": r.max_retries,
+            "backoff_s": r.backoff_s,
+            "backoff_max_s": r.backoff_max_s,
+            "jitter": r.jitter,
+            "max_losses": r.max_losses,
+        },
+        "state": task.state.value,
+        "seq": task.seq,
+        "created_at": task.created_at,
+        "updated_at": task.updated_at,
+        "not_before": task.not_before,
+        "attempts": [_attempt_to_dict(a) for a in task.attempts],
+        "result": task.result,
+        "error": task.error,
+    }
+
+
+def encode_task(task: Task) -> bytes:
+    """Encode a task record.
+
+    Raises:
+        PayloadTooLarge: If the record is over ``MAX_RECORD_BYTES``.
+        InvalidPayload: If the payload or result is not JSON.
+    """
+    try:
+        data = orjson.dumps(task_to_dict(task))
+    except TypeError as exc:
+        raise InvalidPayload(f"task {task.id} is not JSON-serialisable: {exc}") from None
+    if len(data) > MAX_RECORD_BYTES:
+        raise PayloadTooLarge(f"task record {task.id}", len(data), MAX_RECORD_BYTES)
+    return data
+
+
+def task_from_dict(d: dict[str, Any]) -> Task:
+    """Build a task from its dict form (raises on any inconsistency)."""
+    if d.get("v") != SCHEMA_VERSION:
+        raise ValueError(f"unsupported schema version {d.get('v')!r}")
+    r = d["retry"]
+    return Task(
+        id=str(d["id"]),
+        type=d["type"],
+        payload=d.get("payload"),
+        queue=d["queue"],
+        priority=d["priority"],
+        timeout_s=d["timeout_s"],
+        retry=RetryPolicy(
+            max_retries=r["max_retries"],
+            backoff_s=float(r["backoff_s"]),
+            backoff_max_s=float(r["backoff_max_s"]),
+            jitter=float(r["jitter"]),
+            max_losses=r["max_losses"],
+        ),
+        state=TaskState(d["state"]),
+        seq=int(d["seq"]),
+        created_at=float(d["created_at"]),
+        updated_at=float(d["updated_at"]),
+        not_before=None if d.get("not_before") is None else float(d["not_before"]),
+        attempts=tuple(_attempt_from_dict(a) for a in d["attempts"]),
+        result=d.get("result"),
+        error=d.get("error"),
+    )
+
+
+def decode_task(key: str, data: bytes) -> Task:
+    """Decode a task record.
+
+    Args:
+        key: The etcd key it came from (for the error).
+        data: The stored bytes.
+
+    Raises:
+        CorruptRecord: If the bytes are not a valid record of our schema.
+    """
+    try:
+        d = orjson.loads(data)
+        if not isinstance(d, dict):
+            raise ValueError("not a JSON object")
+        return task_from_dict(d)
+    except (ValueError, KeyError, TypeError, TaskleaseError) as exc:
+        raise CorruptRecord(key, str(exc) or type(exc).__name__) from exc
+
+
+def encode_obj(obj: dict[str, Any]) -> bytes:
+    """Encode a small internal record (node, assignment)."""
+    return orjson.dumps(obj)
+
+
+def decode_obj(key: str, data: bytes) -> dict[str, Any]:
+    """Decode a small internal record.
+
+    Raises:
+        CorruptRecord: If it is not a JSON object.
+    """
+    try:
+        d = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise CorruptRecord(key, str(exc)) from exc
+    if not isinstance(d, dict):
+        raise CorruptRecord(key, "not a JSON object")
+    return d

@@ -1,0 +1,185 @@
+"""Every etcd key tasklease uses is built here; this docstring is the schema.
+
+All keys live under ``/{namespace}/`` (default ``tasklease``), so several
+deployments can share one etcd. ``{id}`` is a task id (26 characters, Crockford
+base32, sortable by creation time); ``{queue}`` matches ``[A-Za-z0-9_.-]{1,64}``.
+
+=====================================  ==============================  ==============  =========
+key                                    value                           written by      lease
+=====================================  ==============================  ==============  =========
+``/{ns}/task/{id}``                    task record (JSON, codec.py)    client,         none
+                                                                       scheduler,
+                                                                       worker
+``/{ns}/queue/{queue}/{band}/{seq}/    the task id                     client,         none
+{id}``                                                                 scheduler,
+                                                                       worker
+``/{ns}/node/{worker}``                node record (JSON)              worker          worker's
+``/{ns}/assign/{worker}/{id}``         assignment (JSON: attempt,      scheduler       worker's
+                                       deadline)                       (tests in
+                                                                       step 2)
+``/{ns}/running/{id}``                 worker id and attempt (JSON)    with the        none
+                                                                       assignment
+=====================================  ==============================  ==============  =========
+
+Queue order. ``band`` is ``3 - priority`` as one digit, so priority 3 (urgent)
+sorts first; ``seq`` is a 20-digit zero-padded monotonic sequence (microseconds
+of a hybrid clock that never goes backwards in one process, see ``ids.py``).
+A plain ascending range read of ``/{ns}/queue/{queue}/`` therefore returns the
+next task first: higher priority before lower, FIFO within a priority.
+
+The assignment key is the fencing token of an attempt: its create revision is
+compared by every write the worker makes about that attempt, and it lives under
+the worker's lease, so it vanishes when the worker does. ``running/{id}`` is
+the lease-less index that lets recovery find what a vanished worker held.
+See docs/architecture.md for every transaction and its compares.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from tasklease.errors import InvalidOption, InvalidQueueName
+
+NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+SEQ_DIGITS = 20
+MAX_PRIORITY = 3
+
+
+def check_name(name: str, what: str = "queue") -> str:
+    """Validate a queue (or namespace, or worker) name.
+
+    Args:
+        name: The name to check.
+        what: What the name is, for the error message.
+
+    Returns:
+        The name unchanged.
+
+    Raises:
+        InvalidQueueName: For a queue name outside ``[A-Za-z0-9_.-]{1,64}``.
+        InvalidOption: For any other kind of name that does not match.
+    """
+    if not isinstance(name, str) or NAME_RE.fullmatch(name) is None or name in {".", ".."}:
+        message = f"invalid {what} name {name!r}: use 1 to 64 characters from [A-Za-z0-9_.-]"
+        if what == "queue":
+            raise InvalidQueueName(message)
+        raise InvalidOption(message)
+    return name
+
+
+def prefix_end(prefix: str) -> str:
+    """Return the exclusive end of the range of keys that start with ``prefix``.
+
+    Our keys are ASCII, and every prefix we range over ends with ``/``, so
+    bumping the last character is enough.
+    """
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueKey:
+    """The parts of a queue key."""
+
+    queue: str
+    priority: int
+    seq: int
+    task_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Keyspace:
+    """Builds and parses the keys of one namespace.
+
+    Args:
+        namespace: The deployment's namespace (``[A-Za-z0-9_.-]{1,64}``).
+    """
+
+    namespace: str = "tasklease"
+
+    def __post_init__(self) -> None:
+        check_name(self.namespace, "namespace")
+
+    @property
+    def root(self) -> str:
+        """The prefix of every key of this namespace."""
+        return f"/{self.namespace}/"
+
+    # tasks ------------------------------------------------------------------
+    @property
+    def tasks(self) -> str:
+        """Prefix of all task records."""
+        return f"{self.root}task/"
+
+    def task(self, task_id: str) -> str:
+        """Key of one task record."""
+        return f"{self.tasks}{task_id}"
+
+    def task_id_of(self, key: str) -> str:
+        """Task id from a task record key."""
+        return key[len(self.tasks) :]
+
+    # queues -----------------------------------------------------------------
+    @property
+    def queues(self) -> str:
+        """Prefix of every queue."""
+        return f"{self.root}queue/"
+
+    def queue(self, queue: str) -> str:
+        """Prefix of one queue; ascending order is dequeue order."""
+        return f"{self.queues}{check_name(queue)}/"
+
+    def queue_band(self, queue: str, priority: int) -> str:
+        """Prefix of one priority band of one queue."""
+        return f"{self.queue(queue)}{MAX_PRIORITY - priority}/"
+
+    def queue_entry(self, queue: str, priority: int, seq: int, task_id: str) -> str:
+        """Key of one queued task."""
+        if not 0 <= priority <= MAX_PRIORITY:
+            raise InvalidOption(f"priority {priority} outside 0..{MAX_PRIORITY}")
+        if not 0 <= seq < 10**SEQ_DIGITS:
+            raise InvalidOption(f"sequence {seq} out of range")
+        return f"{self.queue_band(queue, priority)}{seq:0{SEQ_DIGITS}d}/{task_id}"
+
+    def parse_queue_entry(self, key: str) -> QueueKey:
+        """Split a queue key into its parts.
+
+        Raises:
+            ValueError: If the key is not a queue key of this namespace.
+        """
+        if not key.startswith(self.queues):
+            raise ValueError(f"not a queue key: {key}")
+        queue, band, seq, task_id = key[len(self.queues) :].split("/")
+        return QueueKey(queue, MAX_PRIORITY - int(band), int(seq), task_id)
+
+    # workers ----------------------------------------------------------------
+    @property
+    def nodes(self) -> str:
+        """Prefix of live worker records (each under its worker's lease)."""
+        return f"{self.root}node/"
+
+    def node(self, worker_id: str) -> str:
+        """Key of one worker's record."""
+        return f"{self.nodes}{worker_id}"
+
+    @property
+    def assignments(self) -> str:
+        """Prefix of every assignment."""
+        return f"{self.root}assign/"
+
+    def worker_assignments(self, worker_id: str) -> str:
+        """Prefix one worker watches for its work."""
+        return f"{self.assignments}{worker_id}/"
+
+    def assignment(self, worker_id: str, task_id: str) -> str:
+        """Key of one assignment (the attempt's fencing token)."""
+        return f"{self.worker_assignments(worker_id)}{task_id}"
+
+    @property
+    def running(self) -> str:
+        """Prefix of the index of assigned tasks (no lease)."""
+        return f"{self.root}running/"
+
+    def running_entry(self, task_id: str) -> str:
+        """Key of one entry of the running index."""
+        return f"{self.running}{task_id}"

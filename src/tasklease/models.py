@@ -1,0 +1,284 @@
+"""Tasks, attempts, states and the one function that decides what comes next.
+
+States and the transitions allowed between them (``TRANSITIONS``)::
+
+    pending ──► queued ──► running ──► succeeded
+       │  ▲        │  ▲        │ └────► failed
+       │  │        │  └────────┤        (retries or losses used up, or permanent)
+       │  └────────┼───────────┤        (retry after a backoff: waits in pending)
+       ▼           ▼           ▼
+    cancelled ◄────┴───────────┘
+
+``pending`` is a task that may not run yet (waiting for a retry backoff);
+``queued`` is in a queue; ``running`` is assigned to a worker. ``succeeded``,
+``failed`` and ``cancelled`` are terminal. Every transition is one etcd
+transaction (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from tasklease.errors import InvalidOption, InvalidPriority, InvalidState, InvalidTransition
+from tasklease.keys import MAX_PRIORITY, check_name
+from tasklease.retry import RetryPolicy, compute_backoff
+
+JSON = Any
+"""A value that ``json`` can encode: dict, list, str, int, float, bool or None."""
+
+SCHEMA_VERSION = 1
+DEFAULT_QUEUE = "default"
+DEFAULT_PRIORITY = 1
+DEFAULT_TIMEOUT_S = 300.0
+MAX_TIMEOUT_S = 7 * 24 * 3600.0
+MAX_ERROR_CHARS = 4096
+
+
+class TaskState(enum.StrEnum):
+    """Where a task is in its life."""
+
+    PENDING = "pending"
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        """Whether no transition leaves this state."""
+        return self in TERMINAL_STATES
+
+    @classmethod
+    def parse(cls, name: str) -> TaskState:
+        """Return the state called ``name``.
+
+        Raises:
+            InvalidState: For an unknown name.
+        """
+        try:
+            return cls(name)
+        except ValueError:
+            names = ", ".join(s.value for s in cls)
+            raise InvalidState(f"unknown state {name!r}: expected one of {names}") from None
+
+
+TERMINAL_STATES = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED})
+
+TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
+    TaskState.PENDING: frozenset({TaskState.QUEUED, TaskState.CANCELLED}),
+    # queued -> queued is a priority change (the queue key moves).
+    TaskState.QUEUED: frozenset({TaskState.QUEUED, TaskState.RUNNING, TaskState.CANCELLED}),
+    TaskState.RUNNING: frozenset(
+        {
+            TaskState.SUCCEEDED,
+            TaskState.FAILED,
+            TaskState.QUEUED,
+            TaskState.PENDING,
+            TaskState.CANCELLED,
+        }
+    ),
+    TaskState.SUCCEEDED: frozenset(),
+    TaskState.FAILED: frozenset(),
+    TaskState.CANCELLED: frozenset(),
+}
+
+
+def can_transition(src: TaskState, dst: TaskState) -> bool:
+    """Whether the table allows ``src -> dst``."""
+    return dst in TRANSITIONS[src]
+
+
+class Outcome(enum.StrEnum):
+    """How one attempt ended."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+    LOST = "lost"
+    """The worker vanished (crash, lease expiry) before it reported."""
+    CANCELLED = "cancelled"
+    HANDED_BACK = "handed_back"
+    """The worker shut down before finishing and returned the task to its queue."""
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One run of a task on one worker.
+
+    Attributes:
+        number: 1 for the first attempt.
+        worker: The worker id (as ``tasklease nodes`` shows it).
+        started_at: When it was assigned (epoch seconds).
+        finished_at: When it ended, if it has.
+        outcome: How it ended, if it has.
+        error: The error message of a failed attempt.
+    """
+
+    number: int
+    worker: str
+    started_at: float
+    finished_at: float | None = None
+    outcome: Outcome | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """A task record, as stored at ``/{ns}/task/{id}``.
+
+    Attributes:
+        id: Sortable unique id.
+        type: The executor name that runs it.
+        payload: JSON arguments.
+        queue: The queue it waits in.
+        priority: 0 (low) .. 3 (urgent).
+        timeout_s: Wall-clock limit of one attempt.
+        retry: Retry and loss policy.
+        state: Current state.
+        seq: Queue sequence (FIFO order within a priority) while queued.
+        created_at: Submit time.
+        updated_at: Time of the last transition.
+        not_before: Earliest time a pending task may be queued (backoff).
+        attempts: Every attempt so far, oldest first.
+        result: The JSON result of the successful attempt.
+        error: The error of the last failed attempt, or why it was cancelled.
+    """
+
+    id: str
+    type: str
+    payload: JSON
+    queue: str = DEFAULT_QUEUE
+    priority: int = DEFAULT_PRIORITY
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    state: TaskState = TaskState.QUEUED
+    seq: int = 0
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    not_before: float | None = None
+    attempts: tuple[Attempt, ...] = ()
+    result: JSON = None
+    error: str | None = None
+
+    def __post_init__(self) -> None:
+        check_priority(self.priority)
+        check_name(self.queue)
+        check_timeout(self.timeout_s)
+        if not isinstance(self.type, str) or not 1 <= len(self.type) <= 128:
+            raise InvalidOption("task type must be a string of 1 to 128 characters")
+
+    @property
+    def current_attempt(self) -> Attempt | None:
+        """The last attempt, if any."""
+        return self.attempts[-1] if self.attempts else None
+
+    @property
+    def failures(self) -> int:
+        """Attempts that failed or timed out."""
+        return sum(1 for a in self.attempts if a.outcome in (Outcome.FAILED, Outcome.TIMEOUT))
+
+    @property
+    def losses(self) -> int:
+        """Attempts lost with their worker."""
+        return sum(1 for a in self.attempts if a.outcome is Outcome.LOST)
+
+
+def check_priority(priority: object) -> int:
+    """Validate a priority.
+
+    Raises:
+        InvalidPriority: Unless it is an int in 0..3.
+    """
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise InvalidPriority(f"priority must be an integer 0..{MAX_PRIORITY}, got {priority!r}")
+    if not 0 <= priority <= MAX_PRIORITY:
+        raise InvalidPriority(f"priority {priority} outside 0 (low) .. {MAX_PRIORITY} (urgent)")
+    return priority
+
+
+def check_timeout(timeout_s: object) -> float:
+    """Validate a per-attempt timeout.
+
+    Raises:
+        InvalidOption: Unless it is a number in (0, 7 days].
+    """
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float):
+        raise InvalidOption(f"timeout must be a number of seconds, got {timeout_s!r}")
+    if not 0 < timeout_s <= MAX_TIMEOUT_S:
+        raise InvalidOption(f"timeout must be > 0 and <= {MAX_TIMEOUT_S:g} s, got {timeout_s}")
+    return float(timeout_s)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What happens to a task after an attempt ends.
+
+    Attributes:
+        state: The next state.
+        not_before: For ``pending``: when it may be queued again.
+    """
+
+    state: TaskState
+    not_before: float | None = None
+
+
+def decide(task: Task, outcome: Outcome, *, permanent: bool, now: float, rng: random.Random) -> Decision:
+    """The one pure function for "what happens next" after an attempt.
+
+    ``task.attempts`` must already hold the finished attempt with ``outcome``.
+
+    Args:
+        task: The task, including the attempt that just ended.
+        outcome: How that attempt ended.
+        permanent: The error cannot be cured by retrying (unknown task type,
+            non-retryable error): fail at once.
+        now: Current time (for the backoff deadline).
+        rng: Randomness for jitter.
+
+    Returns:
+        The next state, with ``not_before`` when a retry must wait.
+    """
+    policy = task.retry
+    match outcome:
+        case Outcome.SUCCEEDED:
+            return Decision(TaskState.SUCCEEDED)
+        case Outcome.CANCELLED:
+            return Decision(TaskState.CANCELLED)
+        case Outcome.HANDED_BACK:
+            return Decision(TaskState.QUEUED)
+        case Outcome.LOST:
+            if task.losses >= policy.max_losses:
+                return Decision(TaskState.FAILED)
+            return Decision(TaskState.QUEUED)
+        case Outcome.FAILED | Outcome.TIMEOUT:
+            # The n-th failure asks for retry number n.
+            retry_number = task.failures
+            if permanent or retry_number > policy.max_retries:
+                return Decision(TaskState.FAILED)
+            delay = compute_backoff(policy, retry_number, rng)
+            if delay <= 0:
+                return Decision(TaskState.QUEUED)
+            return Decision(TaskState.PENDING, not_before=now + delay)
+    raise AssertionError(f"unhandled outcome {outcome}")  # pragma: no cover
+
+
+def transition(task: Task, state: TaskState, *, now: float, **changes: Any) -> Task:
+    """Return ``task`` moved to ``state``, checked against the table.
+
+    Raises:
+        InvalidTransition: If the table does not allow it.
+    """
+    if not can_transition(task.state, state):
+        raise InvalidTransition(task.id, task.state.value, f"move to {state.value}")
+    return replace(task, state=state, updated_at=now, **changes)
+
+
+def truncate_error(message: str) -> str:
+    """Bound an error message so records stay small."""
+    if len(message) <= MAX_ERROR_CHARS:
+        return message
+    return message[: MAX_ERROR_CHARS - 20] + " ... [truncated]"

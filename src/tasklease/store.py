@@ -1,0 +1,607 @@
+"""The only module that talks to etcd (through the pinned ``etcd3aio`` client).
+
+Everything above it speaks in :class:`KV`, :class:`Compare`, :class:`Put`,
+:class:`Delete` and :class:`Get`, and sees only :mod:`tasklease.errors`
+exceptions: client and gRPC errors are wrapped here with ``raise ... from``.
+
+Round trips. Each public coroutine is one etcd request (``watch`` is one
+stream). Transactions are sent once (no client-side retry): a transaction
+that committed but whose answer was lost would otherwise be sent again and
+come back ``succeeded=False`` (ETCD-NOTES pitfall 3). Callers that need to
+know re-read after :class:`~tasklease.errors.StoreUnavailable`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from tasklease.errors import (
+    InvalidOption,
+    StoreAuthError,
+    StoreError,
+    StoreUnavailable,
+    WatchCompacted,
+)
+
+log = logging.getLogger("tasklease.store")
+
+# etcd's default --max-txn-ops: each of compare/success/failure may hold this many.
+MAX_TXN_OPS = 128
+# etcd's default --max-request-bytes is 1.5 MiB; stay below with a margin.
+MAX_TXN_BYTES = 1_400_000
+
+DEFAULT_ENDPOINT = "http://127.0.0.1:2379"
+
+
+def parse_endpoints(text: str) -> list[str]:
+    """Turn ``"http://a:2379,b:2379"`` into ``["a:2379", "b:2379"]``.
+
+    Raises:
+        InvalidOption: On an empty list or an endpoint without host and port.
+    """
+    result = []
+    for raw in text.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        parts = urlsplit(item if "://" in item else f"http://{item}")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise InvalidOption(f"bad etcd endpoint {item!r}: expected host:port or http://host:port")
+        try:
+            port = parts.port or 2379
+        except ValueError:
+            raise InvalidOption(f"bad etcd endpoint {item!r}: invalid port") from None
+        result.append(f"{parts.hostname}:{port}")
+    if not result:
+        raise InvalidOption("no etcd endpoint given")
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    """How to reach etcd.
+
+    Attributes:
+        endpoints: ``host:port`` strings (or URLs); all are used.
+        timeout_s: Deadline of one request.
+        user: etcd user name (auth enabled).
+        password: Its password.
+        ca_file: PEM CA bundle; turns TLS on.
+        cert_file: PEM client certificate (mutual TLS).
+        key_file: PEM client key (mutual TLS).
+        tls_server_name: Name to check in the server certificate.
+    """
+
+    endpoints: tuple[str, ...] = ("127.0.0.1:2379",)
+    timeout_s: float = 5.0
+    user: str | None = None
+    password: str | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    tls_server_name: str | None = None
+
+    @classmethod
+    def from_text(cls, endpoints: str, **kwargs: Any) -> StoreConfig:
+        """Build a config from a comma-separated endpoint list."""
+        return cls(endpoints=tuple(parse_endpoints(endpoints)), **kwargs)
+
+    def __post_init__(self) -> None:
+        if not self.endpoints:
+            raise InvalidOption("no etcd endpoint given")
+        if not self.timeout_s > 0:
+            raise InvalidOption("etcd timeout must be > 0")
+        if (self.user is None) != (self.password is None):
+            raise InvalidOption("etcd user and password go together")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise InvalidOption("etcd client certificate and key go together")
+        if self.cert_file is not None and self.ca_file is None:
+            raise InvalidOption("a client certificate needs the CA file too")
+
+
+@dataclass(frozen=True, slots=True)
+class KV:
+    """One key as etcd returned it."""
+
+    key: str
+    value: bytes
+    create_revision: int
+    mod_revision: int
+    version: int
+    lease: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Compare:
+    """A transaction guard: ``target(key) op value``.
+
+    ``target`` is ``create`` (create revision, 0 = absent), ``mod`` (mod
+    revision), ``version`` (0 = absent) or ``value``.
+    """
+
+    key: str
+    target: Literal["create", "mod", "version", "value"]
+    op: Literal["=", "!=", "<", ">"]
+    value: int | bytes
+
+    @classmethod
+    def absent(cls, key: str) -> Compare:
+        """The key does not exist."""
+        return cls(key, "create", "=", 0)
+
+    @classmethod
+    def exists(cls, key: str) -> Compare:
+        """The key exists."""
+        return cls(key, "create", ">", 0)
+
+    @classmethod
+    def unchanged(cls, kv: KV) -> Compare:
+        """The key is exactly as ``kv`` was read (same mod revision)."""
+        return cls(kv.key, "mod", "=", kv.mod_revision)
+
+    @classmethod
+    def created_at(cls, key: str, revision: int) -> Compare:
+        """The key is the incarnation created at ``revision`` (a fencing token)."""
+        return cls(key, "create", "=", revision)
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    """Write ``value`` at ``key`` (under ``lease`` if not 0)."""
+
+    key: str
+    value: bytes
+    lease: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    """Delete ``key`` (or ``[key, range_end)``)."""
+
+    key: str
+    range_end: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Get:
+    """Read ``key`` (or ``[key, range_end)``) inside a transaction."""
+
+    key: str
+    range_end: str | None = None
+
+
+Op = Put | Delete | Get
+
+
+@dataclass(frozen=True, slots=True)
+class TxnResult:
+    """What a transaction did.
+
+    Attributes:
+        succeeded: Whether every compare held (the success branch ran).
+        revision: The store revision after the transaction.
+        reads: For each :class:`Get` of the branch that ran, in order, the keys read.
+    """
+
+    succeeded: bool
+    revision: int
+    reads: list[list[KV]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One watch event."""
+
+    type: Literal["put", "delete"]
+    kv: KV
+    prev: KV | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RangeResult:
+    """A range read.
+
+    Attributes:
+        kvs: The keys, in ascending key order.
+        revision: The store revision the read saw (start watches at ``revision + 1``).
+        more: Whether ``limit`` cut the result short.
+        count: How many keys the whole range holds.
+    """
+
+    kvs: list[KV]
+    revision: int
+    more: bool
+    count: int
+
+
+def txn_size(ops: Sequence[Op]) -> int:
+    """Rough request size of ``ops`` in bytes, for splitting batches."""
+    size = 0
+    for op in ops:
+        size += len(op.key) + 16
+        if isinstance(op, Put):
+            size += len(op.value)
+    return size
+
+
+def _kv(pb: Any) -> KV:
+    return KV(
+        key=pb.key.decode(),
+        value=bytes(pb.value),
+        create_revision=pb.create_revision,
+        mod_revision=pb.mod_revision,
+        version=pb.version,
+        lease=pb.lease,
+    )
+
+
+class Store:
+    """An async connection to etcd.
+
+    Use as ``async with Store(config) as store:``. Safe to share between the
+    tasks of one event loop; not thread-safe.
+
+    Args:
+        config: Where etcd is and how to authenticate.
+    """
+
+    def __init__(self, config: StoreConfig | None = None) -> None:
+        self.config = config or StoreConfig()
+        self._client: Any = None
+        self._refresher: Any = None
+        self._pb: Any = None
+
+    async def __aenter__(self) -> Store:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        """Open the channel (and authenticate, if a user is configured).
+
+        Raises:
+            StoreAuthError: Wrong user or password.
+            StoreUnavailable: etcd cannot be reached (auth only; otherwise
+                the first request tells).
+        """
+        # Imported here so the rest of the package imports without gRPC loaded;
+        # etcd3aio also puts its proto folder on sys.path (ETCD-NOTES pitfall 7).
+        import etcd3aio
+        from etcd3aio import _protobuf
+
+        self._pb = _protobuf
+        cfg = self.config
+        tls: dict[str, Any] = {}
+        if cfg.ca_file:
+            tls["ca_cert"] = _read_pem(cfg.ca_file, "CA")
+            if cfg.cert_file and cfg.key_file:
+                tls["cert_chain"] = _read_pem(cfg.cert_file, "client certificate")
+                tls["cert_key"] = _read_pem(cfg.key_file, "client key")
+        server_name = cfg.tls_server_name
+        if cfg.ca_file and server_name is None and len(cfg.endpoints) > 1:
+            server_name = "localhost"
+        self._client = etcd3aio.Etcd3Client(
+            list(cfg.endpoints),
+            rpc_max_attempts=3,
+            watch_reconnect_backoff_seconds=0.1,
+            watch_max_reconnect_backoff_seconds=1.0,
+            tls_server_name=server_name,
+            **tls,
+        )
+        await self._client.connect()
+        if cfg.user is not None and cfg.password is not None:
+            refresher = self._client.token_refresher(cfg.user, cfg.password, interval=120.0)
+            try:
+                async with asyncio.timeout(cfg.timeout_s):
+                    await refresher.__aenter__()
+            except BaseException as exc:
+                await self._client.close()
+                self._client = None
+                raise self._wrap(exc, "authenticate") from exc
+            self._refresher = refresher
+
+    async def close(self) -> None:
+        """Close the channel. Idempotent."""
+        if self._refresher is not None:
+            with contextlib.suppress(Exception):
+                await self._refresher.__aexit__(None, None, None)
+            self._refresher = None
+        if self._client is not None:
+            client, self._client = self._client, None
+            with contextlib.suppress(Exception):
+                await client.close()
+
+    # error mapping --------------------------------------------------------------------
+    def _wrap(self, exc: BaseException, what: str) -> StoreError:
+        import etcd3aio
+        import grpc
+
+        endpoints = ",".join(self.config.endpoints)
+        if isinstance(exc, etcd3aio.EtcdUnauthenticatedError | etcd3aio.EtcdPermissionDeniedError):
+            return StoreAuthError(f"etcd refused {what}: {exc}")
+        if isinstance(exc, etcd3aio.EtcdConnectionError):
+            return StoreUnavailable(f"cannot reach etcd at {endpoints} ({what})")
+        if isinstance(exc, etcd3aio.EtcdTransientError | TimeoutError):
+            return StoreUnavailable(
+                f"etcd at {endpoints} did not answer {what} within {self.config.timeout_s:g} s"
+            )
+        if isinstance(exc, grpc.aio.AioRpcError):
+            code = exc.code()
+            if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                return StoreAuthError(f"etcd refused {what}: {exc.details()}")
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                return StoreUnavailable(f"cannot reach etcd at {endpoints} ({what})")
+            if code in (
+                grpc.StatusCode.INTERNAL,
+                grpc.StatusCode.UNKNOWN,
+                grpc.StatusCode.UNIMPLEMENTED,
+            ):
+                return StoreUnavailable(
+                    f"{endpoints} did not answer {what} like etcd: {code.name} {exc.details()}"
+                )
+            return StoreError(f"etcd {what} failed: {code.name} {exc.details()}")
+        if isinstance(exc, etcd3aio.EtcdError):
+            return StoreError(f"etcd {what} failed: {exc}")
+        return StoreError(f"etcd {what} failed: {type(exc).__name__}: {exc}")
+
+    def _svc(self) -> Any:
+        if self._client is None:
+            raise StoreError("store is not connected")
+        return self._client
+
+    async def _call(self, what: str, coro: Any) -> Any:
+        try:
+            async with asyncio.timeout(self.config.timeout_s):
+                return await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise self._wrap(exc, what) from exc
+
+    # KV ----------------------------------------------------------------------------------
+    async def get(self, key: str) -> tuple[KV | None, int]:
+        """Read one key.
+
+        Returns:
+            The key (or None) and the revision of the read.
+        """
+        client = self._svc()
+        resp = await self._call("get", client.kv.get(key, timeout=self.config.timeout_s))
+        kv = _kv(resp.kvs[0]) if resp.kvs else None
+        return kv, resp.header.revision
+
+    async def range(
+        self,
+        prefix: str,
+        end: str,
+        *,
+        limit: int = 0,
+        keys_only: bool = False,
+        count_only: bool = False,
+    ) -> RangeResult:
+        """Read ``[prefix, end)`` in ascending key order.
+
+        Args:
+            prefix: First key.
+            end: Exclusive end.
+            limit: At most this many keys (0 = all).
+            keys_only: Leave values out.
+            count_only: Only count.
+        """
+        client = self._svc()
+        resp = await self._call(
+            "range",
+            client.kv.get(
+                prefix,
+                end,
+                limit=limit,
+                keys_only=keys_only,
+                count_only=count_only,
+                timeout=self.config.timeout_s,
+            ),
+        )
+        return RangeResult([_kv(k) for k in resp.kvs], resp.header.revision, resp.more, resp.count)
+
+    def _compare(self, c: Compare) -> Any:
+        pb = self._pb.Compare
+        ops = {"=": pb.EQUAL, "!=": pb.NOT_EQUAL, "<": pb.LESS, ">": pb.GREATER}
+        msg = pb(result=ops[c.op], key=c.key.encode())
+        if c.target == "create":
+            msg.target = pb.CREATE
+            msg.create_revision = int(c.value)
+        elif c.target == "mod":
+            msg.target = pb.MOD
+            msg.mod_revision = int(c.value)
+        elif c.target == "version":
+            msg.target = pb.VERSION
+            msg.version = int(c.value)
+        else:
+            msg.target = pb.VALUE
+            msg.value = c.value if isinstance(c.value, bytes) else str(c.value).encode()
+        return msg
+
+    def _op(self, op: Op) -> Any:
+        pb = self._pb
+        if isinstance(op, Put):
+            return pb.RequestOp(
+                request_put=pb.PutRequest(key=op.key.encode(), value=op.value, lease=op.lease)
+            )
+        end = op.range_end.encode() if op.range_end else b""
+        if isinstance(op, Delete):
+            return pb.RequestOp(
+                request_delete_range=pb.DeleteRangeRequest(key=op.key.encode(), range_end=end)
+            )
+        return pb.RequestOp(request_range=pb.RangeRequest(key=op.key.encode(), range_end=end))
+
+    async def txn(
+        self,
+        compares: Sequence[Compare],
+        success: Sequence[Op],
+        failure: Sequence[Op] = (),
+    ) -> TxnResult:
+        """Run one transaction: if every compare holds, ``success``, else ``failure``.
+
+        Sent once, never retried by the client (see the module docstring).
+
+        Raises:
+            StoreUnavailable: No answer: the transaction may or may not have committed.
+            StoreError: etcd rejected it (too many ops, too large, ...).
+        """
+        if max(len(compares), len(success), len(failure)) > MAX_TXN_OPS:
+            raise StoreError(f"transaction over etcd's {MAX_TXN_OPS} operations")
+        client = self._svc()
+        resp = await self._call(
+            "txn",
+            client.kv.txn(
+                [self._compare(c) for c in compares],
+                [self._op(o) for o in success],
+                [self._op(o) for o in failure],
+                timeout=self.config.timeout_s,
+                max_attempts=1,
+            ),
+        )
+        reads = [
+            [_kv(k) for k in r.response_range.kvs]
+            for r in resp.responses
+            if r.WhichOneof("response") == "response_range"
+        ]
+        return TxnResult(resp.succeeded, resp.header.revision, reads)
+
+    async def put(self, key: str, value: bytes, lease: int = 0) -> int:
+        """Write one key (idempotent, so retried on transient errors).
+
+        Returns:
+            The revision of the write.
+        """
+        client = self._svc()
+        resp = await self._call("put", client.kv.put(key, value, lease=lease, timeout=self.config.timeout_s))
+        return int(resp.header.revision)
+
+    async def delete(self, key: str, range_end: str | None = None) -> int:
+        """Delete one key or a range.
+
+        Returns:
+            How many keys were deleted.
+        """
+        client = self._svc()
+        resp = await self._call("delete", client.kv.delete(key, range_end, timeout=self.config.timeout_s))
+        return int(resp.deleted)
+
+    # leases ------------------------------------------------------------------------------
+    async def grant(self, ttl_s: int) -> int:
+        """Grant a lease.
+
+        Returns:
+            The lease id.
+        """
+        client = self._svc()
+        resp = await self._call("lease grant", client.lease.grant(ttl_s, timeout=self.config.timeout_s))
+        return int(resp.ID)
+
+    async def keepalive(self, lease_id: int) -> int:
+        """Refresh a lease once.
+
+        Returns:
+            The remaining TTL in seconds; 0 or less if the lease is gone.
+        """
+        client = self._svc()
+
+        async def once() -> int:
+            stream = client.lease.keep_alive(lease_id)
+            try:
+                async for resp in stream:
+                    return int(resp.TTL)
+                return 0
+            finally:
+                stream.cancel()
+
+        result: int = await self._call("lease keep-alive", once())
+        return result
+
+    async def revoke(self, lease_id: int) -> None:
+        """Revoke a lease, deleting every key under it. A lease already gone is fine."""
+        client = self._svc()
+        try:
+            await self._call("lease revoke", client.lease.revoke(lease_id, timeout=self.config.timeout_s))
+        except StoreError as exc:
+            if "not found" not in str(exc).lower():
+                raise
+
+    # watch -------------------------------------------------------------------------------
+    async def watch(
+        self, prefix: str, end: str, start_revision: int, *, prev_kv: bool = False
+    ) -> AsyncIterator[list[Event]]:
+        """Stream the changes of ``[prefix, end)`` from ``start_revision`` on.
+
+        Start at the header revision of a read plus one, so that nothing falls
+        between the read and the watch. The stream survives etcd restarts and
+        fail-overs (it resumes from the last revision it delivered).
+
+        Yields:
+            The events of one etcd response (never empty).
+
+        Raises:
+            WatchCompacted: ``start_revision`` (or the resume point) was
+                compacted: re-read and watch again.
+            StoreError: The watch failed for good.
+        """
+        client = self._svc()
+        stream = client.watch.watch(prefix, end, start_revision=start_revision, prev_kv=prev_kv)
+        try:
+            while True:
+                try:
+                    resp = await anext(stream)
+                except StopAsyncIteration:
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    raise self._wrap(exc, "watch") from exc
+                if resp.compact_revision > 0:
+                    raise WatchCompacted(
+                        f"watch of {prefix} from revision {start_revision} was compacted "
+                        f"(oldest is {resp.compact_revision})"
+                    )
+                if resp.canceled:
+                    raise StoreError(f"etcd cancelled the watch of {prefix}: {resp.cancel_reason}")
+                events = [
+                    Event(
+                        "put" if ev.type == 0 else "delete",
+                        _kv(ev.kv),
+                        _kv(ev.prev_kv) if ev.HasField("prev_kv") else None,
+                    )
+                    for ev in resp.events
+                ]
+                if events:
+                    yield events
+        finally:
+            with contextlib.suppress(Exception):
+                await stream.aclose()
+
+    async def status(self) -> dict[str, Any]:
+        """Ask the endpoints for their status (a health check)."""
+        client = self._svc()
+        resp = await self._call("status", client.maintenance.status(timeout=self.config.timeout_s))
+        return {"version": resp.version, "leader": resp.leader, "db_size": resp.dbSize}
+
+
+def _read_pem(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise InvalidOption(f"cannot read the etcd {what} file {path}: {exc.strerror}") from None

