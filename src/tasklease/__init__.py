@@ -2,8 +2,10 @@
 
 from tasklease.client import BatchResult, Client, SyncClient, TaskSpec
 from tasklease.errors import (
+    BatchIncomplete,
     ConflictError,
     CorruptRecord,
+    InvalidOption,
     InvalidPayload,
     InvalidPriority,
     InvalidQueueName,
@@ -28,10 +30,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Attempt",
+    "BatchIncomplete",
     "BatchResult",
     "Client",
     "ConflictError",
     "CorruptRecord",
+    "InvalidOption",
     "InvalidPayload",
     "InvalidPriority",
     "InvalidQueueName",

@@ -53,6 +53,7 @@ from tasklease.models import (
     check_timeout,
     transition,
 )
+from tasklease.queue import unplace_ops
 from tasklease.retry import RetryPolicy
 from tasklease.store import (
     KV,
@@ -463,8 +464,8 @@ class Client:
                 raise InvalidTransition(task.id, task.state.value, "cancel")
             ops: list[Op] = []
             attempts = task.attempts
-            if task.state is TaskState.QUEUED:
-                ops.append(Delete(self._queue_key(task)))
+            if task.state in (TaskState.QUEUED, TaskState.PENDING):
+                ops.extend(unplace_ops(self.keys, task))
             elif task.state is TaskState.RUNNING and (current := task.current_attempt):
                 ops.append(Delete(self.keys.assignment(current.worker, task.id)))
                 ops.append(Delete(self.keys.running_entry(task.id)))
@@ -563,7 +564,8 @@ def _chunk(tasks: Sequence[Task], encoded: Sequence[bytes]) -> list[list[tuple[T
     current: list[tuple[Task, bytes]] = []
     size = 0
     for task, data in zip(tasks, encoded, strict=True):
-        cost = len(data) + 2 * 160
+        # record + queue key + the compare: the value once, the keys a few times.
+        cost = len(data) + 4 * (len(task.id) + len(task.queue) + 100) + 64
         if current and (len(current) >= TASKS_PER_TXN or size + cost > MAX_TXN_BYTES):
             chunks.append(current)
             current, size = [], 0

@@ -85,7 +85,9 @@ def _attempt_to_dict(a: Attempt) -> dict[str, Any]:
     }
 
 
-def _attempt_from_dict(d: dict[str, Any]) -> Attempt:
+def _attempt_from_dict(d: Any) -> Attempt:
+    if not isinstance(d, dict):
+        raise ValueError("attempt is not a JSON object")
     outcome = d.get("outcome")
     return Attempt(
         number=int(d["n"]),

@@ -40,7 +40,7 @@ class IdGenerator:
             return self._last_us
 
     def task_id(self) -> str:
-        """Return a new 26-character id: 48 bits of milliseconds, 80 random bits.
+        """Return a new 26-character id: 48 bits of milliseconds, 10 of microseconds, 70 random.
 
         Ids made by one generator sort in the order they were made.
         """

@@ -19,6 +19,8 @@ key                                    value                           written b
                                                                        step 2)
 ``/{ns}/running/{id}``                 worker id and attempt (JSON)    with the        none
                                                                        assignment
+``/{ns}/delayed/{due}/{id}``           the task id (a pending task     worker,         none
+                                       waiting for its retry backoff)  scheduler
 =====================================  ==============================  ==============  =========
 
 Queue order. ``band`` is ``3 - priority`` as one digit, so priority 3 (urgent)
@@ -135,7 +137,7 @@ class Keyspace:
 
     def queue_entry(self, queue: str, priority: int, seq: int, task_id: str) -> str:
         """Key of one queued task."""
-        if not 0 <= priority <= MAX_PRIORITY:
+        if isinstance(priority, bool) or not 0 <= priority <= MAX_PRIORITY:
             raise InvalidOption(f"priority {priority} outside 0..{MAX_PRIORITY}")
         if not 0 <= seq < 10**SEQ_DIGITS:
             raise InvalidOption(f"sequence {seq} out of range")
@@ -183,3 +185,13 @@ class Keyspace:
     def running_entry(self, task_id: str) -> str:
         """Key of one entry of the running index."""
         return f"{self.running}{task_id}"
+
+    @property
+    def delayed(self) -> str:
+        """Prefix of pending tasks waiting for a retry backoff, soonest first."""
+        return f"{self.root}delayed/"
+
+    def delayed_entry(self, not_before: float, task_id: str) -> str:
+        """Key of one waiting task; ``due`` is microseconds since the epoch, 20 digits."""
+        due_us = max(0, int(not_before * 1_000_000))
+        return f"{self.delayed}{due_us:0{SEQ_DIGITS}d}/{task_id}"

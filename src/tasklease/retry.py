@@ -36,6 +36,13 @@ class RetryPolicy:
     max_losses: int = 3
 
     def __post_init__(self) -> None:
+        for name in ("backoff_s", "backoff_max_s", "jitter"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise InvalidOption(f"{name} must be a number, got {value!r}")
+        for name in ("max_retries", "max_losses"):
+            if isinstance(getattr(self, name), bool):
+                raise InvalidOption(f"{name} must be an integer, got a bool")
         if not isinstance(self.max_retries, int) or not 0 <= self.max_retries <= MAX_RETRIES_LIMIT:
             raise InvalidOption(f"max_retries must be an integer in 0..{MAX_RETRIES_LIMIT}")
         if not isinstance(self.max_losses, int) or not 1 <= self.max_losses <= MAX_LOSSES_LIMIT:

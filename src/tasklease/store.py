@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,9 +57,11 @@ def parse_endpoints(text: str) -> list[str]:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise InvalidOption(f"bad etcd endpoint {item!r}: expected host:port or http://host:port")
         try:
-            port = parts.port or 2379
+            port = 2379 if parts.port is None else parts.port
         except ValueError:
             raise InvalidOption(f"bad etcd endpoint {item!r}: invalid port") from None
+        if port == 0:
+            raise InvalidOption(f"bad etcd endpoint {item!r}: port 0")
         result.append(f"{parts.hostname}:{port}")
     if not result:
         raise InvalidOption("no etcd endpoint given")
@@ -296,7 +299,7 @@ class Store:
         if cfg.ca_file and server_name is None and len(cfg.endpoints) > 1:
             server_name = "localhost"
         self._client = etcd3aio.Etcd3Client(
-            list(cfg.endpoints),
+            [_ipv4_endpoint(e) for e in cfg.endpoints],
             rpc_max_attempts=3,
             watch_reconnect_backoff_seconds=0.1,
             watch_max_reconnect_backoff_seconds=1.0,
@@ -598,6 +601,25 @@ class Store:
         client = self._svc()
         resp = await self._call("status", client.maintenance.status(timeout=self.config.timeout_s))
         return {"version": resp.version, "leader": resp.leader, "db_size": resp.dbSize}
+
+
+def _ipv4_endpoint(endpoint: str) -> str:
+    """Resolve a host name to an IPv4 address: the client dials ``ipv4:`` targets only.
+
+    Raises:
+        StoreUnavailable: If the name does not resolve.
+    """
+    host, _, port = endpoint.rpartition(":")
+    try:
+        socket.inet_aton(host)
+        return endpoint
+    except OSError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, int(port), socket.AF_INET, socket.SOCK_STREAM)
+    except OSError as exc:
+        raise StoreUnavailable(f"cannot resolve etcd host {host!r}: {exc}") from None
+    return f"{infos[0][4][0]}:{port}"
 
 
 def _read_pem(path: str, what: str) -> bytes:

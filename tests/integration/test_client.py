@@ -119,7 +119,9 @@ async def test_priority_change_moves_queue_key(client: Client, store: Store, key
         await client.set_priority(first.id, 2)
 
 
-async def test_batch_submit_is_one_transaction_up_to_the_limit(client: Client, store: Store, keyspace: Keyspace):
+async def test_batch_submit_is_one_transaction_up_to_the_limit(
+    client: Client, store: Store, keyspace: Keyspace
+):
     specs = [TaskSpec("noop", {"i": i}, priority=i % 4) for i in range(TASKS_PER_TXN)]
     result = await client.submit_many(specs)
     assert result.transactions == 1
@@ -197,7 +199,9 @@ async def test_wait_returns_at_once_for_a_finished_task_and_times_out_otherwise(
     assert (await client.wait(task.id, timeout_s=1)).state is TaskState.CANCELLED
 
 
-async def test_cancel_of_an_assigned_task_deletes_its_assignment(client: Client, store: Store, keyspace: Keyspace):
+async def test_cancel_of_an_assigned_task_deletes_its_assignment(
+    client: Client, store: Store, keyspace: Keyspace
+):
     # Given a task that a scheduler has assigned (written as the scheduler will)
     from dataclasses import replace
 

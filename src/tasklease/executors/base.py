@@ -1,0 +1,207 @@
+"""The executor protocol, the task context, and the registry of task types.
+
+An executor runs one attempt of one task. The contract:
+
+- ``run`` is a coroutine; it must not block the event loop (blocking work goes
+  to a child process or a thread).
+- Cancellation (``asyncio.CancelledError``, raised on timeout, on ``cancel``,
+  on reassignment and on shutdown) must stop the work before ``run`` returns:
+  kill the child process, cancel the coroutine. It is re-raised, never swallowed.
+- A failure is an exception: :class:`PermanentError` (or a subclass) means
+  retrying cannot help; any other ``Exception`` is retried per the task's policy.
+- The return value is the task's result and must be JSON-serialisable.
+- Executors keep no state between attempts that the worker relies on; the same
+  attempt may run again on another worker (at-least-once execution).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar, runtime_checkable
+
+from tasklease.errors import InvalidOption, TaskleaseError
+from tasklease.models import DEFAULT_PRIORITY, DEFAULT_QUEUE, DEFAULT_TIMEOUT_S, JSON
+from tasklease.retry import RetryPolicy
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class TaskError(TaskleaseError):
+    """Raised by task code (or an executor) for a failed attempt; retried per policy."""
+
+
+class PermanentError(TaskError):
+    """A failure that retrying cannot cure: the task fails at once."""
+
+
+class UnknownTaskType(PermanentError):
+    """No executor on this worker runs this task type."""
+
+
+@dataclass(frozen=True, slots=True)
+class TaskContext:
+    """What an executor gets for one attempt.
+
+    Attributes:
+        task_id: The task.
+        attempt: The attempt number (1 for the first).
+        type: The task type.
+        payload: The JSON payload.
+        timeout_s: The attempt's time limit (the worker enforces it by cancelling).
+        worker: The worker id.
+    """
+
+    task_id: str
+    attempt: int
+    type: str
+    payload: JSON
+    timeout_s: float
+    worker: str
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """Runs attempts of one task type (see the module docstring for the contract)."""
+
+    async def run(self, ctx: TaskContext) -> JSON:
+        """Run one attempt and return its JSON result."""
+        ...
+
+
+def call_args(payload: JSON) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Map a payload to call arguments.
+
+    An object becomes keyword arguments, an array positional arguments,
+    ``null`` no arguments, and any other value the single argument.
+    """
+    if payload is None:
+        return (), {}
+    if isinstance(payload, dict):
+        return (), payload
+    if isinstance(payload, list):
+        return tuple(payload), {}
+    return (payload,), {}
+
+
+class TaskFunction(Generic[P, R]):
+    """A Python function registered as a task type.
+
+    Calling it calls the function directly; :meth:`spec` builds a submit
+    request whose arguments are type-checked against the function's signature.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[P, R],
+        name: str,
+        *,
+        queue: str = DEFAULT_QUEUE,
+        priority: int = DEFAULT_PRIORITY,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        from tasklease.client import TaskSpec
+
+        self.fn = fn
+        self.name = name
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.module = fn.__module__
+        self.qualname = fn.__qualname__
+        if "<locals>" in self.qualname and not self.is_async:
+            raise InvalidOption(
+                f"task {name}: a sync task must be a module-level function "
+                "(it runs in a child process that imports it by name)"
+            )
+        # Validate the defaults now, when the task is declared, not when it runs.
+        self.defaults = TaskSpec(name, None, queue, priority, timeout_s, retry or RetryPolicy())
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Call the function directly (not as a task)."""
+        return self.fn(*args, **kwargs)
+
+    def spec(self, *args: P.args, **kwargs: P.kwargs) -> Any:
+        """A :class:`~tasklease.client.TaskSpec` running this function with these arguments.
+
+        Give either positional or keyword arguments, not both.
+        """
+        from dataclasses import replace
+
+        if args and kwargs:
+            raise InvalidOption(f"task {self.name}: give positional or keyword arguments, not both")
+        payload: JSON = list(args) if args else (dict(kwargs) if kwargs else None)
+        return replace(self.defaults, payload=payload)
+
+
+class Registry:
+    """Task types and the executors that run them.
+
+    Declare tasks on a registry in an importable module, then start workers
+    with ``--import that.module``::
+
+        registry = Registry()
+
+        @registry.task
+        def resize(path: str, width: int) -> dict: ...
+
+        @registry.task(name="fetch", timeout_s=30, retry=RetryPolicy(max_retries=3))
+        async def fetch(url: str) -> str: ...
+    """
+
+    def __init__(self) -> None:
+        # Written while modules are imported (before the worker starts), read after.
+        self._executors: dict[str, Executor] = {}
+        self._functions: dict[str, TaskFunction[Any, Any]] = {}
+
+    def task(self, fn: Callable[..., Any] | None = None, *, name: str | None = None, **options: Any) -> Any:
+        """Register a function as a task type (usable bare or with options).
+
+        Args:
+            fn: The function (sync or async).
+            name: The task type; defaults to the function's name.
+            **options: Defaults for submits: queue, priority, timeout_s, retry.
+        """
+
+        def register(f: Callable[..., Any]) -> TaskFunction[Any, Any]:
+            tf: TaskFunction[Any, Any] = TaskFunction(f, name or f.__name__, **options)
+            if tf.name in self._executors:
+                raise InvalidOption(f"task type {tf.name!r} is registered twice")
+            if tf.name in self._functions:
+                raise InvalidOption(f"task type {tf.name!r} is registered twice")
+            self._functions[tf.name] = tf
+            return tf
+
+        return register(fn) if fn is not None else register
+
+    def register(self, name: str, executor: Executor) -> None:
+        """Register an executor object under a task type."""
+        if name in self._executors or name in self._functions:
+            raise InvalidOption(f"task type {name!r} is registered twice")
+        self._executors[name] = executor
+
+    def get(self, name: str) -> Executor | None:
+        """The executor object registered for a task type, if any (not functions)."""
+        return self._executors.get(name)
+
+    def function(self, name: str) -> TaskFunction[Any, Any] | None:
+        """The registered Python function of a task type, if it is one."""
+        return self._functions.get(name)
+
+    @property
+    def names(self) -> list[str]:
+        """Registered task types, sorted."""
+        return sorted({*self._executors, *self._functions})
+
+    def update(self, others: Iterable[Registry]) -> None:
+        """Add the task types of other registries."""
+        for other in others:
+            for name, executor in other._executors.items():
+                if self._executors.get(name, executor) is not executor or name in self._functions:
+                    raise InvalidOption(f"task type {name!r} is registered twice")
+                self._executors[name] = executor
+            for name, tf in other._functions.items():
+                if self._functions.get(name, tf) is not tf or name in self._executors:
+                    raise InvalidOption(f"task type {name!r} is registered twice")
+                self._functions[name] = tf

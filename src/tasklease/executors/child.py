@@ -1,0 +1,88 @@
+"""The child process that runs sync task functions: ``python -m tasklease.executors.child``.
+
+Protocol on the pipes: the parent writes frames to our stdin, we write frames
+to the original stdout; a frame is a 4-byte big-endian length and a JSON
+object. Request ``{"module", "qualname", "payload"}``; reply ``{"ok": result}``
+or ``{"error", "kind", "permanent"}``. Task code's own prints go to stderr so
+they cannot corrupt the protocol. The parent kills our process group at a
+deadline; we never need to clean up.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import traceback
+from typing import Any, BinaryIO
+
+import orjson
+
+from tasklease.executors.base import PermanentError, TaskFunction, call_args
+
+
+def read_frame(stream: BinaryIO) -> bytes | None:
+    """Read one frame; None at end of input."""
+    header = stream.read(4)
+    if len(header) < 4:
+        return None
+    size = int.from_bytes(header, "big")
+    return stream.read(size)
+
+
+def write_frame(stream: BinaryIO, obj: Any) -> None:
+    """Write one frame."""
+    data = orjson.dumps(obj)
+    stream.write(len(data).to_bytes(4, "big") + data)
+    stream.flush()
+
+
+def resolve(module: str, qualname: str) -> Any:
+    """Import ``module`` and walk ``qualname`` to the function."""
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj.fn if isinstance(obj, TaskFunction) else obj
+
+
+def serve(inp: BinaryIO, out: BinaryIO) -> None:
+    """Answer requests until the parent closes our stdin."""
+    while (frame := read_frame(inp)) is not None:
+        request = orjson.loads(frame)
+        try:
+            fn = resolve(request["module"], request["qualname"])
+            args, kwargs = call_args(request["payload"])
+            result = fn(*args, **kwargs)
+            try:
+                reply: dict[str, Any] = {"ok": orjson.loads(orjson.dumps(result))}
+            except TypeError as exc:
+                reply = {
+                    "error": f"result is not JSON-serialisable: {exc}",
+                    "kind": "TypeError",
+                    "permanent": True,
+                }
+        except Exception as exc:
+            reply = {
+                "error": f"{type(exc).__name__}: {exc}",
+                "kind": type(exc).__name__,
+                "permanent": isinstance(exc, PermanentError),
+                "traceback": traceback.format_exc(limit=20)[-4000:],
+            }
+        write_frame(out, reply)
+
+
+def main() -> None:
+    """Entry point: import the worker's modules, then serve."""
+    extra_path = os.environ.get("TASKLEASE_CHILD_PATH", "")
+    for entry in reversed([p for p in extra_path.split(os.pathsep) if p]):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    proto_out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # task prints go to stderr
+    for module in sys.argv[1:]:
+        importlib.import_module(module)
+    serve(sys.stdin.buffer, proto_out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""Executors for Python task functions.
+
+Async functions run on the worker's event loop and are cancelled at their
+deadline; they must not block (CPU-bound work belongs in a sync function).
+
+Sync functions run in child processes (``python -m tasklease.executors.child``),
+each in its own process group, so that CPU-bound or GIL-holding code can never
+starve the worker's lease keep-alive, and so that a task past its deadline is
+really stopped: the child's whole process group is SIGKILLed and a fresh
+child takes its place. Children are reused between tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+import orjson
+
+from tasklease.errors import TaskleaseError
+from tasklease.executors.base import PermanentError, TaskContext, TaskError, TaskFunction, call_args
+from tasklease.models import JSON
+
+log = logging.getLogger("tasklease.executors")
+
+
+class ChildCrashed(TaskError):
+    """The child process running a task died (killed, crashed, out of memory)."""
+
+
+class AsyncFunctionExecutor:
+    """Runs an ``async def`` task function on the event loop."""
+
+    def __init__(self, tf: TaskFunction[Any, Any]) -> None:
+        self.tf = tf
+
+    async def run(self, ctx: TaskContext) -> JSON:
+        """Await the function with the payload's arguments."""
+        args, kwargs = call_args(ctx.payload)
+        return await self.tf.fn(*args, **kwargs)
+
+
+class Child:
+    """One child process and its pipes. Used by one task at a time."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+
+    @classmethod
+    async def spawn(cls, modules: tuple[str, ...]) -> Child:
+        """Start a child that imports ``modules`` first."""
+        env = dict(os.environ)
+        env["TASKLEASE_CHILD_PATH"] = os.pathsep.join(p for p in sys.path if p)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tasklease.executors.child",
+            *modules,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env=env,
+            start_new_session=True,
+        )
+        return cls(proc)
+
+    @property
+    def alive(self) -> bool:
+        """Whether the process still runs."""
+        return self.proc.returncode is None
+
+    async def call(self, module: str, qualname: str, payload: JSON) -> dict[str, Any]:
+        """Send one request and read its reply.
+
+        Raises:
+            ChildCrashed: If the child died before answering.
+        """
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        data = orjson.dumps({"module": module, "qualname": qualname, "payload": payload})
+        try:
+            self.proc.stdin.write(len(data).to_bytes(4, "big") + data)
+            await self.proc.stdin.drain()
+            header = await self.proc.stdout.readexactly(4)
+            reply = await self.proc.stdout.readexactly(int.from_bytes(header, "big"))
+        except (asyncio.IncompleteReadError, ConnectionError, BrokenPipeError) as exc:
+            code = await self.proc.wait()
+            raise ChildCrashed(f"the task's child process died (exit code {code})") from exc
+        result: dict[str, Any] = orjson.loads(reply)
+        return result
+
+    async def kill(self) -> None:
+        """SIGKILL the child's whole process group and reap it."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.kill()
+        await self.proc.wait()
+
+    async def close(self) -> None:
+        """Ask the child to exit (end of input); kill it if it does not."""
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            await asyncio.wait_for(self.proc.wait(), 2.0)
+        except TimeoutError:
+            await self.kill()
+
+
+class ProcessPool:
+    """Idle children kept for reuse; at most ``size`` exist at once.
+
+    Args:
+        size: The worker's concurrency.
+        modules: Modules each child imports at start (``--import``).
+    """
+
+    def __init__(self, size: int, modules: tuple[str, ...]) -> None:
+        self.size = size
+        self.modules = modules
+        # Touched only from the event loop.
+        self._idle: list[Child] = []
+        self._all: set[Child] = set()
+        self._closed = False
+
+    async def _take(self) -> Child:
+        while self._idle:
+            child = self._idle.pop()
+            if child.alive:
+                return child
+            self._all.discard(child)
+        child = await Child.spawn(self.modules)
+        self._all.add(child)
+        return child
+
+    async def call(self, tf: TaskFunction[Any, Any], payload: JSON) -> JSON:
+        """Run ``tf`` with ``payload`` in a child; kill the child if we are cancelled.
+
+        Raises:
+            PermanentError: The function raised one (or its result is not JSON).
+            TaskError: The function raised anything else, or its child died.
+        """
+        child = await self._take()
+        try:
+            reply = await child.call(tf.module, tf.qualname, payload)
+        except BaseException:
+            # Cancelled (timeout, cancel, shutdown) or crashed: the child may
+            # still be running the task. Kill it and its whole process group.
+            self._all.discard(child)
+            await asyncio.shield(child.kill())
+            raise
+        if self._closed:
+            await child.close()
+        else:
+            self._idle.append(child)
+        if "ok" in reply:
+            return reply["ok"]
+        cls = PermanentError if reply.get("permanent") else TaskError
+        raise cls(str(reply.get("error")))
+
+    async def close(self) -> None:
+        """Stop every child. Idempotent."""
+        self._closed = True
+        children, self._all, self._idle = list(self._all), set(), []
+        await asyncio.gather(*(c.close() for c in children), return_exceptions=True)
+
+    @property
+    def pids(self) -> list[int]:
+        """Process ids of the current children (tests check they are gone)."""
+        return [c.proc.pid for c in self._all]
+
+
+class SyncFunctionExecutor:
+    """Runs a plain ``def`` task function in a child process of a pool."""
+
+    def __init__(self, tf: TaskFunction[Any, Any], pool: ProcessPool) -> None:
+        self.tf = tf
+        self.pool = pool
+
+    async def run(self, ctx: TaskContext) -> JSON:
+        """Call the function in a child process."""
+        try:
+            return await self.pool.call(self.tf, ctx.payload)
+        except TaskleaseError:
+            raise
+        except OSError as exc:
+            raise TaskError(f"could not run the task's child process: {exc}") from exc

@@ -1,0 +1,190 @@
+"""The etcd keyspace: queue order, parsing, name validation and prefix ranges."""
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tasklease.errors import InvalidOption, InvalidQueueName
+from tasklease.keys import SEQ_DIGITS, Keyspace, QueueKey, prefix_end
+
+CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+task_ids = st.text(alphabet=CROCKFORD, min_size=26, max_size=26)
+priorities = st.integers(min_value=0, max_value=3)
+seqs = st.integers(min_value=0, max_value=10**19)
+entries = st.lists(st.tuples(priorities, seqs, task_ids), max_size=40)
+queue_names = st.from_regex(r"[A-Za-z0-9_.-]{1,64}", fullmatch=True).filter(lambda n: n not in {".", ".."})
+
+
+@given(entries)
+def test_ascending_key_order_is_priority_descending_then_fifo(items):
+    # Given queue entries with random priorities, sequences and ids
+    keys = Keyspace()
+
+    # When their keys are sorted as etcd sorts them (ascending bytes)
+    by_key = sorted(items, key=lambda e: keys.queue_entry("q", *e).encode())
+
+    # Then the order is highest priority first, then lowest sequence first
+    by_rule = sorted(items, key=lambda e: (-e[0], e[1], e[2]))
+    assert by_key == by_rule
+
+
+def test_urgent_task_sorts_before_older_low_priority_task():
+    # Given an old low-priority entry and a newer urgent one
+    keys = Keyspace()
+    old_low = keys.queue_entry("q", 0, 1, "A" * 26)
+    new_urgent = keys.queue_entry("q", 3, 10**19, "B" * 26)
+
+    # When / Then the urgent entry comes first in a range read
+    assert new_urgent < old_low
+
+
+@given(queue_names, priorities, seqs, task_ids)
+def test_parse_queue_entry_round_trips(queue, priority, seq, task_id):
+    # Given a queue key built from its parts
+    keys = Keyspace("ns")
+    key = keys.queue_entry(queue, priority, seq, task_id)
+
+    # When it is parsed
+    parsed = keys.parse_queue_entry(key)
+
+    # Then the same parts come back, and the key sits under its queue and band
+    assert parsed == QueueKey(queue, priority, seq, task_id)
+    assert key.startswith(keys.queue_band(queue, priority))
+    assert key.startswith(keys.queue(queue))
+
+
+def test_sequence_is_zero_padded_to_fixed_width():
+    # Given the smallest and the largest sequence
+    keys = Keyspace()
+
+    # When their keys are built
+    small = keys.queue_entry("q", 1, 0, "X")
+    large = keys.queue_entry("q", 1, 10**SEQ_DIGITS - 1, "X")
+
+    # Then both keys have the same length (string order equals numeric order)
+    assert len(small) == len(large)
+    assert "/" + "0" * SEQ_DIGITS + "/" in small
+
+
+def test_parse_queue_entry_rejects_a_key_of_another_prefix():
+    # Given a task record key, not a queue key
+    keys = Keyspace()
+
+    # When / Then parsing it fails
+    with pytest.raises(ValueError, match="not a queue key"):
+        keys.parse_queue_entry(keys.task("A" * 26))
+
+
+@pytest.mark.parametrize("priority", [-1, 4, 7])
+def test_queue_entry_rejects_priority_out_of_range(priority):
+    # Given / When / Then a priority outside 0..3 is refused
+    with pytest.raises(InvalidOption):
+        Keyspace().queue_entry("q", priority, 1, "X")
+
+
+@pytest.mark.parametrize("seq", [-1, 10**SEQ_DIGITS])
+def test_queue_entry_rejects_sequence_out_of_range(seq):
+    # Given / When / Then a sequence that does not fit 20 digits is refused
+    with pytest.raises(InvalidOption):
+        Keyspace().queue_entry("q", 1, seq, "X")
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["a/b", "x" * 65, "x" * 200, "", ".", "..", "a b", "tab\t", "q\n", "é", "a:b", "a*"],
+)
+def test_bad_queue_names_raise_invalid_queue_name(name):
+    # Given a queue name outside [A-Za-z0-9_.-]{1,64}
+    keys = Keyspace()
+
+    # When / Then every key builder that takes it refuses it
+    with pytest.raises(InvalidQueueName):
+        keys.queue(name)
+    with pytest.raises(InvalidQueueName):
+        keys.queue_entry(name, 1, 1, "X")
+
+
+@pytest.mark.parametrize("name", ["a", "x" * 64, "A.b_c-9", ".hidden"])
+def test_good_queue_names_are_accepted(name):
+    # Given / When a valid queue name is used
+    prefix = Keyspace().queue(name)
+
+    # Then its prefix is the name between slashes
+    assert prefix == f"/tasklease/queue/{name}/"
+
+
+@pytest.mark.parametrize("namespace", ["", "a/b", "x" * 65, "..", "."])
+def test_bad_namespace_raises_invalid_option(namespace):
+    # Given / When / Then a bad namespace is refused as an option, not a queue name
+    with pytest.raises(InvalidOption):
+        Keyspace(namespace)
+
+
+def test_namespaces_do_not_overlap():
+    # Given two namespaces where one name is a prefix of the other
+    a, ab = Keyspace("a"), Keyspace("ab")
+
+    # When / Then no key of "ab" lies in the range of "a"
+    key = ab.task("A" * 26)
+    assert not a.root <= key < prefix_end(a.root)
+
+
+def test_queue_prefix_does_not_contain_keys_of_a_longer_queue_name():
+    # Given queues "a" and "a.b"
+    keys = Keyspace()
+    prefix = keys.queue("a")
+    other = keys.queue_entry("a.b", 1, 1, "X")
+
+    # When / Then the range of "a" does not hold the key of "a.b"
+    assert not other.startswith(prefix)
+    assert not prefix <= other < prefix_end(prefix)
+
+
+@given(queue_names, queue_names, priorities, seqs, task_ids)
+def test_a_queue_range_holds_only_its_own_keys(queue, other, priority, seq, task_id):
+    # Given a key of some queue
+    keys = Keyspace()
+    key = keys.queue_entry(other, priority, seq, task_id)
+
+    # When it is checked against the range read of another queue
+    prefix = keys.queue(queue)
+    inside = prefix <= key < prefix_end(prefix)
+
+    # Then it is inside exactly when it is the same queue
+    assert inside == (queue == other)
+
+
+def test_prefix_end_bumps_the_last_character():
+    # Given / When / Then the exclusive end follows the prefix in key order
+    assert prefix_end("/tasklease/queue/") == "/tasklease/queue0"
+    assert prefix_end("abc") == "abd"
+
+
+@given(st.text(alphabet="abz/09", max_size=20))
+def test_every_key_with_a_prefix_lies_in_its_range(suffix):
+    # Given a prefix ending in "/" and any key that starts with it
+    prefix = "/tasklease/task/"
+    key = prefix + suffix
+
+    # When / Then the key lies in [prefix, prefix_end(prefix))
+    assert prefix <= key < prefix_end(prefix)
+
+
+def test_other_key_builders_share_the_namespace_root():
+    # Given a namespace
+    keys = Keyspace("prod")
+
+    # When the other keys are built
+    built = [
+        keys.task("T"),
+        keys.node("w1"),
+        keys.assignment("w1", "T"),
+        keys.running_entry("T"),
+    ]
+
+    # Then all live under the root, and a task key gives back its id
+    assert keys.root == "/prod/"
+    assert all(k.startswith("/prod/") for k in built)
+    assert keys.task_id_of(keys.task("T")) == "T"
+    assert keys.assignment("w1", "T").startswith(keys.worker_assignments("w1"))
