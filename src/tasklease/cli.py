@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -172,6 +173,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=_positive_float, default=None)
 
     cmd("stats", "tasks per state and queue")
+
+    p = cmd("worker", "run a worker in the foreground")
+    p.add_argument("--id", default=None, help="worker id (default host-pid-random)")
+    p.add_argument("--concurrency", type=_int, default=4, help="most tasks at once (default 4)")
+    p.add_argument("--queues", default="default", help="comma-separated queues (default: default)")
+    p.add_argument("--weight", type=float, default=1.0, help="relative capacity (weighted balancer)")
+    p.add_argument("--tags", default="", help="k=v,... labels published with the node")
+    p.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE at start (its Registry task functions are served); repeatable",
+    )
+    p.add_argument("--lease-ttl", type=_int, default=10, help="lease TTL in seconds (default 10)")
+    p.add_argument(
+        "--heartbeat", type=_positive_float, default=3.0, help="seconds between heartbeats (default 3)"
+    )
+    p.add_argument(
+        "--grace", type=float, default=30.0, help="seconds running tasks get on SIGTERM (default 30)"
+    )
+    p.add_argument("--allow", default="", help="enable sensitive built-ins: shell,http")
+    p.add_argument("--log-format", choices=["json", "text"], default="json")
+
+    p = cmd("nodes", "list live workers and their load")
 
     p = cmd("demo", "start a local etcd, run a small workload, print a summary, stop")
     p.add_argument("--data-dir", type=Path, default=None, help="keep etcd's data here")
@@ -399,6 +426,119 @@ def cmd_etcd(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _parse_tags(text: str) -> dict[str, str]:
+    tags: dict[str, str] = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"bad tag {item!r}: use key=value")
+        tags[key] = value
+    return tags
+
+
+def load_registry(imports: Sequence[str], allow: frozenset[str]) -> Any:
+    """Built-ins plus every Registry found in the imported modules."""
+    import importlib
+
+    from tasklease.executors.base import Registry
+    from tasklease.executors.builtin import builtin_registry
+
+    registry = builtin_registry(allow)
+    for module_name in imports:
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as exc:
+            raise UsageError(f"cannot import {module_name}: {type(exc).__name__}: {exc}") from None
+        found = [v for v in vars(module).values() if isinstance(v, Registry)]
+        if not found:
+            raise UsageError(f"module {module_name} has no tasklease Registry")
+        registry.update(found)
+    return registry
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """``tasklease worker``: serve until SIGTERM/SIGINT (graceful), a second one stops at once."""
+    from tasklease.keys import Keyspace
+    from tasklease.logs import setup_logging
+    from tasklease.store import Store
+    from tasklease.worker import Worker, WorkerConfig, default_worker_id
+
+    setup_logging(os.environ.get("TASKLEASE_LOG_LEVEL", "info"), args.log_format)
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # --import finds modules of the current directory
+    allow = frozenset(a.strip() for a in args.allow.split(",") if a.strip())
+    registry = load_registry(args.imports, allow)
+    config = WorkerConfig(
+        worker_id=args.id or default_worker_id(),
+        queues=tuple(q.strip() for q in args.queues.split(",") if q.strip()),
+        concurrency=args.concurrency,
+        weight=args.weight,
+        tags=_parse_tags(args.tags),
+        lease_ttl_s=args.lease_ttl,
+        heartbeat_s=args.heartbeat,
+        grace_s=args.grace,
+        imports=tuple(args.imports),
+    )
+    keys = Keyspace(args.namespace)
+
+    async def run() -> int:
+        store = Store(store_config(args))
+        await store.connect()
+        worker = Worker(store, keys, registry, config)
+        signals = {"count": 0}
+        loop = asyncio.get_running_loop()
+        background: set[asyncio.Task[None]] = set()
+
+        def on_signal() -> None:
+            signals["count"] += 1
+            action = worker.stop() if signals["count"] == 1 else worker.kill()
+            task = loop.create_task(action)
+            background.add(task)
+            task.add_done_callback(background.discard)
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal)
+        try:
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker.start()
+            await worker.wait_stopped()
+            await asyncio.gather(*background, return_exceptions=True)
+        finally:
+            await store.close()
+        return EXIT_OK
+
+    return asyncio.run(run())
+
+
+def cmd_nodes(args: argparse.Namespace) -> int:
+    """``tasklease nodes``."""
+    from tasklease.nodes import list_nodes
+
+    async def run(client: Client) -> int:
+        nodes = await list_nodes(client.store, client.keys)
+        if args.json:
+            _print_json(nodes)
+            return EXIT_OK
+        rows = [
+            (
+                n["id"],
+                ",".join(n.get("queues", [])),
+                f"{n.get('running', 0)}/{n.get('capacity', 0)}",
+                f"{n.get('cpu', 0):.0f}%",
+                f"{n.get('memory', 0):.0f}%",
+                f"{n.get('weight', 1):g}",
+                ",".join(f"{k}={v}" for k, v in (n.get("tags") or {}).items()),
+                "draining" if n.get("draining") else "up",
+                _when(n.get("heartbeat_at")),
+            )
+            for n in nodes
+        ]
+        _table(rows, ("ID", "QUEUES", "RUNNING", "CPU", "MEM", "WEIGHT", "TAGS", "STATE", "HEARTBEAT"))
+        return EXIT_OK
+
+    return asyncio.run(_with_client(args, run))
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """``tasklease demo``."""
     from tasklease.demo import run_demo
@@ -408,6 +548,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": cmd_demo,
+    "worker": cmd_worker,
+    "nodes": cmd_nodes,
     "etcd": cmd_etcd,
     "submit": cmd_submit,
     "status": cmd_status,
@@ -432,7 +574,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_level, "text")
     try:
         return COMMANDS[args.command](args)
-    except USER_ERRORS as exc:
+    except (*USER_ERRORS, UsageError) as exc:
         _fail(str(exc), EXIT_USAGE)
     except TaskleaseError as exc:
         _fail(str(exc), EXIT_RUNTIME)

@@ -1,0 +1,556 @@
+"""The worker: registers under a lease, watches its assignments, runs them, records outcomes.
+
+Life of a worker::
+
+    register:  grant lease; put node/{id} under it; read assign/{id}/ (revision R)
+    serve:     watch assign/{id}/ from R + 1
+               put    -> run the task (at most `concurrency` at once)
+               delete -> the task was cancelled or taken away: stop it, write nothing
+    heartbeat: every `heartbeat_s`, refresh the lease and re-put node/{id} with its load
+    finish:    one transaction per attempt, fenced on the assignment (queue.leave_running_ops)
+    lease lost -> stop every running task, write nothing for them, register again
+
+Everything runs on one event loop; user code runs off it (sync functions in
+child processes, see executors/python.py), so task code cannot starve the
+keep-alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import secrets
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import psutil
+
+from tasklease import __version__, codec
+from tasklease.clock import Clock, SystemClock
+from tasklease.errors import (
+    CorruptRecord,
+    InvalidOption,
+    PayloadTooLarge,
+    StoreError,
+    StoreUnavailable,
+    TaskleaseError,
+    WatchCompacted,
+)
+from tasklease.executors.base import (
+    Executor,
+    PermanentError,
+    Registry,
+    TaskContext,
+    UnknownTaskType,
+)
+from tasklease.executors.python import AsyncFunctionExecutor, ProcessPool, SyncFunctionExecutor
+from tasklease.ids import IdGenerator
+from tasklease.keys import NAME_RE, Keyspace, check_name, prefix_end
+from tasklease.models import JSON, Outcome, Task, TaskState, decide, truncate_error
+from tasklease.queue import Assignment, decode_assignment, finished_attempt, leave_running_ops
+from tasklease.session import Session
+from tasklease.store import Store
+
+log = logging.getLogger("tasklease.worker")
+
+
+def default_worker_id() -> str:
+    """``{host}-{pid}-{4 hex}``, made to fit ``[A-Za-z0-9_.-]{1,64}``."""
+    host = "".join(c if NAME_RE.fullmatch(c) else "-" for c in socket.gethostname())[:40] or "host"
+    return f"{host}-{os.getpid()}-{secrets.token_hex(2)}"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    """How a worker behaves.
+
+    Attributes:
+        worker_id: Its id (default: host-pid-random).
+        queues: The queues it serves.
+        concurrency: Most tasks it runs at once (its capacity).
+        weight: Relative capacity for the weighted balancer.
+        tags: Free-form labels published in the node record.
+        lease_ttl_s: Lease TTL: how long after a crash it counts as dead.
+        heartbeat_s: Lease refresh and load update interval.
+        grace_s: On SIGTERM, how long running tasks may take to finish.
+        imports: Modules imported at start (they register task functions);
+            children of the process pool import them too.
+    """
+
+    worker_id: str = field(default_factory=default_worker_id)
+    queues: tuple[str, ...] = ("default",)
+    concurrency: int = 4
+    weight: float = 1.0
+    tags: Mapping[str, str] = field(default_factory=dict)
+    lease_ttl_s: int = 10
+    heartbeat_s: float = 3.0
+    grace_s: float = 30.0
+    imports: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        check_name(self.worker_id, "worker")
+        if not self.queues:
+            raise InvalidOption("a worker serves at least one queue")
+        for q in self.queues:
+            check_name(q)
+        if not 1 <= self.concurrency <= 10_000:
+            raise InvalidOption("concurrency must be in 1..10000")
+        if not self.weight > 0:
+            raise InvalidOption("weight must be > 0")
+        if self.lease_ttl_s < 2:
+            raise InvalidOption("lease TTL must be >= 2 s")
+        if not 0 < self.heartbeat_s < self.lease_ttl_s:
+            raise InvalidOption("heartbeat must be > 0 and shorter than the lease TTL")
+        if self.grace_s < 0:
+            raise InvalidOption("grace must be >= 0")
+
+
+@dataclass
+class _Run:
+    """One attempt this worker is running. Touched only on the event loop."""
+
+    assignment: Assignment
+    task: asyncio.Task[None] | None = None
+    # Why it is being stopped, if it is: "revoked" (assignment deleted),
+    # "lease" (lease lost), "handback" (shutdown), "abandon" (hard stop).
+    stop_reason: str | None = None
+    # Set when the outcome is being written: the deletion of the assignment
+    # that our own transaction causes must not be taken for a revocation.
+    recording: bool = False
+
+
+class Worker:
+    """A worker process's engine. Use ``async with Worker(...)`` or start()/stop().
+
+    Args:
+        store: The etcd connection.
+        keys: The namespace.
+        registry: Task types this worker runs (built-ins included by the caller).
+        config: Its settings.
+        clock: Time source.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        keys: Keyspace,
+        registry: Registry,
+        config: WorkerConfig | None = None,
+        *,
+        clock: Clock | None = None,
+    ) -> None:
+        self.store = store
+        self.keys = keys
+        self.registry = registry
+        self.config = config or WorkerConfig()
+        self.clock = clock or SystemClock()
+        self.id = self.config.worker_id
+        self.pool = ProcessPool(self.config.concurrency, self.config.imports)
+        self._executors = self._build_executors()
+        self._ids = IdGenerator(self.clock)
+        self._rng = random.Random()
+        # All of the following are touched only on the event loop.
+        self._runs: dict[str, _Run] = {}
+        self._slots = asyncio.Semaphore(self.config.concurrency)
+        self._executing = 0
+        self._draining = False
+        self._stopped = asyncio.Event()
+        self._session: Session | None = None
+        self._main: asyncio.Task[None] | None = None
+        self._registered = asyncio.Event()
+        self._started_at = self.clock.now()
+        self.completed = 0
+
+    def _build_executors(self) -> dict[str, Executor]:
+        executors: dict[str, Executor] = {}
+        for name in self.registry.names:
+            tf = self.registry.function(name)
+            if tf is None:
+                executor = self.registry.get(name)
+                assert executor is not None
+                executors[name] = executor
+            elif tf.is_async:
+                executors[name] = AsyncFunctionExecutor(tf)
+            else:
+                executors[name] = SyncFunctionExecutor(tf, self.pool)
+        return executors
+
+    # lifecycle -------------------------------------------------------------------------
+    async def __aenter__(self) -> Worker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Register and start serving; returns once registered."""
+        self._main = asyncio.create_task(self._serve_forever(), name=f"worker-{self.id}")
+        registered = asyncio.create_task(self._registered.wait())
+        await asyncio.wait({registered, self._main}, return_when=asyncio.FIRST_COMPLETED)
+        if not registered.done():
+            registered.cancel()
+            await self._main  # it failed: raise its error
+
+    @property
+    def lease_id(self) -> int:
+        """The current lease (0 when not registered)."""
+        return self._session.lease_id if self._session else 0
+
+    @property
+    def running(self) -> int:
+        """Tasks executing right now."""
+        return self._executing
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Graceful shutdown (idempotent).
+
+        The order, and why:
+
+        1. Stop accepting work: mark the node record ``draining`` so the
+           scheduler assigns nothing more; hand back anything that still arrives.
+        2. Let running tasks finish for up to ``grace_s``, while the session
+           keeps heartbeating, so their results are still accepted.
+        3. Cancel what is left; each is handed back to its queue in one
+           transaction (outcome ``handed_back``), fenced like any result.
+        4. Stop watching, close the child processes, revoke the lease: the
+           node record vanishes at once instead of after a TTL.
+        """
+        grace = self.config.grace_s if grace_s is None else grace_s
+        if self._stopped.is_set():
+            return
+        self._draining = True
+        with contextlib.suppress(StoreError):
+            await self._put_node()
+        pending = [r.task for r in self._runs.values() if r.task is not None]
+        if pending:
+            log.info("draining: waiting up to %.1f s for %d tasks", grace, len(pending), extra=self._ctx())
+            _, still = await asyncio.wait(pending, timeout=grace)
+            for run in list(self._runs.values()):
+                if run.task is not None and run.task in still:
+                    run.stop_reason = "handback"
+                    run.task.cancel()
+            if still:
+                await asyncio.wait(still, timeout=max(5.0, self.config.lease_ttl_s))
+        await self._shutdown(revoke=True)
+
+    async def kill(self) -> None:
+        """Stop at once: cancel every task without writing for them, revoke the lease.
+
+        Their assignments vanish with the lease; recovery re-queues them.
+        """
+        for run in self._runs.values():
+            if run.task is not None:
+                run.stop_reason = "abandon"
+                run.task.cancel()
+        await self._shutdown(revoke=True)
+
+    async def _shutdown(self, *, revoke: bool) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        tasks = []
+        for run in self._runs.values():
+            if run.task is not None and not run.task.done():
+                run.stop_reason = run.stop_reason or "abandon"
+                run.task.cancel()
+                tasks.append(run.task)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._main is not None:
+            self._main.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._main
+        if self._session is not None:
+            if revoke:
+                await self._session.close()
+            else:
+                await self._session.orphan()
+        await self.pool.close()
+        log.info("worker stopped", extra=self._ctx())
+
+    async def wait_stopped(self) -> None:
+        """Block until the worker has stopped."""
+        await self._stopped.wait()
+
+    # registration and the watch ---------------------------------------------------------
+    def _ctx(self, **extra: Any) -> dict[str, Any]:
+        return {"component": "worker", "worker": self.id, **extra}
+
+    def node_record(self) -> dict[str, Any]:
+        """The record published at ``node/{id}``."""
+        return {
+            "id": self.id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "queues": list(self.config.queues),
+            "capacity": self.config.concurrency,
+            "running": self._executing,
+            "assigned": len(self._runs),
+            "cpu": psutil.cpu_percent(interval=None),
+            "memory": psutil.virtual_memory().percent,
+            "weight": self.config.weight,
+            "tags": dict(self.config.tags),
+            "types": self.registry.names,
+            "version": __version__,
+            "started_at": self._started_at,
+            "heartbeat_at": self.clock.now(),
+            "lease": self.lease_id,
+            "draining": self._draining,
+            "completed": self.completed,
+        }
+
+    async def _put_node(self) -> None:
+        if self._session is None or self._session.lost.is_set():
+            return
+        await self.store.put(
+            self.keys.node(self.id), codec.encode_obj(self.node_record()), lease=self.lease_id
+        )
+
+    async def _serve_forever(self) -> None:
+        """Register, serve until the lease is lost, repeat until stopped."""
+        backoff = 0.2
+        while not self._stopped.is_set():
+            try:
+                await self._serve_once()
+                backoff = 0.2
+            except (StoreError, OSError) as exc:
+                log.warning(
+                    "worker cannot reach etcd: %s; retrying in %.1f s", exc, backoff, extra=self._ctx()
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    async def _serve_once(self) -> None:
+        psutil.cpu_percent(interval=None)  # prime the CPU meter
+        session = Session(
+            self.store,
+            ttl_s=self.config.lease_ttl_s,
+            heartbeat_s=self.config.heartbeat_s,
+            on_beat=self._put_node,
+            clock=self.clock,
+        )
+        await session.start()
+        self._session = session
+        try:
+            await self._put_node()
+            prefix = self.keys.worker_assignments(self.id)
+            initial = await self.store.range(prefix, prefix_end(prefix))
+            log.info(
+                "worker registered",
+                extra=self._ctx(lease=f"{session.lease_id:x}", queues=",".join(self.config.queues)),
+            )
+            self._registered.set()
+            for kv in initial.kvs:
+                self._on_assigned(kv)
+            watcher = asyncio.create_task(self._watch(prefix, initial.revision + 1))
+            lost = asyncio.create_task(session.lost.wait())
+            try:
+                await asyncio.wait({watcher, lost}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for t in (watcher, lost):
+                    t.cancel()
+                await asyncio.gather(watcher, lost, return_exceptions=True)
+            if watcher.done() and not watcher.cancelled() and watcher.exception():
+                raise watcher.exception()  # type: ignore[misc]
+        finally:
+            if session.lost.is_set():
+                await self._on_lease_lost()
+                await session.orphan()
+
+    async def _watch(self, prefix: str, revision: int) -> None:
+        while True:
+            try:
+                async for events in self.store.watch(prefix, prefix_end(prefix), revision):
+                    for ev in events:
+                        revision = ev.kv.mod_revision + 1
+                        if ev.type == "put":
+                            self._on_assigned(ev.kv)
+                        else:
+                            self._on_revoked(ev.kv.key)
+                return
+            except WatchCompacted:
+                # Re-sync: what is assigned now is the truth.
+                current = await self.store.range(prefix, prefix_end(prefix))
+                live = {kv.key for kv in current.kvs}
+                for task_id in list(self._runs):
+                    if self.keys.assignment(self.id, task_id) not in live:
+                        self._on_revoked(self.keys.assignment(self.id, task_id))
+                for kv in current.kvs:
+                    self._on_assigned(kv)
+                revision = current.revision + 1
+
+    async def _on_lease_lost(self) -> None:
+        """Stop every task; write nothing (their assignments are gone with the lease)."""
+        runs = [r for r in self._runs.values() if r.task is not None]
+        log.error("lease lost: stopping %d tasks, their outcomes are dropped", len(runs), extra=self._ctx())
+        for run in runs:
+            run.stop_reason = "lease"
+            assert run.task is not None
+            run.task.cancel()
+        await asyncio.gather(*(r.task for r in runs if r.task), return_exceptions=True)
+
+    def _on_assigned(self, kv: Any) -> None:
+        task_id = kv.key.rsplit("/", 1)[-1]
+        if kv.lease != self.lease_id:
+            return  # left over from an earlier lease of ours: it is about to vanish
+        existing = self._runs.get(task_id)
+        if existing is not None and existing.assignment.token == kv.create_revision:
+            return
+        try:
+            assignment = decode_assignment(self.keys, self.id, kv)
+        except CorruptRecord as exc:
+            log.error("skipping corrupt assignment: %s", exc, extra=self._ctx(task_id=task_id))
+            return
+        run = _Run(assignment)
+        self._runs[task_id] = run
+        if self._draining:
+            run.stop_reason = "handback"
+        run.task = asyncio.create_task(self._execute(run), name=f"task-{task_id}")
+
+    def _on_revoked(self, key: str) -> None:
+        task_id = key.rsplit("/", 1)[-1]
+        run = self._runs.get(task_id)
+        if run is None or run.task is None or run.task.done() or run.recording:
+            return
+        log.info(
+            "assignment revoked: stopping the task",
+            extra=self._ctx(task_id=task_id, attempt=run.assignment.attempt.number),
+        )
+        run.stop_reason = "revoked"
+        run.task.cancel()
+
+    # execution -------------------------------------------------------------------------
+    async def _execute(self, run: _Run) -> None:
+        assignment = run.assignment
+        task = assignment.task
+        attempt = assignment.attempt.number
+        extra = self._ctx(task_id=task.id, attempt=attempt)
+        outcome, result, error, permanent = Outcome.FAILED, None, None, False
+        try:
+            if run.stop_reason == "handback":
+                outcome = Outcome.HANDED_BACK
+            else:
+                async with self._slots:
+                    self._executing += 1
+                    try:
+                        outcome, result, error, permanent = await self._invoke(assignment)
+                    finally:
+                        self._executing -= 1
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()  # we handle it: later awaits must not see it
+            if run.stop_reason == "handback":
+                outcome, error = Outcome.HANDED_BACK, "worker shut down"
+            else:
+                # Revoked, lease lost or hard stop: someone else owns the task now.
+                log.info("task stopped (%s); nothing recorded", run.stop_reason, extra=extra)
+                self._runs.pop(task.id, None)
+                return
+        run.recording = True
+        try:
+            await asyncio.shield(self._record(assignment, outcome, result, error, permanent))
+        finally:
+            if self._runs.get(task.id) is run:
+                del self._runs[task.id]
+
+    async def _invoke(self, assignment: Assignment) -> tuple[Outcome, JSON, str | None, bool]:
+        task = assignment.task
+        extra = self._ctx(task_id=task.id, attempt=assignment.attempt.number, type=task.type)
+        executor = self._executors.get(task.type)
+        if executor is None:
+            types = ", ".join(self.registry.names) or "none"
+            err = UnknownTaskType(f"unknown task type {task.type!r}; this worker runs: {types}")
+            log.error("%s", err, extra=extra)
+            return Outcome.FAILED, None, str(err), True
+        ctx = TaskContext(
+            task.id, assignment.attempt.number, task.type, task.payload, task.timeout_s, self.id
+        )
+        log.info("task started", extra=extra)
+        try:
+            async with asyncio.timeout(task.timeout_s):
+                result = await executor.run(ctx)
+            codec.encode_json(result, "result")
+        except TimeoutError:
+            log.warning("task timed out after %g s", task.timeout_s, extra=extra)
+            return Outcome.TIMEOUT, None, f"timed out after {task.timeout_s:g} s", False
+        except PermanentError as exc:
+            log.warning("task failed permanently: %s", exc, extra=extra)
+            return Outcome.FAILED, None, truncate_error(str(exc)), True
+        except (PayloadTooLarge, TaskleaseError) as exc:
+            log.warning("task failed: %s", exc, extra=extra)
+            return Outcome.FAILED, None, truncate_error(str(exc)), isinstance(exc, PayloadTooLarge)
+        except Exception as exc:
+            log.warning("task failed: %s: %s", type(exc).__name__, exc, extra=extra)
+            return Outcome.FAILED, None, truncate_error(f"{type(exc).__name__}: {exc}"), False
+        log.info("task succeeded", extra=extra)
+        return Outcome.SUCCEEDED, result, None, False
+
+    def next_record(
+        self, assignment: Assignment, outcome: Outcome, result: JSON, error: str | None, permanent: bool
+    ) -> Task:
+        """The record after this attempt (pure apart from time and randomness)."""
+        now = self.clock.now()
+        task = finished_attempt(assignment.task, finished_at=now, outcome=outcome, error=error)
+        decision = decide(task, outcome, permanent=permanent, now=now, rng=self._rng)
+        changes: dict[str, Any] = {"state": decision.state, "updated_at": now}
+        if decision.state is TaskState.SUCCEEDED:
+            changes.update(result=result, error=None)
+        elif error is not None:
+            changes["error"] = error
+        if decision.state is TaskState.PENDING:
+            changes["not_before"] = decision.not_before
+        if decision.state is TaskState.QUEUED and outcome is not Outcome.HANDED_BACK:
+            changes["seq"] = self._ids.sequence()  # a retry goes to the back of its band
+        return replace(task, **changes)
+
+    async def _record(
+        self, assignment: Assignment, outcome: Outcome, result: JSON, error: str | None, permanent: bool
+    ) -> None:
+        """Write the attempt's outcome in one fenced transaction (retried while etcd is away)."""
+        task_id = assignment.task.id
+        extra = self._ctx(task_id=task_id, attempt=assignment.attempt.number, outcome=outcome.value)
+        try:
+            new = self.next_record(assignment, outcome, result, error, permanent)
+            compares, ops, failure = leave_running_ops(self.keys, assignment, new)
+        except PayloadTooLarge as exc:
+            new = self.next_record(assignment, Outcome.FAILED, None, str(exc), True)
+            compares, ops, failure = leave_running_ops(self.keys, assignment, new)
+        delay = 0.1
+        sent = False
+        while True:
+            if self._session is None or self._session.lost.is_set():
+                log.warning("lease lost: outcome dropped", extra=extra)
+                return
+            try:
+                res = await self.store.txn(compares, ops, failure)
+            except StoreUnavailable as exc:
+                sent = True
+                log.warning("could not record outcome (%s); retrying", exc, extra=extra)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            if res.succeeded:
+                self.completed += 1
+                log.info("outcome recorded: task %s", new.state.value, extra=extra)
+                return
+            if sent and await self._landed(new):
+                return
+            log.warning(
+                "outcome rejected: the assignment was revoked (task cancelled or reassigned)",
+                extra=extra,
+            )
+            return
+
+    async def _landed(self, new: Task) -> bool:
+        """After a lost answer: did our earlier transaction commit?"""
+        with contextlib.suppress(StoreError, CorruptRecord):
+            kv, _ = await self.store.get(self.keys.task(new.id))
+            if kv is not None:
+                return codec.decode_task(kv.key, kv.value) == new
+        return False

@@ -1,0 +1,81 @@
+"""Task functions the worker tests import (in-process and with `--import sample_tasks`)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+from tasklease.executors.base import PermanentError, Registry
+
+registry = Registry()
+
+# In-process concurrency probe (async tasks run on the worker's loop).
+PROBE = {"now": 0, "max": 0}
+
+
+@registry.task
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@registry.task
+async def async_add(a: int, b: int) -> int:
+    await asyncio.sleep(0)
+    return a + b
+
+
+@registry.task
+def sync_sleep(seconds: float, pid_file: str | None = None) -> float:
+    """Sleeps in the child; writes the child's pid first so tests can check it is killed."""
+    if pid_file:
+        Path(pid_file).write_text(str(os.getpid()))
+    time.sleep(seconds)
+    return seconds
+
+
+@registry.task
+def spin(seconds: float) -> int:
+    """Burns CPU (holds the GIL of its process) for `seconds`."""
+    end = time.monotonic() + seconds
+    n = 0
+    while time.monotonic() < end:
+        n += 1
+    return n
+
+
+@registry.task
+async def probe(seconds: float) -> int:
+    PROBE["now"] += 1
+    PROBE["max"] = max(PROBE["max"], PROBE["now"])
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        PROBE["now"] -= 1
+    return PROBE["max"]
+
+
+@registry.task
+def fail(message: str = "boom") -> None:
+    raise RuntimeError(message)
+
+
+@registry.task
+def fail_permanently(message: str = "no point retrying") -> None:
+    raise PermanentError(message)
+
+
+@registry.task
+def not_json() -> object:
+    return {1, 2, 3}
+
+
+@registry.task
+async def async_not_json() -> object:
+    return object()
+
+
+@registry.task
+def crash() -> None:
+    os._exit(3)
