@@ -200,6 +200,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = cmd("nodes", "list live workers and their load")
 
+    p = cmd("scheduler", "run a scheduler in the foreground (one of several leads)")
+    p.add_argument("--id", default=None, help="scheduler id (default sched-host-random)")
+    p.add_argument(
+        "--balancer", default="least_load", choices=["round_robin", "random", "least_load", "weighted"]
+    )
+    p.add_argument(
+        "--batch-size", type=_int, default=10, help="tasks per assignment transaction (default 10)"
+    )
+    p.add_argument("--lease-ttl", type=_int, default=10, help="leadership lease TTL in seconds (default 10)")
+    p.add_argument(
+        "--deadline-grace",
+        type=float,
+        default=5.0,
+        help="seconds past a task's timeout before the scheduler ends it",
+    )
+    p.add_argument("--log-format", choices=["json", "text"], default="json")
+
     p = cmd("demo", "start a local etcd, run a small workload, print a summary, stop")
     p.add_argument("--data-dir", type=Path, default=None, help="keep etcd's data here")
     return parser
@@ -510,6 +527,41 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def cmd_scheduler(args: argparse.Namespace) -> int:
+    """``tasklease scheduler``: campaign and lead until SIGTERM/SIGINT, then resign at once."""
+    from tasklease.keys import Keyspace
+    from tasklease.logs import setup_logging
+    from tasklease.scheduler import Scheduler, SchedulerConfig, default_scheduler_id
+    from tasklease.store import Store
+
+    setup_logging(os.environ.get("TASKLEASE_LOG_LEVEL", "info"), args.log_format)
+    config = SchedulerConfig(
+        scheduler_id=args.id or default_scheduler_id(),
+        balancer=args.balancer,
+        batch_size=args.batch_size,
+        lease_ttl_s=args.lease_ttl,
+        deadline_grace_s=args.deadline_grace,
+    )
+
+    async def run() -> int:
+        store = Store(store_config(args))
+        await store.connect()
+        scheduler = Scheduler(store, Keyspace(args.namespace), config)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await scheduler.start()
+            await stop.wait()
+        finally:
+            await scheduler.stop()
+            await store.close()
+        return EXIT_OK
+
+    return asyncio.run(run())
+
+
 def cmd_nodes(args: argparse.Namespace) -> int:
     """``tasklease nodes``."""
     from tasklease.nodes import list_nodes
@@ -550,6 +602,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": cmd_demo,
     "worker": cmd_worker,
     "nodes": cmd_nodes,
+    "scheduler": cmd_scheduler,
     "etcd": cmd_etcd,
     "submit": cmd_submit,
     "status": cmd_status,

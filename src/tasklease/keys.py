@@ -21,6 +21,7 @@ key                                    value                           written b
                                                                        assignment
 ``/{ns}/delayed/{due}/{id}``           the task id (a pending task     worker,         none
                                        waiting for its retry backoff)  scheduler
+``/{ns}/leader``                       the leading scheduler's id      scheduler       leader's
 =====================================  ==============================  ==============  =========
 
 Queue order. ``band`` is ``3 - priority`` as one digit, so priority 3 (urgent)
@@ -185,6 +186,11 @@ class Keyspace:
     def running_entry(self, task_id: str) -> str:
         """Key of one entry of the running index."""
         return f"{self.running}{task_id}"
+
+    @property
+    def leader(self) -> str:
+        """The election key: who leads; its create revision is the fencing token."""
+        return f"{self.root}leader"
 
     @property
     def delayed(self) -> str:

@@ -396,6 +396,7 @@ class Store:
         limit: int = 0,
         keys_only: bool = False,
         count_only: bool = False,
+        revision: int = 0,
     ) -> RangeResult:
         """Read ``[prefix, end)`` in ascending key order.
 
@@ -405,6 +406,7 @@ class Store:
             limit: At most this many keys (0 = all).
             keys_only: Leave values out.
             count_only: Only count.
+            revision: Read as of this revision (0 = now); pages of one snapshot.
         """
         client = self._svc()
         resp = await self._call(
@@ -412,6 +414,7 @@ class Store:
             client.kv.get(
                 prefix,
                 end,
+                revision=revision,
                 limit=limit,
                 keys_only=keys_only,
                 count_only=count_only,

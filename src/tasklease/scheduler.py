@@ -1,0 +1,600 @@
+"""The scheduler: elected leader, one watch, batch assignment, recovery.
+
+While it leads, the scheduler mirrors every key it needs with ONE watch over
+the range ``[/{ns}/assign/, /{ns}/running/~)``, which holds (in key order)
+assignments, delayed retries, the leader key, node records, queues and the
+running index, but not task records. It reads that range once (paged, at one
+revision R) and watches from R + 1, so nothing falls between read and watch,
+and every change reaches it in revision order.
+
+From the mirror it knows, without asking etcd:
+
+- the live workers (node keys), their queues, capacity and load;
+- how many tasks each worker holds (assignment keys), so it never exceeds a
+  worker's free capacity (B6);
+- the head of every queue (queue keys, in dequeue order);
+- the running attempts (running index) and their deadlines;
+- the delayed retries and when each is due.
+
+Per batch of up to ``batch_size`` tasks it costs two round trips: one
+transaction reading the chosen task records, one transaction assigning them
+all (queue keys deleted with compares on their revisions, records moved to
+running, assignments written under the workers' leases, running-index entries
+written), guarded by the leadership fence. A batch that fails a compare is
+retried once the watch has caught up; nothing is ever half-assigned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import heapq
+import logging
+import random
+import secrets
+import socket
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from tasklease import codec
+from tasklease.balancers import Balancer, NodeView, make_balancer
+from tasklease.clock import Clock, SystemClock
+from tasklease.election import Election
+from tasklease.errors import CorruptRecord, InvalidOption, StoreError, TaskleaseError, WatchCompacted
+from tasklease.ids import IdGenerator
+from tasklease.keys import Keyspace, check_name, prefix_end
+from tasklease.models import Outcome, TaskState
+from tasklease.queue import Pick, assign_ops
+from tasklease.recovery import (
+    RunningEntry,
+    decode_running,
+    end_attempt,
+    promote_ops,
+    repair_ops,
+    still_running,
+)
+from tasklease.store import KV, Compare, Delete, Event, Get, Op, Store
+
+log = logging.getLogger("tasklease.scheduler")
+
+PAGE = 1000
+
+
+def default_scheduler_id() -> str:
+    """``sched-{host}-{4 hex}``."""
+    host = "".join(c if c.isalnum() or c in "-_." else "-" for c in socket.gethostname())[:40]
+    return f"sched-{host}-{secrets.token_hex(2)}"
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    """How a scheduler behaves.
+
+    Attributes:
+        scheduler_id: Its id (stored in the leader key while it leads).
+        balancer: round_robin, random, least_load or weighted.
+        batch_size: Most tasks assigned per transaction.
+        lease_ttl_s: Leadership lease TTL: how long a crashed leader blocks a take-over.
+        deadline_grace_s: How long after a running task's deadline the scheduler
+            ends the attempt itself if the worker has not reported.
+    """
+
+    scheduler_id: str = field(default_factory=default_scheduler_id)
+    balancer: str = "least_load"
+    batch_size: int = 10
+    lease_ttl_s: int = 10
+    deadline_grace_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        check_name(self.scheduler_id, "scheduler")
+        make_balancer(self.balancer)
+        if not 1 <= self.batch_size <= 30:
+            # 4 ops per task in one transaction; etcd allows 128.
+            raise InvalidOption("batch size must be in 1..30")
+        if self.lease_ttl_s < 2:
+            raise InvalidOption("lease TTL must be >= 2 s")
+        if self.deadline_grace_s < 0:
+            raise InvalidOption("deadline grace must be >= 0")
+
+
+@dataclass(slots=True)
+class _Node:
+    view: NodeView
+    queues: frozenset[str]
+    lease: int
+    draining: bool
+
+
+class ClusterView:
+    """The scheduler's mirror of the watched range. Pure bookkeeping, no I/O.
+
+    Touched only by the scheduler's leader task.
+    """
+
+    def __init__(self, keys: Keyspace) -> None:
+        self.keys = keys
+        self.revision = 0
+        self.nodes: dict[str, _Node] = {}
+        # worker -> task ids assigned to it; assignment key -> create revision
+        self.assigned: dict[str, set[str]] = defaultdict(set)
+        self.assignment_rev: dict[str, int] = {}
+        # queue -> sorted queue keys; queue key -> its KV
+        self.queue_keys: dict[str, list[str]] = defaultdict(list)
+        self.queue_kv: dict[str, KV] = {}
+        self.running: dict[str, RunningEntry] = {}
+        self.delayed: dict[str, KV] = {}
+        self._delayed_heap: list[tuple[str, str]] = []
+        self.skipped: set[str] = set()
+        self.changed_nodes = False
+
+    # applying changes ---------------------------------------------------------------
+    def apply(self, kv: KV, deleted: bool) -> None:
+        """Apply one key's new state."""
+        key = kv.key
+        k = self.keys
+        if key.startswith(k.assignments):
+            worker, _, task_id = key[len(k.assignments) :].partition("/")
+            if deleted:
+                self.assigned[worker].discard(task_id)
+                self.assignment_rev.pop(key, None)
+            else:
+                self.assigned[worker].add(task_id)
+                self.assignment_rev[key] = kv.create_revision
+        elif key.startswith(k.queues):
+            queue = key[len(k.queues) :].split("/", 1)[0]
+            keys_list = self.queue_keys[queue]
+            i = bisect.bisect_left(keys_list, key)
+            present = i < len(keys_list) and keys_list[i] == key
+            if deleted:
+                if present:
+                    del keys_list[i]
+                self.queue_kv.pop(key, None)
+                self.skipped.discard(key)
+            else:
+                if not present:
+                    keys_list.insert(i, key)
+                self.queue_kv[key] = kv
+        elif key.startswith(k.running):
+            task_id = key[len(k.running) :]
+            if deleted:
+                self.running.pop(task_id, None)
+            else:
+                try:
+                    self.running[task_id] = decode_running(k, kv)
+                except CorruptRecord as exc:
+                    log.error("skipping corrupt running entry: %s", exc)
+        elif key.startswith(k.nodes):
+            self.changed_nodes = True
+            worker = key[len(k.nodes) :]
+            if deleted:
+                self.nodes.pop(worker, None)
+            else:
+                self._apply_node(worker, kv)
+        elif key.startswith(k.delayed):
+            if deleted:
+                self.delayed.pop(key, None)
+            else:
+                self.delayed[key] = kv
+                heapq.heappush(self._delayed_heap, (key[len(k.delayed) :], key))
+
+    def _apply_node(self, worker: str, kv: KV) -> None:
+        try:
+            d = codec.decode_obj(kv.key, kv.value)
+            view = NodeView(
+                id=worker,
+                capacity=int(d["capacity"]),
+                cpu=float(d.get("cpu", 0.0)),
+                memory=float(d.get("memory", 0.0)),
+                weight=float(d.get("weight", 1.0)),
+            )
+            self.nodes[worker] = _Node(view, frozenset(d["queues"]), kv.lease, bool(d.get("draining")))
+        except (CorruptRecord, KeyError, TypeError, ValueError) as exc:
+            log.error("ignoring worker %s: bad node record (%s)", worker, exc)
+            self.nodes.pop(worker, None)
+
+    # queries -------------------------------------------------------------------------
+    def free_nodes(self, inflight: dict[str, int]) -> list[_Node]:
+        """Workers that take work now, with ``assigned`` counted (mirror + in flight)."""
+        result = []
+        for worker, node in self.nodes.items():
+            node.view.assigned = len(self.assigned.get(worker, ())) + inflight.get(worker, 0)
+            if not node.draining and node.view.free > 0:
+                result.append(node)
+        return result
+
+    def heads(self, queues: set[str], limit: int, exclude: set[str]) -> Iterator[KV]:
+        """Queue keys of ``queues`` in dequeue order (priority, then FIFO) across queues."""
+
+        def one(queue: str) -> Iterator[tuple[str, KV]]:
+            taken = 0
+            for key in self.queue_keys.get(queue, ()):
+                if key in exclude or key in self.skipped:
+                    continue
+                # order across queues: the part after the queue name (band/seq/id)
+                yield key[len(self.keys.queue(queue)) :], self.queue_kv[key]
+                taken += 1
+                if taken >= limit:
+                    return
+
+        for _, kv in heapq.merge(*(one(q) for q in sorted(queues)), key=lambda item: item[0]):
+            yield kv
+
+    def next_due(self) -> float:
+        """Time of the earliest delayed task (inf if none)."""
+        while self._delayed_heap and self._delayed_heap[0][1] not in self.delayed:
+            heapq.heappop(self._delayed_heap)
+        if not self._delayed_heap:
+            return float("inf")
+        return int(self._delayed_heap[0][0].split("/", 1)[0]) / 1_000_000
+
+    def due(self, now: float) -> list[KV]:
+        """Delayed keys due at ``now``, soonest first."""
+        if self.next_due() > now:
+            return []
+        now_us = int(now * 1_000_000)
+        result = []
+        for key in sorted(self.delayed):
+            if int(key[len(self.keys.delayed) :].split("/", 1)[0]) > now_us:
+                break
+            result.append(self.delayed[key])
+        return result
+
+    def lost_entries(self) -> list[RunningEntry]:
+        """Running entries whose assignment is gone (their worker's lease ended)."""
+        return [
+            e
+            for e in self.running.values()
+            if self.keys.assignment(e.worker, e.task_id) not in self.assignment_rev
+        ]
+
+
+class Scheduler:
+    """Campaigns for leadership and, while it leads, assigns and repairs.
+
+    Args:
+        store: The etcd connection.
+        keys: The namespace.
+        config: Its settings.
+        clock: Time source.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        keys: Keyspace,
+        config: SchedulerConfig | None = None,
+        *,
+        clock: Clock | None = None,
+    ) -> None:
+        self.store = store
+        self.keys = keys
+        self.config = config or SchedulerConfig()
+        self.clock = clock or SystemClock()
+        self.id = self.config.scheduler_id
+        self.balancer: Balancer = make_balancer(self.config.balancer)
+        self.election = Election(store, keys, self.id, ttl_s=self.config.lease_ttl_s, clock=self.clock)
+        self._ids = IdGenerator(self.clock)
+        self._rng = random.Random()
+        # Touched only by the leader task.
+        self.view = ClusterView(keys)
+        self._wake = asyncio.Event()
+        # Replaced on every applied watch response; waiters hold the old one.
+        self._progress = asyncio.Event()
+        self._timers_changed = asyncio.Event()
+        self._inflight: list[tuple[int, dict[str, int], set[str]]] = []
+        self._main: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.leading = asyncio.Event()
+        self.assigned_total = 0
+
+    def _ctx(self, **extra: Any) -> dict[str, Any]:
+        return {"component": "scheduler", "scheduler": self.id, **extra}
+
+    async def start(self) -> None:
+        """Start campaigning (returns at once)."""
+        self._main = asyncio.create_task(self._run(), name=f"scheduler-{self.id}")
+
+    async def stop(self) -> None:
+        """Resign at once (a standby takes over) and stop. Idempotent."""
+        self._stopping = True
+        if self._main is not None:
+            self._main.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._main
+            self._main = None
+        await self.election.resign()
+        self.leading.clear()
+
+    async def __aenter__(self) -> Scheduler:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def _run(self) -> None:
+        backoff = 0.2
+        while not self._stopping:
+            try:
+                await self.election.campaign()
+                backoff = 0.2
+                self.leading.set()
+                try:
+                    await self._lead()
+                finally:
+                    self.leading.clear()
+                log.warning("leadership lost", extra=self._ctx())
+            except (StoreError, OSError) as exc:
+                log.warning(
+                    "scheduler cannot reach etcd: %s; retrying in %.1f s", exc, backoff, extra=self._ctx()
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    async def _lead(self) -> None:
+        self.view = ClusterView(self.keys)
+        self._inflight = []
+        revision = await self._load()
+        log.info(
+            "leading: %d workers, %d queued, %d running, %d delayed",
+            len(self.view.nodes),
+            len(self.view.queue_kv),
+            len(self.view.running),
+            len(self.view.delayed),
+            extra=self._ctx(token=self.election.token),
+        )
+        self._wake.set()
+        tasks = [
+            asyncio.create_task(self._watch(revision + 1), name="sched-watch"),
+            asyncio.create_task(self._assign_loop(), name="sched-assign"),
+            asyncio.create_task(self._timer_loop(), name="sched-timers"),
+            asyncio.create_task(self.election.lost(), name="sched-lost"),
+        ]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for t in done:
+            if not t.cancelled() and (exc := t.exception()) is not None:
+                raise exc
+
+    @property
+    def _range(self) -> tuple[str, str]:
+        return self.keys.assignments, prefix_end(self.keys.running)
+
+    async def _load(self) -> int:
+        start, end = self._range
+        first = await self.store.range(start, end, limit=PAGE)
+        revision = first.revision
+        page = first
+        while True:
+            for kv in page.kvs:
+                self.view.apply(kv, deleted=False)
+            if not page.more or not page.kvs:
+                break
+            page = await self.store.range(page.kvs[-1].key + "\0", end, limit=PAGE, revision=revision)
+        self.view.revision = revision
+        return revision
+
+    async def _watch(self, revision: int) -> None:
+        start, end = self._range
+        while True:
+            try:
+                async for events in self.store.watch(start, end, revision):
+                    self._apply(events)
+                    revision = self.view.revision + 1
+                return
+            except WatchCompacted:
+                log.warning("watch compacted: reloading", extra=self._ctx())
+                self.view = ClusterView(self.keys)
+                revision = await self._load() + 1
+                self._wake.set()
+
+    def _apply(self, events: list[Event]) -> None:
+        wake = False
+        for ev in events:
+            deleted = ev.type == "delete"
+            self.view.apply(ev.kv, deleted)
+            self.view.revision = max(self.view.revision, ev.kv.mod_revision)
+            key = ev.kv.key
+            if (not deleted and key.startswith(self.keys.queues)) or (
+                deleted and key.startswith(self.keys.assignments)
+            ):
+                wake = True
+            if not deleted and key.startswith((self.keys.running, self.keys.delayed)):
+                self._timers_changed.set()
+        if self.view.changed_nodes:
+            self.view.changed_nodes = False
+            wake = True
+        self._inflight = [f for f in self._inflight if f[0] > self.view.revision]
+        if wake or self.view.lost_entries():
+            self._wake.set()
+        progress, self._progress = self._progress, asyncio.Event()
+        progress.set()
+
+    async def _wait_revision(self, revision: int, timeout_s: float = 5.0) -> None:
+        """Wait until the mirror has seen ``revision`` (after a failed compare)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                while self.view.revision < revision:
+                    await self._progress.wait()
+
+    # assignment ----------------------------------------------------------------------
+    async def _assign_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await self._recover_lost()
+            while await self._assign_batch():
+                pass
+
+    def _inflight_counts(self) -> tuple[dict[str, int], set[str]]:
+        counts: dict[str, int] = defaultdict(int)
+        claimed: set[str] = set()
+        for _, per_worker, keys in self._inflight:
+            for worker, n in per_worker.items():
+                counts[worker] += n
+            claimed |= keys
+        return counts, claimed
+
+    async def _assign_batch(self) -> bool:
+        """Assign up to one batch. Returns whether to try another batch right away."""
+        inflight, claimed = self._inflight_counts()
+        free = self.view.free_nodes(inflight)
+        if not free:
+            return False
+        queues = set().union(*(n.queues for n in free))
+        chosen: list[tuple[KV, _Node]] = []
+        for qkv in self.view.heads(queues, self.config.batch_size, claimed):
+            queue = qkv.key[len(self.keys.queues) :].split("/", 1)[0]
+            candidates = [n for n in free if queue in n.queues and n.view.free > 0]
+            if not candidates:
+                continue
+            view = self.balancer.choose([n.view for n in candidates])
+            node = next(n for n in candidates if n.view is view)
+            node.view.assigned += 1
+            chosen.append((qkv, node))
+            if len(chosen) >= self.config.batch_size:
+                break
+        if not chosen:
+            return False
+        task_ids = [self.keys.parse_queue_entry(qkv.key).task_id for qkv, _ in chosen]
+        reads = await self.store.txn([], [Get(self.keys.task(t)) for t in task_ids])
+        now = self.clock.now()
+        picks: list[Pick] = []
+        compares: list[Compare] = [self.election.fence()]
+        ops: list[Op] = []
+        per_worker: dict[str, int] = defaultdict(int)
+        for (qkv, node), task_id, kvs in zip(chosen, task_ids, reads.reads, strict=True):
+            record = kvs[0] if kvs else None
+            pick = Pick(qkv, record, node.view.id, node.lease) if record else None
+            try:
+                if pick is None:
+                    raise CorruptRecord(self.keys.task(task_id), "queue key without a task record")
+                c, o, _ = assign_ops(self.keys, pick, now)
+            except TaskleaseError as exc:
+                # Corrupt, or not queued any more: skip it, keep serving the rest.
+                log.error("skipping queued task: %s", exc, extra=self._ctx(task_id=task_id))
+                self.view.skipped.add(qkv.key)
+                continue
+            picks.append(pick)
+            compares.extend(c)
+            ops.extend(o)
+            per_worker[node.view.id] += 1
+        if not picks:
+            return True
+        try:
+            result = await self.store.txn(compares, ops)
+        except StoreError as exc:
+            # Maybe committed (the watch will tell), or a worker's lease just
+            # ended (its node key goes next). Either way the compares keep a
+            # second attempt from assigning anything twice.
+            log.warning("assignment transaction failed: %s", exc, extra=self._ctx())
+            await asyncio.sleep(0.2)
+            return True
+        if not result.succeeded:
+            await self._wait_revision(result.revision)
+            return True
+        self.assigned_total += len(picks)
+        if result.revision > self.view.revision:
+            self._inflight.append((result.revision, dict(per_worker), {p.queue_kv.key for p in picks}))
+        log.debug("assigned %d tasks", len(picks), extra=self._ctx())
+        return True
+
+    # recovery ------------------------------------------------------------------------
+    async def _timer_loop(self) -> None:
+        """Deadlines (F3) and retry backoffs (E3): sleep until the next one is due."""
+        while True:
+            now = self.clock.now()
+            await self._end_overdue(now)
+            await self._promote_due(now)
+            next_deadline = min(
+                (e.deadline + self.config.deadline_grace_s for e in self.view.running.values()),
+                default=float("inf"),
+            )
+            next_due = self.view.next_due()
+            delay = min(next_deadline, next_due) - self.clock.now()
+            # Sleep until the earliest deadline or backoff; a new running or
+            # delayed key (which may be due sooner) wakes us early.
+            self._timers_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.01, min(delay, 3600.0))):
+                    await self._timers_changed.wait()
+
+    async def _records(self, task_ids: list[str]) -> list[KV | None]:
+        result = await self.store.txn([], [Get(self.keys.task(t)) for t in task_ids])
+        return [kvs[0] if kvs else None for kvs in result.reads]
+
+    async def _recover_lost(self) -> None:
+        lost = self.view.lost_entries()
+        for start in range(0, len(lost), 25):
+            await self._repair(lost[start : start + 25], Outcome.LOST)
+
+    async def _end_overdue(self, now: float) -> None:
+        grace = self.config.deadline_grace_s
+        overdue = [e for e in self.view.running.values() if e.deadline + grace <= now]
+        for start in range(0, len(overdue), 25):
+            await self._repair(overdue[start : start + 25], Outcome.TIMEOUT)
+
+    async def _repair(self, entries: list[RunningEntry], outcome: Outcome) -> None:
+        records = await self._records([e.task_id for e in entries])
+        now = self.clock.now()
+        for entry, record_kv in zip(entries, records, strict=True):
+            extra = self._ctx(task_id=entry.task_id, attempt=entry.attempt, worker=entry.worker)
+            if record_kv is None:
+                continue
+            try:
+                task = codec.decode_task(record_kv.key, record_kv.value)
+            except CorruptRecord as exc:
+                log.error("cannot repair: %s", exc, extra=extra)
+                continue
+            if not still_running(task, entry):
+                # A stale index entry (its attempt already ended): drop it.
+                await self.store.txn(
+                    [
+                        self.election.fence(),
+                        Compare(self.keys.running_entry(entry.task_id), "mod", "=", entry.mod_revision),
+                    ],
+                    [Delete(self.keys.running_entry(entry.task_id))],
+                )
+                continue
+            assign_key = self.keys.assignment(entry.worker, entry.task_id)
+            if outcome is Outcome.LOST:
+                error = f"worker {entry.worker} vanished (lease ended) during the attempt"
+                assign_rev = 0
+            else:
+                error = f"no report from worker {entry.worker} within the timeout of {task.timeout_s:g} s"
+                assign_rev = self.view.assignment_rev.get(assign_key, 0)
+            new = end_attempt(task, outcome, error, now, self._rng, self._ids.sequence())
+            compares, ops = repair_ops(
+                self.keys, self.election.fence(), entry, record_kv, new, assignment_create_revision=assign_rev
+            )
+            result = await self.store.txn(compares, ops)
+            if result.succeeded:
+                log.warning("attempt %s: task %s", outcome.value, new.state.value, extra=extra)
+
+    async def _promote_due(self, now: float) -> None:
+        due = self.view.due(now)
+        for start in range(0, len(due), 25):
+            chunk = due[start : start + 25]
+            ids = [kv.key.rsplit("/", 1)[-1] for kv in chunk]
+            records = await self._records(ids)
+            for delayed_kv, record_kv in zip(chunk, records, strict=True):
+                if record_kv is None:
+                    continue
+                try:
+                    task = codec.decode_task(record_kv.key, record_kv.value)
+                except CorruptRecord as exc:
+                    log.error("cannot promote: %s", exc, extra=self._ctx())
+                    continue
+                if task.state is not TaskState.PENDING:
+                    continue
+                compares, ops = promote_ops(
+                    self.keys, self.election.fence(), delayed_kv, record_kv, task, now, self._ids.sequence()
+                )
+                await self.store.txn(compares, ops)
