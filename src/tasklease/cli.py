@@ -217,8 +217,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--log-format", choices=["json", "text"], default="json")
 
-    p = cmd("demo", "start a local etcd, run a small workload, print a summary, stop")
-    p.add_argument("--data-dir", type=Path, default=None, help="keep etcd's data here")
+    p = cmd("dev", "run a local etcd, a scheduler and workers in the foreground until Ctrl-C")
+    p.add_argument("--workers", type=_int, default=2, help="worker processes (default 2; 0 is fine)")
+    p.add_argument("--port", type=_int, default=2379, help="etcd client port (default 2379)")
+    p.add_argument("--data-dir", type=Path, default=None, help="etcd data directory")
+    p.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="task module for the workers; repeatable",
+    )
+    p.add_argument("--allow", default="", help="let the workers run shell,http tasks")
+    p.add_argument("--concurrency", type=_int, default=4, help="per worker (default 4)")
+
+    p = cmd("demo", "start etcd, a scheduler and 2 workers, run a mixed workload, print a summary, stop")
+    p.add_argument("--data-dir", type=Path, default=None, help="keep etcd's data and the logs here")
+    p.add_argument("--workers", type=_int, default=2, help="worker processes (default 2)")
     return parser
 
 
@@ -595,11 +611,60 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """``tasklease demo``."""
     from tasklease.demo import run_demo
 
-    return run_demo(args.data_dir)
+    if args.workers < 1:
+        raise UsageError("the demo needs at least one worker")
+    return run_demo(args.data_dir, args.workers)
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    """``tasklease dev``: the embedded stack in the foreground until SIGINT/SIGTERM."""
+    from tasklease.dev import Stack
+
+    if args.workers < 0:
+        raise UsageError("--workers must be >= 0")
+    data_dir = (
+        args.data_dir
+        or Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share"))
+        / "tasklease"
+        / f"dev-{args.port}"
+    )
+    worker_args = ["--concurrency", str(args.concurrency)]
+    for module in args.imports:
+        worker_args += ["--import", module]
+    if args.allow:
+        worker_args += ["--allow", args.allow]
+    stack = Stack(
+        data_dir, port=args.port, workers=args.workers, namespace=args.namespace, worker_args=worker_args
+    )
+    stop = {"signal": 0}
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop["signal"] = signum
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        stack.start()
+        print(
+            f"tasklease dev: etcd {stack.endpoint} (data {data_dir}), 1 scheduler, {args.workers} workers; "
+            f"namespace {args.namespace}. Ctrl-C stops everything.",
+            file=sys.stderr,
+            flush=True,
+        )
+        while not stop["signal"]:
+            if not stack.etcd.running:
+                print("tasklease: error: etcd exited", file=sys.stderr)
+                return EXIT_RUNTIME
+            time.sleep(0.2)
+    finally:
+        stack.stop()
+        print("tasklease dev: stopped", file=sys.stderr, flush=True)
+    return EXIT_OK
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": cmd_demo,
+    "dev": cmd_dev,
     "worker": cmd_worker,
     "nodes": cmd_nodes,
     "scheduler": cmd_scheduler,

@@ -1,53 +1,145 @@
-"""``tasklease demo``: a local etcd, a small workload, a summary; then everything stops.
+"""``tasklease demo``: the embedded stack in the background, a workload, a summary.
 
-Until the scheduler exists (step 3 of the plan), the demo shows the queue:
-it submits tasks of mixed priorities one by one and as a batch, re-prioritises
-and cancels one, and prints the queue in dequeue order.
+It starts a local etcd, a scheduler and two workers, submits a mixed workload,
+shows progress and prints a summary table; then everything stops and it exits 0.
+
+The workload: a batch of 200 no-op tasks, 20 sleeps of mixed priorities, sync
+functions run in child processes, a task that fails and retries with backoff
+until it gives up, a task that fails once and succeeds on its retry, and a
+task that times out.
 """
 
 from __future__ import annotations
 
 import asyncio
+import statistics
+import sys
 import tempfile
+import time
+from collections import Counter
 from pathlib import Path
 
 from tasklease.client import Client, TaskSpec
-from tasklease.etcd_server import EtcdServer
-from tasklease.models import TaskState
+from tasklease.dev import Stack
+from tasklease.models import Outcome, Task, TaskState
+from tasklease.nodes import list_nodes
+from tasklease.retry import RetryPolicy
 from tasklease.store import StoreConfig
 
 
-async def _workload(endpoint: str) -> int:
+def _say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+async def _wait_for_workers(client: Client, n: int, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if len(await list_nodes(client.store, client.keys)) >= n:
+            return
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"{n} workers did not register within {timeout_s:g} s")
+
+
+async def _workload(endpoint: str, tmp: Path, n_workers: int) -> int:
     client = await Client.connect(StoreConfig.from_text(endpoint), namespace="demo")
     try:
-        print("submitting 8 tasks one by one (priorities 0..3) ...")
-        single = [await client.submit("noop", {"n": i}, priority=i % 4) for i in range(8)]
-        print("submitting a batch of 20 tasks in one transaction ...")
-        batch = await client.submit_many(TaskSpec("noop", {"batch": i}, priority=1) for i in range(20))
-        print(f"  batch written in {batch.transactions} transaction(s)")
-        raised = await client.set_priority(single[0].id, 3)
-        print(f"raised {raised.id} from priority 0 to 3")
-        cancelled = await client.cancel(single[1].id)
-        print(f"cancelled {cancelled.id}")
-        queued = await client.list(state=TaskState.QUEUED, queue="default", limit=40)
-        print(f"\nqueue 'default' in dequeue order ({len(queued)} tasks):")
-        print(f"  {'ID':<26}  PRIO  PAYLOAD")
-        for task in queued:
-            print(f"  {task.id:<26}  {task.priority:<4}  {task.payload}")
-        stats = await client.stats()
-        print("\ntasks per state:", {k: v for k, v in stats["states"].items() if v})
-        order_ok = [t.priority for t in queued] == sorted((t.priority for t in queued), reverse=True)
-        print("priority order:", "ok" if order_ok else "WRONG")
-        return 0 if order_ok else 1
+        await _wait_for_workers(client, n_workers)
+        _say(f"{n_workers} workers registered; submitting the workload ...")
+        started = time.time()
+        batch = await client.submit_many(TaskSpec("noop", {"i": i}) for i in range(200))
+        tasks: list[Task] = list(batch.tasks)
+        for i in range(20):
+            tasks.append(await client.submit("sleep", {"seconds": 0.1 + (i % 3) * 0.1}, priority=i % 4))
+        for x in range(10):
+            tasks.append(await client.submit("square", {"x": x}, priority=2))
+        tasks.append(await client.submit("fail", retry=RetryPolicy(max_retries=2, backoff_s=0.3)))
+        tasks.append(
+            await client.submit(
+                "flaky",
+                {"marker": str(tmp / "flaky.marker")},
+                retry=RetryPolicy(max_retries=1, backoff_s=0.2),
+            )
+        )
+        tasks.append(await client.submit("sleep", {"seconds": 30}, timeout_s=0.5, priority=3))
+        _say(f"submitted {len(tasks)} tasks ({batch.transactions} transaction(s) for the batch of 200)")
+        ids = [t.id for t in tasks]
+        waiter = asyncio.gather(*(client.wait(i, timeout_s=90) for i in ids))
+        while not waiter.done():
+            stats = await client.stats()
+            line = "  ".join(f"{k} {v}" for k, v in stats["states"].items() if v)
+            _say(f"  progress: {line}")
+            with_timeout = asyncio.wait({waiter}, timeout=0.5)
+            await with_timeout
+        finals: list[Task] = waiter.result()
+        elapsed = max(a.finished_at or 0 for f in finals for a in f.attempts) - started
+        return _summary(finals, elapsed)
     finally:
         await client.close()
 
 
-def run_demo(data_dir: Path | None = None) -> int:
-    """Start a local etcd, run the workload, stop etcd; return the exit code."""
-    with tempfile.TemporaryDirectory(prefix="tasklease-demo-") as tmp:
-        server = EtcdServer(data_dir=(data_dir or Path(tmp)) / "etcd")
-        print(f"starting etcd ({server.binary}) ...")
-        with server:
-            print(f"etcd ready at {server.endpoint}\n")
-            return asyncio.run(_workload(server.endpoint))
+def _summary(finals: list[Task], elapsed: float) -> int:
+    states = Counter(f.state.value for f in finals)
+    per_worker = Counter(a.worker for f in finals for a in f.attempts if a.outcome is Outcome.SUCCEEDED)
+    latencies = sorted(
+        (f.attempts[-1].finished_at or 0) - f.created_at
+        for f in finals
+        if f.type == "noop" and f.state is TaskState.SUCCEEDED
+    )
+    _say("\nsummary")
+    _say(f"  {'state':<12}{'tasks':>7}")
+    for state, count in sorted(states.items()):
+        _say(f"  {state:<12}{count:>7}")
+    _say(f"\n  {'worker':<12}{'succeeded':>10}")
+    for worker, count in sorted(per_worker.items()):
+        _say(f"  {worker:<12}{count:>10}")
+    _say(f"\n  throughput   {len(finals) / elapsed:8.0f} tasks/s ({len(finals)} tasks in {elapsed:.2f} s)")
+    if latencies:
+        p50 = statistics.median(latencies) * 1000
+        p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
+        _say(f"  latency      p50 {p50:.1f} ms, p99 {p99:.1f} ms (no-op tasks, submit to result)")
+    special = {f.type: f for f in finals if f.type in ("fail", "flaky")}
+    timed_out = [f for f in finals if f.attempts and f.attempts[-1].outcome is Outcome.TIMEOUT]
+    if "fail" in special:
+        f = special["fail"]
+        _say(f"\n  failing task: {len(f.attempts)} attempts, then {f.state.value}: {f.error}")
+    if "flaky" in special:
+        f = special["flaky"]
+        _say(f"  flaky task:   {' -> '.join(a.outcome.value for a in f.attempts if a.outcome)}")
+    if timed_out:
+        _say(f"  timed out:    {timed_out[0].id} ({timed_out[0].error})")
+    expected = (
+        states.get("succeeded", 0) == len(finals) - 2
+        and special.get("fail") is not None
+        and special["fail"].state is TaskState.FAILED
+        and len(timed_out) == 1
+    )
+    _say("\ndemo " + ("ok" if expected else "finished with unexpected results"))
+    return 0 if expected else 1
+
+
+def run_demo(data_dir: Path | None = None, workers: int = 2) -> int:
+    """Start the stack, run the workload, stop everything; return the exit code."""
+    with tempfile.TemporaryDirectory(prefix="tasklease-demo-") as tmp_name:
+        tmp = Path(tmp_name)
+        base = data_dir or tmp
+        stack = Stack(
+            base,
+            workers=workers,
+            namespace="demo",
+            worker_args=["--import", "tasklease.demo_tasks", "--concurrency", "8"],
+            log_dir=base / "logs",
+        )
+        _say(f"starting etcd ({stack.etcd.binary}), a scheduler and {workers} workers ...")
+        try:
+            stack.start()
+            _say(f"etcd ready at {stack.endpoint}; process logs in {base / 'logs'}")
+            code = asyncio.run(_workload(stack.endpoint, tmp, workers))
+        except KeyboardInterrupt:
+            code = 130
+        except Exception as exc:
+            print(f"demo failed: {exc}", file=sys.stderr)
+            code = 1
+        finally:
+            _say("stopping ...")
+            stack.stop()
+        return code

@@ -16,6 +16,7 @@ import urllib.request
 from typing import Any
 
 from tasklease.executors.base import PermanentError, Registry, TaskContext, TaskError
+from tasklease.executors.orphan import die_with_parent
 from tasklease.models import JSON
 
 OUTPUT_LIMIT = 64 * 1024
@@ -94,6 +95,8 @@ class Shell:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,
+                # The command dies with the worker (its own children are its business).
+                preexec_fn=die_with_parent,
             )
         except OSError as exc:
             raise PermanentError(f"cannot run {argv[0]!r}: {exc.strerror or exc}") from exc

@@ -19,6 +19,7 @@ from typing import Any, BinaryIO
 import orjson
 
 from tasklease.executors.base import PermanentError, TaskFunction, call_args
+from tasklease.executors.orphan import die_with_parent, watch_parent
 
 
 def read_frame(stream: BinaryIO) -> bytes | None:
@@ -73,6 +74,8 @@ def serve(inp: BinaryIO, out: BinaryIO) -> None:
 
 def main() -> None:
     """Entry point: import the worker's modules, then serve."""
+    die_with_parent()
+    watch_parent()
     extra_path = os.environ.get("TASKLEASE_CHILD_PATH", "")
     for entry in reversed([p for p in extra_path.split(os.pathsep) if p]):
         if entry not in sys.path:

@@ -1,0 +1,138 @@
+"""The embedded stack: a local etcd, one scheduler and N worker processes.
+
+``tasklease dev`` runs it in the foreground with one log stream until Ctrl-C;
+``tasklease demo`` runs it in the background with a workload; the benchmarks
+use it too. Everything is started by :class:`Stack` and stopped by it, in
+reverse order: workers (SIGTERM: they drain), the scheduler (it resigns),
+then etcd.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO
+
+from tasklease.etcd_server import EtcdServer
+
+
+class Stack:
+    """A local etcd plus tasklease processes.
+
+    Args:
+        data_dir: Directory for etcd's data (and the process logs when ``log_dir``).
+        port: etcd client port (0 = a free one).
+        workers: How many worker processes to start.
+        namespace: The namespace they use.
+        worker_args: Extra ``tasklease worker`` options.
+        scheduler_args: Extra ``tasklease scheduler`` options.
+        log_dir: Send each process's log to a file here instead of our stderr.
+        log_format: ``text`` or ``json``.
+        unsafe_no_fsync: Run etcd without fsync (benchmarks only).
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        port: int = 0,
+        workers: int = 2,
+        namespace: str = "tasklease",
+        worker_args: Sequence[str] = (),
+        scheduler_args: Sequence[str] = (),
+        log_dir: Path | None = None,
+        log_format: str = "text",
+        unsafe_no_fsync: bool = False,
+    ) -> None:
+        self.etcd = EtcdServer(
+            data_dir=Path(data_dir) / "etcd", client_port=port, unsafe_no_fsync=unsafe_no_fsync
+        )
+        self.n_workers = workers
+        self.namespace = namespace
+        self.worker_args = list(worker_args)
+        self.scheduler_args = list(scheduler_args)
+        self.log_dir = log_dir
+        self.log_format = log_format
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._logs: list[IO[bytes]] = []
+
+    @property
+    def endpoint(self) -> str:
+        """Etcd's client URL."""
+        return self.etcd.endpoint
+
+    def env(self) -> dict[str, str]:
+        """Environment for a tasklease process of this stack."""
+        env = dict(os.environ)
+        env["TASKLEASE_ETCD"] = self.endpoint
+        env["TASKLEASE_NAMESPACE"] = self.namespace
+        return env
+
+    def spawn(self, name: str, args: Sequence[str]) -> subprocess.Popen[bytes]:
+        """Start ``tasklease ARGS`` as process ``name``."""
+        out: IO[bytes] | None = None
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            out = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 (closed in stop())
+            self._logs.append(out)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tasklease", *args],
+            env=self.env(),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+        )
+        self.procs[name] = proc
+        return proc
+
+    def start_scheduler(self, name: str = "scheduler", extra: Sequence[str] = ()) -> subprocess.Popen[bytes]:
+        """Start a scheduler process."""
+        return self.spawn(
+            name, ["scheduler", "--id", name, "--log-format", self.log_format, *self.scheduler_args, *extra]
+        )
+
+    def start_worker(self, name: str, extra: Sequence[str] = ()) -> subprocess.Popen[bytes]:
+        """Start a worker process."""
+        return self.spawn(
+            name, ["worker", "--id", name, "--log-format", self.log_format, *self.worker_args, *extra]
+        )
+
+    def start(self) -> None:
+        """Start etcd (waits until healthy), the scheduler and the workers."""
+        self.etcd.start()
+        self.start_scheduler()
+        for i in range(1, self.n_workers + 1):
+            self.start_worker(f"worker-{i}")
+
+    def stop(self, timeout_s: float = 35.0) -> None:
+        """Stop workers, then schedulers, then etcd. Idempotent."""
+        workers = [p for n, p in self.procs.items() if n.startswith("worker")]
+        others = [p for n, p in self.procs.items() if not n.startswith("worker")]
+        for group in (workers, others):
+            for proc in group:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            for proc in group:
+                try:
+                    proc.wait(timeout_s)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        self.procs.clear()
+        self.etcd.stop()
+        for f in self._logs:
+            with contextlib.suppress(OSError):
+                f.close()
+        self._logs.clear()
+
+    def __enter__(self) -> Stack:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
