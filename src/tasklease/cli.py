@@ -410,6 +410,11 @@ def cmd_stats(args: argparse.Namespace) -> int:
         rows = [(q, *(str(c[s]) for s in states)) for q, c in stats["queues"].items()]
         rows.append(("TOTAL", *(str(stats["states"][s]) for s in states)))
         _table(rows, ("QUEUE", *(s.upper() for s in states)))
+        w, t = stats["workers"], stats["throughput"]
+        print(f"\nworkers: {w['live']} live, {w['running']}/{w['capacity']} slots busy")
+        print(
+            f"throughput: {t['finished']} tasks finished in the last {t['window_s']:g} s ({t['per_s']:g}/s)"
+        )
         return EXIT_OK
 
     return asyncio.run(_with_client(args, run))

@@ -406,19 +406,39 @@ class Client:
                 return
             start = page.kvs[-1].key + "\0"
 
-    async def stats(self) -> dict[str, Any]:
-        """Tasks per state and per queue (scans every record)."""
+    async def stats(self, window_s: float = 60.0) -> dict[str, Any]:
+        """Tasks per state and per queue, live workers, and recent throughput.
+
+        Scans every task record (cost grows with the number of records kept;
+        finished records expire after their retention).
+
+        Args:
+            window_s: Throughput is measured over the last ``window_s`` seconds.
+        """
+        from tasklease.nodes import list_nodes
+
         per_queue: dict[str, Counter[str]] = {}
         totals: Counter[str] = Counter()
+        now = self.clock.now()
+        recent = 0
         async for task in self.scan():
             per_queue.setdefault(task.queue, Counter())[task.state.value] += 1
             totals[task.state.value] += 1
+            if task.state.terminal and task.updated_at >= now - window_s:
+                recent += 1
+        nodes = await list_nodes(self.store, self.keys)
         return {
             "states": {s.value: totals.get(s.value, 0) for s in TaskState},
             "queues": {
                 q: {s.value: c.get(s.value, 0) for s in TaskState} for q, c in sorted(per_queue.items())
             },
             "total": sum(totals.values()),
+            "workers": {
+                "live": len(nodes),
+                "capacity": sum(int(n.get("capacity", 0)) for n in nodes),
+                "running": sum(int(n.get("running", 0)) for n in nodes),
+            },
+            "throughput": {"window_s": window_s, "finished": recent, "per_s": round(recent / window_s, 2)},
         }
 
     # change -----------------------------------------------------------------------------

@@ -89,6 +89,11 @@ async def test_500_tasks_across_2_workers_each_succeeds_once(client, cluster, st
     assert [f.result for f in finals] == [{"i": i} for i in range(500)]
     per_worker = Counter(f.attempts[0].worker for f in finals)
     assert set(per_worker) == {w0.id, w1.id}
+    stats = await client.stats()
+    assert stats["queues"]["default"]["succeeded"] == 500
+    assert stats["workers"]["live"] == 2
+    assert stats["workers"]["capacity"] == 16
+    assert stats["throughput"]["finished"] == 500
     # nothing left behind
     for prefix in (keyspace.assignments, keyspace.running, keyspace.queues):
         assert (await store.range(prefix, prefix_end(prefix))).kvs == []
