@@ -150,6 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per attempt")
     p.add_argument("--retries", type=_int, default=0, help="retries after a failure")
     p.add_argument("--backoff", type=float, default=1.0, help="first retry delay (s)")
+    p.add_argument(
+        "--retention",
+        type=float,
+        default=7 * 24 * 3600.0,
+        help="seconds the record is kept once finished (default 7 days)",
+    )
     p.add_argument("--wait", action="store_true", help="wait and print the final record")
     p.add_argument("--wait-timeout", type=_positive_float, default=None, help="give up waiting after S s")
 
@@ -296,6 +302,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         priority=args.priority,
         timeout_s=args.timeout,
         retry=RetryPolicy(max_retries=args.retries, backoff_s=args.backoff),
+        retention_s=args.retention,
     )
 
     async def run(client: Client) -> int:

@@ -44,16 +44,19 @@ from tasklease.keys import Keyspace, check_name, prefix_end
 from tasklease.models import (
     DEFAULT_PRIORITY,
     DEFAULT_QUEUE,
+    DEFAULT_RETENTION_S,
     DEFAULT_TIMEOUT_S,
     JSON,
     Outcome,
     Task,
     TaskState,
     check_priority,
+    check_retention,
     check_timeout,
     transition,
 )
 from tasklease.queue import unplace_ops
+from tasklease.retention import RetentionLeases
 from tasklease.retry import RetryPolicy
 from tasklease.store import (
     KV,
@@ -91,6 +94,7 @@ class TaskSpec:
         timeout_s: Limit of one attempt.
         retry: Retry policy.
         task_id: An id to use instead of a new one (must be unused).
+        retention_s: How long the record is kept once the task has finished.
     """
 
     type: str
@@ -100,10 +104,12 @@ class TaskSpec:
     timeout_s: float = DEFAULT_TIMEOUT_S
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     task_id: str | None = None
+    retention_s: float = DEFAULT_RETENTION_S
 
     def __post_init__(self) -> None:
         if not isinstance(self.type, str) or not 1 <= len(self.type) <= 128:
             raise InvalidOption("task type must be a string of 1 to 128 characters")
+        check_retention(self.retention_s)
         check_priority(self.priority)
         check_name(self.queue)
         check_timeout(self.timeout_s)
@@ -157,6 +163,7 @@ class Client:
         self.ids = ids or IdGenerator(self.clock)
         self._owns_store = False
         self._rng = random.Random()
+        self.retention = RetentionLeases(store, keyspace, self.clock)
 
     @classmethod
     async def connect(cls, config: StoreConfig | None = None, *, namespace: str = "tasklease") -> Client:
@@ -199,6 +206,7 @@ class Client:
             seq=self.ids.sequence(),
             created_at=now,
             updated_at=now,
+            retention_s=float(spec.retention_s),
         )
 
     def _queue_key(self, task: Task) -> str:
@@ -223,6 +231,7 @@ class Client:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         retry: RetryPolicy | None = None,
         task_id: str | None = None,
+        retention_s: float = DEFAULT_RETENTION_S,
     ) -> Task:
         """Submit one task: one transaction writes its record and its queue key.
 
@@ -234,7 +243,9 @@ class Client:
             InvalidOption: ``task_id`` is already used.
             StoreError: etcd failed.
         """
-        spec = TaskSpec(type, payload, queue, priority, timeout_s, retry or RetryPolicy(), task_id)
+        spec = TaskSpec(
+            type, payload, queue, priority, timeout_s, retry or RetryPolicy(), task_id, retention_s
+        )
         return await self.submit_spec(spec)
 
     async def submit_spec(self, spec: TaskSpec) -> Task:
@@ -456,8 +467,11 @@ class Client:
                 return task
             new_task, extra_ops = planned
             data = codec.encode_task(new_task)
+            lease = await self.retention.lease_for(new_task.retention_s) if new_task.state.terminal else 0
             try:
-                result = await self.store.txn([Compare.unchanged(kv)], [Put(kv.key, data), *extra_ops])
+                result = await self.store.txn(
+                    [Compare.unchanged(kv)], [Put(kv.key, data, lease=lease), *extra_ops]
+                )
             except StoreUnavailable:
                 if await self._stored_as(task_id, data):
                     return new_task

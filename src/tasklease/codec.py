@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from tasklease.errors import CorruptRecord, InvalidPayload, PayloadTooLarge, TaskleaseError
-from tasklease.models import JSON, SCHEMA_VERSION, Attempt, Outcome, Task, TaskState
+from tasklease.models import DEFAULT_RETENTION_S, JSON, SCHEMA_VERSION, Attempt, Outcome, Task, TaskState
 from tasklease.retry import RetryPolicy
 
 MAX_PAYLOAD_BYTES = 512 * 1024
@@ -125,6 +125,7 @@ def task_to_dict(task: Task) -> dict[str, Any]:
         "attempts": [_attempt_to_dict(a) for a in task.attempts],
         "result": task.result,
         "error": task.error,
+        "retention_s": task.retention_s,
     }
 
 
@@ -171,6 +172,7 @@ def task_from_dict(d: dict[str, Any]) -> Task:
         attempts=tuple(_attempt_from_dict(a) for a in d["attempts"]),
         result=d.get("result"),
         error=d.get("error"),
+        retention_s=float(d.get("retention_s", DEFAULT_RETENTION_S)),
     )
 
 

@@ -22,6 +22,10 @@ key                                    value                           written b
 ``/{ns}/delayed/{due}/{id}``           the task id (a pending task     worker,         none
                                        waiting for its retry backoff)  scheduler
 ``/{ns}/leader``                       the leading scheduler's id      scheduler       leader's
+``/{ns}/retention/{r}/{bucket}``       id of the lease that finished   whoever         itself
+                                       records of retention r seconds  finishes a
+                                       in this time bucket are under   task first in
+                                                                       the bucket
 =====================================  ==============================  ==============  =========
 
 Queue order. ``band`` is ``3 - priority`` as one digit, so priority 3 (urgent)
@@ -191,6 +195,10 @@ class Keyspace:
     def leader(self) -> str:
         """The election key: who leads; its create revision is the fencing token."""
         return f"{self.root}leader"
+
+    def retention(self, retention_s: int, bucket: int) -> str:
+        """Key holding the id of the shared retention lease of one time bucket."""
+        return f"{self.root}retention/{retention_s}/{bucket}"
 
     @property
     def delayed(self) -> str:

@@ -34,6 +34,8 @@ DEFAULT_QUEUE = "default"
 DEFAULT_PRIORITY = 1
 DEFAULT_TIMEOUT_S = 300.0
 MAX_TIMEOUT_S = 7 * 24 * 3600.0
+DEFAULT_RETENTION_S = 7 * 24 * 3600.0
+MAX_RETENTION_S = 366 * 24 * 3600.0
 MAX_ERROR_CHARS = 4096
 
 
@@ -146,6 +148,7 @@ class Task:
         attempts: Every attempt so far, oldest first.
         result: The JSON result of the successful attempt.
         error: The error of the last failed attempt, or why it was cancelled.
+        retention_s: How long the record is kept once the task is finished.
     """
 
     id: str
@@ -163,8 +166,10 @@ class Task:
     attempts: tuple[Attempt, ...] = ()
     result: JSON = None
     error: str | None = None
+    retention_s: float = DEFAULT_RETENTION_S
 
     def __post_init__(self) -> None:
+        check_retention(self.retention_s)
         check_priority(self.priority)
         check_name(self.queue)
         check_timeout(self.timeout_s)
@@ -211,6 +216,19 @@ def check_timeout(timeout_s: object) -> float:
     if not 0 < timeout_s <= MAX_TIMEOUT_S:
         raise InvalidOption(f"timeout must be > 0 and <= {MAX_TIMEOUT_S:g} s, got {timeout_s}")
     return float(timeout_s)
+
+
+def check_retention(retention_s: object) -> float:
+    """Validate how long a finished task is kept.
+
+    Raises:
+        InvalidOption: Unless it is a number of seconds in [1, 366 days].
+    """
+    if isinstance(retention_s, bool) or not isinstance(retention_s, int | float):
+        raise InvalidOption(f"retention must be a number of seconds, got {retention_s!r}")
+    if not 1 <= retention_s <= MAX_RETENTION_S:
+        raise InvalidOption(f"retention must be >= 1 s and <= {MAX_RETENTION_S:g} s, got {retention_s}")
+    return float(retention_s)
 
 
 @dataclass(frozen=True, slots=True)

@@ -141,13 +141,14 @@ async def assign_next(
 
 
 def leave_running_ops(
-    keys: Keyspace, assignment: Assignment, new_task: Task
+    keys: Keyspace, assignment: Assignment, new_task: Task, lease: int = 0
 ) -> tuple[list[Compare], list[Op], list[Op]]:
     """Compares and ops that move an assigned task out of ``running``.
 
     Fenced on the assignment's create revision and on the record being as
     the assignment wrote it: if the task was reassigned, cancelled or
-    recovered meanwhile, the compares fail and nothing is written.
+    recovered meanwhile, the compares fail and nothing is written. A finished
+    record goes under ``lease``, its retention lease (retention.py).
 
     Returns:
         compares, success ops, failure ops (reads that explain a failure).
@@ -159,7 +160,7 @@ def leave_running_ops(
         Compare(task_key, "mod", "=", assignment.token),
     ]
     ops: list[Op] = [
-        Put(task_key, codec.encode_task(new_task)),
+        Put(task_key, codec.encode_task(new_task), lease=lease),
         Delete(assign_key),
         Delete(keys.running_entry(new_task.id)),
         *place_ops(keys, new_task),

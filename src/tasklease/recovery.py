@@ -83,6 +83,7 @@ def repair_ops(
     new_task: Task,
     *,
     assignment_create_revision: int,
+    lease: int = 0,
 ) -> tuple[list[Compare], list[Op]]:
     """Compares and ops to end a running attempt from the scheduler.
 
@@ -97,7 +98,7 @@ def repair_ops(
         Compare.created_at(assign_key, assignment_create_revision),
     ]
     ops: list[Op] = [
-        Put(record_kv.key, codec.encode_task(new_task)),
+        Put(record_kv.key, codec.encode_task(new_task), lease=lease),
         Delete(keys.running_entry(entry.task_id)),
         *place_ops(keys, new_task),
     ]

@@ -56,6 +56,7 @@ from tasklease.recovery import (
     repair_ops,
     still_running,
 )
+from tasklease.retention import RetentionLeases
 from tasklease.store import KV, Compare, Delete, Event, Get, Op, Store
 
 log = logging.getLogger("tasklease.scheduler")
@@ -278,6 +279,7 @@ class Scheduler:
         self.election = Election(store, keys, self.id, ttl_s=self.config.lease_ttl_s, clock=self.clock)
         self._ids = IdGenerator(self.clock)
         self._rng = random.Random()
+        self.retention = RetentionLeases(store, keys, self.clock)
         # Touched only by the leader task.
         self.view = ClusterView(keys)
         self._wake = asyncio.Event()
@@ -571,8 +573,15 @@ class Scheduler:
                 error = f"no report from worker {entry.worker} within the timeout of {task.timeout_s:g} s"
                 assign_rev = self.view.assignment_rev.get(assign_key, 0)
             new = end_attempt(task, outcome, error, now, self._rng, self._ids.sequence())
+            lease = await self.retention.lease_for(new.retention_s) if new.state.terminal else 0
             compares, ops = repair_ops(
-                self.keys, self.election.fence(), entry, record_kv, new, assignment_create_revision=assign_rev
+                self.keys,
+                self.election.fence(),
+                entry,
+                record_kv,
+                new,
+                assignment_create_revision=assign_rev,
+                lease=lease,
             )
             result = await self.store.txn(compares, ops)
             if result.succeeded:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import re
 import socket
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -284,6 +286,8 @@ class Store:
         """
         # Imported here so the rest of the package imports without gRPC loaded;
         # etcd3aio also puts its proto folder on sys.path (ETCD-NOTES pitfall 7).
+        # gRPC core otherwise logs INFO lines (a failed TLS handshake) to stderr.
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
         import etcd3aio
         from etcd3aio import _protobuf
 
@@ -338,17 +342,20 @@ class Store:
         if isinstance(exc, etcd3aio.EtcdUnauthenticatedError | etcd3aio.EtcdPermissionDeniedError):
             return StoreAuthError(f"etcd refused {what}: {exc}")
         if isinstance(exc, etcd3aio.EtcdConnectionError):
-            return StoreUnavailable(f"cannot reach etcd at {endpoints} ({what})")
+            return StoreUnavailable(f"cannot reach etcd at {endpoints} ({what}){_tls_hint(str(exc))}")
         if isinstance(exc, etcd3aio.EtcdTransientError | TimeoutError):
             return StoreUnavailable(
                 f"etcd at {endpoints} did not answer {what} within {self.config.timeout_s:g} s"
             )
         if isinstance(exc, grpc.aio.AioRpcError):
             code = exc.code()
-            if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
-                return StoreAuthError(f"etcd refused {what}: {exc.details()}")
+            details = exc.details() or ""
+            if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED) or any(
+                m in details for m in _AUTH_FAILURES
+            ):
+                return StoreAuthError(f"etcd refused {what}: {details}")
             if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                return StoreUnavailable(f"cannot reach etcd at {endpoints} ({what})")
+                return StoreUnavailable(f"cannot reach etcd at {endpoints} ({what}){_tls_hint(details)}")
             if code in (
                 grpc.StatusCode.INTERNAL,
                 grpc.StatusCode.UNKNOWN,
@@ -604,6 +611,22 @@ class Store:
         client = self._svc()
         resp = await self._call("status", client.maintenance.status(timeout=self.config.timeout_s))
         return {"version": resp.version, "leader": resp.leader, "db_size": resp.dbSize}
+
+
+# Auth failures that etcd reports with other codes than UNAUTHENTICATED/PERMISSION_DENIED
+# (a wrong user or password is INVALID_ARGUMENT), so etcd3aio passes them through raw.
+_AUTH_FAILURES = ("authentication failed", "user name is empty", "user name not found")
+
+
+def _tls_hint(detail: str) -> str:
+    """Say so when "cannot reach" was in fact a failed TLS handshake."""
+    if "handshake" not in detail.lower():
+        return ""
+    reason = re.search(r"OPENSSL_internal:([A-Z0-9_]+)", detail)
+    return (
+        f": TLS handshake failed{f' ({reason.group(1)})' if reason else ''}; "
+        "check the etcd CA file and the client certificate and key"
+    )
 
 
 def _ipv4_endpoint(endpoint: str) -> str:

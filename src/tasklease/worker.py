@@ -53,6 +53,7 @@ from tasklease.ids import IdGenerator
 from tasklease.keys import NAME_RE, Keyspace, check_name, prefix_end
 from tasklease.models import JSON, Outcome, Task, TaskState, decide, truncate_error
 from tasklease.queue import Assignment, decode_assignment, finished_attempt, leave_running_ops
+from tasklease.retention import RetentionLeases
 from tasklease.session import Session
 from tasklease.store import Store
 
@@ -154,6 +155,7 @@ class Worker:
         self._executors = self._build_executors()
         self._ids = IdGenerator(self.clock)
         self._rng = random.Random()
+        self.retention = RetentionLeases(store, keys, self.clock)
         # All of the following are touched only on the event loop.
         self._runs: dict[str, _Run] = {}
         self._slots = asyncio.Semaphore(self.config.concurrency)
@@ -517,17 +519,20 @@ class Worker:
         extra = self._ctx(task_id=task_id, attempt=assignment.attempt.number, outcome=outcome.value)
         try:
             new = self.next_record(assignment, outcome, result, error, permanent)
-            compares, ops, failure = leave_running_ops(self.keys, assignment, new)
+            codec.encode_task(new)
         except PayloadTooLarge as exc:
             new = self.next_record(assignment, Outcome.FAILED, None, str(exc), True)
-            compares, ops, failure = leave_running_ops(self.keys, assignment, new)
         delay = 0.1
+        lease = 0
         sent = False
         while True:
             if self._session is None or self._session.lost.is_set():
                 log.warning("lease lost: outcome dropped", extra=extra)
                 return
             try:
+                if new.state.terminal and not lease:
+                    lease = await self.retention.lease_for(new.retention_s)
+                compares, ops, failure = leave_running_ops(self.keys, assignment, new, lease)
                 res = await self.store.txn(compares, ops, failure)
             except StoreUnavailable as exc:
                 sent = True
@@ -535,6 +540,13 @@ class Worker:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
                 continue
+            except StoreError as exc:
+                if lease and "lease not found" in str(exc):
+                    self.retention.forget(lease)
+                    lease = 0
+                    continue
+                log.error("could not record outcome: %s", exc, extra=extra)
+                return
             if res.succeeded:
                 self.completed += 1
                 log.info("outcome recorded: task %s", new.state.value, extra=extra)

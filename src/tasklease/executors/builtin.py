@@ -10,16 +10,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import urllib.error
 import urllib.request
 from typing import Any
 
 from tasklease.executors.base import PermanentError, Registry, TaskContext, TaskError
-from tasklease.executors.orphan import die_with_parent
 from tasklease.models import JSON
 
 OUTPUT_LIMIT = 64 * 1024
+# The command dies with the worker (kernel PDEATHSIG, set by util-linux's setpriv
+# before it execs the command). No preexec_fn: Python code between fork and exec
+# is unsafe in a process with threads (gRPC's).
+_SETPRIV = shutil.which("setpriv")
+PDEATHSIG_PREFIX: tuple[str, ...] = (_SETPRIV, "--pdeathsig", "KILL", "--") if _SETPRIV else ()
 SENSITIVE = frozenset({"shell", "http"})
 
 
@@ -86,17 +91,20 @@ class Shell:
                 raise PermanentError("shell payload.env must be an object")
             env = {**os.environ, **{str(k): str(v) for k, v in p["env"].items()}}
         stdin_text = p.get("stdin")
+        program = shutil.which(argv[0], path=(env or os.environ).get("PATH"))
+        if program is None:
+            raise PermanentError(f"cannot run {argv[0]!r}: not found or not executable")
         try:
             proc = await asyncio.create_subprocess_exec(
-                *argv,
+                *PDEATHSIG_PREFIX,
+                program,
+                *argv[1:],
                 cwd=p.get("cwd"),
                 env=env,
                 stdin=asyncio.subprocess.PIPE if stdin_text is not None else asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,
-                # The command dies with the worker (its own children are its business).
-                preexec_fn=die_with_parent,
             )
         except OSError as exc:
             raise PermanentError(f"cannot run {argv[0]!r}: {exc.strerror or exc}") from exc
