@@ -238,6 +238,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow", default="", help="let the workers run shell,http tasks")
     p.add_argument("--concurrency", type=_int, default=4, help="per worker (default 4)")
 
+    p = cmd("soak", "run a workload under chaos (killed workers and leaders), then check every invariant")
+    p.add_argument("--tasks", type=_int, default=2000)
+    p.add_argument("--workers", type=_int, default=3)
+    p.add_argument("--seed", type=_int, default=1)
+    p.add_argument("--chaos-interval", type=_positive_float, default=2.0, help="mean seconds between kills")
+    p.add_argument("--timeout", type=_positive_float, default=900.0, help="give up after S seconds")
+
     p = cmd("demo", "start etcd, a scheduler and 2 workers, run a mixed workload, print a summary, stop")
     p.add_argument("--data-dir", type=Path, default=None, help="keep etcd's data and the logs here")
     p.add_argument("--workers", type=_int, default=2, help="worker processes (default 2)")
@@ -628,6 +635,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.data_dir, args.workers)
 
 
+def cmd_soak(args: argparse.Namespace) -> int:
+    """``tasklease soak``: exit 0 if no invariant was violated."""
+    from tasklease.soak import run_soak
+
+    if args.tasks < 1 or args.workers < 2:
+        raise UsageError("the soak needs --tasks >= 1 and --workers >= 2")
+    return run_soak(args.tasks, args.workers, args.seed, args.chaos_interval, args.timeout, args.json)
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     """``tasklease dev``: the embedded stack in the foreground until SIGINT/SIGTERM."""
     from tasklease.dev import Stack
@@ -677,6 +693,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": cmd_demo,
     "dev": cmd_dev,
+    "soak": cmd_soak,
     "worker": cmd_worker,
     "nodes": cmd_nodes,
     "scheduler": cmd_scheduler,
