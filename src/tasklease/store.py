@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import socket
+import ssl
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +84,7 @@ class StoreConfig:
         cert_file: PEM client certificate (mutual TLS).
         key_file: PEM client key (mutual TLS).
         tls_server_name: Name to check in the server certificate.
+        tls: Use TLS even without ``ca_file`` (the system's CA bundle).
     """
 
     endpoints: tuple[str, ...] = ("127.0.0.1:2379",)
@@ -93,10 +95,22 @@ class StoreConfig:
     cert_file: str | None = None
     key_file: str | None = None
     tls_server_name: str | None = None
+    tls: bool = False
 
     @classmethod
     def from_text(cls, endpoints: str, **kwargs: Any) -> StoreConfig:
-        """Build a config from a comma-separated endpoint list."""
+        """Build a config from a comma-separated endpoint list.
+
+        ``https://`` endpoints turn TLS on (with the system's CA bundle unless
+        ``ca_file`` is given); mixing ``http://`` and ``https://`` is refused.
+        """
+        schemes = {e.strip().split("://", 1)[0].lower() for e in endpoints.split(",") if "://" in e}
+        if schemes == {"http", "https"}:
+            raise InvalidOption("etcd endpoints mix http:// and https://")
+        if "https" in schemes:
+            kwargs.setdefault("tls", True)
+        elif "http" in schemes and kwargs.get("ca_file"):
+            raise InvalidOption("an etcd CA file was given but the endpoints are http://: use https://")
         return cls(endpoints=tuple(parse_endpoints(endpoints)), **kwargs)
 
     def __post_init__(self) -> None:
@@ -108,7 +122,7 @@ class StoreConfig:
             raise InvalidOption("etcd user and password go together")
         if (self.cert_file is None) != (self.key_file is None):
             raise InvalidOption("etcd client certificate and key go together")
-        if self.cert_file is not None and self.ca_file is None:
+        if self.cert_file is not None and self.ca_file is None and not self.tls:
             raise InvalidOption("a client certificate needs the CA file too")
 
 
@@ -296,9 +310,12 @@ class Store:
         tls: dict[str, Any] = {}
         if cfg.ca_file:
             tls["ca_cert"] = _read_pem(cfg.ca_file, "CA")
-            if cfg.cert_file and cfg.key_file:
-                tls["cert_chain"] = _read_pem(cfg.cert_file, "client certificate")
-                tls["cert_key"] = _read_pem(cfg.key_file, "client key")
+        elif cfg.tls:
+            bundle = ssl.get_default_verify_paths().cafile or "/etc/ssl/certs/ca-certificates.crt"
+            tls["ca_cert"] = _read_pem(bundle, "system CA bundle")
+        if tls and cfg.cert_file and cfg.key_file:
+            tls["cert_chain"] = _read_pem(cfg.cert_file, "client certificate")
+            tls["cert_key"] = _read_pem(cfg.key_file, "client key")
         server_name = cfg.tls_server_name
         if cfg.ca_file and server_name is None and len(cfg.endpoints) > 1:
             server_name = "localhost"

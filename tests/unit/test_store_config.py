@@ -108,3 +108,12 @@ def test_txn_size_counts_keys_and_put_values():
 
     # When / Then the size is the keys, the value and a fixed overhead per op
     assert txn_size(ops) == (2 + 16 + 5) + (3 + 16)
+
+
+def test_https_endpoints_turn_tls_on_and_mixing_schemes_is_refused():
+    assert StoreConfig.from_text("https://127.0.0.1:2379").tls is True
+    assert StoreConfig.from_text("http://127.0.0.1:2379").tls is False
+    with pytest.raises(InvalidOption, match="mix"):
+        StoreConfig.from_text("http://a:1,https://b:2")
+    with pytest.raises(InvalidOption, match="https://"):
+        StoreConfig.from_text("http://127.0.0.1:2379", ca_file="/tmp/ca.pem")
