@@ -145,6 +145,12 @@ class ClusterView:
                 self.assigned[worker].add(task_id)
                 self.assignment_rev[key] = kv.create_revision
         elif key.startswith(k.queues):
+            if not deleted:
+                try:
+                    k.parse_queue_entry(key)
+                except (ValueError, TypeError) as exc:
+                    log.error("ignoring malformed queue key %s: %s", key, exc)
+                    return
             queue = key[len(k.queues) :].split("/", 1)[0]
             keys_list = self.queue_keys[queue]
             i = bisect.bisect_left(keys_list, key)
@@ -333,6 +339,13 @@ class Scheduler:
                 log.warning(
                     "scheduler cannot reach etcd: %s; retrying in %.1f s", exc, backoff, extra=self._ctx()
                 )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            except Exception:
+                # A bug must not leave the cluster without a scheduler: resign so a
+                # standby can lead, then campaign again.
+                log.exception("scheduler error; resigning and starting over", extra=self._ctx())
+                await self.election.resign()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
 

@@ -326,6 +326,10 @@ class Worker:
                 )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
+            except Exception:
+                log.exception("worker error; registering again", extra=self._ctx())
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
 
     async def _serve_once(self) -> None:
         psutil.cpu_percent(interval=None)  # prime the CPU meter
@@ -363,6 +367,11 @@ class Worker:
             if session.lost.is_set():
                 await self._on_lease_lost()
                 await session.orphan()
+            elif not self._stopped.is_set():
+                # Leaving for another reason (an error): give the tasks up and
+                # revoke the lease, so that recovery re-queues them at once.
+                await self._on_lease_lost()
+                await session.close()
 
     async def _watch(self, prefix: str, revision: int) -> None:
         while True:
