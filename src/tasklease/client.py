@@ -37,7 +37,6 @@ from tasklease.errors import (
     TaskFailed,
     TaskNotFound,
     WaitTimeout,
-    WatchCompacted,
 )
 from tasklease.ids import IdGenerator, is_task_id
 from tasklease.keys import Keyspace, check_name, prefix_end
@@ -70,6 +69,7 @@ from tasklease.store import (
     Store,
     StoreConfig,
 )
+from tasklease.waiters import ResultHub
 
 log = logging.getLogger("tasklease.client")
 
@@ -164,6 +164,7 @@ class Client:
         self._owns_store = False
         self._rng = random.Random()
         self.retention = RetentionLeases(store, keyspace, self.clock)
+        self._hub = ResultHub(store, keyspace)
 
     @classmethod
     async def connect(cls, config: StoreConfig | None = None, *, namespace: str = "tasklease") -> Client:
@@ -176,7 +177,8 @@ class Client:
         return client
 
     async def close(self) -> None:
-        """Close the connection if this client opened it."""
+        """Stop the result watch; close the connection if this client opened it."""
+        await self._hub.close()
         if self._owns_store:
             await self.store.close()
 
@@ -542,7 +544,9 @@ class Client:
 
     # wait -------------------------------------------------------------------------------
     async def wait(self, task_id: str, timeout_s: float | None = None) -> Task:
-        """Wait until the task is terminal, by watching its record (no polling).
+        """Wait until the task is terminal, by watch (no polling).
+
+        All waits of one client share one watch on the task prefix (waiters.py).
 
         Args:
             task_id: The task.
@@ -564,21 +568,9 @@ class Client:
             raise WaitTimeout(task_id, timeout_s or 0) from None
 
     async def _wait(self, task_id: str) -> Task:
-        while True:
-            task, _, revision = await self._read(task_id)
-            if task.state.terminal:
-                return task
-            key = self.keys.task(task_id)
-            try:
-                async for events in self.store.watch(key, key + "\0", revision + 1):
-                    for ev in events:
-                        if ev.type == "delete":
-                            raise TaskNotFound(task_id)
-                        task = codec.decode_task(key, ev.kv.value)
-                        if task.state.terminal:
-                            return task
-            except WatchCompacted:
-                continue
+        if not is_task_id(task_id):
+            raise TaskNotFound(task_id)
+        return await self._hub.wait(task_id)
 
     async def result(self, task_id: str, timeout_s: float | None = None) -> JSON:
         """Wait for the task and return its result.
