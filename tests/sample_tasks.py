@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -79,3 +80,20 @@ async def async_not_json() -> object:
 @registry.task
 def crash() -> None:
     os._exit(3)
+
+
+@registry.task
+async def kill_own_worker() -> None:
+    """Async, so it runs in the worker process itself: SIGKILLs that worker (a task that crashes it)."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@registry.task
+async def wait_for_file(path: str, within_s: float = 60.0) -> str:
+    """Runs until ``path`` exists (a gate the test opens), polling every 20 ms."""
+    deadline = time.monotonic() + within_s
+    while not await asyncio.to_thread(os.path.exists, path):
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{path} did not appear within {within_s:g} s")
+        await asyncio.sleep(0.02)
+    return path
