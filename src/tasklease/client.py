@@ -33,6 +33,7 @@ from tasklease.errors import (
     CorruptRecord,
     InvalidOption,
     InvalidTransition,
+    PayloadTooLarge,
     StoreUnavailable,
     TaskFailed,
     TaskNotFound,
@@ -63,7 +64,6 @@ from tasklease.store import (
     MAX_TXN_OPS,
     Compare,
     Delete,
-    Get,
     Op,
     Put,
     Store,
@@ -219,7 +219,7 @@ class Client:
             Compare.absent(self.keys.task(task.id)),
             [
                 Put(self.keys.task(task.id), data),
-                Put(self._queue_key(task), task.id.encode()),
+                Put(self._queue_key(task), data),
             ],
         )
 
@@ -253,7 +253,7 @@ class Client:
     async def submit_spec(self, spec: TaskSpec) -> Task:
         """Submit one validated :class:`TaskSpec`."""
         task = self._new_task(spec)
-        data = codec.encode_task(task)
+        data = _encode_queued(task)
         compare, ops = self._submit_ops(task, data)
         try:
             result = await self.store.txn([compare], ops)
@@ -292,7 +292,7 @@ class Client:
         for spec in specs:
             task = self._new_task(spec)
             tasks.append(task)
-            encoded.append(codec.encode_task(task))
+            encoded.append(_encode_queued(task))
         if len({t.id for t in tasks}) != len(tasks):
             raise InvalidOption("a batch holds the same task id twice")
         chunks = _chunk(tasks, encoded)
@@ -384,18 +384,14 @@ class Client:
         return found
 
     async def _list_queue(self, queue: str, limit: int) -> builtins.list[Task]:
+        # A queue key's value is the queued record itself (queue.place_ops).
         prefix = self.keys.queue(queue)
-        entries = await self.store.range(prefix, prefix_end(prefix), limit=limit, keys_only=True)
-        ids = [self.keys.parse_queue_entry(kv.key).task_id for kv in entries.kvs]
+        entries = await self.store.range(prefix, prefix_end(prefix), limit=limit)
         tasks: builtins.list[Task] = []
-        for start in range(0, len(ids), MAX_TXN_OPS):
-            chunk = ids[start : start + MAX_TXN_OPS]
-            result = await self.store.txn([], [Get(self.keys.task(i)) for i in chunk])
-            for kvs in result.reads:
-                for kv in kvs:
-                    task = self._decode_or_log(kv)
-                    if task is not None and task.state is TaskState.QUEUED:
-                        tasks.append(task)
+        for kv in entries.kvs:
+            task = self._decode_or_log(kv)
+            if task is not None and task.state is TaskState.QUEUED:
+                tasks.append(task)
         return tasks
 
     def _decode_or_log(self, kv: KV) -> Task | None:
@@ -536,7 +532,7 @@ class Client:
             if task.state is TaskState.QUEUED:
                 ops = [
                     Delete(self._queue_key(task)),
-                    Put(self._queue_key(new_task), task.id.encode()),
+                    Put(self._queue_key(new_task), codec.encode_task(new_task)),
                 ]
             return new_task, ops
 
@@ -585,13 +581,20 @@ class Client:
         return task.result
 
 
+def _encode_queued(task: Task) -> bytes:
+    data = codec.encode_task(task)
+    if len(data) > codec.MAX_QUEUED_RECORD_BYTES:
+        raise PayloadTooLarge(f"queued task record {task.id}", len(data), codec.MAX_QUEUED_RECORD_BYTES)
+    return data
+
+
 def _chunk(tasks: Sequence[Task], encoded: Sequence[bytes]) -> list[list[tuple[Task, bytes]]]:
     chunks: list[list[tuple[Task, bytes]]] = []
     current: list[tuple[Task, bytes]] = []
     size = 0
     for task, data in zip(tasks, encoded, strict=True):
-        # record + queue key + the compare: the value once, the keys a few times.
-        cost = len(data) + 4 * (len(task.id) + len(task.queue) + 100) + 64
+        # record + queue key (whose value is the record too) + the compare.
+        cost = 2 * len(data) + 4 * (len(task.id) + len(task.queue) + 100) + 64
         if current and (len(current) >= TASKS_PER_TXN or size + cost > MAX_TXN_BYTES):
             chunks.append(current)
             current, size = [], 0

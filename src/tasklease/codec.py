@@ -1,9 +1,11 @@
 """Records <-> bytes: JSON (never pickle), with a schema version.
 
-Limits. etcd refuses requests over 1.5 MiB (``--max-request-bytes``). A task
-record is written whole in one transaction with its queue key, so we keep a
-margin: a payload (and a result) may be at most ``MAX_PAYLOAD_BYTES`` (512 KiB)
-of JSON, and a whole encoded record at most ``MAX_RECORD_BYTES`` (1 MiB).
+Limits. etcd refuses requests over 1.5 MiB (``--max-request-bytes``). A
+payload (and a result) may be at most ``MAX_PAYLOAD_BYTES`` (512 KiB) of JSON,
+and a whole encoded record at most ``MAX_RECORD_BYTES`` (1 MiB). A queued
+record is written twice in one transaction (as the record and as its queue
+key's value), so it may be at most ``MAX_QUEUED_RECORD_BYTES`` (680 KiB);
+a payload within its limit always fits.
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ from tasklease.retry import RetryPolicy
 
 MAX_PAYLOAD_BYTES = 512 * 1024
 MAX_RECORD_BYTES = 1024 * 1024
+# A queued record is written twice by one transaction (the record and its queue
+# key, whose value is the record: see queue.place_ops), so it must stay under
+# half of what one transaction may carry.
+MAX_QUEUED_RECORD_BYTES = 680 * 1024
 _MAX_DEPTH = 64
 
 

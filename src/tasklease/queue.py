@@ -16,10 +16,17 @@ from tasklease.models import Attempt, Task, TaskState, transition
 from tasklease.store import KV, Compare, Delete, Get, Op, Put, Store, TxnResult
 
 
-def place_ops(keys: Keyspace, task: Task) -> list[Op]:
-    """The index key a task needs in its (new) state: queue key or delayed key."""
+def place_ops(keys: Keyspace, task: Task, data: bytes | None = None) -> list[Op]:
+    """The index key a task needs in its (new) state: queue key or delayed key.
+
+    A queue key's value is the task record itself (``data``, its encoding),
+    written by the same transaction as the record: while a task is queued,
+    its queue key and its record have the same value and mod revision, so
+    the scheduler needs no read to assign it.
+    """
     if task.state is TaskState.QUEUED:
-        return [Put(keys.queue_entry(task.queue, task.priority, task.seq, task.id), task.id.encode())]
+        value = data if data is not None else codec.encode_task(task)
+        return [Put(keys.queue_entry(task.queue, task.priority, task.seq, task.id), value)]
     if task.state is TaskState.PENDING and task.not_before is not None:
         return [Put(keys.delayed_entry(task.not_before, task.id), task.id.encode())]
     return []
@@ -159,11 +166,12 @@ def leave_running_ops(
         Compare.created_at(assign_key, assignment.token),
         Compare(task_key, "mod", "=", assignment.token),
     ]
+    data = codec.encode_task(new_task)
     ops: list[Op] = [
-        Put(task_key, codec.encode_task(new_task), lease=lease),
+        Put(task_key, data, lease=lease),
         Delete(assign_key),
         Delete(keys.running_entry(new_task.id)),
-        *place_ops(keys, new_task),
+        *place_ops(keys, new_task, data),
     ]
     return compares, ops, [Get(assign_key)]
 

@@ -113,11 +113,8 @@ def promote_ops(
     """Compares and ops that move a pending task whose backoff has passed into its queue."""
     queued = transition(task, TaskState.QUEUED, now=now, seq=new_seq, not_before=None)
     compares = [fence, Compare.unchanged(delayed_kv), Compare.unchanged(record_kv)]
-    ops: list[Op] = [
-        Delete(delayed_kv.key),
-        Put(record_kv.key, codec.encode_task(queued)),
-        *place_ops(keys, queued),
-    ]
+    data = codec.encode_task(queued)
+    ops: list[Op] = [Delete(delayed_kv.key), Put(record_kv.key, data), *place_ops(keys, queued, data)]
     return compares, ops
 
 

@@ -93,7 +93,7 @@ class SchedulerConfig:
         check_name(self.scheduler_id, "scheduler")
         make_balancer(self.balancer)
         if not 1 <= self.batch_size <= 30:
-            # 4 ops per task in one transaction; etcd allows 128.
+            # 4 ops per task in one transaction (and 2 reads on failure); etcd allows 128.
             raise InvalidOption("batch size must be in 1..30")
         if self.lease_ttl_s < 2:
             raise InvalidOption("lease TTL must be >= 2 s")
@@ -458,53 +458,50 @@ class Scheduler:
         return counts, claimed
 
     async def _assign_batch(self) -> bool:
-        """Assign up to one batch. Returns whether to try another batch right away."""
+        """Assign up to one batch in one transaction. Returns whether to try again at once."""
         inflight, claimed = self._inflight_counts()
         free = self.view.free_nodes(inflight)
         if not free:
             return False
         queues = set().union(*(n.queues for n in free))
-        chosen: list[tuple[KV, _Node]] = []
-        for qkv in self.view.heads(queues, self.config.batch_size, claimed):
-            queue = qkv.key[len(self.keys.queues) :].split("/", 1)[0]
-            candidates = [n for n in free if queue in n.queues and n.view.free > 0]
-            if not candidates:
-                continue
-            view = self.balancer.choose([n.view for n in candidates])
-            node = next(n for n in candidates if n.view is view)
-            node.view.assigned += 1
-            chosen.append((qkv, node))
-            if len(chosen) >= self.config.batch_size:
-                break
-        if not chosen:
-            return False
-        task_ids = [self.keys.parse_queue_entry(qkv.key).task_id for qkv, _ in chosen]
-        reads = await self.store.txn([], [Get(self.keys.task(t)) for t in task_ids])
         now = self.clock.now()
         picks: list[Pick] = []
         compares: list[Compare] = [self.election.fence()]
         ops: list[Op] = []
         per_worker: dict[str, int] = defaultdict(int)
-        for (qkv, node), task_id, kvs in zip(chosen, task_ids, reads.reads, strict=True):
-            record = kvs[0] if kvs else None
-            pick = Pick(qkv, record, node.view.id, node.lease) if record else None
+        for qkv in self.view.heads(queues, self.config.batch_size, claimed):
+            queue = qkv.key[len(self.keys.queues) :].split("/", 1)[0]
+            candidates = [n for n in free if queue in n.queues and n.view.free > 0]
+            if not candidates:
+                continue
+            task_id = self.keys.parse_queue_entry(qkv.key).task_id
+            # The queue key's value is the record, written with it: same bytes, same
+            # mod revision (queue.place_ops). No read needed.
+            record_kv = KV(self.keys.task(task_id), qkv.value, qkv.create_revision, qkv.mod_revision, 0)
+            view = self.balancer.choose([n.view for n in candidates])
+            node = next(n for n in candidates if n.view is view)
+            pick = Pick(qkv, record_kv, node.view.id, node.lease)
             try:
-                if pick is None:
-                    raise CorruptRecord(self.keys.task(task_id), "queue key without a task record")
                 c, o, _ = assign_ops(self.keys, pick, now)
             except TaskleaseError as exc:
-                # Corrupt, or not queued any more: skip it, keep serving the rest.
                 log.error("skipping queued task: %s", exc, extra=self._ctx(task_id=task_id))
                 self.view.skipped.add(qkv.key)
                 continue
+            node.view.assigned += 1
             picks.append(pick)
             compares.extend(c)
             ops.extend(o)
             per_worker[node.view.id] += 1
+            if len(picks) >= self.config.batch_size:
+                break
         if not picks:
-            return True
+            return False
+        # On failure, read what changed: the leader key, each record and queue key.
+        failure: list[Op] = [Get(self.keys.leader)]
+        for p in picks:
+            failure += [Get(p.record_kv.key), Get(p.queue_kv.key)]
         try:
-            result = await self.store.txn(compares, ops)
+            result = await self.store.txn(compares, ops, failure)
         except StoreError as exc:
             # Maybe committed (the watch will tell), or a worker's lease just
             # ended (its node key goes next). Either way the compares keep a
@@ -513,6 +510,8 @@ class Scheduler:
             await asyncio.sleep(0.2)
             return True
         if not result.succeeded:
+            self._explain_failure(picks, result.reads)
+            log.debug("assignment rejected by a compare at revision %d", result.revision, extra=self._ctx())
             await self._wait_revision(result.revision)
             return True
         self.assigned_total += len(picks)
@@ -520,6 +519,27 @@ class Scheduler:
             self._inflight.append((result.revision, dict(per_worker), {p.queue_kv.key for p in picks}))
         log.debug("assigned %d tasks", len(picks), extra=self._ctx())
         return True
+
+    def _explain_failure(self, picks: list[Pick], reads: list[list[KV]]) -> None:
+        """Skip picks whose record changed while their queue key did not (an inconsistency).
+
+        A queue key that changed or vanished is an ordinary race (a cancel, a
+        priority change, another scheduler): the watch will catch up.
+        """
+        leader = reads[0][0] if reads and reads[0] else None
+        if leader is None or leader.create_revision != self.election.token:
+            return  # deposed: election.lost() ends the leadership
+        for i, pick in enumerate(picks):
+            record = reads[1 + 2 * i]
+            queue_kv = reads[2 + 2 * i]
+            queue_same = bool(queue_kv) and queue_kv[0].mod_revision == pick.queue_kv.mod_revision
+            record_same = bool(record) and record[0].mod_revision == pick.queue_kv.mod_revision
+            if queue_same and not record_same:
+                log.error(
+                    "skipping queued task: its record changed without its queue key",
+                    extra=self._ctx(task_id=self.keys.parse_queue_entry(pick.queue_kv.key).task_id),
+                )
+                self.view.skipped.add(pick.queue_kv.key)
 
     # recovery ------------------------------------------------------------------------
     async def _timer_loop(self) -> None:

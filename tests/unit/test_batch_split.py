@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from tasklease import codec
 from tasklease.client import TASKS_PER_TXN, Client, TaskSpec, _chunk
 from tasklease.clock import FakeClock
-from tasklease.codec import MAX_PAYLOAD_BYTES, MAX_RECORD_BYTES
+from tasklease.codec import MAX_PAYLOAD_BYTES, MAX_QUEUED_RECORD_BYTES
 from tasklease.errors import (
     InvalidOption,
     InvalidPayload,
@@ -118,8 +118,9 @@ def test_small_tasks_are_split_at_tasks_per_txn():
 
 
 def test_large_tasks_are_split_by_bytes():
-    # Given five tasks whose records are about 600 KB each
-    tasks = make_tasks(5, payload_bytes=600_000)
+    # Given five tasks whose records are about 300 KB each (written twice per
+    # submit: the record and its queue key, whose value is the record)
+    tasks = make_tasks(5, payload_bytes=300_000)
     encoded = [codec.encode_task(t) for t in tasks]
 
     # When the batch is split
@@ -131,8 +132,8 @@ def test_large_tasks_are_split_by_bytes():
 
 
 def test_small_tasks_after_a_large_one_share_its_transaction_when_they_fit():
-    # Given one ~600 KB task followed by small ones, then another large one
-    tasks = make_tasks(1, 600_000) + make_tasks(10, 10) + make_tasks(1, 600_000) + make_tasks(1, 600_000)
+    # Given one ~300 KB task followed by small ones, then another large one
+    tasks = make_tasks(1, 300_000) + make_tasks(10, 10) + make_tasks(1, 300_000) + make_tasks(1, 300_000)
     encoded = [codec.encode_task(t) for t in tasks]
 
     # When the batch is split
@@ -144,10 +145,10 @@ def test_small_tasks_after_a_large_one_share_its_transaction_when_they_fit():
 
 
 def test_a_record_at_the_size_limit_fits_a_transaction_alone():
-    # Given tasks whose records are just under the record limit
-    tasks = make_tasks(3, payload_bytes=MAX_RECORD_BYTES - 2000)
+    # Given tasks whose records are just under the queued-record limit
+    tasks = make_tasks(3, payload_bytes=MAX_QUEUED_RECORD_BYTES - 2000)
     encoded = [codec.encode_task(t) for t in tasks]
-    assert all(len(d) <= MAX_RECORD_BYTES for d in encoded)
+    assert all(len(d) <= MAX_QUEUED_RECORD_BYTES for d in encoded)
 
     # When the batch is split
     chunks = _chunk(tasks, encoded)
@@ -171,7 +172,7 @@ def test_tasks_and_records_must_pair_up():
         _chunk(tasks, [codec.encode_task(tasks[0])])
 
 
-RECORD_SIZES = [0, 1_000, 50_000, 300_000, 600_000, MAX_RECORD_BYTES - 2000]
+RECORD_SIZES = [0, 1_000, 50_000, 300_000, 600_000, MAX_QUEUED_RECORD_BYTES - 2000]
 RECORDS = {size: codec.encode_task(make_tasks(1, size)[0]) for size in RECORD_SIZES}
 
 
