@@ -165,6 +165,9 @@ class Client:
         self._rng = random.Random()
         self.retention = RetentionLeases(store, keyspace, self.clock)
         self._hub = ResultHub(store, keyspace)
+        # Submits waiting for the next group transaction; only _flush_submits takes them.
+        self._pending_submits: builtins.list[tuple[Task, bytes, asyncio.Future[Task]]] = []
+        self._submitter: asyncio.Task[None] | None = None
 
     @classmethod
     async def connect(cls, config: StoreConfig | None = None, *, namespace: str = "tasklease") -> Client:
@@ -177,7 +180,9 @@ class Client:
         return client
 
     async def close(self) -> None:
-        """Stop the result watch; close the connection if this client opened it."""
+        """Finish pending submits, stop the result watch; close the connection if this client opened it."""
+        if self._submitter is not None:
+            await asyncio.gather(self._submitter, return_exceptions=True)
         await self._hub.close()
         if self._owns_store:
             await self.store.close()
@@ -251,9 +256,53 @@ class Client:
         return await self.submit_spec(spec)
 
     async def submit_spec(self, spec: TaskSpec) -> Task:
-        """Submit one validated :class:`TaskSpec`."""
+        """Submit one validated :class:`TaskSpec`.
+
+        Submits made concurrently on one client are grouped: those that arrive
+        while a submit transaction is in flight go out together in the next one
+        (group commit). Each returns once its own task is durably stored.
+        """
         task = self._new_task(spec)
         data = _encode_queued(task)
+        done: asyncio.Future[Task] = asyncio.get_running_loop().create_future()
+        self._pending_submits.append((task, data, done))
+        if self._submitter is None or self._submitter.done():
+            self._submitter = asyncio.create_task(self._flush_submits(), name="tasklease-submits")
+        return await done
+
+    async def _flush_submits(self) -> None:
+        while self._pending_submits:
+            pending = self._pending_submits
+            first = _chunk([t for t, _, _ in pending], [d for _, d, _ in pending])[0]
+            batch, self._pending_submits = pending[: len(first)], pending[len(first) :]
+            if len(batch) > 1:
+                compares: list[Compare] = []
+                ops: list[Op] = []
+                for task, data, _ in batch:
+                    compare, task_ops = self._submit_ops(task, data)
+                    compares.append(compare)
+                    ops.extend(task_ops)
+                try:
+                    result = await self.store.txn(compares, ops)
+                except StoreUnavailable:
+                    result = None
+                if result is not None and result.succeeded:
+                    for task, _, done in batch:
+                        if not done.done():
+                            done.set_result(task)
+                    continue
+            # Alone, or the group failed: one transaction each tells who is who.
+            for task, data, done in batch:
+                try:
+                    stored = await self._submit_one(task, data)
+                except Exception as exc:
+                    if not done.done():
+                        done.set_exception(exc)
+                else:
+                    if not done.done():
+                        done.set_result(stored)
+
+    async def _submit_one(self, task: Task, data: bytes) -> Task:
         compare, ops = self._submit_ops(task, data)
         try:
             result = await self.store.txn([compare], ops)
@@ -263,6 +312,8 @@ class Client:
                 return task
             raise
         if not result.succeeded:
+            if await self._stored_as(task.id, data):
+                return task  # an earlier group transaction landed after all
             raise InvalidOption(f"task id {task.id} is already used")
         log.debug("submitted", extra={"task_id": task.id, "queue": task.queue})
         return task

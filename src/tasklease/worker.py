@@ -55,9 +55,12 @@ from tasklease.models import JSON, Outcome, Task, TaskState, decide, truncate_er
 from tasklease.queue import Assignment, decode_assignment, finished_attempt, leave_running_ops
 from tasklease.retention import RetentionLeases
 from tasklease.session import Session
-from tasklease.store import Store
+from tasklease.store import Compare, Op, Store
 
 log = logging.getLogger("tasklease.worker")
+
+# Outcomes per transaction: 2 compares and up to 4 operations each (etcd allows 128).
+RESULT_BATCH = 30
 
 
 def default_worker_id() -> str:
@@ -156,6 +159,9 @@ class Worker:
         self._ids = IdGenerator(self.clock)
         self._rng = random.Random()
         self.retention = RetentionLeases(store, keys, self.clock)
+        # Outcomes waiting to be written; only the flusher task takes from it.
+        self._results: asyncio.Queue[tuple[Assignment, Task, asyncio.Future[None]]] = asyncio.Queue()
+        self._flusher: asyncio.Task[None] | None = None
         # All of the following are touched only on the event loop.
         self._runs: dict[str, _Run] = {}
         self._slots = asyncio.Semaphore(self.config.concurrency)
@@ -482,7 +488,7 @@ class Worker:
         ctx = TaskContext(
             task.id, assignment.attempt.number, task.type, task.payload, task.timeout_s, self.id
         )
-        log.info("task started", extra=extra)
+        log.debug("task started", extra=extra)
         try:
             async with asyncio.timeout(task.timeout_s):
                 result = await executor.run(ctx)
@@ -499,7 +505,7 @@ class Worker:
         except Exception as exc:
             log.warning("task failed: %s: %s", type(exc).__name__, exc, extra=extra)
             return Outcome.FAILED, None, truncate_error(f"{type(exc).__name__}: {exc}"), False
-        log.info("task succeeded", extra=extra)
+        log.debug("task succeeded", extra=extra)
         return Outcome.SUCCEEDED, result, None, False
 
     def next_record(
@@ -523,14 +529,86 @@ class Worker:
     async def _record(
         self, assignment: Assignment, outcome: Outcome, result: JSON, error: str | None, permanent: bool
     ) -> None:
-        """Write the attempt's outcome in one fenced transaction (retried while etcd is away)."""
-        task_id = assignment.task.id
-        extra = self._ctx(task_id=task_id, attempt=assignment.attempt.number, outcome=outcome.value)
+        """Write the attempt's outcome in one fenced transaction, grouped with others.
+
+        Outcomes that are ready while a write is in flight go out together in
+        the next transaction (group commit): under load one transaction records
+        many attempts; alone, an outcome is written at once.
+        """
         try:
             new = self.next_record(assignment, outcome, result, error, permanent)
             codec.encode_task(new)
         except PayloadTooLarge as exc:
             new = self.next_record(assignment, Outcome.FAILED, None, str(exc), True)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._results.put_nowait((assignment, new, done))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_results(), name=f"results-{self.id}")
+        await done
+
+    async def _flush_results(self) -> None:
+        """Write queued outcomes, as many per transaction as fit (RESULT_BATCH)."""
+        while not self._results.empty():
+            batch = [self._results.get_nowait()]
+            while len(batch) < RESULT_BATCH and not self._results.empty():
+                batch.append(self._results.get_nowait())
+            try:
+                if len(batch) == 1:
+                    await self._write_one(batch[0][0], batch[0][1])
+                else:
+                    await self._write_batch(batch)
+            except Exception:
+                log.exception("recording outcomes failed", extra=self._ctx())
+            finally:
+                for _, _, done in batch:
+                    if not done.done():
+                        done.set_result(None)
+
+    async def _write_batch(self, batch: list[tuple[Assignment, Task, asyncio.Future[None]]]) -> None:
+        compares: list[Compare] = []
+        ops: list[Op] = []
+        failure: list[Op] = []
+        try:
+            for assignment, new, _ in batch:
+                lease = await self.retention.lease_for(new.retention_s) if new.state.terminal else 0
+                c, o, f = leave_running_ops(self.keys, assignment, new, lease)
+                compares += c
+                ops += o
+                failure += f
+            res = await self.store.txn(compares, ops, failure)
+        except StoreError:
+            res = None
+        if res is not None and res.succeeded:
+            self.completed += len(batch)
+            for assignment, new, done in batch:
+                log.debug(
+                    "outcome recorded: task %s",
+                    new.state.value,
+                    extra=self._ctx(task_id=new.id, attempt=assignment.attempt.number),
+                )
+                done.set_result(None)
+            return
+        # Someone's compare failed (or no answer): record them one by one, which
+        # tells the fenced ones from the rest and retries while etcd is away.
+        for i, (assignment, new, done) in enumerate(batch):
+            if res is not None:
+                read = res.reads[i]
+                if not read or read[0].create_revision != assignment.token:
+                    self._rejected(assignment, new)
+                    done.set_result(None)
+                    continue
+            await self._write_one(assignment, new)
+            done.set_result(None)
+
+    def _rejected(self, assignment: Assignment, new: Task) -> None:
+        log.warning(
+            "outcome rejected: the assignment was revoked (task cancelled or reassigned)",
+            extra=self._ctx(task_id=new.id, attempt=assignment.attempt.number, outcome=new.state.value),
+        )
+
+    async def _write_one(self, assignment: Assignment, new: Task) -> None:
+        """Write one outcome; retried while etcd is away and our lease lives."""
+        extra = self._ctx(task_id=new.id, attempt=assignment.attempt.number)
         delay = 0.1
         lease = 0
         sent = False
@@ -558,14 +636,11 @@ class Worker:
                 return
             if res.succeeded:
                 self.completed += 1
-                log.info("outcome recorded: task %s", new.state.value, extra=extra)
+                log.debug("outcome recorded: task %s", new.state.value, extra=extra)
                 return
             if sent and await self._landed(new):
                 return
-            log.warning(
-                "outcome rejected: the assignment was revoked (task cancelled or reassigned)",
-                extra=extra,
-            )
+            self._rejected(assignment, new)
             return
 
     async def _landed(self, new: Task) -> bool:

@@ -273,3 +273,33 @@ async def test_concurrent_priority_changes_keep_exactly_one_queue_key(
             keys = await queue_keys(store, keyspace)
             assert keys == [keyspace.queue_entry("default", final.priority, final.seq, final.id)]
             await client.cancel(task.id)
+
+
+async def test_concurrent_submits_are_grouped_and_each_is_durable(
+    client: Client, store: Store, keyspace: Keyspace
+):
+    # When 200 tasks are submitted concurrently on one client
+    tasks = await asyncio.gather(*(client.submit("noop", {"i": i}) for i in range(200)))
+    # Then each is stored with its queue key ...
+    assert len(await queue_keys(store, keyspace)) == 200
+    revisions = set()
+    for task in tasks:
+        kv, _ = await store.get(keyspace.task(task.id))
+        assert kv is not None and codec.decode_task(kv.key, kv.value) == task
+        revisions.add(kv.mod_revision)
+    # ... by far fewer transactions than tasks (group commit), FIFO kept
+    assert len(revisions) < 50
+    listed = await client.list(state=TaskState.QUEUED, queue="default", limit=200)
+    assert [t.id for t in listed] == [t.id for t in sorted(tasks, key=lambda t: t.seq)]
+
+
+async def test_a_used_id_in_a_group_fails_alone(client: Client, store: Store, keyspace: Keyspace):
+    existing = await client.submit("noop")
+    results = await asyncio.gather(
+        *(client.submit("noop", {"i": i}) for i in range(10)),
+        client.submit("noop", task_id=existing.id),
+        return_exceptions=True,
+    )
+    assert isinstance(results[-1], Exception) and "already used" in str(results[-1])
+    assert all(not isinstance(r, BaseException) for r in results[:-1])
+    assert len(await queue_keys(store, keyspace)) == 11
