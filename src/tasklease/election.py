@@ -78,6 +78,13 @@ class Election:
                 # Our own earlier put landed although its answer was lost.
                 self.token = holder.create_revision
                 return self.token
+            if holder is not None and holder.value.decode() == self.candidate:
+                # Our own key under a lease we gave up for lost (etcd was away
+                # longer than its TTL and restarted it): revoke it, campaign again.
+                log.info("revoking our abandoned leadership lease", extra={"component": "scheduler"})
+                with contextlib.suppress(StoreError):
+                    await self.store.revoke(holder.lease)
+                continue
             log.info(
                 "standing by: %s leads",
                 holder.value.decode() if holder else "?",

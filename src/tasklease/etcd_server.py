@@ -236,6 +236,9 @@ class EtcdServer:
         if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait()
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
 
     def __enter__(self) -> EtcdServer:
         if not self.running:

@@ -501,7 +501,7 @@ class Scheduler:
         for p in picks:
             failure += [Get(p.record_kv.key), Get(p.queue_kv.key)]
         try:
-            result = await self.store.txn(compares, ops, failure)
+            result = await self.store.txn(compares, ops, failure, timeout_s=2.0)
         except StoreError as exc:
             # Maybe committed (the watch will tell), or a worker's lease just
             # ended (its node key goes next). Either way the compares keep a

@@ -391,9 +391,9 @@ class Store:
             raise StoreError("store is not connected")
         return self._client
 
-    async def _call(self, what: str, coro: Any) -> Any:
+    async def _call(self, what: str, coro: Any, timeout_s: float | None = None) -> Any:
         try:
-            async with asyncio.timeout(self.config.timeout_s):
+            async with asyncio.timeout(timeout_s or self.config.timeout_s):
                 return await coro
         except asyncio.CancelledError:
             raise
@@ -483,10 +483,15 @@ class Store:
         compares: Sequence[Compare],
         success: Sequence[Op],
         failure: Sequence[Op] = (),
+        *,
+        timeout_s: float | None = None,
     ) -> TxnResult:
         """Run one transaction: if every compare holds, ``success``, else ``failure``.
 
         Sent once, never retried by the client (see the module docstring).
+        ``timeout_s`` overrides the configured deadline: the scheduler and
+        workers, whose writes are fenced and safe to resend, use a short one so
+        that a write lost in an etcd leader change is sent again quickly.
 
         Raises:
             StoreUnavailable: No answer: the transaction may or may not have committed.
@@ -501,9 +506,10 @@ class Store:
                 [self._compare(c) for c in compares],
                 [self._op(o) for o in success],
                 [self._op(o) for o in failure],
-                timeout=self.config.timeout_s,
+                timeout=timeout_s or self.config.timeout_s,
                 max_attempts=1,
             ),
+            timeout_s,
         )
         reads = [
             [_kv(k) for k in r.response_range.kvs]

@@ -61,6 +61,9 @@ log = logging.getLogger("tasklease.worker")
 
 # Outcomes per transaction: 2 compares and up to 4 operations each (etcd allows 128).
 RESULT_BATCH = 30
+# Deadline of our fenced writes: short, since resending them is safe, and a write
+# lost in an etcd leader change should be resent within about a second or two.
+FENCED_TXN_TIMEOUT_S = 2.0
 
 
 def default_worker_id() -> str:
@@ -162,6 +165,8 @@ class Worker:
         # Outcomes waiting to be written; only the flusher task takes from it.
         self._results: asyncio.Queue[tuple[Assignment, Task, asyncio.Future[None]]] = asyncio.Queue()
         self._flusher: asyncio.Task[None] | None = None
+        # Leases declared lost, to revoke once etcd answers again (_serve_once only).
+        self._abandoned: list[int] = []
         # All of the following are touched only on the event loop.
         self._runs: dict[str, _Run] = {}
         self._slots = asyncio.Semaphore(self.config.concurrency)
@@ -339,6 +344,15 @@ class Worker:
 
     async def _serve_once(self) -> None:
         psutil.cpu_percent(interval=None)  # prime the CPU meter
+        # A lease we gave up for lost may live again if etcd restarted meanwhile
+        # (leases get a fresh TTL): revoke it so its stale keys go now.
+        remaining = []
+        for lease in self._abandoned:
+            try:
+                await self.store.revoke(lease)
+            except StoreError:
+                remaining.append(lease)
+        self._abandoned = remaining
         session = Session(
             self.store,
             ttl_s=self.config.lease_ttl_s,
@@ -373,6 +387,7 @@ class Worker:
             if session.lost.is_set():
                 await self._on_lease_lost()
                 await session.orphan()
+                self._abandoned.append(session.lease_id)
             elif not self._stopped.is_set():
                 # Leaving for another reason (an error): give the tasks up and
                 # revoke the lease, so that recovery re-queues them at once.
@@ -575,7 +590,7 @@ class Worker:
                 compares += c
                 ops += o
                 failure += f
-            res = await self.store.txn(compares, ops, failure)
+            res = await self.store.txn(compares, ops, failure, timeout_s=FENCED_TXN_TIMEOUT_S)
         except StoreError:
             res = None
         if res is not None and res.succeeded:
@@ -597,7 +612,7 @@ class Worker:
                     self._rejected(assignment, new)
                     done.set_result(None)
                     continue
-            await self._write_one(assignment, new)
+            await self._write_one(assignment, new, maybe_landed=res is None)
             done.set_result(None)
 
     def _rejected(self, assignment: Assignment, new: Task) -> None:
@@ -606,12 +621,12 @@ class Worker:
             extra=self._ctx(task_id=new.id, attempt=assignment.attempt.number, outcome=new.state.value),
         )
 
-    async def _write_one(self, assignment: Assignment, new: Task) -> None:
+    async def _write_one(self, assignment: Assignment, new: Task, *, maybe_landed: bool = False) -> None:
         """Write one outcome; retried while etcd is away and our lease lives."""
         extra = self._ctx(task_id=new.id, attempt=assignment.attempt.number)
         delay = 0.1
         lease = 0
-        sent = False
+        sent = maybe_landed
         while True:
             if self._session is None or self._session.lost.is_set():
                 log.warning("lease lost: outcome dropped", extra=extra)
@@ -620,7 +635,7 @@ class Worker:
                 if new.state.terminal and not lease:
                     lease = await self.retention.lease_for(new.retention_s)
                 compares, ops, failure = leave_running_ops(self.keys, assignment, new, lease)
-                res = await self.store.txn(compares, ops, failure)
+                res = await self.store.txn(compares, ops, failure, timeout_s=FENCED_TXN_TIMEOUT_S)
             except StoreUnavailable as exc:
                 sent = True
                 log.warning("could not record outcome (%s); retrying", exc, extra=extra)

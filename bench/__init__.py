@@ -1,0 +1,1 @@
+"""Benchmarks of tasklease and its peers (run as ``python -m bench``)."""

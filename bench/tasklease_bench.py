@@ -1,0 +1,325 @@
+"""tasklease's side of the benchmarks: each workload on its own fresh stack.
+
+Every stack is a local etcd (fsync on unless ``fsync=False``), one scheduler
+and worker processes, started by :class:`tasklease.dev.Stack`, exactly what
+``tasklease dev`` runs. Figures are measured from the client's side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import statistics
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from tasklease.client import Client, TaskSpec
+from tasklease.dev import Stack
+from tasklease.models import Outcome, TaskState
+from tasklease.nodes import list_nodes
+from tasklease.store import StoreConfig
+
+NS = "bench"
+WORKER_CONCURRENCY = 32
+SUBMIT_CONCURRENCY = 64
+METRICS = (
+    "etcd_mvcc_txn_total",
+    "etcd_mvcc_range_total",
+    "etcd_mvcc_put_total",
+    "etcd_server_proposals_committed_total",
+)
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def scrape(url: str) -> dict[str, float]:
+    """etcd's own counters (and gRPC requests by method) from /metrics."""
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        for name in METRICS:
+            if line.startswith(name + " "):
+                out[name] = float(line.split()[-1])
+        m = re.match(
+            r'grpc_server_handled_total\{grpc_code="OK",grpc_method="(\w+)",grpc_service="etcdserverpb\.(KV|Lease)"',
+            line,
+        )
+        if m:
+            out[f"grpc_{m.group(1)}"] = float(line.split()[-1])
+    return out
+
+
+@contextmanager
+def stack(
+    workdir: Path,
+    *,
+    fsync: bool,
+    workers: int = 2,
+    worker_extra: list[str] | None = None,
+    scheduler_extra: list[str] | None = None,
+) -> Iterator[Stack]:
+    os.environ["TASKLEASE_LOG_LEVEL"] = "warning"
+    s = Stack(
+        workdir,
+        workers=workers,
+        namespace=NS,
+        worker_args=["--concurrency", str(WORKER_CONCURRENCY), *(worker_extra or [])],
+        scheduler_args=[*(scheduler_extra or [])],
+        log_dir=workdir / "logs",
+        log_format="json",
+        unsafe_no_fsync=not fsync,
+    )
+    s.start()
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+async def connect(s: Stack) -> Client:
+    client = await Client.connect(StoreConfig.from_text(s.endpoint), namespace=NS)
+    deadline = time.monotonic() + 60
+    while len(await list_nodes(client.store, client.keys)) < s.n_workers:
+        if time.monotonic() > deadline:
+            raise RuntimeError("workers did not register")
+        await asyncio.sleep(0.05)
+    return client
+
+
+async def _throughput(client: Client, n: int, batch: bool) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    if batch:
+        ids = []
+        for start in range(0, n, 640):
+            result = await client.submit_many(
+                TaskSpec("noop", {"i": i}) for i in range(start, min(n, start + 640))
+            )
+            ids.extend(t.id for t in result.tasks)
+    else:
+        sem = asyncio.Semaphore(SUBMIT_CONCURRENCY)
+
+        async def one(i: int) -> str:
+            async with sem:
+                return (await client.submit("noop", {"i": i})).id
+
+        ids = await asyncio.gather(*(one(i) for i in range(n)))
+    t1 = time.perf_counter()
+    finals = await asyncio.gather(*(client.wait(i, timeout_s=600) for i in ids))
+    t2 = time.perf_counter()
+    bad = sum(1 for f in finals if f.state is not TaskState.SUCCEEDED or len(f.attempts) != 1)
+    return {
+        "tasks": n,
+        "submit_rate_s": n / (t1 - t0),
+        "throughput_tasks_s": n / (t2 - t0),
+        "seconds": t2 - t0,
+        "bad": bad,
+    }
+
+
+async def _latency(client: Client, n: int, rate: float) -> dict[str, Any]:
+    latencies: list[float] = []
+
+    async def one(i: int) -> None:
+        start = time.perf_counter()
+        task = await client.submit("noop", {"i": i})
+        final = await client.wait(task.id, timeout_s=60)
+        assert final.state is TaskState.SUCCEEDED
+        latencies.append((time.perf_counter() - start) * 1000)
+
+    running = []
+    t0 = time.perf_counter()
+    for i in range(n):
+        delay = t0 + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        running.append(asyncio.create_task(one(i)))
+    await asyncio.gather(*running)
+    return {
+        "latency_tasks": n,
+        "p50_ms": statistics.median(latencies),
+        "p95_ms": percentile(latencies, 95),
+        "p99_ms": percentile(latencies, 99),
+    }
+
+
+def run_tasklease(
+    *, tasks: int, latency_tasks: int, rate: float, workdir: Path, fsync: bool = True
+) -> dict[str, Any]:
+    """Throughput (async API and batch API), submit rate, latency and etcd cost per task."""
+    result: dict[str, Any] = {"system": "tasklease" + ("" if fsync else " (no fsync)"), "fsync": fsync}
+    with stack(workdir / "tp", fsync=fsync) as s:
+
+        async def main() -> None:
+            client = await connect(s)
+            try:
+                await _throughput(client, min(500, tasks), batch=False)  # warm up
+                base = scrape(s.etcd.metrics_url)
+                tp = await _throughput(client, tasks, batch=False)
+                after = scrape(s.etcd.metrics_url)
+                result.update(tp)
+                result["etcd_per_task"] = {
+                    k: round((after.get(k, 0) - base.get(k, 0)) / tasks, 2) for k in after
+                }
+                bt = await _throughput(client, tasks, batch=True)
+                result["batch_throughput_tasks_s"] = bt["throughput_tasks_s"]
+                result["batch_submit_rate_s"] = bt["submit_rate_s"]
+                result["bad"] += bt["bad"]
+                result.update(await _latency(client, latency_tasks, rate))
+            finally:
+                await client.close()
+
+        asyncio.run(main())
+    result["settings"] = (
+        f"1 scheduler (batch 10), 2 worker processes x concurrency {WORKER_CONCURRENCY}, client {SUBMIT_CONCURRENCY} submits in flight"
+    )
+    return result
+
+
+def run_recovery(*, ttl_s: int, workdir: Path) -> dict[str, Any]:
+    """A 5 s task whose worker is SIGKILLed 1 s in: seconds until it has succeeded elsewhere."""
+    with stack(
+        workdir, fsync=True, worker_extra=["--lease-ttl", str(ttl_s), "--heartbeat", str(max(0.5, ttl_s / 3))]
+    ) as s:
+
+        async def main() -> dict[str, Any]:
+            client = await connect(s)
+            try:
+                task = await client.submit("sleep", {"seconds": 5})
+                deadline = time.monotonic() + 30
+                while (current := await client.get(task.id)).state is not TaskState.RUNNING:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("task never ran")
+                    await asyncio.sleep(0.02)
+                await asyncio.sleep(1.0)
+                worker = current.attempts[-1].worker
+                s.procs[worker].send_signal(signal.SIGKILL)
+                killed = time.perf_counter()
+                final = await client.wait(task.id, timeout_s=120)
+                done = time.perf_counter()
+                outcomes = [a.outcome.value for a in final.attempts if a.outcome]
+                assert final.attempts[0].outcome is Outcome.LOST, outcomes
+                return {
+                    "ttl_s": ttl_s,
+                    "recovery_s": done - killed,
+                    "rerun_s": 5.0,
+                    "overhead_s": done - killed - 5.0,
+                    "attempts": outcomes,
+                }
+            finally:
+                await client.close()
+
+        return asyncio.run(main())
+
+
+def run_scale(*, backlog: int, tasks: int, workdir: Path) -> dict[str, Any]:
+    """Drain `tasks` urgent tasks with `backlog` low-priority tasks queued behind them."""
+    with stack(workdir, fsync=True, workers=0) as s:
+
+        async def main() -> dict[str, Any]:
+            client = await connect(s)
+            try:
+                for start in range(0, backlog, 640):
+                    await client.submit_many(
+                        TaskSpec("noop", priority=0) for _ in range(min(640, backlog - start))
+                    )
+                ids = []
+                for start in range(0, tasks, 640):
+                    r = await client.submit_many(
+                        TaskSpec("noop", {"i": i}, priority=3) for i in range(start, min(tasks, start + 640))
+                    )
+                    ids.extend(t.id for t in r.tasks)
+                t0 = time.perf_counter()
+                for i in range(2):
+                    s.start_worker(f"worker-{i + 1}")
+                finals = await asyncio.gather(*(client.wait(i, timeout_s=600) for i in ids))
+                t1 = time.perf_counter()
+                assert all(f.state is TaskState.SUCCEEDED for f in finals)
+                return {"backlog": backlog, "tasks": tasks, "throughput_tasks_s": tasks / (t1 - t0)}
+            finally:
+                await client.close()
+
+        return asyncio.run(main())
+
+
+def run_scheduler_cpu(*, workers: int, tasks: int, workdir: Path) -> dict[str, Any]:
+    """Scheduler CPU seconds per 1,000 tasks with `workers` workers (hosted in 2 processes)."""
+    per_process = max(1, workers // 2)
+    with stack(workdir, fsync=True, workers=0) as s:
+        hosts = [_spawn_host(s, f"host-{i}", per_process) for i in range(2)]
+
+        async def main() -> dict[str, Any]:
+            client = await Client.connect(StoreConfig.from_text(s.endpoint), namespace=NS)
+            try:
+                deadline = time.monotonic() + 120
+                while len(await list_nodes(client.store, client.keys)) < per_process * 2:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("worker hosts did not register")
+                    await asyncio.sleep(0.1)
+                sched = psutil.Process(s.procs["scheduler"].pid)
+                c0 = sched.cpu_times()
+                t0 = time.perf_counter()
+                ids = []
+                for start in range(0, tasks, 640):
+                    r = await client.submit_many(
+                        TaskSpec("noop", {"i": i}) for i in range(start, min(tasks, start + 640))
+                    )
+                    ids.extend(t.id for t in r.tasks)
+                await asyncio.gather(*(client.wait(i, timeout_s=600) for i in ids))
+                t1 = time.perf_counter()
+                c1 = sched.cpu_times()
+                cpu = (c1.user + c1.system) - (c0.user + c0.system)
+                return {
+                    "workers": per_process * 2,
+                    "tasks": tasks,
+                    "scheduler_cpu_ms_per_task": cpu * 1000 / tasks,
+                    "throughput_tasks_s": tasks / (t1 - t0),
+                }
+            finally:
+                await client.close()
+
+        try:
+            return asyncio.run(main())
+        finally:
+            for h in hosts:
+                h.send_signal(signal.SIGTERM)
+            for h in hosts:
+                h.wait(30)
+
+
+def _spawn_host(s: Stack, name: str, instances: int) -> Any:
+    import subprocess
+
+    log = open(s.log_dir / f"{name}.log", "ab") if s.log_dir else None  # noqa: SIM115
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bench.worker_host",
+            "--instances",
+            str(instances),
+            "--name",
+            name,
+            "--concurrency",
+            str(max(1, 64 // instances)),
+        ],
+        env={**s.env(), "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+        stdout=log,
+        stderr=log,
+    )
+    if log:
+        s._logs.append(log)
+    return proc
