@@ -68,15 +68,15 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="tasklease-bench-") as tmp_name:
         tmp = Path(tmp_name)
 
-        def section(name: str, fn: Any, **kw: Any) -> dict[str, Any] | None:
-            print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+        def section(label: str, fn: Any, **kw: Any) -> dict[str, Any] | None:
+            print(f"[bench] {label} ...", file=sys.stderr, flush=True)
             started = time.perf_counter()
             try:
                 res: dict[str, Any] = fn(**kw)
             except Exception as exc:  # one failing section must not lose the others
-                print(f"[bench] {name} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+                print(f"[bench] {label} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
                 return None
-            res["section"] = name
+            res["section"] = label
             res["wall_s"] = round(time.perf_counter() - started, 1)
             return res
 
