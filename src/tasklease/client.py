@@ -288,6 +288,7 @@ class Client:
                     result = None
                 if result is not None and result.succeeded:
                     for task, _, done in batch:
+                        self._hub.expect(task.id, result.revision)
                         if not done.done():
                             done.set_result(task)
                     continue
@@ -315,6 +316,7 @@ class Client:
             if await self._stored_as(task.id, data):
                 return task  # an earlier group transaction landed after all
             raise InvalidOption(f"task id {task.id} is already used")
+        self._hub.expect(task.id, result.revision)
         log.debug("submitted", extra={"task_id": task.id, "queue": task.queue})
         return task
 

@@ -27,7 +27,6 @@ retried once the watch has caught up; nothing is ever half-assigned.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import heapq
 import logging
@@ -38,6 +37,8 @@ from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+from sortedcontainers import SortedList
 
 from tasklease import codec
 from tasklease.balancers import Balancer, NodeView, make_balancer
@@ -122,8 +123,8 @@ class ClusterView:
         # worker -> task ids assigned to it; assignment key -> create revision
         self.assigned: dict[str, set[str]] = defaultdict(set)
         self.assignment_rev: dict[str, int] = {}
-        # queue -> sorted queue keys; queue key -> its KV
-        self.queue_keys: dict[str, list[str]] = defaultdict(list)
+        # queue -> sorted queue keys (O(log n) insert and delete at any depth); key -> KV
+        self.queue_keys: dict[str, SortedList] = defaultdict(SortedList)
         self.queue_kv: dict[str, KV] = {}
         self.running: dict[str, RunningEntry] = {}
         self.delayed: dict[str, KV] = {}
@@ -153,16 +154,13 @@ class ClusterView:
                     return
             queue = key[len(k.queues) :].split("/", 1)[0]
             keys_list = self.queue_keys[queue]
-            i = bisect.bisect_left(keys_list, key)
-            present = i < len(keys_list) and keys_list[i] == key
             if deleted:
-                if present:
-                    del keys_list[i]
+                keys_list.discard(key)
                 self.queue_kv.pop(key, None)
                 self.skipped.discard(key)
             else:
-                if not present:
-                    keys_list.insert(i, key)
+                if key not in self.queue_kv:
+                    keys_list.add(key)
                 self.queue_kv[key] = kv
         elif key.startswith(k.running):
             task_id = key[len(k.running) :]

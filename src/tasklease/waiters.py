@@ -9,6 +9,12 @@ on the key (their values are never decoded).
 No change can be missed: a waiter registers *before* it reads the task, and
 the hub's watch started before that read. Every change after the read's
 revision is therefore delivered after the registration.
+
+Tasks this client submits while the hub runs need no read at all: the client
+calls :meth:`ResultHub.expect` with the submit's revision, and the hub keeps
+their terminal records (a bounded number) until someone waits for them. That
+is safe only if the hub has not yet delivered anything past the submit's
+revision (otherwise a change may have gone by unnoticed): ``expect`` checks.
 """
 
 from __future__ import annotations
@@ -16,15 +22,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 
 from tasklease import codec
 from tasklease.errors import CorruptRecord, StoreError, TaskNotFound, WatchCompacted
 from tasklease.keys import Keyspace, prefix_end
-from tasklease.models import Task
+from tasklease.models import Task, TaskState
 from tasklease.store import Store
 
 log = logging.getLogger("tasklease.client")
+
+# Own tasks remembered for a later wait(); beyond this the oldest are read instead.
+MAX_KEPT = 100_000
+TERMINAL_MARKERS = tuple(f'"state":"{s.value}"'.encode() for s in TaskState if s.terminal)
 
 
 class ResultHub:
@@ -42,6 +52,11 @@ class ResultHub:
         self._waiters: dict[str, set[asyncio.Future[Task]]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
         self._started: asyncio.Future[None] | None = None
+        # Highest revision delivered by the watch (0 until it runs).
+        self.revision = 0
+        # Own submitted tasks nobody waits for yet, and their terminal records.
+        self._expected: OrderedDict[str, None] = OrderedDict()
+        self._finished: OrderedDict[str, Task] = OrderedDict()
 
     async def _ensure_started(self) -> None:
         if self._started is None:
@@ -56,9 +71,11 @@ class ResultHub:
         while True:
             try:
                 _, revision = await self.store.get(prefix)
+                self.revision = revision
                 if not self._started.done():
                     self._started.set_result(None)
                 else:
+                    self._expected.clear()  # after a gap they may have been missed: read them
                     await self._recheck_all()  # after a gap: what finished meanwhile?
                 async for events in self.store.watch(prefix, prefix_end(prefix), revision + 1):
                     backoff = 0.1
@@ -66,6 +83,8 @@ class ResultHub:
                         task_id = ev.kv.key[len(prefix) :]
                         futures = self._waiters.get(task_id)
                         if not futures:
+                            if task_id in self._expected and ev.type == "put":
+                                self._keep_if_finished(ev.kv.key, ev.kv.value)
                             continue
                         if ev.type == "delete":
                             self._fail(task_id, TaskNotFound(task_id))
@@ -77,6 +96,7 @@ class ResultHub:
                             continue
                         if task.state.terminal:
                             self._resolve(task)
+                    self.revision = max(self.revision, events[-1].kv.mod_revision)
             except WatchCompacted:
                 continue
             except StoreError as exc:
@@ -99,6 +119,32 @@ class ResultHub:
                     if task.state.terminal:
                         self._resolve(task)
 
+    def _keep_if_finished(self, key: str, value: bytes) -> None:
+        # A terminal record always holds its state marker; most events are not
+        # terminal, and skipping their decode is most of this watch's cost.
+        if not any(marker in value for marker in TERMINAL_MARKERS):
+            return
+        try:
+            task = codec.decode_task(key, value)
+        except CorruptRecord:
+            self._expected.pop(key[len(self.keys.tasks) :], None)  # the read path will report it
+            return
+        if task.state.terminal:
+            self._expected.pop(task.id, None)
+            self._finished[task.id] = task
+            while len(self._finished) > MAX_KEPT:
+                self._finished.popitem(last=False)
+
+    def expect(self, task_id: str, revision: int) -> None:
+        """Note a task this client submitted at ``revision``, so wait() needs no read."""
+        if self._task is None or self._started is None or not self._started.done():
+            return
+        if self.revision >= revision:
+            return  # the watch may be past it already: wait() will read
+        self._expected[task_id] = None
+        while len(self._expected) > MAX_KEPT:
+            self._expected.popitem(last=False)
+
     def _resolve(self, task: Task) -> None:
         for fut in self._waiters.pop(task.id, ()):
             if not fut.done():
@@ -112,9 +158,14 @@ class ResultHub:
     async def wait(self, task_id: str) -> Task:
         """Wait until the task's record is terminal."""
         await self._ensure_started()
+        finished = self._finished.pop(task_id, None)
+        if finished is not None:
+            return finished
         fut: asyncio.Future[Task] = asyncio.get_running_loop().create_future()
         self._waiters[task_id].add(fut)  # before the read: see the module docstring
         try:
+            if self._expected.pop(task_id, "absent") is None:
+                return await fut  # submitted here while the watch ran: nothing to read
             kv, _ = await self.store.get(self.keys.task(task_id))
             if kv is None:
                 raise TaskNotFound(task_id)

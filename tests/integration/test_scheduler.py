@@ -253,3 +253,19 @@ async def test_corrupt_queued_record_is_skipped(client, cluster, store, keyspace
     await cluster.worker()
     assert (await client.wait(good.id, timeout_s=10)).result == "fine"
     assert any("skipping queued task" in r.getMessage() for r in caplog.records)
+
+
+async def test_waits_for_own_tasks_that_finished_before_the_wait(client, cluster):
+    await cluster.scheduler()
+    await cluster.worker()
+    await client.wait((await client.submit("noop", -1)).id, timeout_s=10)  # the result watch runs now
+    tasks = [await client.submit("noop", i) for i in range(20)]
+    # Given they all finish before anyone waits (the client remembers their outcomes) ...
+    for _ in range(100):
+        if (await client.stats())["states"]["succeeded"] == 21:
+            break
+        await asyncio.sleep(0.05)
+    # ... then each wait returns its own record
+    finals = [await client.wait(t.id, timeout_s=10) for t in tasks]
+    assert [f.result for f in finals] == list(range(20))
+    assert all(f.state is TaskState.SUCCEEDED for f in finals)
