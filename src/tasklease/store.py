@@ -586,7 +586,10 @@ class Store:
 
         Start at the header revision of a read plus one, so that nothing falls
         between the read and the watch. The stream survives etcd restarts and
-        fail-overs (it resumes from the last revision it delivered).
+        fail-overs: it reconnects and resumes right after the last event it
+        delivered. (The client library's own watch resumes after the *header*
+        revision of the last response, which skips events if the connection
+        drops while a watch is catching up; so we drive the gRPC stream here.)
 
         Yields:
             The events of one etcd response (never empty).
@@ -596,38 +599,59 @@ class Store:
                 compacted: re-read and watch again.
             StoreError: The watch failed for good.
         """
-        client = self._svc()
-        stream = client.watch.watch(prefix, end, start_revision=start_revision, prev_kv=prev_kv)
-        try:
-            while True:
-                try:
-                    resp = await anext(stream)
-                except StopAsyncIteration:
-                    return
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    raise self._wrap(exc, "watch") from exc
-                if resp.compact_revision > 0:
-                    raise WatchCompacted(
-                        f"watch of {prefix} from revision {start_revision} was compacted "
-                        f"(oldest is {resp.compact_revision})"
-                    )
-                if resp.canceled:
-                    raise StoreError(f"etcd cancelled the watch of {prefix}: {resp.cancel_reason}")
-                events = [
-                    Event(
-                        "put" if ev.type == 0 else "delete",
-                        _kv(ev.kv),
-                        _kv(ev.prev_kv) if ev.HasField("prev_kv") else None,
-                    )
-                    for ev in resp.events
-                ]
-                if events:
+        import grpc
+        from etcd3aio._protobuf import WatchCreateRequest, WatchRequest
+
+        service = self._svc().watch
+        next_revision = start_revision
+        backoff = 0.1
+        while True:
+            create = WatchCreateRequest(
+                key=prefix.encode(), range_end=end.encode(), start_revision=next_revision, prev_kv=prev_kv
+            )
+
+            async def requests(create: Any = create) -> AsyncIterator[Any]:
+                yield WatchRequest(create_request=create)
+                await asyncio.Event().wait()  # keep the request side open
+
+            call = service._stub.Watch(requests(), metadata=service._metadata or None)
+            try:
+                async for resp in call:
+                    backoff = 0.1
+                    if resp.compact_revision > 0:
+                        raise WatchCompacted(
+                            f"watch of {prefix} from revision {next_revision} was compacted "
+                            f"(oldest is {resp.compact_revision})"
+                        )
+                    if resp.canceled:
+                        raise StoreError(f"etcd cancelled the watch of {prefix}: {resp.cancel_reason}")
+                    if not resp.events:
+                        continue
+                    events = [
+                        Event(
+                            "put" if ev.type == 0 else "delete",
+                            _kv(ev.kv),
+                            _kv(ev.prev_kv) if ev.HasField("prev_kv") else None,
+                        )
+                        for ev in resp.events
+                    ]
+                    next_revision = events[-1].kv.mod_revision + 1
                     yield events
-        finally:
-            with contextlib.suppress(Exception):
-                await stream.aclose()
+                log.warning("watch of %s ended; watching again from revision %d", prefix, next_revision)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise self._wrap(exc, "watch") from exc
+                log.warning(
+                    "watch of %s interrupted (%s); resuming from revision %d in %.1f s",
+                    prefix,
+                    exc.code().name,
+                    next_revision,
+                    backoff,
+                )
+            finally:
+                call.cancel()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 1.0)
 
     async def status(self) -> dict[str, Any]:
         """Ask the endpoints for their status (a health check)."""
