@@ -144,9 +144,11 @@ def check(tasks: list[Task], leftovers: dict[str, int], report: SoakReport) -> N
 
 
 async def _collect(client: Client, ids: list[str]) -> tuple[list[Task], dict[str, int]]:
-    tasks = []
-    for i in ids:
-        tasks.append(await client.get(i))
+    wanted = set(ids)
+    tasks = [t async for t in client.scan() if t.id in wanted]  # paged, not one read per task
+    if len(tasks) != len(wanted):
+        found = {t.id for t in tasks}
+        tasks += [await client.get(i) for i in ids if i not in found]  # raises TaskNotFound if lost
     k = client.keys
     leftovers = {}
     for name, prefix in (
