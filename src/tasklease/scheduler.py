@@ -579,21 +579,27 @@ class Scheduler:
         now = self.clock.now()
         for entry, record_kv in zip(entries, records, strict=True):
             extra = self._ctx(task_id=entry.task_id, attempt=entry.attempt, worker=entry.worker)
+            task = None
             if record_kv is None:
-                continue
-            try:
-                task = codec.decode_task(record_kv.key, record_kv.value)
-            except CorruptRecord as exc:
-                log.error("cannot repair: %s", exc, extra=extra)
-                continue
-            if not still_running(task, entry):
-                # A stale index entry (its attempt already ended): drop it.
+                log.error("running task has no record (deleted by hand?): dropping its index entry", extra=extra)
+            else:
+                try:
+                    task = codec.decode_task(record_kv.key, record_kv.value)
+                except CorruptRecord as exc:
+                    log.error("cannot repair (%s): dropping its index entry", exc, extra=extra)
+            if task is None or record_kv is None or not still_running(task, entry):
+                # A stale or unrepairable index entry: drop it (and its assignment,
+                # which tells a worker still running it to stop), so that it is not
+                # examined again and again.
                 await self.store.txn(
                     [
                         self.election.fence(),
                         Compare(self.keys.running_entry(entry.task_id), "mod", "=", entry.mod_revision),
                     ],
-                    [Delete(self.keys.running_entry(entry.task_id))],
+                    [
+                        Delete(self.keys.running_entry(entry.task_id)),
+                        *([Delete(self.keys.assignment(entry.worker, entry.task_id))] if task is None else []),
+                    ],
                 )
                 continue
             assign_key = self.keys.assignment(entry.worker, entry.task_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import time
@@ -107,3 +108,26 @@ async def test_corrupt_task_record_is_a_clear_error_and_listings_skip_it(
         [tasklease_bin, "list", "--json"], env=cli_env, capture_output=True, text=True, timeout=30
     )
     assert [r["id"] for r in json.loads(listed.stdout)] == [good.id]
+
+
+async def test_a_running_entry_whose_record_is_gone_or_corrupt_is_dropped(
+    client, store, keyspace, system, caplog
+):
+    _, start_scheduler = system
+    # Given running-index entries, overdue, for a task record that is missing and one that is corrupt
+    corrupt = await client.submit("noop")
+    await store.put(keyspace.task(corrupt.id), b"{corrupt")
+    for task_id in ("01J00000000000000000000009", corrupt.id):
+        await store.put(keyspace.running_entry(task_id), b'{"worker": "ghost", "n": 1, "deadline": 0}')
+    # When a scheduler leads
+    await start_scheduler()
+    # Then both entries are dropped (not examined again and again), with an error log each
+    for _ in range(100):
+        left = await store.range(keyspace.running, keyspace.running[:-1] + "0", count_only=True)
+        if left.count == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert left.count == 0
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    assert "has no record" in messages
+    assert "cannot repair" in messages
