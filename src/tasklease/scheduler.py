@@ -63,6 +63,7 @@ from tasklease.store import KV, Compare, Delete, Event, Get, Op, Store
 log = logging.getLogger("tasklease.scheduler")
 
 PAGE = 1000
+BACKSTOP_S = 5.0
 
 
 def default_scheduler_id() -> str:
@@ -556,8 +557,11 @@ class Scheduler:
             # delayed key (which may be due sooner) wakes us early.
             self._timers_changed.clear()
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.01, min(delay, 3600.0))):
+                async with asyncio.timeout(max(0.01, min(delay, BACKSTOP_S))):
                     await self._timers_changed.wait()
+            # Backstop: re-examine the mirror now and then even if no event asked
+            # for it (no etcd request: the assignment loop works from the mirror).
+            self._wake.set()
 
     async def _records(self, task_ids: list[str]) -> list[KV | None]:
         result = await self.store.txn([], [Get(self.keys.task(t)) for t in task_ids])
