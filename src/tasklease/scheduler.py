@@ -556,12 +556,13 @@ class Scheduler:
             # Sleep until the earliest deadline or backoff; a new running or
             # delayed key (which may be due sooner) wakes us early.
             self._timers_changed.clear()
-            with contextlib.suppress(TimeoutError):
+            try:
                 async with asyncio.timeout(max(0.01, min(delay, BACKSTOP_S))):
                     await self._timers_changed.wait()
-            # Backstop: re-examine the mirror now and then even if no event asked
-            # for it (no etcd request: the assignment loop works from the mirror).
-            self._wake.set()
+            except TimeoutError:
+                # Backstop: re-examine the mirror when nothing happened for a while
+                # (no etcd request: the assignment loop works from the mirror).
+                self._wake.set()
 
     async def _records(self, task_ids: list[str]) -> list[KV | None]:
         result = await self.store.txn([], [Get(self.keys.task(t)) for t in task_ids])
