@@ -426,7 +426,7 @@ class Scheduler:
             self.view.changed_nodes = False
             wake = True
         self._inflight = [f for f in self._inflight if f[0] > self.view.revision]
-        if wake or self.view.lost_entries():
+        if wake:  # an assignment deleted (maybe with its lease), a task queued, a node changed
             self._wake.set()
         progress, self._progress = self._progress, asyncio.Event()
         progress.set()
