@@ -586,7 +586,9 @@ class Scheduler:
             extra = self._ctx(task_id=entry.task_id, attempt=entry.attempt, worker=entry.worker)
             task = None
             if record_kv is None:
-                log.error("running task has no record (deleted by hand?): dropping its index entry", extra=extra)
+                log.error(
+                    "running task has no record (deleted by hand?): dropping its index entry", extra=extra
+                )
             else:
                 try:
                     task = codec.decode_task(record_kv.key, record_kv.value)
@@ -603,7 +605,11 @@ class Scheduler:
                     ],
                     [
                         Delete(self.keys.running_entry(entry.task_id)),
-                        *([Delete(self.keys.assignment(entry.worker, entry.task_id))] if task is None else []),
+                        *(
+                            [Delete(self.keys.assignment(entry.worker, entry.task_id))]
+                            if task is None
+                            else []
+                        ),
                     ],
                 )
                 continue
