@@ -38,6 +38,7 @@ from tasklease.errors import (
     TaskFailed,
     TaskNotFound,
     WaitTimeout,
+    WatchCompacted,
 )
 from tasklease.ids import IdGenerator, is_task_id
 from tasklease.keys import Keyspace, check_name, prefix_end
@@ -168,6 +169,8 @@ class Client:
         # Submits waiting for the next group transaction; only _flush_submits takes them.
         self._pending_submits: builtins.list[tuple[Task, bytes, asyncio.Future[Task]]] = []
         self._submitter: asyncio.Task[None] | None = None
+        # Lone waits in flight on their own key watch (see _wait).
+        self._waiting = 0
 
     @classmethod
     async def connect(cls, config: StoreConfig | None = None, *, namespace: str = "tasklease") -> Client:
@@ -595,7 +598,8 @@ class Client:
     async def wait(self, task_id: str, timeout_s: float | None = None) -> Task:
         """Wait until the task is terminal, by watch (no polling).
 
-        All waits of one client share one watch on the task prefix (waiters.py).
+        A lone wait watches its task's key; once a client waits for several
+        tasks at once, its waits share one watch on the task prefix (waiters.py).
 
         Args:
             task_id: The task.
@@ -619,7 +623,32 @@ class Client:
     async def _wait(self, task_id: str) -> Task:
         if not is_task_id(task_id):
             raise TaskNotFound(task_id)
-        return await self._hub.wait(task_id)
+        # A lone wait (e.g. `tasklease wait ID`) watches its one key; as soon as a
+        # client waits for several tasks at once, all its waits share one watch.
+        if self._hub.running or self._waiting > 0:
+            return await self._hub.wait(task_id)
+        self._waiting += 1
+        try:
+            return await self._wait_one(task_id)
+        finally:
+            self._waiting -= 1
+
+    async def _wait_one(self, task_id: str) -> Task:
+        key = self.keys.task(task_id)
+        while True:
+            task, _, revision = await self._read(task_id)
+            if task.state.terminal:
+                return task
+            try:
+                async for events in self.store.watch(key, key + "\0", revision + 1):
+                    for ev in events:
+                        if ev.type == "delete":
+                            raise TaskNotFound(task_id)
+                        task = codec.decode_task(key, ev.kv.value)
+                        if task.state.terminal:
+                            return task
+            except WatchCompacted:
+                continue
 
     async def result(self, task_id: str, timeout_s: float | None = None) -> JSON:
         """Wait for the task and return its result.

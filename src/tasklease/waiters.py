@@ -58,6 +58,11 @@ class ResultHub:
         self._expected: OrderedDict[str, None] = OrderedDict()
         self._finished: OrderedDict[str, Task] = OrderedDict()
 
+    @property
+    def running(self) -> bool:
+        """Whether the shared watch has been started."""
+        return self._started is not None
+
     async def _ensure_started(self) -> None:
         if self._started is None:
             self._started = asyncio.get_running_loop().create_future()

@@ -258,11 +258,14 @@ async def test_corrupt_queued_record_is_skipped(client, cluster, store, keyspace
 async def test_waits_for_own_tasks_that_finished_before_the_wait(client, cluster):
     await cluster.scheduler()
     await cluster.worker()
-    await client.wait((await client.submit("noop", -1)).id, timeout_s=10)  # the result watch runs now
+    first, second = await client.submit("noop", -1), await client.submit("noop", -2)
+    # two waits at once: from now on this client's waits share one result watch
+    await asyncio.gather(client.wait(first.id, timeout_s=10), client.wait(second.id, timeout_s=10))
+    assert client._hub.running
     tasks = [await client.submit("noop", i) for i in range(20)]
     # Given they all finish before anyone waits (the client remembers their outcomes) ...
     for _ in range(100):
-        if (await client.stats())["states"]["succeeded"] == 21:
+        if (await client.stats())["states"]["succeeded"] == 22:
             break
         await asyncio.sleep(0.05)
     # ... then each wait returns its own record
