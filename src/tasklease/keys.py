@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
 
 from tasklease.errors import InvalidOption, InvalidQueueName
 
@@ -94,7 +95,7 @@ class QueueKey:
     task_id: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Keyspace:
     """Builds and parses the keys of one namespace.
 
@@ -107,13 +108,13 @@ class Keyspace:
     def __post_init__(self) -> None:
         check_name(self.namespace, "namespace")
 
-    @property
+    @cached_property
     def root(self) -> str:
         """The prefix of every key of this namespace."""
         return f"/{self.namespace}/"
 
     # tasks ------------------------------------------------------------------
-    @property
+    @cached_property
     def tasks(self) -> str:
         """Prefix of all task records."""
         return f"{self.root}task/"
@@ -127,7 +128,7 @@ class Keyspace:
         return key[len(self.tasks) :]
 
     # queues -----------------------------------------------------------------
-    @property
+    @cached_property
     def queues(self) -> str:
         """Prefix of every queue."""
         return f"{self.root}queue/"
@@ -160,7 +161,7 @@ class Keyspace:
         return QueueKey(queue, MAX_PRIORITY - int(band), int(seq), task_id)
 
     # workers ----------------------------------------------------------------
-    @property
+    @cached_property
     def nodes(self) -> str:
         """Prefix of live worker records (each under its worker's lease)."""
         return f"{self.root}node/"
@@ -169,7 +170,7 @@ class Keyspace:
         """Key of one worker's record."""
         return f"{self.nodes}{worker_id}"
 
-    @property
+    @cached_property
     def assignments(self) -> str:
         """Prefix of every assignment."""
         return f"{self.root}assign/"
@@ -182,7 +183,7 @@ class Keyspace:
         """Key of one assignment (the attempt's fencing token)."""
         return f"{self.worker_assignments(worker_id)}{task_id}"
 
-    @property
+    @cached_property
     def running(self) -> str:
         """Prefix of the index of assigned tasks (no lease)."""
         return f"{self.root}running/"
@@ -191,7 +192,7 @@ class Keyspace:
         """Key of one entry of the running index."""
         return f"{self.running}{task_id}"
 
-    @property
+    @cached_property
     def leader(self) -> str:
         """The election key: who leads; its create revision is the fencing token."""
         return f"{self.root}leader"
@@ -200,7 +201,7 @@ class Keyspace:
         """Key holding the id of the shared retention lease of one time bucket."""
         return f"{self.root}retention/{retention_s}/{bucket}"
 
-    @property
+    @cached_property
     def delayed(self) -> str:
         """Prefix of pending tasks waiting for a retry backoff, soonest first."""
         return f"{self.root}delayed/"
