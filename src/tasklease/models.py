@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import enum
 import random
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
 
 from tasklease.errors import InvalidOption, InvalidPriority, InvalidState, InvalidTransition
 from tasklease.keys import MAX_PRIORITY, check_name
@@ -284,6 +284,23 @@ def decide(task: Task, outcome: Outcome, *, permanent: bool, now: float, rng: ra
     raise AssertionError(f"unhandled outcome {outcome}")  # pragma: no cover
 
 
+def evolve(obj: _T, **changes: Any) -> _T:
+    """``dataclasses.replace`` without its per-call field introspection (hot path).
+
+    The new object is built through ``__init__``, so ``__post_init__`` validation runs.
+    """
+    names = _FIELDS.get(type(obj))
+    if names is None:
+        names = _FIELDS[type(obj)] = tuple(f.name for f in fields(obj))  # type: ignore[arg-type]
+    kwargs = {name: getattr(obj, name) for name in names}
+    kwargs.update(changes)
+    return type(obj)(**kwargs)
+
+
+_FIELDS: dict[type, tuple[str, ...]] = {}
+_T = TypeVar("_T")
+
+
 def transition(task: Task, state: TaskState, *, now: float, **changes: Any) -> Task:
     """Return ``task`` moved to ``state``, checked against the table.
 
@@ -292,7 +309,7 @@ def transition(task: Task, state: TaskState, *, now: float, **changes: Any) -> T
     """
     if not can_transition(task.state, state):
         raise InvalidTransition(task.id, task.state.value, f"move to {state.value}")
-    return replace(task, state=state, updated_at=now, **changes)
+    return evolve(task, state=state, updated_at=now, **changes)
 
 
 def truncate_error(message: str) -> str:

@@ -8,11 +8,11 @@ them with their compares. The scheduler (and, until it exists, the tests) use
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from tasklease import codec
 from tasklease.keys import Keyspace, prefix_end
-from tasklease.models import Attempt, Task, TaskState, transition
+from tasklease.models import Attempt, Task, TaskState, evolve, transition
 from tasklease.store import KV, Compare, Delete, Get, Op, Put, Store, TxnResult
 
 
@@ -180,4 +180,4 @@ def finished_attempt(task: Task, **changes: object) -> Task:
     """Return ``task`` with its current attempt updated by ``changes``."""
     current = task.current_attempt
     assert current is not None
-    return replace(task, attempts=(*task.attempts[:-1], replace(current, **changes)))  # type: ignore[arg-type]
+    return evolve(task, attempts=(*task.attempts[:-1], evolve(current, **changes)))

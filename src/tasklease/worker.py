@@ -25,7 +25,7 @@ import random
 import secrets
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
@@ -51,7 +51,7 @@ from tasklease.executors.base import (
 from tasklease.executors.python import AsyncFunctionExecutor, ProcessPool, SyncFunctionExecutor
 from tasklease.ids import IdGenerator
 from tasklease.keys import NAME_RE, Keyspace, check_name, prefix_end
-from tasklease.models import JSON, Outcome, Task, TaskState, decide, truncate_error
+from tasklease.models import JSON, Outcome, Task, TaskState, decide, evolve, truncate_error
 from tasklease.queue import Assignment, decode_assignment, finished_attempt, leave_running_ops
 from tasklease.retention import RetentionLeases
 from tasklease.session import Session
@@ -539,7 +539,7 @@ class Worker:
             changes["not_before"] = decision.not_before
         if decision.state is TaskState.QUEUED and outcome is not Outcome.HANDED_BACK:
             changes["seq"] = self._ids.sequence()  # a retry goes to the back of its band
-        return replace(task, **changes)
+        return evolve(task, **changes)
 
     async def _record(
         self, assignment: Assignment, outcome: Outcome, result: JSON, error: str | None, permanent: bool
