@@ -24,12 +24,14 @@ STAMP = VENV / ".tasklease-installed"
 
 
 def run(*cmd: str | Path) -> None:
+    """Echo and run a command in the repository; raise if it fails."""
     print("+", " ".join(str(c) for c in cmd), flush=True)
     subprocess.run([str(c) for c in cmd], cwd=ROOT, check=True)
 
 
 def install() -> None:
-    if sys.version_info < (3, 11):
+    """Create .venv and install the project with its dev extra (skipped if up to date)."""
+    if sys.version_info < (3, 11):  # noqa: UP036 (this script may run under any python3)
         sys.exit(f"tasklease needs Python >= 3.11, this is {sys.version.split()[0]}")
     digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
     if STAMP.exists() and STAMP.read_text() == digest:
@@ -42,6 +44,7 @@ def install() -> None:
 
 
 def main() -> int:
+    """Install, then run the job named on the command line."""
     job = sys.argv[1] if len(sys.argv) > 1 else "test"
     rest = sys.argv[2:]
     install()
