@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import json
 import os
 import signal
@@ -26,6 +25,7 @@ from typing import IO, Any
 
 import psutil
 import pytest
+from procs import POLL_S, pid_running, until
 
 from tasklease import __version__, codec
 from tasklease.client import Client
@@ -37,40 +37,10 @@ from tasklease.retry import RetryPolicy
 from tasklease.store import Store
 
 TESTS_DIR = Path(__file__).resolve().parents[1]
-POLL_S = 0.05
 REGISTER_TIMEOUT_S = 10.0
 
 
 # helpers ---------------------------------------------------------------------------------
-async def until(
-    probe: Callable[[], Any],
-    *,
-    within_s: float,
-    what: str,
-    log: Callable[[], str] | None = None,
-) -> Any:
-    """Poll ``probe`` (sync or async) every 50 ms until it returns something truthy."""
-    deadline = time.monotonic() + within_s
-    while True:
-        value = probe()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            tail = f"\n--- worker log tail ---\n{log()}" if log else ""
-            raise AssertionError(f"timed out after {within_s:g} s waiting for {what}{tail}")
-        await asyncio.sleep(POLL_S)
-
-
-def pid_running(pid: int) -> bool:
-    """Alive and not a zombie (an orphan's zombie may never be reaped in a container)."""
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
