@@ -140,6 +140,22 @@ class StoreAuthError(StoreError):
     """etcd refused our credentials or our permissions."""
 
 
+class StoreRequestTooLarge(StoreError):
+    """A request or a response is over a size limit (etcd's or gRPC's).
+
+    Never retried unchanged: the caller must send less (split the batch, read
+    a smaller page) or give up on the item.
+    """
+
+
+class StoreNoSpace(StoreError):
+    """etcd is out of space (its NOSPACE alarm): it refuses writes until an operator frees room.
+
+    Remedy: compact and defragment etcd, disarm the alarm, and purge old tasks
+    (docs/operations.md).
+    """
+
+
 class BatchIncomplete(StoreError):
     """A batch too large for one transaction failed part-way.
 
@@ -154,6 +170,14 @@ class BatchIncomplete(StoreError):
 
 class WatchCompacted(StoreError):
     """A watch asked for history etcd has compacted away; re-read, then watch again."""
+
+
+class WatchTooLarge(WatchCompacted):
+    """A watch response (a catch-up of many revisions) was over the receive limit.
+
+    Handled like :class:`WatchCompacted`: re-read the range, then watch again
+    from the read's revision (a fresh watch has no backlog to catch up).
+    """
 
 
 class WaitTimeout(TaskleaseError, TimeoutError):

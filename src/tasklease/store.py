@@ -5,7 +5,17 @@ Everything above it speaks in :class:`KV`, :class:`Compare`, :class:`Put`,
 exceptions: client and gRPC errors are wrapped here with ``raise ... from``.
 
 Round trips. Each public coroutine is one etcd request (``watch`` is one
-stream). Transactions are sent once (no client-side retry): a transaction
+stream; ``scan`` one request per page).
+
+Sizes (docs/architecture.md, "Limits and sizes"). etcd refuses a request
+over 1.5 MiB; :meth:`Store.txn` checks the size of a transaction before
+sending it and raises :class:`~tasklease.errors.StoreRequestTooLarge`
+instead. The channel receives messages up to ``MAX_RECEIVE_BYTES`` (gRPC's
+default is 4 MiB, less than a page of 1,000 records of 4.5 KB); reads that may
+return many values go through :meth:`Store.scan`, which pages by bytes as well
+as by count. A watch response over the receive limit (a catch-up of many
+large revisions) raises :class:`~tasklease.errors.WatchTooLarge`: re-read,
+then watch again. Transactions are sent once (no client-side retry): a transaction
 that committed but whose answer was lost would otherwise be sent again and
 come back ``succeeded=False`` (ETCD-NOTES pitfall 3). Callers that need to
 know re-read after :class:`~tasklease.errors.StoreUnavailable`.
@@ -31,8 +41,11 @@ from tasklease.errors import (
     InvalidOption,
     StoreAuthError,
     StoreError,
+    StoreNoSpace,
+    StoreRequestTooLarge,
     StoreUnavailable,
     WatchCompacted,
+    WatchTooLarge,
 )
 
 log = logging.getLogger("tasklease.store")
@@ -40,7 +53,18 @@ log = logging.getLogger("tasklease.store")
 # etcd's default --max-txn-ops: each of compare/success/failure may hold this many.
 MAX_TXN_OPS = 128
 # etcd's default --max-request-bytes is 1.5 MiB; stay below with a margin.
+MAX_REQUEST_BYTES = 1_572_864
 MAX_TXN_BYTES = 1_400_000
+# What the channel accepts in one message (gRPC's default is 4 MiB). A read is
+# paged to READ_BUDGET_BYTES, so only a watch catch-up can come near this.
+MAX_RECEIVE_BYTES = 128 * 1024 * 1024
+# Target size of one page of a scan: pages are sized from the largest value seen.
+READ_BUDGET_BYTES = 4 * 1024 * 1024
+# First page of a scan with values, before any size is known: even records of
+# the 1 MiB maximum stay under the receive limit.
+FIRST_PAGE = 64
+# Most keys per page (etcd answers faster in moderate pages).
+MAX_PAGE = 1000
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:2379"
 
@@ -241,14 +265,23 @@ class RangeResult:
     count: int
 
 
-def txn_size(ops: Sequence[Op]) -> int:
-    """Rough request size of ``ops`` in bytes, for splitting batches."""
+def txn_size(ops: Sequence[Op | Compare]) -> int:
+    """Request size of ``ops`` in bytes (an upper bound of their protobuf encoding)."""
     size = 0
     for op in ops:
-        size += len(op.key) + 16
+        size += len(op.key) + 24
         if isinstance(op, Put):
             size += len(op.value)
+        elif isinstance(op, Delete | Get) and op.range_end:
+            size += len(op.range_end)
+        elif isinstance(op, Compare) and isinstance(op.value, bytes):
+            size += len(op.value)
     return size
+
+
+def next_page_limit(largest_value: int, budget: int = READ_BUDGET_BYTES) -> int:
+    """How many keys the next page may hold so that it stays near ``budget`` bytes."""
+    return max(1, min(MAX_PAGE, budget // max(1, largest_value + 128)))
 
 
 def _kv(pb: Any) -> KV:
@@ -327,6 +360,14 @@ class Store:
             tls_server_name=server_name,
             **tls,
         )
+        # etcd3aio sets no message limits: gRPC's 4 MiB receive default is less than
+        # one page of 1,000 records of 4.5 KB. Requests are checked by txn() first.
+        self._client._manager.grpc_options.extend(
+            [
+                ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
+                ("grpc.max_send_message_length", MAX_REQUEST_BYTES + 64 * 1024),
+            ]
+        )
         await self._client.connect()
         if cfg.user is not None and cfg.password is not None:
             refresher = self._client.token_refresher(cfg.user, cfg.password, interval=120.0)
@@ -371,6 +412,8 @@ class Store:
                 m in details for m in _AUTH_FAILURES
             ):
                 return StoreAuthError(f"etcd refused {what}: {details}")
+            if code is grpc.StatusCode.RESOURCE_EXHAUSTED or "too large" in details:
+                return _size_or_space(what, details)
             if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 return StoreUnavailable(f"cannot reach etcd at {endpoints} ({what}){_tls_hint(details)}")
             if code in (
@@ -383,6 +426,8 @@ class Store:
                 )
             return StoreError(f"etcd {what} failed: {code.name} {exc.details()}")
         if isinstance(exc, etcd3aio.EtcdError):
+            if "space exceeded" in str(exc) or "too large" in str(exc):
+                return _size_or_space(what, str(exc))
             return StoreError(f"etcd {what} failed: {exc}")
         return StoreError(f"etcd {what} failed: {type(exc).__name__}: {exc}")
 
@@ -447,6 +492,50 @@ class Store:
         )
         return RangeResult([_kv(k) for k in resp.kvs], resp.header.revision, resp.more, resp.count)
 
+    async def scan(
+        self,
+        prefix: str,
+        end: str,
+        *,
+        revision: int = 0,
+        keys_only: bool = False,
+        budget_bytes: int = READ_BUDGET_BYTES,
+        first_page: int = FIRST_PAGE,
+    ) -> AsyncIterator[RangeResult]:
+        """Read ``[prefix, end)`` page by page, each page bounded by bytes and by count.
+
+        Every page reads the snapshot of the first one (its revision), so the
+        pages together are one consistent read. The first page holds at most
+        ``first_page`` keys (``MAX_PAGE`` if ``keys_only``); each next one as
+        many as fit ``budget_bytes`` at the size of the largest value seen so
+        far. A page refused for its size is read again at a quarter of the
+        count (down to one key).
+
+        Yields:
+            The pages (their ``revision`` is the snapshot's).
+        """
+        limit = MAX_PAGE if keys_only else max(1, min(first_page, MAX_PAGE))
+        start = prefix
+        largest = 0
+        while True:
+            try:
+                page = await self.range(start, end, limit=limit, keys_only=keys_only, revision=revision)
+            except StoreRequestTooLarge:
+                if limit == 1:
+                    raise
+                limit = max(1, limit // 4)
+                continue
+            revision = page.revision
+            if not page.kvs:
+                return
+            yield page
+            if not page.more:
+                return
+            start = page.kvs[-1].key + "\0"
+            if not keys_only:
+                largest = max(largest, *(len(kv.value) for kv in page.kvs))
+                limit = next_page_limit(largest, budget_bytes)
+
     def _compare(self, c: Compare) -> Any:
         pb = self._pb.Compare
         ops = {"=": pb.EQUAL, "!=": pb.NOT_EQUAL, "<": pb.LESS, ">": pb.GREATER}
@@ -495,10 +584,18 @@ class Store:
 
         Raises:
             StoreUnavailable: No answer: the transaction may or may not have committed.
-            StoreError: etcd rejected it (too many ops, too large, ...).
+            StoreRequestTooLarge: Too many operations or too many bytes (checked
+                before sending): nothing was sent.
+            StoreNoSpace: etcd is out of space.
+            StoreError: etcd rejected it for another reason.
         """
         if max(len(compares), len(success), len(failure)) > MAX_TXN_OPS:
-            raise StoreError(f"transaction over etcd's {MAX_TXN_OPS} operations")
+            raise StoreRequestTooLarge(f"transaction over etcd's {MAX_TXN_OPS} operations")
+        size = txn_size(compares) + txn_size(success) + txn_size(failure)
+        if size > MAX_REQUEST_BYTES - 16 * 1024:
+            raise StoreRequestTooLarge(
+                f"transaction of {size} bytes is over etcd's request limit ({MAX_REQUEST_BYTES} bytes)"
+            )
         client = self._svc()
         resp = await self._call(
             "txn",
@@ -597,6 +694,8 @@ class Store:
         Raises:
             WatchCompacted: ``start_revision`` (or the resume point) was
                 compacted: re-read and watch again.
+            WatchTooLarge: A response was over the receive limit (a subclass
+                of WatchCompacted, handled the same way).
             StoreError: The watch failed for good.
         """
         import grpc
@@ -639,6 +738,13 @@ class Store:
                     yield events
                 log.warning("watch of %s ended; watching again from revision %d", prefix, next_revision)
             except grpc.aio.AioRpcError as exc:
+                if exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in (
+                    exc.details() or ""
+                ):
+                    raise WatchTooLarge(
+                        f"watch of {prefix} from revision {next_revision}: a response was over "
+                        f"{MAX_RECEIVE_BYTES} bytes ({exc.details()}); re-read and watch again"
+                    ) from exc
                 if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                     raise self._wrap(exc, "watch") from exc
                 log.warning(
@@ -663,6 +769,19 @@ class Store:
 # Auth failures that etcd reports with other codes than UNAUTHENTICATED/PERMISSION_DENIED
 # (a wrong user or password is INVALID_ARGUMENT), so etcd3aio passes them through raw.
 _AUTH_FAILURES = ("authentication failed", "user name is empty", "user name not found")
+
+
+def _size_or_space(what: str, details: str) -> StoreError:
+    """Name a size refusal or etcd's NOSPACE alarm (both RESOURCE_EXHAUSTED or INVALID_ARGUMENT)."""
+    low = details.lower()
+    if "space exceeded" in low or "nospace" in low:
+        return StoreNoSpace(
+            f"etcd is out of space ({what} refused: {details}); compact and defragment etcd, "
+            "disarm the NOSPACE alarm and purge old tasks (docs/operations.md)"
+        )
+    if "too many requests" in low:
+        return StoreUnavailable(f"etcd is overloaded ({what}: {details}); try again")
+    return StoreRequestTooLarge(f"etcd {what} too large: {details}")
 
 
 def _tls_hint(detail: str) -> str:

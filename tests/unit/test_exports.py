@@ -26,6 +26,8 @@ EXPECTED = {
     "StoreAuthError",
     "StoreConfig",
     "StoreError",
+    "StoreNoSpace",
+    "StoreRequestTooLarge",
     "StoreUnavailable",
     "SyncClient",
     "Task",
