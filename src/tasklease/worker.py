@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import random
 import secrets
@@ -67,9 +68,14 @@ FENCED_TXN_TIMEOUT_S = 2.0
 
 
 def default_worker_id() -> str:
-    """``{host}-{pid}-{4 hex}``, made to fit ``[A-Za-z0-9_.-]{1,64}``."""
-    host = "".join(c if NAME_RE.fullmatch(c) else "-" for c in socket.gethostname())[:40] or "host"
-    return f"{host}-{os.getpid()}-{secrets.token_hex(2)}"
+    """``{host}-{pid}-{16 hex}``: unique, and made to fit ``[A-Za-z0-9_.-]{1,64}``.
+
+    64 random bits: two workers started on hosts of the same name with the same
+    pid (containers) still get different ids. The host part is cut to 38
+    characters so that the whole id stays within 64.
+    """
+    host = "".join(c if NAME_RE.fullmatch(c) else "-" for c in socket.gethostname())[:38] or "host"
+    return f"{host}-{os.getpid()}-{secrets.token_hex(8)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,16 +111,38 @@ class WorkerConfig:
             raise InvalidOption("a worker serves at least one queue")
         for q in self.queues:
             check_name(q)
+        if isinstance(self.concurrency, bool) or not isinstance(self.concurrency, int):
+            raise InvalidOption(f"concurrency must be an integer, got {self.concurrency!r}")
         if not 1 <= self.concurrency <= 10_000:
             raise InvalidOption("concurrency must be in 1..10000")
+        # Every float option must be a finite number: NaN passes no comparison
+        # and so slips through a `< 0` check; infinity would disable a bound.
+        for name, value in (
+            ("weight", self.weight),
+            ("heartbeat", self.heartbeat_s),
+            ("grace", self.grace_s),
+        ):
+            _check_finite(name, value)
         if not self.weight > 0:
             raise InvalidOption("weight must be > 0")
+        if isinstance(self.lease_ttl_s, bool) or not isinstance(self.lease_ttl_s, int):
+            raise InvalidOption(f"lease TTL must be a whole number of seconds, got {self.lease_ttl_s!r}")
         if self.lease_ttl_s < 2:
             raise InvalidOption("lease TTL must be >= 2 s")
         if not 0 < self.heartbeat_s < self.lease_ttl_s:
             raise InvalidOption("heartbeat must be > 0 and shorter than the lease TTL")
-        if self.grace_s < 0:
+        if not self.grace_s >= 0:
             raise InvalidOption("grace must be >= 0")
+
+
+def _check_finite(name: str, value: object) -> None:
+    """Refuse anything but a finite int or float (NaN and infinity included).
+
+    Raises:
+        InvalidOption: Naming the option.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidOption(f"{name} must be a finite number, got {value!r}")
 
 
 @dataclass
