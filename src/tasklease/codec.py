@@ -1,11 +1,16 @@
 """Records <-> bytes: JSON (never pickle), with a schema version.
 
-Limits. etcd refuses requests over 1.5 MiB (``--max-request-bytes``). A
-payload (and a result) may be at most ``MAX_PAYLOAD_BYTES`` (512 KiB) of JSON,
-and a whole encoded record at most ``MAX_RECORD_BYTES`` (1 MiB). A queued
-record is written twice in one transaction (as the record and as its queue
-key's value), so it may be at most ``MAX_QUEUED_RECORD_BYTES`` (680 KiB);
-a payload within its limit always fits.
+Limits (docs/architecture.md, "Limits and sizes"). etcd refuses requests over
+1.5 MiB (``--max-request-bytes``). A payload (and a result) may be at most
+``MAX_PAYLOAD_BYTES`` (512 KiB) of JSON. A queued record is written twice in
+one transaction (as the record and as its queue key's value), so it may be at
+most ``MAX_QUEUED_RECORD_BYTES`` (680 KiB); a running record is written twice
+too (the record and the worker's assignment), at most
+``MAX_RUNNING_RECORD_BYTES``; a finished record is written once, at most
+``MAX_RECORD_BYTES`` (1.3 MB: a maximal payload and a maximal result fit). A
+payload within its limit always fits, because what accumulates in a record is
+bounded too: error texts (4 KiB each) and attempts (the first 3 and last 20).
+:func:`encode_for_write` checks the limit of the record's state.
 """
 
 from __future__ import annotations
@@ -16,15 +21,27 @@ from typing import Any
 import orjson
 
 from tasklease.errors import CorruptRecord, InvalidPayload, PayloadTooLarge, TaskleaseError
-from tasklease.models import DEFAULT_RETENTION_S, JSON, SCHEMA_VERSION, Attempt, Outcome, Task, TaskState
+from tasklease.models import (
+    DEFAULT_RETENTION_S,
+    JSON,
+    SCHEMA_VERSION,
+    Attempt,
+    Dropped,
+    Outcome,
+    Task,
+    TaskState,
+)
 from tasklease.retry import RetryPolicy
 
 MAX_PAYLOAD_BYTES = 512 * 1024
-MAX_RECORD_BYTES = 1024 * 1024
+MAX_RECORD_BYTES = 1_300_000
 # A queued record is written twice by one transaction (the record and its queue
 # key, whose value is the record: see queue.place_ops), so it must stay under
 # half of what one transaction may carry.
 MAX_QUEUED_RECORD_BYTES = 680 * 1024
+# A running record (a queued one plus its new attempt) is written twice as well:
+# the record and the worker's assignment.
+MAX_RUNNING_RECORD_BYTES = MAX_QUEUED_RECORD_BYTES + 4096
 _MAX_DEPTH = 64
 
 
@@ -108,7 +125,7 @@ def _attempt_from_dict(d: Any) -> Attempt:
 def task_to_dict(task: Task) -> dict[str, Any]:
     """The record as a JSON-ready dict (what ``status --json`` prints)."""
     r = task.retry
-    return {
+    d = {
         "v": SCHEMA_VERSION,
         "id": task.id,
         "type": task.type,
@@ -133,6 +150,10 @@ def task_to_dict(task: Task) -> dict[str, Any]:
         "error": task.error,
         "retention_s": task.retention_s,
     }
+    if task.dropped.attempts:
+        x = task.dropped
+        d["dropped"] = {"attempts": x.attempts, "failures": x.failures, "losses": x.losses}
+    return d
 
 
 def encode_task(task: Task) -> bytes:
@@ -148,6 +169,29 @@ def encode_task(task: Task) -> bytes:
         raise InvalidPayload(f"task {task.id} is not JSON-serialisable: {exc}") from None
     if len(data) > MAX_RECORD_BYTES:
         raise PayloadTooLarge(f"task record {task.id}", len(data), MAX_RECORD_BYTES)
+    return data
+
+
+def record_limit(state: TaskState) -> int:
+    """The largest encoded record allowed in ``state`` (see the module docstring)."""
+    if state is TaskState.QUEUED:
+        return MAX_QUEUED_RECORD_BYTES
+    if state is TaskState.RUNNING:
+        return MAX_RUNNING_RECORD_BYTES
+    return MAX_RECORD_BYTES
+
+
+def encode_for_write(task: Task) -> bytes:
+    """Encode a record and check it against the limit of its state.
+
+    Raises:
+        PayloadTooLarge: If it is over :func:`record_limit` of its state.
+        InvalidPayload: If the payload or result is not JSON.
+    """
+    data = encode_task(task)
+    limit = record_limit(task.state)
+    if len(data) > limit:
+        raise PayloadTooLarge(f"{task.state.value} task record {task.id}", len(data), limit)
     return data
 
 
@@ -179,7 +223,16 @@ def task_from_dict(d: dict[str, Any]) -> Task:
         result=d.get("result"),
         error=d.get("error"),
         retention_s=float(d.get("retention_s", DEFAULT_RETENTION_S)),
+        dropped=_dropped_from_dict(d.get("dropped")),
     )
+
+
+def _dropped_from_dict(d: Any) -> Dropped:
+    if d is None:
+        return Dropped()
+    if not isinstance(d, dict):
+        raise ValueError("dropped is not a JSON object")
+    return Dropped(attempts=int(d["attempts"]), failures=int(d["failures"]), losses=int(d["losses"]))
 
 
 def decode_task(key: str, data: bytes) -> Task:

@@ -36,7 +36,11 @@ DEFAULT_TIMEOUT_S = 300.0
 MAX_TIMEOUT_S = 7 * 24 * 3600.0
 DEFAULT_RETENTION_S = 7 * 24 * 3600.0
 MAX_RETENTION_S = 366 * 24 * 3600.0
-MAX_ERROR_CHARS = 4096
+MAX_ERROR_BYTES = 4096
+"""An error text (per attempt, and the task's) is cut to this many UTF-8 bytes."""
+FIRST_ATTEMPTS_KEPT = 3
+LAST_ATTEMPTS_KEPT = 20
+"""A record keeps its first 3 and last 20 attempts; those between are counted, not kept."""
 
 
 class TaskState(enum.StrEnum):
@@ -127,6 +131,26 @@ class Attempt:
     outcome: Outcome | None = None
     error: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.error is not None and len(self.error) > MAX_ERROR_BYTES // 4:
+            object.__setattr__(self, "error", truncate_error(self.error))
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """The attempts a record no longer keeps (between its first and last ones), counted.
+
+    Attributes:
+        attempts: How many attempts were dropped.
+        failures: How many of them failed or timed out (they still count against
+            ``max_retries``).
+        losses: How many were lost with their worker (they count against ``max_losses``).
+    """
+
+    attempts: int = 0
+    failures: int = 0
+    losses: int = 0
+
 
 @dataclass(frozen=True, slots=True)
 class Task:
@@ -145,10 +169,14 @@ class Task:
         created_at: Submit time.
         updated_at: Time of the last transition.
         not_before: Earliest time a pending task may be queued (backoff).
-        attempts: Every attempt so far, oldest first.
+        attempts: The attempts, oldest first: the first 3 and the last 20
+            (``FIRST_ATTEMPTS_KEPT``, ``LAST_ATTEMPTS_KEPT``); those between are
+            counted in ``dropped``, so a record's size stays bounded however
+            often a task is retried, lost or handed back.
         result: The JSON result of the successful attempt.
         error: The error of the last failed attempt, or why it was cancelled.
         retention_s: How long the record is kept once the task is finished.
+        dropped: The attempts no longer kept, counted.
     """
 
     id: str
@@ -167,8 +195,13 @@ class Task:
     result: JSON = None
     error: str | None = None
     retention_s: float = DEFAULT_RETENTION_S
+    dropped: Dropped = field(default_factory=Dropped)
 
     def __post_init__(self) -> None:
+        if len(self.attempts) > FIRST_ATTEMPTS_KEPT + LAST_ATTEMPTS_KEPT:
+            _trim_attempts(self)
+        if self.error is not None and len(self.error) > MAX_ERROR_BYTES // 4:
+            object.__setattr__(self, "error", truncate_error(self.error))
         check_retention(self.retention_s)
         check_priority(self.priority)
         check_name(self.queue)
@@ -182,14 +215,36 @@ class Task:
         return self.attempts[-1] if self.attempts else None
 
     @property
+    def next_attempt_number(self) -> int:
+        """The number the next attempt gets (dropped attempts included)."""
+        return self.attempts[-1].number + 1 if self.attempts else 1
+
+    @property
     def failures(self) -> int:
-        """Attempts that failed or timed out."""
-        return sum(1 for a in self.attempts if a.outcome in (Outcome.FAILED, Outcome.TIMEOUT))
+        """Attempts that failed or timed out (dropped ones included)."""
+        kept = sum(1 for a in self.attempts if a.outcome in (Outcome.FAILED, Outcome.TIMEOUT))
+        return kept + self.dropped.failures
 
     @property
     def losses(self) -> int:
-        """Attempts lost with their worker."""
-        return sum(1 for a in self.attempts if a.outcome is Outcome.LOST)
+        """Attempts lost with their worker (dropped ones included)."""
+        return sum(1 for a in self.attempts if a.outcome is Outcome.LOST) + self.dropped.losses
+
+
+def _trim_attempts(task: Task) -> None:
+    """Keep the first and last attempts of ``task``; count the others in ``task.dropped``."""
+    attempts = task.attempts
+    middle = attempts[FIRST_ATTEMPTS_KEPT : len(attempts) - LAST_ATTEMPTS_KEPT]
+    d = task.dropped
+    dropped = Dropped(
+        attempts=d.attempts + len(middle),
+        failures=d.failures + sum(1 for a in middle if a.outcome in (Outcome.FAILED, Outcome.TIMEOUT)),
+        losses=d.losses + sum(1 for a in middle if a.outcome is Outcome.LOST),
+    )
+    object.__setattr__(
+        task, "attempts", attempts[:FIRST_ATTEMPTS_KEPT] + attempts[len(attempts) - LAST_ATTEMPTS_KEPT :]
+    )
+    object.__setattr__(task, "dropped", dropped)
 
 
 def check_priority(priority: object) -> int:
@@ -312,8 +367,16 @@ def transition(task: Task, state: TaskState, *, now: float, **changes: Any) -> T
     return evolve(task, state=state, updated_at=now, **changes)
 
 
+_TRUNCATED = " ... [truncated: {} bytes in all]"
+
+
 def truncate_error(message: str) -> str:
-    """Bound an error message so records stay small."""
-    if len(message) <= MAX_ERROR_CHARS:
+    """Bound an error message to ``MAX_ERROR_BYTES`` of UTF-8, with a marker saying so."""
+    if len(message) <= MAX_ERROR_BYTES // 4:
         return message
-    return message[: MAX_ERROR_CHARS - 20] + " ... [truncated]"
+    data = message.encode("utf-8", "replace")
+    if len(data) <= MAX_ERROR_BYTES:
+        return message
+    marker = _TRUNCATED.format(len(data))
+    cut = data[: MAX_ERROR_BYTES - len(marker)].decode("utf-8", "ignore")
+    return cut + marker

@@ -90,11 +90,15 @@ def assign_ops(keys: Keyspace, pick: Pick, now: float) -> tuple[list[Compare], l
 
     Returns:
         The compares, the ops and the running task record.
+
+    Raises:
+        CorruptRecord: The queued record cannot be decoded.
+        PayloadTooLarge: The running record would be over its limit.
     """
     task = codec.decode_task(pick.record_kv.key, pick.record_kv.value)
-    attempt = Attempt(number=len(task.attempts) + 1, worker=pick.worker, started_at=now)
+    attempt = Attempt(number=task.next_attempt_number, worker=pick.worker, started_at=now)
     running = transition(task, TaskState.RUNNING, now=now, attempts=(*task.attempts, attempt))
-    data = codec.encode_task(running)
+    data = codec.encode_for_write(running)  # written twice: the record and the assignment
     compares = [Compare.unchanged(pick.queue_kv), Compare.unchanged(pick.record_kv)]
     ops: list[Op] = [
         Delete(pick.queue_kv.key),

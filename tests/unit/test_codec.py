@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tasklease import codec
 from tasklease.codec import (
     MAX_PAYLOAD_BYTES,
     MAX_RECORD_BYTES,
@@ -357,3 +358,32 @@ def test_obj_that_is_not_a_json_object_is_corrupt(data):
     with pytest.raises(CorruptRecord) as info:
         decode_obj("/k", data)
     assert info.value.key == "/k"
+
+
+def test_dropped_attempts_round_trip_and_are_left_out_when_none():
+    from tasklease.models import Attempt, Outcome, Task
+
+    attempts = tuple(
+        Attempt(n, "w", 1.0, 2.0, Outcome.LOST if n % 2 else Outcome.FAILED, "e") for n in range(1, 41)
+    )
+    task = Task(id="01ARZ3NDEKTSV4RRFFQ69G5FAV", type="t", payload={"a": 1}, attempts=attempts)
+    back = codec.decode_task("/k", codec.encode_task(task))
+    assert back == task
+    assert back.dropped.attempts == 40 - 23
+    plain = Task(id="01ARZ3NDEKTSV4RRFFQ69G5FAV", type="t", payload=None)
+    assert b"dropped" not in codec.encode_task(plain)
+
+
+def test_encode_for_write_checks_the_limit_of_the_state():
+    from tasklease.errors import PayloadTooLarge
+    from tasklease.models import Task, TaskState
+
+    big = "x" * (codec.MAX_QUEUED_RECORD_BYTES - 1000)
+    queued = Task(id="01ARZ3NDEKTSV4RRFFQ69G5FAV", type="t", payload=big, result=None)
+    codec.encode_for_write(queued)
+    too_big = Task(id=queued.id, type="t", payload=big + "y" * 2000)
+    with pytest.raises(PayloadTooLarge, match="queued task record"):
+        codec.encode_for_write(too_big)
+    # the same record, finished, is written once and fits
+    done = Task(id=queued.id, type="t", payload=big + "y" * 2000, state=TaskState.SUCCEEDED, result=big)
+    codec.encode_for_write(done)

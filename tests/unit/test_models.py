@@ -7,7 +7,9 @@ import pytest
 
 from tasklease.errors import InvalidOption, InvalidPriority, InvalidQueueName, InvalidState, InvalidTransition
 from tasklease.models import (
-    MAX_ERROR_CHARS,
+    FIRST_ATTEMPTS_KEPT,
+    LAST_ATTEMPTS_KEPT,
+    MAX_ERROR_BYTES,
     MAX_TIMEOUT_S,
     TERMINAL_STATES,
     TRANSITIONS,
@@ -349,12 +351,66 @@ def test_bad_queue_raises_invalid_queue_name():
 
 def test_truncate_error_bounds_long_messages():
     # Given a short and a long message
-    short, long = "x" * MAX_ERROR_CHARS, "y" * (MAX_ERROR_CHARS * 3)
+    short, long = "x" * MAX_ERROR_BYTES, "y" * (MAX_ERROR_BYTES * 3)
 
     # When they are truncated
     kept, cut = truncate_error(short), truncate_error(long)
 
     # Then the short one is unchanged and the long one fits and says so
     assert kept == short
-    assert len(cut) <= MAX_ERROR_CHARS
-    assert cut.endswith("[truncated]")
+    assert len(cut.encode()) <= MAX_ERROR_BYTES
+    assert cut.endswith(f"[truncated: {MAX_ERROR_BYTES * 3} bytes in all]")
+
+
+def test_truncate_error_counts_utf8_bytes_and_keeps_characters_whole():
+    # Given a message of 4-byte characters: 4,096 characters are 16 KiB
+    text = "\U0001f600" * MAX_ERROR_BYTES
+
+    # When it is truncated
+    cut = truncate_error(text)
+
+    # Then it fits in bytes and is still valid text (no half character)
+    assert len(cut.encode("utf-8")) <= MAX_ERROR_BYTES
+    assert cut.startswith("\U0001f600" * 100)
+    assert "truncated" in cut
+
+
+def test_errors_are_bounded_wherever_a_record_is_built():
+    # Given attempts and a task built with huge error texts (e.g. from a worker or a cancel reason)
+    huge = "e" * 100_000
+    attempt = Attempt(1, "w", 1.0, 2.0, Outcome.FAILED, huge)
+    task = Task(id="01ARZ3NDEKTSV4RRFFQ69G5FAV", type="t", payload=None, error=huge, attempts=(attempt,))
+
+    # Then both are cut to the limit
+    assert len(task.error.encode()) <= MAX_ERROR_BYTES
+    assert len(task.attempts[0].error.encode()) <= MAX_ERROR_BYTES
+
+
+def test_attempts_keep_first_and_last_and_count_the_rest():
+    # Given a task with 100 attempts: failures, losses and hand-backs mixed
+    outcomes = [Outcome.FAILED, Outcome.LOST, Outcome.HANDED_BACK, Outcome.TIMEOUT]
+    attempts = tuple(Attempt(n, "w", float(n), float(n), outcomes[n % 4], "boom") for n in range(1, 101))
+    full_failures = sum(1 for a in attempts if a.outcome in (Outcome.FAILED, Outcome.TIMEOUT))
+    full_losses = sum(1 for a in attempts if a.outcome is Outcome.LOST)
+
+    # When the record is built
+    task = Task(id="01ARZ3NDEKTSV4RRFFQ69G5FAV", type="t", payload=None, attempts=attempts)
+
+    # Then it keeps the first and last attempts, and the counts that decide() uses are unchanged
+    kept = [a.number for a in task.attempts]
+    assert kept == [*range(1, FIRST_ATTEMPTS_KEPT + 1), *range(101 - LAST_ATTEMPTS_KEPT, 101)]
+    assert task.dropped.attempts == 100 - FIRST_ATTEMPTS_KEPT - LAST_ATTEMPTS_KEPT
+    assert task.failures == full_failures
+    assert task.losses == full_losses
+    assert task.next_attempt_number == 101
+
+    # And trimming again (one more attempt) keeps counting
+    more = Task(
+        id=task.id,
+        type="t",
+        payload=None,
+        attempts=(*task.attempts, Attempt(101, "w", 1.0, 2.0, Outcome.FAILED, "x")),
+        dropped=task.dropped,
+    )
+    assert more.dropped.attempts == task.dropped.attempts + 1
+    assert more.failures == full_failures + 1

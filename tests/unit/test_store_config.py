@@ -107,7 +107,34 @@ def test_txn_size_counts_keys_and_put_values():
     ops = [Put("/a", b"12345"), Delete("/bb")]
 
     # When / Then the size is the keys, the value and a fixed overhead per op
-    assert txn_size(ops) == (2 + 16 + 5) + (3 + 16)
+    assert txn_size(ops) == (2 + 24 + 5) + (3 + 24)
+
+
+def test_txn_size_is_an_upper_bound_of_the_encoded_request():
+    # Given a transaction like the scheduler's: compares, puts of big values, deletes, gets
+    from etcd3aio import _protobuf as pb
+
+    from tasklease.store import Get, Store
+
+    compares = [
+        Compare(f"/ns/queue/default/2/{i:020d}/01ARZ3NDEKTSV4RRFFQ69G5FAV", "mod", "=", 10**9)
+        for i in range(20)
+    ]
+    success = [Put(f"/ns/task/{i:026d}", b"x" * 70_000, lease=2**62) for i in range(20)]
+    success += [Delete(f"/ns/queue/default/2/{i:020d}/01ARZ3NDEKTSV4RRFFQ69G5FAV") for i in range(20)]
+    failure = [Get(f"/ns/task/{i:026d}") for i in range(20)]
+    store = Store()
+    store._pb = pb
+
+    # When it is encoded as etcd receives it
+    request = pb.TxnRequest(
+        compare=[store._compare(c) for c in compares],
+        success=[store._op(o) for o in success],
+        failure=[store._op(o) for o in failure],
+    )
+
+    # Then our estimate is never below the real size
+    assert txn_size(compares) + txn_size(success) + txn_size(failure) >= request.ByteSize()
 
 
 def test_https_endpoints_turn_tls_on_and_mixing_schemes_is_refused():
