@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import http.server
 import threading
@@ -13,6 +12,7 @@ from dataclasses import replace
 import pytest
 
 import sample_tasks
+from faults.procs import until
 from tasklease import codec
 from tasklease.client import Client
 from tasklease.errors import InvalidTransition
@@ -48,6 +48,12 @@ async def make_worker(store: Store, keyspace: Keyspace) -> AsyncIterator:
     yield make
     for w in workers:
         await w.kill()
+
+
+async def state_is_not(client: Client, task_id: str, state: TaskState):
+    """The record, once its state is no longer ``state`` (else None: keep polling)."""
+    record = await client.get(task_id)
+    return record if record.state is not state else None
 
 
 async def run_one(
@@ -205,11 +211,9 @@ async def test_failed_task_with_retries_goes_back_to_its_queue(client, store, ke
     for attempt in (1, 2, 3):
         assigned = await assign_next(store, keyspace, "default", worker.id, worker.lease_id, time.time())
         assert assigned is not None and len(assigned.attempts) == attempt
-        for _ in range(200):
-            current = await client.get(task.id)
-            if current.state is not TaskState.RUNNING:
-                break
-            await asyncio.sleep(0.02)
+        current = await until(
+            lambda: state_is_not(client, task.id, TaskState.RUNNING), within_s=10, what="the attempt's end"
+        )
         expected = TaskState.QUEUED if attempt < 3 else TaskState.FAILED
         assert current.state is expected
         assert current.error == "RuntimeError: nope"
@@ -221,11 +225,11 @@ async def test_retry_with_backoff_waits_as_pending(client, store, keyspace, make
     before = time.time()
     final_attempt = await client.submit("fail", retry=RetryPolicy(max_retries=1, backoff_s=30, jitter=0))
     await assign_next(store, keyspace, "default", worker.id, worker.lease_id, time.time())
-    for _ in range(200):
-        task = await client.get(final_attempt.id)
-        if task.state is not TaskState.RUNNING:
-            break
-        await asyncio.sleep(0.02)
+    task = await until(
+        lambda: state_is_not(client, final_attempt.id, TaskState.RUNNING),
+        within_s=10,
+        what="the attempt's end",
+    )
     assert task.state is TaskState.PENDING
     assert task.not_before is not None and task.not_before >= before + 30
     delayed = await store.range(keyspace.delayed, prefix_end(keyspace.delayed))
@@ -243,17 +247,15 @@ async def test_concurrency_limit_is_never_exceeded(client, store, keyspace, make
     tasks = [await client.submit("probe", {"seconds": 0.3}) for _ in range(6)]
     for _ in tasks:
         await assign_next(store, keyspace, "default", worker.id, worker.lease_id, time.time())
+
     # Then the node record shows 2 running while they run ...
-    seen_running = 0
-    for _ in range(100):
+    async def node_shows_two_running() -> bool:
         kv, _ = await store.get(keyspace.node(worker.id))
         assert kv is not None
-        seen_running = max(seen_running, codec.decode_obj(kv.key, kv.value)["running"])
         assert worker.running <= 2
-        if seen_running == 2:
-            break
-        await asyncio.sleep(0.05)
-    assert seen_running == 2
+        return bool(codec.decode_obj(kv.key, kv.value)["running"] == 2)
+
+    await until(node_shows_two_running, within_s=10, what="running == 2 in the node record")
     finals = [await client.wait(t.id, timeout_s=20) for t in tasks]
     # ... all succeed, and no more than 2 ever overlapped (observed by the tasks themselves)
     assert all(f.state is TaskState.SUCCEEDED for f in finals)
@@ -270,11 +272,8 @@ async def test_fencing_rejects_an_outcome_for_a_revoked_assignment(client, store
     stale = decode_assignment(keyspace, worker.id, kv)
     # ... whose assignment is deleted and re-created (the task was given out again)
     await store.delete(kv.key)
-    for _ in range(100):
-        if worker.running == 0:
-            break
-        await asyncio.sleep(0.02)
-    assert worker.running == 0  # the worker stopped the task when its assignment vanished
+    # the worker stops the task when its assignment vanishes
+    await until(lambda: worker.running == 0, within_s=10, what="the worker to stop the task")
     record_before, _ = await store.get(keyspace.task(task.id))
     # When the old attempt's outcome is written anyway (a zombie's late report)
     await worker._record(stale, Outcome.SUCCEEDED, {"late": True}, None, False)
@@ -288,18 +287,11 @@ async def test_cancel_of_a_running_async_task(client, store, keyspace, make_work
     worker = await make_worker()
     task = await client.submit("sleep", {"seconds": 30})
     await assign_next(store, keyspace, "default", worker.id, worker.lease_id, time.time())
-    for _ in range(100):
-        if worker.running == 1:
-            break
-        await asyncio.sleep(0.02)
+    await until(lambda: worker.running == 1, within_s=10, what="the task to start")
     await client.cancel(task.id)
     final = await client.wait(task.id, timeout_s=5)
     assert final.state is TaskState.CANCELLED
-    for _ in range(100):
-        if worker.running == 0:
-            break
-        await asyncio.sleep(0.02)
-    assert worker.running == 0
+    await until(lambda: worker.running == 0, within_s=10, what="the worker to stop the task")
     # and the worker serves the next task
     assert (await run_one(client, store, keyspace, worker, "noop", 1)).result == 1
 
@@ -309,20 +301,18 @@ async def test_lease_loss_stops_tasks_writes_nothing_and_re_registers(client, st
     old_lease = worker.lease_id
     task = await client.submit("sleep", {"seconds": 30})
     await assign_next(store, keyspace, "default", worker.id, worker.lease_id, time.time())
-    for _ in range(100):
-        if worker.running == 1:
-            break
-        await asyncio.sleep(0.02)
+    await until(lambda: worker.running == 1, within_s=10, what="the task to start")
     running_record, _ = await store.get(keyspace.task(task.id))
     # When its lease is revoked behind its back (as if it had expired)
     await store.revoke(old_lease)
+
     # Then it stops the task without writing, and registers again under a new lease
-    for _ in range(200):
+    async def registered_again():
         kv, _ = await store.get(keyspace.node(worker.id))
-        if kv is not None and kv.lease not in (0, old_lease):
-            break
-        await asyncio.sleep(0.05)
-    assert kv is not None and kv.lease != old_lease
+        return kv if kv is not None and kv.lease not in (0, old_lease) else None
+
+    kv = await until(registered_again, within_s=15, what="a node record under a new lease")
+    assert kv.lease != old_lease
     assert worker.running == 0
     assert (await store.get(keyspace.task(task.id)))[0] == running_record
     # and it works under the new lease
@@ -335,18 +325,22 @@ async def test_assignment_under_a_stale_lease_is_ignored(client, store, keyspace
     # An assignment written under some other lease (e.g. the worker's previous one)
     other_lease = await store.grant(5)
     await assign_next(store, keyspace, "default", worker.id, other_lease, time.time())
-    await asyncio.sleep(0.3)
+    # The watch delivers in revision order: once a later assignment (under the
+    # worker's own lease) has run, the stale one has been seen, and ignored.
+    later = await run_one(client, store, keyspace, worker, "noop", "later")
+    assert later.state is TaskState.SUCCEEDED
     assert (await client.get(task.id)).state is TaskState.RUNNING
     await store.revoke(other_lease)
 
 
 async def test_graceful_stop_hands_back_what_does_not_finish(client, store, keyspace, make_worker):
-    worker = await make_worker(grace_s=0.2)
-    quick = await client.submit("sleep", {"seconds": 0.05})
+    # quick finishes well within the grace period, slow does not
+    worker = await make_worker(grace_s=2.0)
+    quick = await client.submit("sleep", {"seconds": 0.3})
     slow = await client.submit("sleep", {"seconds": 30})
     for _ in range(2):
         await assign_next(store, keyspace, "default", worker.id, worker.lease_id, time.time())
-    await asyncio.sleep(0.1)
+    await until(lambda: worker.running == 2, within_s=10, what="both tasks running")
     await worker.stop()
     assert (await client.get(quick.id)).state is TaskState.SUCCEEDED
     back = await client.get(slow.id)
