@@ -385,5 +385,11 @@ def test_encode_for_write_checks_the_limit_of_the_state():
     with pytest.raises(PayloadTooLarge, match="queued task record"):
         codec.encode_for_write(too_big)
     # the same record, finished, is written once and fits
-    done = Task(id=queued.id, type="t", payload=big + "y" * 2000, state=TaskState.SUCCEEDED, result=big)
+    done = Task(
+        id=queued.id,
+        type="t",
+        payload=big + "y" * 2000,
+        state=TaskState.SUCCEEDED,
+        result="r" * codec.MAX_PAYLOAD_BYTES,
+    )
     codec.encode_for_write(done)
