@@ -13,6 +13,16 @@ Life of a worker::
 Everything runs on one event loop; user code runs off it (sync functions in
 child processes, see executors/python.py), so task code cannot starve the
 keep-alive.
+
+Runs. A run is one attempt, known by its task id *and* its attempt token (the
+assignment's create revision): a retry of a task may be assigned to this
+worker again while the old attempt is still being torn down, and the two are
+separate runs (the old one's end never makes the worker forget the new one,
+its cancellation or its hand-back on shutdown). An attempt ends in one of
+three ways: the task returned or raised (the outcome is recorded), the worker
+cancelled it (revoked, lease lost, shutdown: nothing is recorded, or
+``handed_back``), or it timed out. A ``CancelledError`` that the worker did not
+cause (the task code raised it itself) is a failed attempt, retried per policy.
 """
 
 from __future__ import annotations
@@ -196,7 +206,10 @@ class Worker:
         # Leases declared lost, to revoke once etcd answers again (_serve_once only).
         self._abandoned: list[int] = []
         # All of the following are touched only on the event loop.
-        self._runs: dict[str, _Run] = {}
+        # Runs by task id, then by attempt token (the assignment's create
+        # revision): a task may have two here at once, an attempt still being
+        # torn down and a newer attempt of the same task assigned to us again.
+        self._runs: dict[str, dict[int, _Run]] = {}
         self._slots = asyncio.Semaphore(self.config.concurrency)
         self._executing = 0
         self._draining = False
@@ -268,12 +281,13 @@ class Worker:
         self._draining = True
         with contextlib.suppress(StoreError):
             await self._put_node()
-        pending = [r.task for r in self._runs.values() if r.task is not None]
+        pending = [r.task for r in self._all_runs() if r.task is not None]
         if pending:
             log.info("draining: waiting up to %.1f s for %d tasks", grace, len(pending), extra=self._ctx())
             _, still = await asyncio.wait(pending, timeout=grace)
-            for run in list(self._runs.values()):
-                if run.task is not None and run.task in still:
+            for run in self._all_runs():
+                # A run already being stopped (revoked) stays so: it writes nothing.
+                if run.task is not None and run.task in still and run.stop_reason is None:
                     run.stop_reason = "handback"
                     run.task.cancel()
             if still:
@@ -285,7 +299,7 @@ class Worker:
 
         Their assignments vanish with the lease; recovery re-queues them.
         """
-        for run in self._runs.values():
+        for run in self._all_runs():
             if run.task is not None:
                 run.stop_reason = "abandon"
                 run.task.cancel()
@@ -296,7 +310,7 @@ class Worker:
             return
         self._stopped.set()
         tasks = []
-        for run in self._runs.values():
+        for run in self._all_runs():
             if run.task is not None and not run.task.done():
                 run.stop_reason = run.stop_reason or "abandon"
                 run.task.cancel()
@@ -331,7 +345,7 @@ class Worker:
             "queues": list(self.config.queues),
             "capacity": self.config.concurrency,
             "running": self._executing,
-            "assigned": len(self._runs),
+            "assigned": sum(len(runs) for runs in self._runs.values()),
             "cpu": psutil.cpu_percent(interval=None),
             "memory": psutil.virtual_memory().percent,
             "weight": self.config.weight,
@@ -431,22 +445,22 @@ class Worker:
                         if ev.type == "put":
                             self._on_assigned(ev.kv)
                         else:
-                            self._on_revoked(ev.kv.key)
+                            self._on_revoked(ev.kv.key, ev.kv.mod_revision)
                 return
             except WatchCompacted:
                 # Re-sync: what is assigned now is the truth.
                 current = await self.store.range(prefix, prefix_end(prefix))
-                live = {kv.key for kv in current.kvs}
-                for task_id in list(self._runs):
-                    if self.keys.assignment(self.id, task_id) not in live:
-                        self._on_revoked(self.keys.assignment(self.id, task_id))
+                live = {(kv.key.rsplit("/", 1)[-1], kv.create_revision) for kv in current.kvs}
+                for run in self._all_runs():
+                    if (run.assignment.task.id, run.assignment.token) not in live:
+                        self._stop_revoked(run)
                 for kv in current.kvs:
                     self._on_assigned(kv)
                 revision = current.revision + 1
 
     async def _on_lease_lost(self) -> None:
         """Stop every task; write nothing (their assignments are gone with the lease)."""
-        runs = [r for r in self._runs.values() if r.task is not None]
+        runs = [r for r in self._all_runs() if r.task is not None]
         log.error("lease lost: stopping %d tasks, their outcomes are dropped", len(runs), extra=self._ctx())
         for run in runs:
             run.stop_reason = "lease"
@@ -454,32 +468,54 @@ class Worker:
             run.task.cancel()
         await asyncio.gather(*(r.task for r in runs if r.task), return_exceptions=True)
 
+    def _all_runs(self) -> list[_Run]:
+        """Every run, those being torn down included (a copy: safe to mutate ``_runs``)."""
+        return [run for runs in self._runs.values() for run in runs.values()]
+
+    def _forget(self, run: _Run) -> None:
+        """Remove ``run`` (and only it: a newer attempt of the same task stays)."""
+        runs = self._runs.get(run.assignment.task.id)
+        if runs is not None and runs.get(run.assignment.token) is run:
+            del runs[run.assignment.token]
+            if not runs:
+                del self._runs[run.assignment.task.id]
+
     def _on_assigned(self, kv: Any) -> None:
         task_id = kv.key.rsplit("/", 1)[-1]
         if kv.lease != self.lease_id:
             return  # left over from an earlier lease of ours: it is about to vanish
-        existing = self._runs.get(task_id)
-        if existing is not None and existing.assignment.token == kv.create_revision:
-            return
+        runs = self._runs.get(task_id, {})
+        if kv.create_revision in runs:
+            return  # seen already (a re-read after a watch gap)
         try:
             assignment = decode_assignment(self.keys, self.id, kv)
         except CorruptRecord as exc:
             log.error("skipping corrupt assignment: %s", exc, extra=self._ctx(task_id=task_id))
             return
+        # An older attempt of this task: its assignment was deleted before this
+        # one was created, whether or not we have seen the deletion yet.
+        for older in list(runs.values()):
+            if older.assignment.token < kv.create_revision:
+                self._stop_revoked(older)
         run = _Run(assignment)
-        self._runs[task_id] = run
+        self._runs.setdefault(task_id, {})[assignment.token] = run
         if self._draining:
             run.stop_reason = "handback"
         run.task = asyncio.create_task(self._execute(run), name=f"task-{task_id}")
 
-    def _on_revoked(self, key: str) -> None:
+    def _on_revoked(self, key: str, revision: int) -> None:
+        """The assignment ``key`` was deleted at ``revision``: stop the attempts it fenced."""
         task_id = key.rsplit("/", 1)[-1]
-        run = self._runs.get(task_id)
-        if run is None or run.task is None or run.task.done() or run.recording:
+        for run in list(self._runs.get(task_id, {}).values()):
+            if run.assignment.token < revision:
+                self._stop_revoked(run)
+
+    def _stop_revoked(self, run: _Run) -> None:
+        if run.task is None or run.task.done() or run.recording or run.stop_reason == "revoked":
             return
         log.info(
             "assignment revoked: stopping the task",
-            extra=self._ctx(task_id=task_id, attempt=run.assignment.attempt.number),
+            extra=self._ctx(task_id=run.assignment.task.id, attempt=run.assignment.attempt.number),
         )
         run.stop_reason = "revoked"
         run.task.cancel()
@@ -509,15 +545,17 @@ class Worker:
                 outcome, error = Outcome.HANDED_BACK, "worker shut down"
             else:
                 # Revoked, lease lost or hard stop: someone else owns the task now.
+                # Forget this run only: a newer attempt of the same task may
+                # have been assigned to us meanwhile, and it keeps its entry
+                # (so its own cancellation and drain still find it).
                 log.info("task stopped (%s); nothing recorded", run.stop_reason, extra=extra)
-                self._runs.pop(task.id, None)
+                self._forget(run)
                 return
         run.recording = True
         try:
             await asyncio.shield(self._record(assignment, outcome, result, error, permanent))
         finally:
-            if self._runs.get(task.id) is run:
-                del self._runs[task.id]
+            self._forget(run)
 
     async def _invoke(self, assignment: Assignment) -> tuple[Outcome, JSON, str | None, bool]:
         task = assignment.task
@@ -539,6 +577,19 @@ class Worker:
         except TimeoutError:
             log.warning("task timed out after %g s", task.timeout_s, extra=extra)
             return Outcome.TIMEOUT, None, f"timed out after {task.timeout_s:g} s", False
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # we cancelled it (revoked, lease lost, shutdown): _execute handles it
+            # Nobody cancelled this attempt: the task code raised CancelledError
+            # itself (e.g. it awaited something that was cancelled). A failure,
+            # retried per policy; otherwise it would sit running until its deadline.
+            message = (
+                "CancelledError raised by the task itself (the worker did not cancel it: "
+                "it was not revoked and did not time out)"
+            )
+            log.warning("task failed: %s", message, extra=extra)
+            return Outcome.FAILED, None, message, False
         except PermanentError as exc:
             log.warning("task failed permanently: %s", exc, extra=extra)
             return Outcome.FAILED, None, truncate_error(str(exc)), True
