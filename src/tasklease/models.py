@@ -10,7 +10,10 @@ States and the transitions allowed between them (``TRANSITIONS``)::
     cancelled ◄────┴───────────┘
 
 ``pending`` is a task that may not run yet (waiting for a retry backoff);
-``queued`` is in a queue; ``running`` is assigned to a worker. ``succeeded``,
+``queued`` is in a queue; ``running`` is assigned to a worker. A waiting
+(pending or queued) task also goes straight to ``failed`` when no transaction
+can carry it any more (its record is over the limit of the next state, e.g. a
+record from an older version): the scheduler records why instead of looping. ``succeeded``,
 ``failed`` and ``cancelled`` are terminal. Every transition is one etcd
 transaction (docs/architecture.md).
 """
@@ -75,9 +78,9 @@ class TaskState(enum.StrEnum):
 TERMINAL_STATES = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED})
 
 TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
-    TaskState.PENDING: frozenset({TaskState.QUEUED, TaskState.CANCELLED}),
+    TaskState.PENDING: frozenset({TaskState.QUEUED, TaskState.CANCELLED, TaskState.FAILED}),
     # queued -> queued is a priority change (the queue key moves).
-    TaskState.QUEUED: frozenset({TaskState.QUEUED, TaskState.RUNNING, TaskState.CANCELLED}),
+    TaskState.QUEUED: frozenset({TaskState.QUEUED, TaskState.RUNNING, TaskState.CANCELLED, TaskState.FAILED}),
     TaskState.RUNNING: frozenset(
         {
             TaskState.SUCCEEDED,

@@ -106,7 +106,14 @@ def assign_ops(keys: Keyspace, pick: Pick, now: float) -> tuple[list[Compare], l
         Put(keys.assignment(pick.worker, task.id), data, lease=pick.lease),
         Put(
             keys.running_entry(task.id),
-            codec.encode_obj({"worker": pick.worker, "n": attempt.number, "deadline": now + task.timeout_s}),
+            codec.encode_obj(
+                {
+                    "worker": pick.worker,
+                    "n": attempt.number,
+                    "deadline": now + task.timeout_s,
+                    "t": task.timeout_s,
+                }
+            ),
         ),
     ]
     return compares, ops, running

@@ -2,10 +2,16 @@
 
 While it leads, the scheduler mirrors every key it needs with ONE watch over
 the range ``[/{ns}/assign/, /{ns}/running/~)``, which holds (in key order)
-assignments, delayed retries, the leader key, node records, queues and the
-running index, but not task records. It reads that range once (paged, at one
-revision R) and watches from R + 1, so nothing falls between read and watch,
-and every change reaches it in revision order.
+assignments, delayed retries, the leader key, node records, queues, retention
+leases and the running index, but not task records. It reads that range once
+(at one revision R, page by page) and watches from R + 1, so nothing falls
+between read and watch, and every change reaches it in revision order.
+
+The take-over read is keys first: assignment and queue keys are read without
+their values (both carry whole task records); values are read only for the
+queue heads about to be assigned. The mirror keeps the value of a queue key
+only near the head of its queue (``VALUE_WINDOW``): memory stays O(keys), and
+a deep queue costs one extra read per batch, never a read of the whole queue.
 
 From the mirror it knows, without asking etcd:
 
@@ -16,12 +22,25 @@ From the mirror it knows, without asking etcd:
 - the running attempts (running index) and their deadlines;
 - the delayed retries and when each is due.
 
-Per batch of up to ``batch_size`` tasks it costs two round trips: one
-transaction reading the chosen task records, one transaction assigning them
-all (queue keys deleted with compares on their revisions, records moved to
-running, assignments written under the workers' leases, running-index entries
-written), guarded by the leadership fence. A batch that fails a compare is
-retried once the watch has caught up; nothing is ever half-assigned.
+A batch of up to ``batch_size`` tasks (and at most ``MAX_TXN_BYTES`` of
+request) is ONE transaction when the heads' values are in the mirror (a queue
+key's value is the record): queue keys deleted with compares on their
+revisions, records moved to running, assignments written under the workers'
+leases, running-index entries written, all guarded by the leadership fence.
+A batch that fails a compare is retried once the watch has caught up; nothing
+is ever half-assigned.
+
+Errors. One bad task never stops the others: a record that cannot be decoded
+is skipped (logged once), one that cannot be written in any transaction is
+failed with the reason recorded, and a store error backs off and retries
+without ending leadership (only losing the election does).
+
+Clocks. Deadlines in the running index are wall-clock times written by the
+leader that assigned the attempt. An attempt is ended as overdue only once its
+deadline plus ``deadline_grace_s`` has passed on this scheduler's clock AND
+this scheduler has itself watched it for its timeout plus the grace (monotonic
+time): a leader whose clock runs ahead never ends a healthy attempt early; one
+that took over may end a really overdue attempt up to one timeout late.
 """
 
 from __future__ import annotations
@@ -29,7 +48,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import itertools
 import logging
+import math
 import random
 import secrets
 import socket
@@ -44,26 +65,42 @@ from tasklease import codec
 from tasklease.balancers import Balancer, NodeView, make_balancer
 from tasklease.clock import Clock, SystemClock
 from tasklease.election import Election
-from tasklease.errors import CorruptRecord, InvalidOption, StoreError, TaskleaseError, WatchCompacted
+from tasklease.errors import (
+    CorruptRecord,
+    InvalidOption,
+    PayloadTooLarge,
+    StoreError,
+    StoreRequestTooLarge,
+    TaskleaseError,
+    WatchCompacted,
+)
 from tasklease.ids import IdGenerator
 from tasklease.keys import Keyspace, check_name, prefix_end
-from tasklease.models import Outcome, TaskState
+from tasklease.models import Outcome, Task, TaskState
 from tasklease.queue import Pick, assign_ops
 from tasklease.recovery import (
     RunningEntry,
     decode_running,
     end_attempt,
+    fail_waiting_ops,
     promote_ops,
     repair_ops,
     still_running,
 )
 from tasklease.retention import RetentionLeases
-from tasklease.store import KV, Compare, Delete, Event, Get, Op, Store
+from tasklease.store import KV, MAX_TXN_BYTES, Compare, Delete, Event, Get, Op, Store, txn_size
 
 log = logging.getLogger("tasklease.scheduler")
 
-PAGE = 1000
 BACKSTOP_S = 5.0
+# The mirror keeps a queue key's value (the record) only within this many keys of
+# its queue's head; deeper values are read when they come near the head.
+VALUE_WINDOW = 256
+# Records read per transaction by recovery and promotion (each at most 1.3 MB:
+# the response stays far below the channel's receive limit).
+READ_GROUP = 16
+# Backoff of the assignment and timer loops after a store error.
+ERROR_BACKOFF_S = (0.2, 2.0)
 
 
 def default_scheduler_id() -> str:
@@ -99,8 +136,8 @@ class SchedulerConfig:
             raise InvalidOption("batch size must be in 1..30")
         if self.lease_ttl_s < 2:
             raise InvalidOption("lease TTL must be >= 2 s")
-        if self.deadline_grace_s < 0:
-            raise InvalidOption("deadline grace must be >= 0")
+        if not (math.isfinite(self.deadline_grace_s) and self.deadline_grace_s >= 0):
+            raise InvalidOption(f"deadline grace must be a finite number >= 0, got {self.deadline_grace_s}")
 
 
 @dataclass(slots=True)
@@ -117,8 +154,9 @@ class ClusterView:
     Touched only by the scheduler's leader task.
     """
 
-    def __init__(self, keys: Keyspace) -> None:
+    def __init__(self, keys: Keyspace, clock: Clock | None = None) -> None:
         self.keys = keys
+        self.clock = clock or SystemClock()
         self.revision = 0
         self.nodes: dict[str, _Node] = {}
         # worker -> task ids assigned to it; assignment key -> create revision
@@ -127,15 +165,19 @@ class ClusterView:
         # queue -> sorted queue keys (O(log n) insert and delete at any depth); key -> KV
         self.queue_keys: dict[str, SortedList] = defaultdict(SortedList)
         self.queue_kv: dict[str, KV] = {}
+        # queue keys whose value (the record) is not in memory (keys-only load, or deep in the queue)
+        self.unloaded: set[str] = set()
         self.running: dict[str, RunningEntry] = {}
+        # task id -> monotonic time this scheduler first saw its running entry (clock-skew guard)
+        self.running_seen: dict[str, float] = {}
         self.delayed: dict[str, KV] = {}
         self._delayed_heap: list[tuple[str, str]] = []
         self.skipped: set[str] = set()
         self.changed_nodes = False
 
     # applying changes ---------------------------------------------------------------
-    def apply(self, kv: KV, deleted: bool) -> None:
-        """Apply one key's new state."""
+    def apply(self, kv: KV, deleted: bool, *, has_value: bool = True) -> None:
+        """Apply one key's new state (``has_value`` False: read without its value)."""
         key = kv.key
         k = self.keys
         if key.startswith(k.assignments):
@@ -158,18 +200,27 @@ class ClusterView:
             if deleted:
                 keys_list.discard(key)
                 self.queue_kv.pop(key, None)
+                self.unloaded.discard(key)
                 self.skipped.discard(key)
             else:
                 if key not in self.queue_kv:
                     keys_list.add(key)
-                self.queue_kv[key] = kv
+                self.skipped.discard(key)  # a new version is examined afresh
+                if has_value and keys_list.bisect_left(key) < VALUE_WINDOW:
+                    self.queue_kv[key] = kv
+                    self.unloaded.discard(key)
+                else:
+                    self.queue_kv[key] = KV(key, b"", kv.create_revision, kv.mod_revision, kv.version)
+                    self.unloaded.add(key)
         elif key.startswith(k.running):
             task_id = key[len(k.running) :]
             if deleted:
                 self.running.pop(task_id, None)
+                self.running_seen.pop(task_id, None)
             else:
                 try:
                     self.running[task_id] = decode_running(k, kv)
+                    self.running_seen[task_id] = self.clock.monotonic()
                 except CorruptRecord as exc:
                     log.error("skipping corrupt running entry: %s", exc)
         elif key.startswith(k.nodes):
@@ -200,6 +251,15 @@ class ClusterView:
         except (CorruptRecord, KeyError, TypeError, ValueError) as exc:
             log.error("ignoring worker %s: bad node record (%s)", worker, exc)
             self.nodes.pop(worker, None)
+
+    def fill(self, kv: KV) -> bool:
+        """Give an unloaded queue key its value, read from etcd. False if the mirror differs."""
+        held = self.queue_kv.get(kv.key)
+        if held is None or held.mod_revision != kv.mod_revision:
+            return False
+        self.queue_kv[kv.key] = kv
+        self.unloaded.discard(kv.key)
+        return True
 
     # queries -------------------------------------------------------------------------
     def free_nodes(self, inflight: dict[str, int]) -> list[_Node]:
@@ -248,6 +308,33 @@ class ClusterView:
             result.append(self.delayed[key])
         return result
 
+    def overdue(self, now: float, grace: float) -> list[RunningEntry]:
+        """Running entries past their deadline, on this scheduler's clock and by its own watch.
+
+        See the module docstring ("Clocks"): the wall-clock deadline must have
+        passed, and this scheduler must have seen the entry for at least the
+        attempt's timeout plus ``grace`` of monotonic time.
+        """
+        mono = self.clock.monotonic()
+        result = []
+        for e in self.running.values():
+            if e.deadline + grace > now:
+                continue
+            seen = self.running_seen.get(e.task_id, mono)
+            if mono - seen >= e.timeout + grace:
+                result.append(e)
+        return result
+
+    def next_overdue(self, now: float, grace: float) -> float:
+        """Wall-clock time when the next running entry may become overdue (inf if none)."""
+        mono = self.clock.monotonic()
+        soonest = float("inf")
+        for e in self.running.values():
+            seen = self.running_seen.get(e.task_id, mono)
+            by_watch = now + (seen + e.timeout + grace - mono)
+            soonest = min(soonest, max(e.deadline + grace, by_watch))
+        return soonest
+
     def lost_entries(self) -> list[RunningEntry]:
         """Running entries whose assignment is gone (their worker's lease ended)."""
         return [
@@ -286,7 +373,7 @@ class Scheduler:
         self._rng = random.Random()
         self.retention = RetentionLeases(store, keys, self.clock)
         # Touched only by the leader task.
-        self.view = ClusterView(keys)
+        self.view = ClusterView(keys, self.clock)
         self._wake = asyncio.Event()
         # Replaced on every applied watch response; waiters hold the old one.
         self._progress = asyncio.Event()
@@ -349,15 +436,17 @@ class Scheduler:
                 backoff = min(backoff * 2, 2.0)
 
     async def _lead(self) -> None:
-        self.view = ClusterView(self.keys)
+        self.view = ClusterView(self.keys, self.clock)
         self._inflight = []
+        started = self.clock.monotonic()
         revision = await self._load()
         log.info(
-            "leading: %d workers, %d queued, %d running, %d delayed",
+            "leading: %d workers, %d queued, %d running, %d delayed (loaded in %.2f s)",
             len(self.view.nodes),
             len(self.view.queue_kv),
             len(self.view.running),
             len(self.view.delayed),
+            self.clock.monotonic() - started,
             extra=self._ctx(token=self.election.token),
         )
         self._wake.set()
@@ -382,16 +471,29 @@ class Scheduler:
         return self.keys.assignments, prefix_end(self.keys.running)
 
     async def _load(self) -> int:
+        """Read the watched range at one revision, keys first (see the module docstring).
+
+        Assignment and queue keys are read without values (they carry whole
+        records); delayed, leader, node and running keys with theirs (small),
+        every read paged by bytes and count.
+
+        Returns:
+            The revision of the read.
+        """
         start, end = self._range
-        first = await self.store.range(start, end, limit=PAGE)
-        revision = first.revision
-        page = first
-        while True:
-            for kv in page.kvs:
-                self.view.apply(kv, deleted=False)
-            if not page.more or not page.kvs:
-                break
-            page = await self.store.range(page.kvs[-1].key + "\0", end, limit=PAGE, revision=revision)
+        k = self.keys
+        head = await self.store.range(start, end, count_only=True)
+        revision = head.revision
+        parts = [
+            (k.assignments, prefix_end(k.assignments), True),
+            (prefix_end(k.assignments), k.queues, False),  # delayed/, leader, node/
+            (k.queues, prefix_end(k.queues), True),
+            (prefix_end(k.queues), end, False),  # retention/, running/
+        ]
+        for lo, hi, keys_only in parts:
+            async for page in self.store.scan(lo, hi, revision=revision, keys_only=keys_only):
+                for kv in page.kvs:
+                    self.view.apply(kv, deleted=False, has_value=not keys_only)
         self.view.revision = revision
         return revision
 
@@ -403,9 +505,10 @@ class Scheduler:
                     self._apply(events)
                     revision = self.view.revision + 1
                 return
-            except WatchCompacted:
-                log.warning("watch compacted: reloading", extra=self._ctx())
-                self.view = ClusterView(self.keys)
+            except WatchCompacted as exc:  # compacted, or a catch-up too large to receive
+                log.warning("watch must start over (%s): reloading", exc, extra=self._ctx())
+                self.view = ClusterView(self.keys, self.clock)
+                self._inflight = []
                 revision = await self._load() + 1
                 self._wake.set()
 
@@ -438,14 +541,26 @@ class Scheduler:
                 while self.view.revision < revision:
                     await self._progress.wait()
 
+    def _wake_later(self, delay_s: float) -> None:
+        asyncio.get_running_loop().call_later(delay_s, self._wake.set)
+
     # assignment ----------------------------------------------------------------------
     async def _assign_loop(self) -> None:
+        backoff = ERROR_BACKOFF_S[0]
         while True:
             await self._wake.wait()
             self._wake.clear()
-            await self._recover_lost()
-            while await self._assign_batch():
-                pass
+            try:
+                await self._recover_lost()
+                while await self._assign_batch():
+                    pass
+                backoff = ERROR_BACKOFF_S[0]
+            except StoreError as exc:
+                # Never ends leadership (only the election does): back off and try again;
+                # the compares keep a retry from assigning anything twice.
+                log.warning("assignment paused: %s; retrying in %.1f s", exc, backoff, extra=self._ctx())
+                self._wake_later(backoff)
+                backoff = min(backoff * 2, ERROR_BACKOFF_S[1])
 
     def _inflight_counts(self) -> tuple[dict[str, int], set[str]]:
         counts: dict[str, int] = defaultdict(int)
@@ -456,6 +571,17 @@ class Scheduler:
             claimed |= keys
         return counts, claimed
 
+    async def _load_values(self, kvs: list[KV]) -> bool:
+        """Read the values of queue heads the mirror holds keys-only. False if the mirror lags."""
+        result = await self.store.txn([], [Get(kv.key) for kv in kvs])
+        in_step = True
+        for read in result.reads:
+            if not read or not self.view.fill(read[0]):
+                in_step = False  # changed or gone since the mirror saw it: the watch will tell
+        if not in_step:
+            await self._wait_revision(result.revision)
+        return in_step
+
     async def _assign_batch(self) -> bool:
         """Assign up to one batch in one transaction. Returns whether to try again at once."""
         inflight, claimed = self._inflight_counts()
@@ -463,12 +589,20 @@ class Scheduler:
         if not free:
             return False
         queues = set().union(*(n.queues for n in free))
+        heads = list(
+            itertools.islice(self.view.heads(queues, self.config.batch_size, claimed), self.config.batch_size)
+        )
+        unloaded = [kv for kv in heads if kv.key in self.view.unloaded]
+        if unloaded:
+            await self._load_values(unloaded)
+            return True  # pick again from the mirror, now with values
         now = self.clock.now()
         picks: list[Pick] = []
         compares: list[Compare] = [self.election.fence()]
         ops: list[Op] = []
+        size = txn_size(compares)
         per_worker: dict[str, int] = defaultdict(int)
-        for qkv in self.view.heads(queues, self.config.batch_size, claimed):
+        for qkv in heads:
             queue = qkv.key[len(self.keys.queues) :].split("/", 1)[0]
             candidates = [n for n in free if queue in n.queues and n.view.free > 0]
             if not candidates:
@@ -482,14 +616,21 @@ class Scheduler:
             pick = Pick(qkv, record_kv, node.view.id, node.lease)
             try:
                 c, o, _ = assign_ops(self.keys, pick, now)
+            except PayloadTooLarge as exc:
+                await self._fail_unassignable(qkv, record_kv, f"cannot be assigned: {exc}")
+                continue
             except TaskleaseError as exc:
                 log.error("skipping queued task: %s", exc, extra=self._ctx(task_id=task_id))
                 self.view.skipped.add(qkv.key)
                 continue
+            pick_size = txn_size(c) + txn_size(o)
+            if picks and size + pick_size > MAX_TXN_BYTES:
+                break  # the next batch takes it (alone if it must)
             node.view.assigned += 1
             picks.append(pick)
             compares.extend(c)
             ops.extend(o)
+            size += pick_size
             per_worker[node.view.id] += 1
             if len(picks) >= self.config.batch_size:
                 break
@@ -501,12 +642,10 @@ class Scheduler:
             failure += [Get(p.record_kv.key), Get(p.queue_kv.key)]
         try:
             result = await self.store.txn(compares, ops, failure, timeout_s=2.0)
-        except StoreError as exc:
-            # Maybe committed (the watch will tell), or a worker's lease just
-            # ended (its node key goes next). Either way the compares keep a
-            # second attempt from assigning anything twice.
-            log.warning("assignment transaction failed: %s", exc, extra=self._ctx())
-            await asyncio.sleep(0.2)
+        except StoreRequestTooLarge as exc:
+            if len(picks) > 1:
+                raise  # cannot happen (txn_size is an upper bound): back off, log it
+            await self._fail_unassignable(picks[0].queue_kv, picks[0].record_kv, f"cannot be assigned: {exc}")
             return True
         if not result.succeeded:
             self._explain_failure(picks, result.reads)
@@ -518,6 +657,28 @@ class Scheduler:
             self._inflight.append((result.revision, dict(per_worker), {p.queue_kv.key for p in picks}))
         log.debug("assigned %d tasks", len(picks), extra=self._ctx())
         return True
+
+    async def _fail_unassignable(self, queue_kv: KV, record_kv: KV, reason: str) -> None:
+        """Fail a queued task that no transaction can carry, recording why (never a loop)."""
+        task_id = self.keys.parse_queue_entry(queue_kv.key).task_id
+        extra = self._ctx(task_id=task_id)
+        try:
+            task = codec.decode_task(record_kv.key, record_kv.value)
+        except CorruptRecord as exc:
+            log.error("skipping queued task: %s", exc, extra=extra)
+            self.view.skipped.add(queue_kv.key)
+            return
+        now = self.clock.now()
+        lease = await self.retention.lease_for(task.retention_s)
+        compares, ops = fail_waiting_ops(
+            self.keys, self.election.fence(), queue_kv, record_kv, task, reason, now, lease
+        )
+        result = await self.store.txn(compares, ops)
+        # Not picked again while the watch catches up (it deletes the key, or a new
+        # version of it clears the mark).
+        self.view.skipped.add(queue_kv.key)
+        if result.succeeded:
+            log.error("task failed: %s", reason, extra=extra)
 
     def _explain_failure(self, picks: list[Pick], reads: list[list[KV]]) -> None:
         """Skip picks whose record changed while their queue key did not (an inconsistency).
@@ -543,16 +704,21 @@ class Scheduler:
     # recovery ------------------------------------------------------------------------
     async def _timer_loop(self) -> None:
         """Deadlines (F3) and retry backoffs (E3): sleep until the next one is due."""
+        backoff = ERROR_BACKOFF_S[0]
         while True:
             now = self.clock.now()
-            await self._end_overdue(now)
-            await self._promote_due(now)
-            next_deadline = min(
-                (e.deadline + self.config.deadline_grace_s for e in self.view.running.values()),
-                default=float("inf"),
-            )
-            next_due = self.view.next_due()
-            delay = min(next_deadline, next_due) - self.clock.now()
+            try:
+                await self._end_overdue(now)
+                await self._promote_due(now)
+                backoff = ERROR_BACKOFF_S[0]
+                delay = (
+                    min(self.view.next_overdue(now, self.config.deadline_grace_s), self.view.next_due())
+                    - self.clock.now()
+                )
+            except StoreError as exc:
+                log.warning("timers paused: %s; retrying in %.1f s", exc, backoff, extra=self._ctx())
+                delay = backoff
+                backoff = min(backoff * 2, ERROR_BACKOFF_S[1])
             # Sleep until the earliest deadline or backoff; a new running or
             # delayed key (which may be due sooner) wakes us early.
             self._timers_changed.clear()
@@ -570,88 +736,121 @@ class Scheduler:
 
     async def _recover_lost(self) -> None:
         lost = self.view.lost_entries()
-        for start in range(0, len(lost), 25):
-            await self._repair(lost[start : start + 25], Outcome.LOST)
+        for start in range(0, len(lost), READ_GROUP):
+            await self._repair(lost[start : start + READ_GROUP], Outcome.LOST)
 
     async def _end_overdue(self, now: float) -> None:
-        grace = self.config.deadline_grace_s
-        overdue = [e for e in self.view.running.values() if e.deadline + grace <= now]
-        for start in range(0, len(overdue), 25):
-            await self._repair(overdue[start : start + 25], Outcome.TIMEOUT)
+        overdue = self.view.overdue(now, self.config.deadline_grace_s)
+        for start in range(0, len(overdue), READ_GROUP):
+            await self._repair(overdue[start : start + READ_GROUP], Outcome.TIMEOUT)
 
     async def _repair(self, entries: list[RunningEntry], outcome: Outcome) -> None:
         records = await self._records([e.task_id for e in entries])
-        now = self.clock.now()
         for entry, record_kv in zip(entries, records, strict=True):
             extra = self._ctx(task_id=entry.task_id, attempt=entry.attempt, worker=entry.worker)
-            task = None
-            if record_kv is None:
-                log.error(
-                    "running task has no record (deleted by hand?): dropping its index entry", extra=extra
-                )
-            else:
-                try:
-                    task = codec.decode_task(record_kv.key, record_kv.value)
-                except CorruptRecord as exc:
-                    log.error("cannot repair (%s): dropping its index entry", exc, extra=extra)
-            if task is None or record_kv is None or not still_running(task, entry):
-                # A stale or unrepairable index entry: drop it (and its assignment,
-                # which tells a worker still running it to stop), so that it is not
-                # examined again and again.
-                await self.store.txn(
-                    [
-                        self.election.fence(),
-                        Compare(self.keys.running_entry(entry.task_id), "mod", "=", entry.mod_revision),
-                    ],
-                    [
-                        Delete(self.keys.running_entry(entry.task_id)),
-                        *(
-                            [Delete(self.keys.assignment(entry.worker, entry.task_id))]
-                            if task is None
-                            else []
-                        ),
-                    ],
-                )
-                continue
-            assign_key = self.keys.assignment(entry.worker, entry.task_id)
-            if outcome is Outcome.LOST:
-                error = f"worker {entry.worker} vanished (lease ended) during the attempt"
-                assign_rev = 0
-            else:
-                error = f"no report from worker {entry.worker} within the timeout of {task.timeout_s:g} s"
-                assign_rev = self.view.assignment_rev.get(assign_key, 0)
-            new = end_attempt(task, outcome, error, now, self._rng, self._ids.sequence())
-            lease = await self.retention.lease_for(new.retention_s) if new.state.terminal else 0
-            compares, ops = repair_ops(
-                self.keys,
-                self.election.fence(),
-                entry,
-                record_kv,
-                new,
-                assignment_create_revision=assign_rev,
-                lease=lease,
+            try:
+                await self._repair_one(entry, record_kv, outcome, extra)
+            except StoreRequestTooLarge as exc:
+                # A record no transaction can carry (planted or from an older version):
+                # leave it, but never let it stop the others.
+                log.error("cannot repair: %s", exc, extra=extra)
+
+    async def _repair_one(
+        self, entry: RunningEntry, record_kv: KV | None, outcome: Outcome, extra: dict[str, Any]
+    ) -> None:
+        task = None
+        if record_kv is None:
+            log.error("running task has no record (deleted by hand?): dropping its index entry", extra=extra)
+        else:
+            try:
+                task = codec.decode_task(record_kv.key, record_kv.value)
+            except CorruptRecord as exc:
+                log.error("cannot repair (%s): dropping its index entry", exc, extra=extra)
+        if task is None or record_kv is None or not still_running(task, entry):
+            # A stale or unrepairable index entry: drop it (and its assignment,
+            # which tells a worker still running it to stop), so that it is not
+            # examined again and again.
+            await self.store.txn(
+                [
+                    self.election.fence(),
+                    Compare(self.keys.running_entry(entry.task_id), "mod", "=", entry.mod_revision),
+                ],
+                [
+                    Delete(self.keys.running_entry(entry.task_id)),
+                    *([Delete(self.keys.assignment(entry.worker, entry.task_id))] if task is None else []),
+                ],
             )
-            result = await self.store.txn(compares, ops)
-            if result.succeeded:
-                log.warning("attempt %s: task %s", outcome.value, new.state.value, extra=extra)
+            return
+        assign_key = self.keys.assignment(entry.worker, entry.task_id)
+        if outcome is Outcome.LOST:
+            error = f"worker {entry.worker} vanished (lease ended) during the attempt"
+            assign_rev = 0
+        else:
+            error = f"no report from worker {entry.worker} within the timeout of {task.timeout_s:g} s"
+            assign_rev = self.view.assignment_rev.get(assign_key, 0)
+        now = self.clock.now()
+        new = end_attempt(task, outcome, error, now, self._rng, self._ids.sequence())
+        lease = await self.retention.lease_for(new.retention_s) if new.state.terminal else 0
+        compares, ops = repair_ops(
+            self.keys,
+            self.election.fence(),
+            entry,
+            record_kv,
+            new,
+            assignment_create_revision=assign_rev,
+            lease=lease,
+        )
+        result = await self.store.txn(compares, ops)
+        if result.succeeded:
+            log.warning("attempt %s: task %s", outcome.value, new.state.value, extra=extra)
 
     async def _promote_due(self, now: float) -> None:
         due = self.view.due(now)
-        for start in range(0, len(due), 25):
-            chunk = due[start : start + 25]
+        for start in range(0, len(due), READ_GROUP):
+            chunk = due[start : start + READ_GROUP]
             ids = [kv.key.rsplit("/", 1)[-1] for kv in chunk]
             records = await self._records(ids)
             for delayed_kv, record_kv in zip(chunk, records, strict=True):
-                if record_kv is None:
-                    continue
                 try:
-                    task = codec.decode_task(record_kv.key, record_kv.value)
-                except CorruptRecord as exc:
-                    log.error("cannot promote: %s", exc, extra=self._ctx())
-                    continue
-                if task.state is not TaskState.PENDING:
-                    continue
-                compares, ops = promote_ops(
-                    self.keys, self.election.fence(), delayed_kv, record_kv, task, now, self._ids.sequence()
-                )
-                await self.store.txn(compares, ops)
+                    await self._promote_one(delayed_kv, record_kv, now)
+                except StoreRequestTooLarge as exc:
+                    log.error(
+                        "cannot promote: %s", exc, extra=self._ctx(task_id=delayed_kv.key.rsplit("/", 1)[-1])
+                    )
+
+    async def _promote_one(self, delayed_kv: KV, record_kv: KV | None, now: float) -> None:
+        task: Task | None = None
+        if record_kv is not None:
+            try:
+                task = codec.decode_task(record_kv.key, record_kv.value)
+            except CorruptRecord as exc:
+                log.error("delayed task has a corrupt record (%s): dropping its delayed key", exc)
+        if (
+            task is None
+            or record_kv is None
+            or task.state is not TaskState.PENDING
+            or task.not_before is None
+        ):
+            # Nothing to promote (the record is gone, corrupt, or no longer waiting):
+            # delete the key, or the timer would read it again and again.
+            await self.store.txn(
+                [self.election.fence(), Compare.unchanged(delayed_kv)], [Delete(delayed_kv.key)]
+            )
+            return
+        try:
+            compares, ops = promote_ops(
+                self.keys, self.election.fence(), delayed_kv, record_kv, task, now, self._ids.sequence()
+            )
+        except PayloadTooLarge as exc:
+            lease = await self.retention.lease_for(task.retention_s)
+            compares, ops = fail_waiting_ops(
+                self.keys,
+                self.election.fence(),
+                delayed_kv,
+                record_kv,
+                task,
+                f"cannot be queued again: {exc}",
+                now,
+                lease,
+            )
+        await self.store.txn(compares, ops)

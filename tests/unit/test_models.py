@@ -28,7 +28,9 @@ S = TaskState
 ALLOWED = {
     (S.PENDING, S.QUEUED),
     (S.PENDING, S.CANCELLED),
+    (S.PENDING, S.FAILED),  # no transaction can carry it any more (scheduler records why)
     (S.QUEUED, S.QUEUED),
+    (S.QUEUED, S.FAILED),
     (S.QUEUED, S.RUNNING),
     (S.QUEUED, S.CANCELLED),
     (S.RUNNING, S.SUCCEEDED),
