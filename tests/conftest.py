@@ -14,10 +14,14 @@ from pathlib import Path
 
 import pytest
 
+import sample_tasks
 from tasklease.client import Client
 from tasklease.etcd_server import EtcdServer
+from tasklease.executors.builtin import builtin_registry
 from tasklease.keys import Keyspace
+from tasklease.scheduler import Scheduler, SchedulerConfig
 from tasklease.store import Store, StoreConfig
+from tasklease.worker import Worker, WorkerConfig
 
 _namespaces = itertools.count()
 
@@ -82,3 +86,56 @@ def tasklease_bin() -> str:
     exe = Path(os.sys.executable).parent / "tasklease"  # type: ignore[attr-defined]
     assert exe.exists(), f"{exe} missing: install the project with `pip install -e .`"
     return str(exe)
+
+
+def registry():  # the built-in task types and tests/sample_tasks.py
+    reg = builtin_registry()
+    reg.update([sample_tasks.registry])
+    return reg
+
+
+@pytest.fixture
+async def cluster(store_config, keyspace: Keyspace) -> AsyncIterator:
+    """Start schedulers and workers on their own connections; stop them all at the end."""
+    stores: list[Store] = []
+    workers: list[Worker] = []
+    schedulers: list[Scheduler] = []
+
+    async def connect() -> Store:
+        s = Store(store_config)
+        await s.connect()
+        stores.append(s)
+        return s
+
+    async def worker(**config) -> Worker:
+        config.setdefault("lease_ttl_s", 3)
+        config.setdefault("heartbeat_s", 0.5)
+        config.setdefault("worker_id", f"w{len(workers)}")
+        w = Worker(await connect(), keyspace, registry(), WorkerConfig(**config))
+        await w.start()
+        workers.append(w)
+        return w
+
+    async def scheduler(**config) -> Scheduler:
+        config.setdefault("scheduler_id", f"s{len(schedulers)}")
+        config.setdefault("lease_ttl_s", 3)
+        s = Scheduler(await connect(), keyspace, SchedulerConfig(**config))
+        await s.start()
+        schedulers.append(s)
+        return s
+
+    class Cluster:
+        pass
+
+    c = Cluster()
+    c.worker = worker
+    c.scheduler = scheduler
+    c.workers = workers
+    c.schedulers = schedulers
+    yield c
+    for w in workers:
+        await w.kill()
+    for s in schedulers:
+        await s.stop()
+    for s in stores:
+        await s.close()

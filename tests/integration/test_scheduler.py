@@ -5,73 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
-
-import pytest
 
 import sample_tasks
 from tasklease import codec
 from tasklease.client import Client, TaskSpec
-from tasklease.executors.builtin import builtin_registry
-from tasklease.keys import Keyspace, prefix_end
+from tasklease.keys import prefix_end
 from tasklease.models import Outcome, TaskState
 from tasklease.retry import RetryPolicy
-from tasklease.scheduler import Scheduler, SchedulerConfig
-from tasklease.store import Store
-from tasklease.worker import Worker, WorkerConfig
-
-
-def registry():
-    reg = builtin_registry()
-    reg.update([sample_tasks.registry])
-    return reg
-
-
-@pytest.fixture
-async def cluster(store_config, keyspace: Keyspace) -> AsyncIterator:
-    """Start schedulers and workers on their own connections; stop them all at the end."""
-    stores: list[Store] = []
-    workers: list[Worker] = []
-    schedulers: list[Scheduler] = []
-
-    async def connect() -> Store:
-        s = Store(store_config)
-        await s.connect()
-        stores.append(s)
-        return s
-
-    async def worker(**config) -> Worker:
-        config.setdefault("lease_ttl_s", 3)
-        config.setdefault("heartbeat_s", 0.5)
-        config.setdefault("worker_id", f"w{len(workers)}")
-        w = Worker(await connect(), keyspace, registry(), WorkerConfig(**config))
-        await w.start()
-        workers.append(w)
-        return w
-
-    async def scheduler(**config) -> Scheduler:
-        config.setdefault("scheduler_id", f"s{len(schedulers)}")
-        config.setdefault("lease_ttl_s", 3)
-        s = Scheduler(await connect(), keyspace, SchedulerConfig(**config))
-        await s.start()
-        schedulers.append(s)
-        return s
-
-    class Cluster:
-        pass
-
-    c = Cluster()
-    c.worker = worker
-    c.scheduler = scheduler
-    c.workers = workers
-    c.schedulers = schedulers
-    yield c
-    for w in workers:
-        await w.kill()
-    for s in schedulers:
-        await s.stop()
-    for s in stores:
-        await s.close()
 
 
 async def wait_all(client: Client, ids: list[str], timeout_s: float = 60):
