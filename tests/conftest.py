@@ -68,8 +68,11 @@ def keyspace(namespace: str) -> Keyspace:
 
 
 @pytest.fixture
-async def client(store: Store, keyspace: Keyspace) -> Client:
-    return Client(store, keyspace)
+async def client(store: Store, keyspace: Keyspace) -> AsyncIterator[Client]:
+    # Closed after the test: pending submits finish and the result watch stops.
+    c = Client(store, keyspace)
+    yield c
+    await c.close()
 
 
 @pytest.fixture

@@ -7,23 +7,40 @@ Round trips (each is one etcd request):
 ``submit_many`` (n tasks)  ceil(n / 64) transactions (fewer if payloads are
                            large: one transaction stays under 1.4 MB)
 ``get``                    1 range
+``list`` / ``stats``       1 range per page (pages bounded by bytes)
 ``cancel`` / ``priority``  1 range + 1 transaction (repeated on a race)
 ``wait``                   1 range + 1 watch stream
 =========================  ===============================================
+
+Sizes. Records are up to 1 MiB, so every read of many records goes through
+:meth:`Store.scan`, whose pages are bounded by bytes as well as by count, and
+every write of many tasks (``submit_many``, and the group commit of concurrent
+submits) is cut into transactions of at most 64 tasks and 1.4 MB: a task too
+large to share a transaction goes alone.
+
+Errors. Every submit gets the outcome of its own task: when a group
+transaction fails, each of its submits either receives the error (etcd refused
+the request: auth, permission, no space) or is sent again alone, which tells
+whether it was stored (no answer, request too large, a used id in the group).
+
+Task ids given to ``get``, ``cancel``, ``set_priority`` and ``wait`` are read
+case-insensitively (:func:`tasklease.ids.parse_task_id`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import logging
+import math
 import random
 import threading
 from collections import Counter
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import AsyncGenerator, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from tasklease import codec
 from tasklease.clock import Clock, SystemClock
@@ -34,13 +51,16 @@ from tasklease.errors import (
     InvalidOption,
     InvalidTransition,
     PayloadTooLarge,
+    StoreAuthError,
+    StoreError,
+    StoreNoSpace,
     StoreUnavailable,
     TaskFailed,
     TaskNotFound,
     WaitTimeout,
     WatchCompacted,
 )
-from tasklease.ids import IdGenerator, is_task_id
+from tasklease.ids import IdGenerator, is_task_id, parse_task_id
 from tasklease.keys import Keyspace, check_name, prefix_end
 from tasklease.models import (
     DEFAULT_PRIORITY,
@@ -60,6 +80,7 @@ from tasklease.queue import unplace_ops
 from tasklease.retention import RetentionLeases
 from tasklease.retry import RetryPolicy
 from tasklease.store import (
+    FIRST_PAGE,
     KV,
     MAX_TXN_BYTES,
     MAX_TXN_OPS,
@@ -67,6 +88,7 @@ from tasklease.store import (
     Delete,
     Op,
     Put,
+    RangeResult,
     Store,
     StoreConfig,
 )
@@ -80,7 +102,9 @@ T = TypeVar("T")
 TASKS_PER_TXN = MAX_TXN_OPS // 2
 # How often a read-modify-write is retried when someone else won the race.
 MAX_CONFLICT_RETRIES = 50
-LIST_PAGE = 500
+# Errors by which etcd refused a whole transaction: nothing was written, and each
+# of its tasks alone would be refused the same way.
+REFUSALS = (StoreAuthError, StoreNoSpace)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +140,7 @@ class TaskSpec:
         check_timeout(self.timeout_s)
         codec.encode_json(self.payload)
         if self.task_id is not None and not is_task_id(self.task_id):
+            # A new id must be canonical (upper case): it is stored as given.
             raise InvalidOption(f"bad task id {self.task_id!r}")
 
 
@@ -274,37 +299,64 @@ class Client:
         return await done
 
     async def _flush_submits(self) -> None:
-        while self._pending_submits:
-            pending = self._pending_submits
-            first = _chunk([t for t, _, _ in pending], [d for _, d, _ in pending])[0]
-            batch, self._pending_submits = pending[: len(first)], pending[len(first) :]
-            if len(batch) > 1:
-                compares: list[Compare] = []
-                ops: list[Op] = []
-                for task, data, _ in batch:
-                    compare, task_ops = self._submit_ops(task, data)
-                    compares.append(compare)
-                    ops.extend(task_ops)
-                try:
-                    result = await self.store.txn(compares, ops)
-                except StoreUnavailable:
-                    result = None
-                if result is not None and result.succeeded:
-                    for task, _, done in batch:
-                        self._hub.expect(task.id, result.revision)
-                        if not done.done():
-                            done.set_result(task)
+        batch: builtins.list[tuple[Task, bytes, asyncio.Future[Task]]] = []
+        try:
+            while self._pending_submits:
+                pending = self._pending_submits
+                size = _first_chunk_len([(t, d) for t, d, _ in pending])
+                batch, self._pending_submits = pending[:size], pending[size:]
+                await self._commit_group(batch)
+                batch = []
+        except BaseException as exc:
+            # Whatever stopped this loop must reach every submit still waiting.
+            stranded, self._pending_submits = [*batch, *self._pending_submits], []
+            for _, _, done in stranded:
+                if done.done():
                     continue
-            # Alone, or the group failed: one transaction each tells who is who.
-            for task, data, done in batch:
-                try:
-                    stored = await self._submit_one(task, data)
-                except Exception as exc:
+                if isinstance(exc, Exception):
+                    done.set_exception(exc)
+                else:
+                    done.cancel()
+            raise
+
+    async def _commit_group(self, batch: builtins.list[tuple[Task, bytes, asyncio.Future[Task]]]) -> None:
+        """Write a group of submits in one transaction; settle every one of their futures."""
+        if len(batch) > 1:
+            compares: list[Compare] = []
+            ops: list[Op] = []
+            for task, data, _ in batch:
+                compare, task_ops = self._submit_ops(task, data)
+                compares.append(compare)
+                ops.extend(task_ops)
+            try:
+                result = await self.store.txn(compares, ops)
+            except REFUSALS as exc:
+                # Refused as a whole: nothing was written; every submit gets the error.
+                for _, _, done in batch:
                     if not done.done():
                         done.set_exception(exc)
-                else:
+                return
+            except StoreError as exc:
+                # No answer (it may have landed), too large, or another failure:
+                # one transaction each tells what became of every task.
+                log.debug("group submit of %d tasks failed (%s); sending them one by one", len(batch), exc)
+                result = None
+            if result is not None and result.succeeded:
+                for task, _, done in batch:
+                    self._hub.expect(task.id, result.revision)
                     if not done.done():
-                        done.set_result(stored)
+                        done.set_result(task)
+                return
+        # Alone, or the group failed: one transaction each tells who is who.
+        for task, data, done in batch:
+            try:
+                stored = await self._submit_one(task, data)
+            except Exception as exc:
+                if not done.done():
+                    done.set_exception(exc)
+            else:
+                if not done.done():
+                    done.set_result(stored)
 
     async def _submit_one(self, task: Task, data: bytes) -> Task:
         compare, ops = self._submit_ops(task, data)
@@ -376,6 +428,11 @@ class Client:
                         raise BatchIncomplete(written, str(exc)) from exc
                     raise
                 result = None
+            except StoreError as exc:
+                # Refused (auth, no space, too large, ...): this chunk was not written.
+                if written:
+                    raise BatchIncomplete(written, str(exc)) from exc
+                raise
             if result is not None and not result.succeeded:
                 reason = "a task id in the batch is already used"
                 if written:
@@ -386,8 +443,7 @@ class Client:
 
     # read -------------------------------------------------------------------------------
     async def _read(self, task_id: str) -> tuple[Task, KV, int]:
-        if not is_task_id(task_id):
-            raise TaskNotFound(task_id)
+        task_id = parse_task_id(task_id)
         key = self.keys.task(task_id)
         kv, revision = await self.store.get(key)
         if kv is None:
@@ -395,10 +451,11 @@ class Client:
         return codec.decode_task(key, kv.value), kv, revision
 
     async def get(self, task_id: str) -> Task:
-        """Return a task's record.
+        """Return a task's record (the id is read case-insensitively).
 
         Raises:
-            TaskNotFound: No such task (or it expired).
+            TaskNotFound: No such task (or it expired); ``MalformedTaskId``
+                (a subclass) if ``task_id`` cannot be a task id.
             CorruptRecord: The stored record cannot be decoded.
         """
         task, _, _ = await self._read(task_id)
@@ -414,7 +471,8 @@ class Client:
         """List tasks, oldest first; queued tasks of one queue in dequeue order.
 
         ``state=queued`` with a ``queue`` reads that queue's keys (cost grows
-        with ``limit``); any other filter scans task records in pages.
+        with ``limit``); any other filter scans task records in pages. Pages
+        are bounded by bytes (:meth:`Store.scan`), so large records are fine.
         Records that cannot be decoded are skipped with an error log.
 
         Args:
@@ -429,26 +487,46 @@ class Client:
         if state is TaskState.QUEUED and queue is not None:
             return await self._list_queue(queue, limit)
         found: list[Task] = []
-        async for task in self.scan():
-            if state is not None and task.state is not state:
-                continue
-            if queue is not None and task.queue != queue:
-                continue
-            found.append(task)
-            if len(found) >= limit:
-                break
+        async with contextlib.aclosing(self.scan()) as tasks:
+            async for task in tasks:
+                if state is not None and task.state is not state:
+                    continue
+                if queue is not None and task.queue != queue:
+                    continue
+                found.append(task)
+                if len(found) >= limit:
+                    break
         return found
 
     async def _list_queue(self, queue: str, limit: int) -> builtins.list[Task]:
         # A queue key's value is the queued record itself (queue.place_ops).
-        prefix = self.keys.queue(queue)
-        entries = await self.store.range(prefix, prefix_end(prefix), limit=limit)
         tasks: builtins.list[Task] = []
-        for kv in entries.kvs:
-            task = self._decode_or_log(kv)
-            if task is not None and task.state is TaskState.QUEUED:
-                tasks.append(task)
+        async with contextlib.aclosing(self._values(self.keys.queue(queue), limit)) as kvs:
+            async for kv in kvs:
+                task = self._decode_or_log(kv)
+                if task is not None and task.state is TaskState.QUEUED:
+                    tasks.append(task)
         return tasks
+
+    async def _values(self, prefix: str, limit: int = 0) -> AsyncGenerator[KV, None]:
+        """The keys under ``prefix`` with their values, read in pages bounded by bytes.
+
+        One snapshot (:meth:`Store.scan`); with ``limit``, at most that many
+        keys are read (the first page no larger than ``limit``).
+        """
+        first = min(limit, FIRST_PAGE) if limit else FIRST_PAGE
+        count = 0
+        # Store.scan is an async generator (annotated as an iterator): close it when stopping early.
+        pages = cast(
+            AsyncGenerator[RangeResult, None], self.store.scan(prefix, prefix_end(prefix), first_page=first)
+        )
+        async with contextlib.aclosing(pages) as stream:
+            async for page in stream:
+                for kv in page.kvs:
+                    yield kv
+                    count += 1
+                    if limit and count >= limit:
+                        return
 
     def _decode_or_log(self, kv: KV) -> Task | None:
         try:
@@ -457,19 +535,17 @@ class Client:
             log.error("skipping corrupt task record: %s", exc)
             return None
 
-    async def scan(self) -> Any:
-        """Yield every decodable task record, in id order, page by page."""
-        start = self.keys.tasks
-        end = prefix_end(start)
-        while True:
-            page = await self.store.range(start, end, limit=LIST_PAGE)
-            for kv in page.kvs:
+    async def scan(self) -> AsyncGenerator[Task, None]:
+        """Yield every decodable task record, in id order, from one snapshot.
+
+        Read in pages bounded by bytes as well as by count (:meth:`Store.scan`).
+        Close it (``contextlib.aclosing``) when stopping early.
+        """
+        async with contextlib.aclosing(self._values(self.keys.tasks)) as kvs:
+            async for kv in kvs:
                 task = self._decode_or_log(kv)
                 if task is not None:
                     yield task
-            if not page.more or not page.kvs:
-                return
-            start = page.kvs[-1].key + "\0"
 
     async def stats(self, window_s: float = 60.0) -> dict[str, Any]:
         """Tasks per state and per queue, live workers, and recent throughput.
@@ -478,19 +554,24 @@ class Client:
         finished records expire after their retention).
 
         Args:
-            window_s: Throughput is measured over the last ``window_s`` seconds.
+            window_s: Throughput is measured over the last ``window_s`` seconds
+                (a finite number > 0).
         """
         from tasklease.nodes import list_nodes
+
+        if isinstance(window_s, bool) or not isinstance(window_s, int | float) or not 0 < window_s < math.inf:
+            raise InvalidOption(f"stats window must be a finite number of seconds > 0, got {window_s!r}")
 
         per_queue: dict[str, Counter[str]] = {}
         totals: Counter[str] = Counter()
         now = self.clock.now()
         recent = 0
-        async for task in self.scan():
-            per_queue.setdefault(task.queue, Counter())[task.state.value] += 1
-            totals[task.state.value] += 1
-            if task.state.terminal and task.updated_at >= now - window_s:
-                recent += 1
+        async with contextlib.aclosing(self.scan()) as tasks:
+            async for task in tasks:
+                per_queue.setdefault(task.queue, Counter())[task.state.value] += 1
+                totals[task.state.value] += 1
+                if task.state.terminal and task.updated_at >= now - window_s:
+                    recent += 1
         nodes = await list_nodes(self.store, self.keys)
         return {
             "states": {s.value: totals.get(s.value, 0) for s in TaskState},
@@ -514,6 +595,7 @@ class Client:
 
         ``change(task)`` returns ``(new_task, extra_ops)``, or ``None`` for no change.
         """
+        task_id = parse_task_id(task_id)
         for _ in range(MAX_CONFLICT_RETRIES):
             task, kv, _ = await self._read(task_id)
             planned = change(task)
@@ -602,8 +684,9 @@ class Client:
         tasks at once, its waits share one watch on the task prefix (waiters.py).
 
         Args:
-            task_id: The task.
-            timeout_s: Give up after this long (None = wait forever).
+            task_id: The task (read case-insensitively).
+            timeout_s: Give up after this long (None = wait forever; otherwise
+                a finite number > 0).
 
         Returns:
             The terminal record.
@@ -612,8 +695,13 @@ class Client:
             WaitTimeout: The time ran out.
             TaskNotFound: No such task, or it was deleted while waiting.
         """
-        if timeout_s is not None and timeout_s <= 0:
-            raise InvalidOption("wait timeout must be > 0")
+        if timeout_s is not None and (
+            isinstance(timeout_s, bool)
+            or not isinstance(timeout_s, int | float)
+            or not 0 < timeout_s < math.inf
+        ):
+            raise InvalidOption(f"wait timeout must be a finite number of seconds > 0, got {timeout_s!r}")
+        task_id = parse_task_id(task_id)
         try:
             async with asyncio.timeout(timeout_s):
                 return await self._wait(task_id)
@@ -621,8 +709,6 @@ class Client:
             raise WaitTimeout(task_id, timeout_s or 0) from None
 
     async def _wait(self, task_id: str) -> Task:
-        if not is_task_id(task_id):
-            raise TaskNotFound(task_id)
         # A lone wait (e.g. `tasklease wait ID`) watches its one key; as soon as a
         # client waits for several tasks at once, all its waits share one watch.
         if self._hub.running or self._waiting > 0:
@@ -670,13 +756,19 @@ def _encode_queued(task: Task) -> bytes:
     return data
 
 
+def _txn_cost(task: Task, data: bytes) -> int:
+    """Request bytes one submitted task adds to a transaction (an upper bound)."""
+    # record + queue key (whose value is the record too) + the compare.
+    return 2 * len(data) + 4 * (len(task.id) + len(task.queue) + 100) + 64
+
+
 def _chunk(tasks: Sequence[Task], encoded: Sequence[bytes]) -> list[list[tuple[Task, bytes]]]:
+    """Cut tasks, in order, into transactions of at most 64 tasks and ``MAX_TXN_BYTES``."""
     chunks: list[list[tuple[Task, bytes]]] = []
     current: list[tuple[Task, bytes]] = []
     size = 0
     for task, data in zip(tasks, encoded, strict=True):
-        # record + queue key (whose value is the record too) + the compare.
-        cost = 2 * len(data) + 4 * (len(task.id) + len(task.queue) + 100) + 64
+        cost = _txn_cost(task, data)
         if current and (len(current) >= TASKS_PER_TXN or size + cost > MAX_TXN_BYTES):
             chunks.append(current)
             current, size = [], 0
@@ -685,6 +777,16 @@ def _chunk(tasks: Sequence[Task], encoded: Sequence[bytes]) -> list[list[tuple[T
     if current:
         chunks.append(current)
     return chunks
+
+
+def _first_chunk_len(items: Sequence[tuple[Task, bytes]]) -> int:
+    """How many of ``items`` the first transaction of :func:`_chunk` takes (at least 1)."""
+    size = 0
+    for count, (task, data) in enumerate(items[:TASKS_PER_TXN]):
+        size += _txn_cost(task, data)
+        if count and size > MAX_TXN_BYTES:
+            return count
+    return max(1, min(len(items), TASKS_PER_TXN))
 
 
 class SyncClient:

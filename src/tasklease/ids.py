@@ -4,17 +4,41 @@ Both come from one hybrid clock per process: microseconds since the epoch, but
 never less than the previous value plus one. Ids and sequences therefore grow
 strictly within a process even if the wall clock steps back, and across
 processes they follow the wall clock (FIFO up to clock skew between submitters).
+
+Ids are written in Crockford base32, upper case. Input is read the Crockford
+way (:func:`parse_task_id`): case-insensitively, with ``I``/``L`` read as ``1``
+and ``O`` as ``0``; anything else of the wrong shape is a malformed id.
+
+Process ids (:func:`default_process_id`) name a worker or a scheduler:
+``{prefix}-{host}-{pid}-{64 random bits}``, unique across hosts and restarts.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
+import socket
 import threading
 
 from tasklease.clock import Clock, SystemClock
+from tasklease.errors import TaskNotFound
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_CROCKFORD_SET = frozenset(_CROCKFORD)
+# Crockford's decoding: case-insensitive, I and L read as 1, O as 0.
+_READ_AS = str.maketrans("ILO", "110")
 ID_LENGTH = 26
+# Process ids must match keys.NAME_RE ([A-Za-z0-9_.-]{1,64}).
+MAX_PROCESS_ID = 64
+_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
+
+
+class MalformedTaskId(TaskNotFound):
+    """Text that cannot be a task id (a :class:`TaskNotFound`: no task has it)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.args = (f"malformed task id {text!r}: a task id is {ID_LENGTH} characters of Crockford base32",)
 
 
 class IdGenerator:
@@ -54,5 +78,42 @@ class IdGenerator:
 
 
 def is_task_id(text: str) -> bool:
-    """Whether ``text`` has the shape of a task id."""
-    return len(text) == ID_LENGTH and all(c in _CROCKFORD for c in text)
+    """Whether ``text`` has the exact (canonical, upper-case) shape of a task id."""
+    return isinstance(text, str) and len(text) == ID_LENGTH and all(c in _CROCKFORD_SET for c in text)
+
+
+def parse_task_id(text: str) -> str:
+    """Read a task id typed by someone: the canonical id it denotes.
+
+    Case-insensitive; ``I`` and ``L`` read as ``1``, ``O`` as ``0`` (Crockford);
+    surrounding white space is ignored.
+
+    Raises:
+        MalformedTaskId: Not a task id (wrong length or character).
+    """
+    if not isinstance(text, str):
+        raise MalformedTaskId(repr(text))
+    canonical = text.strip().upper().translate(_READ_AS)
+    if not is_task_id(canonical):
+        raise MalformedTaskId(text)
+    return canonical
+
+
+def default_process_id(prefix: str) -> str:
+    """A process id unique across hosts and restarts: ``{prefix}-{host}-{pid}-{16 hex}``.
+
+    64 random bits make a collision between two processes negligible even if
+    the host name and pid repeat (containers often run as pid 1 on hosts of
+    one name). The host name is cleaned and shortened so that the whole id
+    matches ``[A-Za-z0-9_.-]{1,64}``.
+
+    Args:
+        prefix: What the process is (e.g. ``sched``); 1 to 20 name characters.
+    """
+    if not 1 <= len(prefix) <= 20 or not set(prefix) <= _NAME_CHARS:
+        raise ValueError(f"bad process id prefix {prefix!r}")
+    pid = str(os.getpid())
+    suffix = secrets.token_hex(8)
+    room = MAX_PROCESS_ID - len(prefix) - len(pid) - len(suffix) - 3
+    host = "".join(c if c in _NAME_CHARS else "-" for c in socket.gethostname()) or "host"
+    return f"{prefix}-{host[: max(1, room)]}-{pid}-{suffix}"[-MAX_PROCESS_ID:]

@@ -1,13 +1,24 @@
 """Task ids and queue sequences from the per-process hybrid clock."""
 
 import itertools
+import os
+import socket
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from tasklease.clock import FakeClock
-from tasklease.ids import ID_LENGTH, IdGenerator, is_task_id
+from tasklease.errors import TaskNotFound
+from tasklease.ids import (
+    ID_LENGTH,
+    IdGenerator,
+    MalformedTaskId,
+    default_process_id,
+    is_task_id,
+    parse_task_id,
+)
+from tasklease.keys import NAME_RE
 
 CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
@@ -173,3 +184,51 @@ def test_ids_from_two_generators_follow_the_wall_clock():
 def test_is_task_id_rejects_other_shapes(text):
     # Given / When / Then text of another length or alphabet is not a task id
     assert not is_task_id(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "canonical"),
+    [
+        ("01HZZZZZZZZZZZZZZZZZZZZZZZ", "01HZZZZZZZZZZZZZZZZZZZZZZZ"),
+        ("01hzzzzzzzzzzzzzzzzzzzzzzz", "01HZZZZZZZZZZZZZZZZZZZZZZZ"),
+        ("  01hZzzzzzzzzzzzzzzzzzzzzzz\n", "01HZZZZZZZZZZZZZZZZZZZZZZZ"),
+        # Crockford: I and L read as 1, O as 0
+        ("0IHZZZZZZZZZZZZZZZZZZZZZZl", "01HZZZZZZZZZZZZZZZZZZZZZZ1"),
+        ("o1HZZZZZZZZZZZZZZZZZZZZZZO", "01HZZZZZZZZZZZZZZZZZZZZZZ0"),
+    ],
+)
+def test_parse_task_id_reads_ids_case_insensitively(text, canonical):
+    assert parse_task_id(text) == canonical
+    assert is_task_id(parse_task_id(text))
+
+
+def test_parse_task_id_of_a_made_id_in_lower_case_is_the_id():
+    made = IdGenerator(FakeClock()).task_id()
+    assert parse_task_id(made.lower()) == made
+
+
+@pytest.mark.parametrize(
+    "text", ["", "0" * 25, "0" * 27, "01HZZZZZZZZZZZZZZZZZZZZZZU", "01HZZZZZZZZZZZZZZZZZZZZZ-Z", "../x"]
+)
+def test_parse_task_id_says_malformed(text):
+    with pytest.raises(MalformedTaskId, match="malformed task id") as info:
+        parse_task_id(text)
+    # still a TaskNotFound: callers that handle unknown ids handle these too
+    assert isinstance(info.value, TaskNotFound)
+
+
+def test_default_process_ids_are_unique_names():
+    made = {default_process_id("sched") for _ in range(1000)}
+    assert len(made) == 1000
+    for pid in made:
+        assert NAME_RE.fullmatch(pid)
+        assert pid.startswith("sched-")
+        assert f"-{os.getpid()}-" in pid
+        assert len(pid.rsplit("-", 1)[1]) == 16  # 64 random bits
+
+
+def test_default_process_id_fits_a_name_with_a_long_host(monkeypatch):
+    monkeypatch.setattr(socket, "gethostname", lambda: "very.long.host name/with*odd" * 10)
+    made = default_process_id("worker")
+    assert NAME_RE.fullmatch(made), made
+    assert made.startswith("worker-very.long.host-name-with-odd")
