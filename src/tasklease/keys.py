@@ -22,6 +22,10 @@ key                                    value                           written b
 ``/{ns}/delayed/{due}/{id}``           the task id (a pending task     worker,         none
                                        waiting for its retry backoff)  scheduler
 ``/{ns}/leader``                       the leading scheduler's id      scheduler       leader's
+``/{ns}/scheduler/{id}``               a scheduler's registration      scheduler       scheduler's
+                                       (JSON: host, pid, ttl,          (election)
+                                       instance): one live process
+                                       per scheduler id
 ``/{ns}/retention/{r}/{bucket}``       id of the lease that finished   whoever         itself
                                        records of retention r seconds  finishes a
                                        in this time bucket are under   task first in
@@ -38,6 +42,11 @@ The assignment key is the fencing token of an attempt: its create revision is
 compared by every write the worker makes about that attempt, and it lives under
 the worker's lease, so it vanishes when the worker does. ``running/{id}`` is
 the lease-less index that lets recovery find what a vanished worker held.
+
+``scheduler/{id}`` is created only if absent, under the lease the scheduler
+campaigns with, so a second live process with the same id is refused (see
+election.py). It sorts after ``running/`` and before ``task/``: outside the
+range the leading scheduler mirrors and outside the task records.
 See docs/architecture.md for every transaction and its compares.
 """
 
@@ -196,6 +205,15 @@ class Keyspace:
     def leader(self) -> str:
         """The election key: who leads; its create revision is the fencing token."""
         return f"{self.root}leader"
+
+    @cached_property
+    def schedulers(self) -> str:
+        """Prefix of scheduler registrations (each under its scheduler's lease)."""
+        return f"{self.root}scheduler/"
+
+    def scheduler(self, scheduler_id: str) -> str:
+        """Key registering one live scheduler process under its id (created only if absent)."""
+        return f"{self.schedulers}{check_name(scheduler_id, 'scheduler')}"
 
     def retention(self, retention_s: int, bucket: int) -> str:
         """Key holding the id of the shared retention lease of one time bucket."""
