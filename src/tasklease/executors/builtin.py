@@ -12,11 +12,10 @@ import contextlib
 import os
 import shutil
 import signal
-import urllib.error
-import urllib.request
 from typing import Any
 
 from tasklease.executors.base import PermanentError, Registry, TaskContext, TaskError
+from tasklease.executors.http import fetch
 from tasklease.models import JSON
 
 OUTPUT_LIMIT = 64 * 1024
@@ -138,18 +137,31 @@ class Http:
     """Makes an HTTP request: ``{"method": "POST", "url": ..., "body": ..., "headers": {...}}``.
 
     A JSON ``body`` that is not a string is sent as JSON. The result holds
-    ``status``, ``headers`` and the first 64 KiB of ``body``. 5xx and network
-    errors fail the attempt (retryable); 4xx fails it permanently.
+    ``status``, ``headers`` and the first 64 KiB of ``body`` (the rest is not
+    downloaded; ``truncated`` says there was more). 5xx and network errors
+    fail the attempt (retryable); 4xx fails it permanently. Redirects are not
+    followed: a 3xx response is the result (its ``Location`` in ``headers``),
+    unless the payload says ``"follow_redirects": true`` (at most 5).
+
+    The request runs on the worker's event loop (executors/http.py, asyncio
+    streams): at the attempt's timeout, a cancel or a shutdown the connection
+    is closed at once; no thread is left reading.
     """
 
     async def run(self, ctx: TaskContext) -> JSON:
-        """Make the request in a thread (bounded by the attempt's timeout)."""
+        """Make the request (within the attempt's timeout)."""
         p = _payload_dict(ctx)
         url = p.get("url")
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise PermanentError("http needs payload.url, an http:// or https:// URL")
         method = str(p.get("method", "GET")).upper()
-        headers = {str(k): str(v) for k, v in (p.get("headers") or {}).items()}
+        raw_headers = p.get("headers") or {}
+        if not isinstance(raw_headers, dict):
+            raise PermanentError("http payload.headers must be an object")
+        headers = {str(k): str(v) for k, v in raw_headers.items()}
+        follow = p.get("follow_redirects", False)
+        if not isinstance(follow, bool):
+            raise PermanentError("http payload.follow_redirects must be true or false")
         body = p.get("body")
         data: bytes | None = None
         if isinstance(body, str):
@@ -158,29 +170,27 @@ class Http:
             import orjson
 
             data = orjson.dumps(body)
-            headers.setdefault("Content-Type", "application/json")
-        request = urllib.request.Request(url, data=data, method=method, headers=headers)
-        return await asyncio.to_thread(self._fetch, request, ctx.timeout_s)
-
-    @staticmethod
-    def _fetch(request: urllib.request.Request, timeout_s: float) -> JSON:
-        try:
-            with urllib.request.urlopen(request, timeout=timeout_s) as resp:
-                status, headers, raw = resp.status, dict(resp.headers), resp.read(OUTPUT_LIMIT + 1)
-        except urllib.error.HTTPError as exc:
-            status, headers, raw = exc.code, dict(exc.headers or {}), exc.read(OUTPUT_LIMIT + 1)
-        except (urllib.error.URLError, OSError) as exc:
-            raise TaskError(f"http request failed: {getattr(exc, 'reason', exc)}") from exc
+            if not any(k.lower() == "content-type" for k in headers):
+                headers["Content-Type"] = "application/json"
+        response = await fetch(
+            method,
+            url,
+            headers=headers,
+            body=data,
+            timeout_s=ctx.timeout_s,
+            body_limit=OUTPUT_LIMIT,
+            follow_redirects=follow,
+        )
         result = {
-            "status": status,
-            "headers": headers,
-            "body": raw[:OUTPUT_LIMIT].decode(errors="replace"),
-            "truncated": len(raw) > OUTPUT_LIMIT,
+            "status": response.status,
+            "headers": response.headers,
+            "body": response.body.decode(errors="replace"),
+            "truncated": response.truncated,
         }
-        if status >= 500:
-            raise TaskError(f"http status {status}")
-        if status >= 400:
-            raise PermanentError(f"http status {status}")
+        if response.status >= 500:
+            raise TaskError(f"http status {response.status}")
+        if response.status >= 400:
+            raise PermanentError(f"http status {response.status}")
         return result
 
 
