@@ -7,7 +7,8 @@ Life of a worker::
                put    -> run the task (at most `concurrency` at once)
                delete -> the task was cancelled or taken away: stop it, write nothing
     heartbeat: every `heartbeat_s`, refresh the lease and re-put node/{id} with its load
-    finish:    one transaction per attempt, fenced on the assignment (queue.leave_running_ops)
+    finish:    one transaction per attempt, fenced on the assignment (queue.leave_running_ops);
+               outcomes ready together share one, within RESULT_BATCH and RESULT_BATCH_BYTES
     lease lost -> stop every running task, write nothing for them, register again
 
 Everything runs on one event loop; user code runs off it (sync functions in
@@ -23,6 +24,14 @@ three ways: the task returned or raised (the outcome is recorded), the worker
 cancelled it (revoked, lease lost, shutdown: nothing is recorded, or
 ``handed_back``), or it timed out. A ``CancelledError`` that the worker did not
 cause (the task code raised it itself) is a failed attempt, retried per policy.
+
+Sizes. A record is checked before it is sent: a retry (written twice, as the
+record and as its queue key) must fit ``codec.MAX_QUEUED_RECORD_BYTES``, any
+other record the limit of its state. One that does not, and any outcome whose
+transaction etcd refuses for its size (``StoreRequestTooLarge``), is recorded
+as a bounded FAILED record saying why (``Worker.fit_record``,
+``Worker.bounded_failure``): never a transaction resent unchanged, never a
+dropped outcome.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ import os
 import random
 import secrets
 import socket
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +58,7 @@ from tasklease.errors import (
     InvalidOption,
     PayloadTooLarge,
     StoreError,
+    StoreRequestTooLarge,
     StoreUnavailable,
     TaskleaseError,
     WatchCompacted,
@@ -66,12 +77,14 @@ from tasklease.models import JSON, Outcome, Task, TaskState, decide, evolve, tru
 from tasklease.queue import Assignment, decode_assignment, finished_attempt, leave_running_ops
 from tasklease.retention import RetentionLeases
 from tasklease.session import Session
-from tasklease.store import Compare, Op, Store
+from tasklease.store import MAX_TXN_BYTES, Compare, Op, Store
 
 log = logging.getLogger("tasklease.worker")
 
 # Outcomes per transaction: 2 compares and up to 4 operations each (etcd allows 128).
 RESULT_BATCH = 30
+# And at most this many bytes (etcd refuses a request over 1.5 MiB; store.MAX_TXN_BYTES).
+RESULT_BATCH_BYTES = MAX_TXN_BYTES
 # Deadline of our fenced writes: short, since resending them is safe, and a write
 # lost in an etcd leader change should be resent within about a second or two.
 FENCED_TXN_TIMEOUT_S = 2.0
@@ -201,7 +214,7 @@ class Worker:
         self._rng = random.Random()
         self.retention = RetentionLeases(store, keys, self.clock)
         # Outcomes waiting to be written; only the flusher task takes from it.
-        self._results: asyncio.Queue[tuple[Assignment, Task, asyncio.Future[None]]] = asyncio.Queue()
+        self._results: deque[tuple[Assignment, Task, asyncio.Future[None]]] = deque()
         self._flusher: asyncio.Task[None] | None = None
         # Leases declared lost, to revoke once etcd answers again (_serve_once only).
         self._abandoned: list[int] = []
@@ -620,6 +633,76 @@ class Worker:
             changes["seq"] = self._ids.sequence()  # a retry goes to the back of its band
         return evolve(task, **changes)
 
+    def fit_record(self, new: Task) -> Task:
+        """``new`` if every write of it fits, else a bounded FAILED record saying why.
+
+        A retry (queued now, or pending and queued later) is written twice by
+        one transaction, the record and its queue key, so it must stay within
+        ``codec.MAX_QUEUED_RECORD_BYTES``; any other record within
+        ``codec.record_limit`` of its state. A record that has outgrown that
+        (a payload near its maximum and long errors, attempt after attempt)
+        fails instead of being retried: recorded, rather than sent in a
+        transaction etcd refuses and dropped.
+        """
+        retry = new.state in (TaskState.QUEUED, TaskState.PENDING)
+        limit = codec.MAX_QUEUED_RECORD_BYTES if retry else codec.record_limit(new.state)
+        try:
+            size = len(codec.encode_task(new))
+            if size > limit:
+                raise PayloadTooLarge(f"{new.state.value} task record {new.id}", size, limit)
+        except PayloadTooLarge as exc:
+            if retry:
+                reason = f"not retried: the task record grew too large to requeue ({exc})"
+            else:
+                reason = f"the task record grew too large to record this outcome ({exc}); result dropped"
+            return self.bounded_failure(new, reason)
+        return new
+
+    def bounded_failure(self, new: Task, reason: str) -> Task:
+        """``new`` turned into a FAILED record that says ``reason`` and fits ``codec.MAX_RECORD_BYTES``.
+
+        The result is dropped; if that is not enough, the errors of earlier
+        attempts are shortened, and as a last resort the payload is dropped
+        (each step is said in the error).
+        """
+        last = new.current_attempt
+        attempts = new.attempts
+        first_error = reason if new.error is None else f"{reason}; last error: {new.error}"
+        if last is not None and last.outcome is Outcome.SUCCEEDED:
+            attempts = (*attempts[:-1], evolve(last, outcome=Outcome.FAILED, error=truncate_error(reason)))
+        failed = evolve(
+            new,
+            state=TaskState.FAILED,
+            attempts=attempts,
+            result=None,
+            not_before=None,
+            error=truncate_error(first_error),
+            updated_at=self.clock.now(),
+        )
+        if self._fits(failed):
+            return failed
+        short = tuple(
+            a if a.error is None or i == len(failed.attempts) - 1 else evolve(a, error=a.error[:200])
+            for i, a in enumerate(failed.attempts)
+        )
+        failed = evolve(failed, attempts=short, error=truncate_error(f"{reason}; earlier errors shortened"))
+        if self._fits(failed):
+            return failed
+        return evolve(failed, payload=None, error=truncate_error(f"{reason}; payload dropped"))
+
+    @staticmethod
+    def _fits(task: Task) -> bool:
+        try:
+            return len(codec.encode_task(task)) <= codec.record_limit(task.state)
+        except PayloadTooLarge:
+            return False
+
+    @staticmethod
+    def _txn_bytes(new: Task) -> int:
+        """About what the outcome's transaction carries (the record, twice when queued)."""
+        copies = 2 if new.state is TaskState.QUEUED else 1
+        return copies * len(codec.encode_task(new)) + 2048
+
     async def _record(
         self, assignment: Assignment, outcome: Outcome, result: JSON, error: str | None, permanent: bool
     ) -> None:
@@ -629,23 +712,24 @@ class Worker:
         the next transaction (group commit): under load one transaction records
         many attempts; alone, an outcome is written at once.
         """
-        try:
-            new = self.next_record(assignment, outcome, result, error, permanent)
-            codec.encode_task(new)
-        except PayloadTooLarge as exc:
-            new = self.next_record(assignment, Outcome.FAILED, None, str(exc), True)
+        new = self.fit_record(self.next_record(assignment, outcome, result, error, permanent))
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._results.put_nowait((assignment, new, done))
+        self._results.append((assignment, new, done))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_results(), name=f"results-{self.id}")
         await done
 
     async def _flush_results(self) -> None:
-        """Write queued outcomes, as many per transaction as fit (RESULT_BATCH)."""
-        while not self._results.empty():
-            batch = [self._results.get_nowait()]
-            while len(batch) < RESULT_BATCH and not self._results.empty():
-                batch.append(self._results.get_nowait())
+        """Write queued outcomes, as many per transaction as fit (RESULT_BATCH, RESULT_BATCH_BYTES)."""
+        while self._results:
+            batch = [self._results.popleft()]
+            size = self._txn_bytes(batch[0][1])
+            while len(batch) < RESULT_BATCH and self._results:
+                more = self._txn_bytes(self._results[0][1])
+                if size + more > RESULT_BATCH_BYTES:
+                    break
+                batch.append(self._results.popleft())
+                size += more
             try:
                 if len(batch) == 1:
                     await self._write_one(batch[0][0], batch[0][1])
@@ -662,6 +746,7 @@ class Worker:
         compares: list[Compare] = []
         ops: list[Op] = []
         failure: list[Op] = []
+        sent = True
         try:
             for assignment, new, _ in batch:
                 lease = await self.retention.lease_for(new.retention_s) if new.state.terminal else 0
@@ -670,6 +755,8 @@ class Worker:
                 ops += o
                 failure += f
             res = await self.store.txn(compares, ops, failure, timeout_s=FENCED_TXN_TIMEOUT_S)
+        except StoreRequestTooLarge:
+            res, sent = None, False  # refused before sending: nothing landed
         except StoreError:
             res = None
         if res is not None and res.succeeded:
@@ -682,8 +769,9 @@ class Worker:
                 )
                 done.set_result(None)
             return
-        # Someone's compare failed (or no answer): record them one by one, which
-        # tells the fenced ones from the rest and retries while etcd is away.
+        # Someone's compare failed (or no answer, or too large): record them one
+        # by one, which tells the fenced ones from the rest and retries while
+        # etcd is away.
         for i, (assignment, new, done) in enumerate(batch):
             if res is not None:
                 read = res.reads[i]
@@ -691,7 +779,7 @@ class Worker:
                     self._rejected(assignment, new)
                     done.set_result(None)
                     continue
-            await self._write_one(assignment, new, maybe_landed=res is None)
+            await self._write_one(assignment, new, maybe_landed=res is None and sent)
             done.set_result(None)
 
     def _rejected(self, assignment: Assignment, new: Task) -> None:
@@ -706,6 +794,7 @@ class Worker:
         delay = 0.1
         lease = 0
         sent = maybe_landed
+        bounded = False
         while True:
             if self._session is None or self._session.lost.is_set():
                 log.warning("lease lost: outcome dropped", extra=extra)
@@ -720,6 +809,21 @@ class Worker:
                 log.warning("could not record outcome (%s); retrying", exc, extra=extra)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
+                continue
+            except StoreRequestTooLarge as exc:
+                # Refused for its size (nothing was sent): never resend it
+                # unchanged. Record a bounded failure instead, once.
+                if bounded:
+                    log.error(
+                        "could not record even a bounded failure: %s; outcome dropped", exc, extra=extra
+                    )
+                    return
+                log.error("outcome too large to write (%s); recording the task as failed", exc, extra=extra)
+                new = self.bounded_failure(
+                    new, f"not retried: the task record grew too large to write ({exc})"
+                )
+                bounded = True
+                lease = 0
                 continue
             except StoreError as exc:
                 if lease and "lease not found" in str(exc):
