@@ -2,8 +2,10 @@
 
 Life of a worker::
 
-    register:  grant lease; put node/{id} under it; read assign/{id}/ (revision R)
-    serve:     watch assign/{id}/ from R + 1
+    register:  grant lease; put node/{id} under it; read assign/{id}/ (revision R; paged
+               by bytes with Store.scan: assignments are whole task records)
+    serve:     watch assign/{id}/ from R + 1 (compacted or too large to receive:
+               read again, running tasks and the lease untouched, watch again)
                put    -> run the task (at most `concurrency` at once)
                delete -> the task was cancelled or taken away: stop it, write nothing
     heartbeat: every `heartbeat_s`, refresh the lease and re-put node/{id} with its load
@@ -77,7 +79,7 @@ from tasklease.models import JSON, Outcome, Task, TaskState, decide, evolve, tru
 from tasklease.queue import Assignment, decode_assignment, finished_attempt, leave_running_ops
 from tasklease.retention import RetentionLeases
 from tasklease.session import Session
-from tasklease.store import MAX_TXN_BYTES, Compare, Op, Store
+from tasklease.store import KV, MAX_TXN_BYTES, Compare, Op, Store
 
 log = logging.getLogger("tasklease.worker")
 
@@ -420,15 +422,15 @@ class Worker:
         try:
             await self._put_node()
             prefix = self.keys.worker_assignments(self.id)
-            initial = await self.store.range(prefix, prefix_end(prefix))
+            assigned, revision = await self._read_assignments(prefix)
             log.info(
                 "worker registered",
                 extra=self._ctx(lease=f"{session.lease_id:x}", queues=",".join(self.config.queues)),
             )
             self._registered.set()
-            for kv in initial.kvs:
+            for kv in assigned:
                 self._on_assigned(kv)
-            watcher = asyncio.create_task(self._watch(prefix, initial.revision + 1))
+            watcher = asyncio.create_task(self._watch(prefix, revision + 1))
             lost = asyncio.create_task(session.lost.wait())
             try:
                 await asyncio.wait({watcher, lost}, return_when=asyncio.FIRST_COMPLETED)
@@ -460,16 +462,55 @@ class Worker:
                         else:
                             self._on_revoked(ev.kv.key, ev.kv.mod_revision)
                 return
-            except WatchCompacted:
-                # Re-sync: what is assigned now is the truth.
-                current = await self.store.range(prefix, prefix_end(prefix))
-                live = {(kv.key.rsplit("/", 1)[-1], kv.create_revision) for kv in current.kvs}
+            except WatchCompacted as exc:
+                # Compacted, or a catch-up too large to receive (WatchTooLarge):
+                # re-read, and what is assigned now is the truth. Running tasks
+                # whose assignment is still there go on; the lease is untouched.
+                log.warning("assignment watch: %s; reading the assignments again", exc, extra=self._ctx())
+                current, read_at = await self._reread_assignments(prefix)
+                live = {(kv.key.rsplit("/", 1)[-1], kv.create_revision) for kv in current}
                 for run in self._all_runs():
                     if (run.assignment.task.id, run.assignment.token) not in live:
                         self._stop_revoked(run)
-                for kv in current.kvs:
+                for kv in current:
                     self._on_assigned(kv)
-                revision = current.revision + 1
+                revision = read_at + 1
+
+    async def _read_assignments(self, prefix: str) -> tuple[list[KV], int]:
+        """Every assignment of ours as of one revision, paged by bytes.
+
+        Assignment values are whole task records (up to
+        ``codec.MAX_RUNNING_RECORD_BYTES`` each), so one unpaged read of a
+        worker's assignments may be far over what one response may carry.
+
+        Returns:
+            The assignments and the revision of the read (watch from the next one).
+        """
+        end = prefix_end(prefix)
+        # The revision first: an empty scan yields no page, hence no revision.
+        revision = (await self.store.range(prefix, end, count_only=True)).revision
+        kvs: list[KV] = []
+        async for page in self.store.scan(prefix, end, revision=revision):
+            kvs.extend(page.kvs)
+        return kvs, revision
+
+    async def _reread_assignments(self, prefix: str) -> tuple[list[KV], int]:
+        """:meth:`_read_assignments`, retried while etcd does not answer.
+
+        Giving up here would end the session (revoke the lease, stop every
+        task) for what is only a gap in the watch; if etcd stays away, the
+        session's own deadline (lease lost) ends the serve instead.
+        """
+        delay = 0.1
+        while True:
+            try:
+                return await self._read_assignments(prefix)
+            except StoreUnavailable as exc:
+                log.warning(
+                    "cannot read the assignments (%s); retrying in %.1f s", exc, delay, extra=self._ctx()
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     async def _on_lease_lost(self) -> None:
         """Stop every task; write nothing (their assignments are gone with the lease)."""
