@@ -1,8 +1,15 @@
 """The ``tasklease`` command: a thin layer over :mod:`tasklease.client`.
 
 Exit codes: 0 success; 1 a runtime failure (etcd unreachable, a task that did
-not succeed, a wait that timed out); 2 bad input (bad option, unknown task id,
-invalid transition). Errors are one line on stderr, never a traceback.
+not succeed, a wait that timed out); 2 bad input (bad option or environment
+variable, unknown or malformed task id, invalid transition, a scheduler id that
+another live scheduler uses). Errors are one line on stderr, never a traceback.
+
+Every option and environment variable is parsed inside the error handler of
+:func:`main`: environment values are read after the command line (an option
+wins over its variable) and checked like the option. Numbers must be finite
+(NaN and infinity are refused everywhere). Task ids are read case-insensitively
+(Crockford base32).
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import os
 import signal
 import sys
@@ -28,6 +36,7 @@ from tasklease.errors import (
     TaskNotFound,
     ValidationError,
 )
+from tasklease.ids import default_process_id
 from tasklease.models import Task, TaskState
 from tasklease.retry import RetryPolicy
 from tasklease.store import DEFAULT_ENDPOINT, StoreConfig
@@ -40,58 +49,146 @@ USER_ERRORS = (ValidationError, TaskNotFound, InvalidTransition)
 
 
 class UsageError(Exception):
-    """A mistake on the command line (exit 2)."""
+    """A mistake on the command line or in the environment (exit 2)."""
 
 
-def _env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(name, default)
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        """Report a bad command line."""
+        _fail(f"{message} (see: {self.prog} --help)", EXIT_USAGE)
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+# Numbers: parsed by these, on the command line and from the environment alike.
+def _finite_float(text: str) -> float:
+    """A finite number (its range is checked where it is used)."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    """A finite number > 0."""
+    value = _finite_float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    """A finite number >= 0."""
+    value = _finite_float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+
+
+def _log_level(text: str) -> str:
+    level = text.strip().lower()
+    if level not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"unknown log level {text!r} (use {', '.join(LOG_LEVELS)})")
+    return level
+
+
+# Options that an environment variable may give: (dest, variable, parse or None).
+ENV_OPTIONS: tuple[tuple[str, str, Callable[[str], Any] | None], ...] = (
+    ("etcd", "TASKLEASE_ETCD", None),
+    ("namespace", "TASKLEASE_NAMESPACE", None),
+    ("etcd_timeout", "TASKLEASE_ETCD_TIMEOUT", _positive_float),
+    ("etcd_user", "TASKLEASE_ETCD_USER", None),
+    ("etcd_password", "TASKLEASE_ETCD_PASSWORD", None),
+    ("etcd_ca", "TASKLEASE_ETCD_CA", None),
+    ("etcd_cert", "TASKLEASE_ETCD_CERT", None),
+    ("etcd_key", "TASKLEASE_ETCD_KEY", None),
+    ("log_level", "TASKLEASE_LOG_LEVEL", _log_level),
+)
+DEFAULTS: dict[str, Any] = {
+    "etcd": DEFAULT_ENDPOINT,
+    "namespace": "tasklease",
+    "etcd_timeout": 5.0,
+}
 
 
 def _common(parser: argparse.ArgumentParser, *, top: bool) -> None:
     """Options every command takes, before or after the command name."""
 
-    # On the top parser they carry defaults; on sub-parsers SUPPRESS keeps a
-    # value given before the command from being reset to the default.
+    # On the top parser they default to None (filled from the environment, then
+    # DEFAULTS, by resolve_environment); on sub-parsers SUPPRESS keeps a value
+    # given before the command from being reset.
     def d(value: Any) -> Any:
         return value if top else argparse.SUPPRESS
+
+    def h(text: str) -> str:
+        return text if top else argparse.SUPPRESS
 
     g = parser.add_argument_group("etcd connection")
     g.add_argument(
         "--etcd",
         metavar="ENDPOINTS",
-        default=d(_env("TASKLEASE_ETCD", DEFAULT_ENDPOINT)),
-        help="comma-separated etcd endpoints (env TASKLEASE_ETCD; default %(default)s)"
-        if top
-        else argparse.SUPPRESS,
+        default=d(None),
+        help=h(f"comma-separated etcd endpoints (env TASKLEASE_ETCD; default {DEFAULT_ENDPOINT})"),
     )
-    g.add_argument(
-        "--namespace",
-        default=d(_env("TASKLEASE_NAMESPACE", "tasklease")),
-        help="key namespace (env TASKLEASE_NAMESPACE)" if top else argparse.SUPPRESS,
-    )
+    g.add_argument("--namespace", default=d(None), help=h("key namespace (env TASKLEASE_NAMESPACE)"))
     g.add_argument(
         "--etcd-timeout",
-        type=float,
-        default=d(float(_env("TASKLEASE_ETCD_TIMEOUT", "5") or 5)),
-        help="seconds to wait for one etcd request" if top else argparse.SUPPRESS,
+        type=_positive_float,
+        default=d(None),
+        help=h("seconds to wait for one etcd request (env TASKLEASE_ETCD_TIMEOUT; default 5)"),
     )
-    g.add_argument("--etcd-user", default=d(_env("TASKLEASE_ETCD_USER")), help=argparse.SUPPRESS)
-    g.add_argument("--etcd-password", default=d(_env("TASKLEASE_ETCD_PASSWORD")), help=argparse.SUPPRESS)
-    g.add_argument("--etcd-ca", default=d(_env("TASKLEASE_ETCD_CA")), help=argparse.SUPPRESS)
-    g.add_argument("--etcd-cert", default=d(_env("TASKLEASE_ETCD_CERT")), help=argparse.SUPPRESS)
-    g.add_argument("--etcd-key", default=d(_env("TASKLEASE_ETCD_KEY")), help=argparse.SUPPRESS)
+    g.add_argument("--etcd-user", default=d(None), help=argparse.SUPPRESS)
+    g.add_argument("--etcd-password", default=d(None), help=argparse.SUPPRESS)
+    g.add_argument("--etcd-ca", default=d(None), help=argparse.SUPPRESS)
+    g.add_argument("--etcd-cert", default=d(None), help=argparse.SUPPRESS)
+    g.add_argument("--etcd-key", default=d(None), help=argparse.SUPPRESS)
     parser.add_argument(
         "--json",
         action="store_true",
         default=d(False),
-        help="print machine-readable JSON" if top else argparse.SUPPRESS,
+        help=h("print machine-readable JSON"),
     )
-    parser.add_argument(
-        "--log-level",
-        default=d(_env("TASKLEASE_LOG_LEVEL", "warning")),
-        choices=["debug", "info", "warning", "error"],
-        help=argparse.SUPPRESS,
-    )
+    parser.add_argument("--log-level", type=_log_level, default=d(None), help=argparse.SUPPRESS)
+
+
+def resolve_environment(args: argparse.Namespace, environ: Any = None) -> argparse.Namespace:
+    """Fill options not given on the command line from the environment, then defaults.
+
+    Endpoints and the namespace are checked where they are used (by the
+    commands that connect), inside the same error handler.
+
+    Raises:
+        UsageError: An environment variable's value is invalid (named in the message).
+    """
+    environ = os.environ if environ is None else environ
+    for dest, variable, parse in ENV_OPTIONS:
+        if getattr(args, dest, None) is not None:
+            continue
+        raw = environ.get(variable)
+        if not raw:  # unset or empty: the default
+            value = DEFAULTS.get(dest)
+        elif parse is None:
+            value = raw
+        else:
+            try:
+                value = parse(raw)
+            except argparse.ArgumentTypeError as exc:
+                raise UsageError(f"environment variable {variable}: {exc}") from None
+        setattr(args, dest, value)
+    return args
 
 
 def store_config(args: argparse.Namespace) -> StoreConfig:
@@ -107,28 +204,9 @@ def store_config(args: argparse.Namespace) -> StoreConfig:
     )
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line."""
-    parser = argparse.ArgumentParser(
-        prog="tasklease", description="A distributed task scheduler coordinated by etcd."
-    )
+    parser = Parser(prog="tasklease", description="A distributed task scheduler coordinated by etcd.")
     _common(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -147,12 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--payload", default="null", help="JSON payload")
     p.add_argument("--priority", type=_int, default=1, help="0 (low) .. 3 (urgent); default 1")
     p.add_argument("--queue", default="default")
-    p.add_argument("--timeout", type=float, default=300.0, help="seconds per attempt")
+    p.add_argument("--timeout", type=_finite_float, default=300.0, help="seconds per attempt")
     p.add_argument("--retries", type=_int, default=0, help="retries after a failure")
-    p.add_argument("--backoff", type=float, default=1.0, help="first retry delay (s)")
+    p.add_argument("--backoff", type=_finite_float, default=1.0, help="first retry delay (s)")
     p.add_argument(
         "--retention",
-        type=float,
+        type=_finite_float,
         default=7 * 24 * 3600.0,
         help="seconds the record is kept once finished (default 7 days)",
     )
@@ -184,7 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id", default=None, help="worker id (default host-pid-random)")
     p.add_argument("--concurrency", type=_int, default=4, help="most tasks at once (default 4)")
     p.add_argument("--queues", default="default", help="comma-separated queues (default: default)")
-    p.add_argument("--weight", type=float, default=1.0, help="relative capacity (weighted balancer)")
+    p.add_argument(
+        "--weight", type=_positive_float, default=1.0, help="relative capacity (weighted balancer)"
+    )
     p.add_argument("--tags", default="", help="k=v,... labels published with the node")
     p.add_argument(
         "--import",
@@ -199,7 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--heartbeat", type=_positive_float, default=3.0, help="seconds between heartbeats (default 3)"
     )
     p.add_argument(
-        "--grace", type=float, default=30.0, help="seconds running tasks get on SIGTERM (default 30)"
+        "--grace",
+        type=_non_negative_float,
+        default=30.0,
+        help="seconds running tasks get on SIGTERM (default 30)",
     )
     p.add_argument("--allow", default="", help="enable sensitive built-ins: shell,http")
     p.add_argument("--log-format", choices=["json", "text"], default="json")
@@ -207,7 +290,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = cmd("nodes", "list live workers and their load")
 
     p = cmd("scheduler", "run a scheduler in the foreground (one of several leads)")
-    p.add_argument("--id", default=None, help="scheduler id (default sched-host-random)")
+    p.add_argument(
+        "--id",
+        default=None,
+        help="scheduler id, unique among live schedulers (default sched-HOST-PID-RANDOM)",
+    )
     p.add_argument(
         "--balancer", default="least_load", choices=["round_robin", "random", "least_load", "weighted"]
     )
@@ -217,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lease-ttl", type=_int, default=10, help="leadership lease TTL in seconds (default 10)")
     p.add_argument(
         "--deadline-grace",
-        type=float,
+        type=_non_negative_float,
         default=5.0,
         help="seconds past a task's timeout before the scheduler ends it",
     )
@@ -528,7 +615,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from tasklease.store import Store
     from tasklease.worker import Worker, WorkerConfig, default_worker_id
 
-    setup_logging(os.environ.get("TASKLEASE_LOG_LEVEL", "info"), args.log_format)
+    setup_logging(args.log_level or "info", args.log_format)
     _tune_gc()
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # --import finds modules of the current directory
@@ -580,13 +667,13 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     """``tasklease scheduler``: campaign and lead until SIGTERM/SIGINT, then resign at once."""
     from tasklease.keys import Keyspace
     from tasklease.logs import setup_logging
-    from tasklease.scheduler import Scheduler, SchedulerConfig, default_scheduler_id
+    from tasklease.scheduler import Scheduler, SchedulerConfig
     from tasklease.store import Store
 
-    setup_logging(os.environ.get("TASKLEASE_LOG_LEVEL", "info"), args.log_format)
+    setup_logging(args.log_level or "info", args.log_format)
     _tune_gc()
     config = SchedulerConfig(
-        scheduler_id=args.id or default_scheduler_id(),
+        scheduler_id=args.id or default_process_id("sched"),
         balancer=args.balancer,
         batch_size=args.batch_size,
         lease_ttl_s=args.lease_ttl,
@@ -602,6 +689,17 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         try:
+            # Register the id first: a second live scheduler with the same id is
+            # refused here (DuplicateCandidate, exit 2) instead of campaigning.
+            registering = asyncio.create_task(scheduler.election.register())
+            stopping = asyncio.create_task(stop.wait())
+            await asyncio.wait({registering, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if not registering.done():
+                registering.cancel()
+                await asyncio.gather(registering, return_exceptions=True)
+                return EXIT_OK
+            registering.result()
             await scheduler.start()
             await stop.wait()
         finally:
@@ -732,9 +830,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     from tasklease.logs import setup_logging
 
-    args = build_parser().parse_args(argv)
-    setup_logging(args.log_level, "text")
     try:
+        args = resolve_environment(build_parser().parse_args(argv))
+        setup_logging(args.log_level or "warning", "text")
         return COMMANDS[args.command](args)
     except (*USER_ERRORS, UsageError) as exc:
         _fail(str(exc), EXIT_USAGE)

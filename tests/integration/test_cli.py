@@ -101,7 +101,8 @@ def test_bad_input_is_one_line_and_exit_2(tasklease_bin, cli_env, args, message)
     assert out.returncode == 2, (out.stdout, out.stderr)
     assert message in out.stderr
     assert "Traceback" not in out.stderr
-    assert len(out.stderr.strip().splitlines()) <= 2 or out.stderr.startswith("usage:")
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert out.stderr.startswith("tasklease: error: ")
     # nothing was written
     listed = json.loads(tl(tasklease_bin, cli_env, "list", "--json").stdout)
     assert listed == []
@@ -203,3 +204,127 @@ def test_missing_etcd_binary_says_what_to_install(tmp_path: Path):
     env["TASKLEASE_ETCD_BIN"] = str(tmp_path / "nope")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30)
     assert "TASKLEASE_ETCD_BIN" in out.stdout
+
+
+def assert_one_line_usage_error(out: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    assert "Traceback" not in out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith("tasklease: error: "), out.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], out.stderr
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("TASKLEASE_ETCD_TIMEOUT", "abc", "not a number: 'abc'"),
+        ("TASKLEASE_ETCD_TIMEOUT", "nan", "not a finite number"),
+        ("TASKLEASE_ETCD_TIMEOUT", "inf", "not a finite number"),
+        ("TASKLEASE_ETCD_TIMEOUT", "-1", "must be > 0"),
+        ("TASKLEASE_ETCD_TIMEOUT", "0", "must be > 0"),
+        ("TASKLEASE_LOG_LEVEL", "loud", "unknown log level 'loud'"),
+        ("TASKLEASE_NAMESPACE", "a/b", "invalid namespace name"),
+        ("TASKLEASE_ETCD", "http://", "bad etcd endpoint"),
+    ],
+)
+@pytest.mark.parametrize("command", [["list"], ["submit", "noop"], ["stats"]])
+def test_a_bad_environment_variable_is_one_line_and_exit_2(
+    tasklease_bin, cli_env, variable, value, message, command
+):
+    out = tl(tasklease_bin, dict(cli_env, **{variable: value}), *command)
+    assert_one_line_usage_error(out, message)
+    if variable.endswith(("TIMEOUT", "LEVEL")):
+        assert variable in out.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["submit", "noop", "--timeout", "nan"],
+        ["submit", "noop", "--timeout", "inf"],
+        ["submit", "noop", "--backoff", "nan"],
+        ["submit", "noop", "--backoff", "inf"],
+        ["submit", "noop", "--retention", "nan"],
+        ["submit", "noop", "--retention=-inf"],
+        ["submit", "noop", "--wait", "--wait-timeout", "nan"],
+        ["submit", "noop", "--wait", "--wait-timeout", "inf"],
+        ["wait", "01J00000000000000000000000", "--timeout", "nan"],
+        ["wait", "01J00000000000000000000000", "--timeout", "infinity"],
+        ["--etcd-timeout", "nan", "list"],
+        ["list", "--etcd-timeout", "inf"],
+        ["worker", "--grace", "nan"],
+        ["worker", "--weight", "inf"],
+        ["worker", "--heartbeat", "nan"],
+        ["scheduler", "--deadline-grace", "nan"],
+        ["scheduler", "--deadline-grace", "inf"],
+        ["soak", "--chaos-interval", "nan"],
+        ["soak", "--timeout", "inf"],
+    ],
+    ids=" ".join,
+)
+def test_nan_and_infinity_are_refused_everywhere(tasklease_bin, cli_env, args):
+    out = tl(tasklease_bin, cli_env, *args)
+    assert_one_line_usage_error(out, "not a finite number")
+    listed = json.loads(tl(tasklease_bin, cli_env, "list", "--json").stdout)
+    assert listed == []
+
+
+def test_task_ids_are_read_case_insensitively(tasklease_bin, cli_env):
+    task_id = tl(tasklease_bin, cli_env, "submit", "noop", "--priority", "0").stdout.strip()
+    lower = task_id.lower()
+    assert lower != task_id
+    status = tl(tasklease_bin, cli_env, "status", lower, "--json")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["id"] == task_id
+    moved = tl(tasklease_bin, cli_env, "priority", lower, "3", "--json")
+    assert moved.returncode == 0, moved.stderr
+    assert json.loads(moved.stdout)["priority"] == 3
+    cancelled = tl(tasklease_bin, cli_env, "cancel", f" {lower} ", "--json")
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert json.loads(cancelled.stdout)["state"] == "cancelled"
+    waited = tl(tasklease_bin, cli_env, "wait", lower, "--json", "--timeout", "10")
+    assert waited.returncode == 1  # it did not succeed: it was cancelled
+    assert json.loads(waited.stdout)["id"] == task_id
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["status", "not-an-id"], ["cancel", "not-an-id"], ["wait", "not-an-id"], ["priority", "not-an-id", "2"]],
+    ids=" ".join,
+)
+def test_a_malformed_task_id_says_so(tasklease_bin, cli_env, args):
+    out = tl(tasklease_bin, cli_env, *args)
+    assert_one_line_usage_error(out, "malformed task id 'not-an-id'")
+
+
+def wait_for_text(path: Path, text: str, proc: subprocess.Popen[bytes], within_s: float = 60) -> None:
+    """Hang guard only: poll a log file until ``text`` shows up."""
+    deadline = time.monotonic() + within_s
+    while text not in path.read_text(errors="replace"):
+        assert proc.poll() is None, path.read_text(errors="replace")
+        assert time.monotonic() < deadline, f"{text!r} not logged: {path.read_text(errors='replace')}"
+        time.sleep(0.1)
+
+
+def test_a_second_scheduler_with_the_same_id_is_refused(tasklease_bin, cli_env, tmp_path: Path):
+    # Given a scheduler running with --id dup
+    log = tmp_path / "first.log"
+    argv = [tasklease_bin, "scheduler", "--id", "dup", "--lease-ttl", "2", "--log-format", "text"]
+    with open(log, "wb") as out, subprocess.Popen(argv, env=cli_env, stdout=out, stderr=out) as first:
+        try:
+            wait_for_text(log, "elected leader", first)
+            # When a second one starts with the same id
+            second = tl(tasklease_bin, cli_env, *argv[1:], timeout=60)
+            # Then it is refused with a one-line error, exit 2 ...
+            assert second.returncode == 2, second.stderr
+            assert "Traceback" not in second.stderr
+            last = second.stderr.strip().splitlines()[-1]
+            assert last.startswith("tasklease: error: another scheduler is running with id 'dup'"), last
+            # ... and the first one still leads: it never lost its leadership
+            assert first.poll() is None
+            assert "leadership lost" not in log.read_text()
+        finally:
+            first.send_signal(signal.SIGTERM)
+            assert first.wait(timeout=30) == 0
