@@ -83,6 +83,12 @@ class FaultyStore(Store):
         self._check("keepalive", lease_id)
         return await super().keepalive(lease_id)
 
+    async def watch(self, prefix: str, end: str, start_revision: int, **kwargs: Any) -> Any:
+        """Raises the fault when the stream is first read (like an error on the first response)."""
+        self._check("watch", prefix, end, start_revision)
+        async for events in super().watch(prefix, end, start_revision, **kwargs):
+            yield events
+
 
 def writes_under(prefix: str) -> Callable[..., bool]:
     """A ``when`` for ``txn`` faults: the success branch puts a key under ``prefix``."""

@@ -97,3 +97,20 @@ async def wait_for_file(path: str, within_s: float = 60.0) -> str:
             raise TimeoutError(f"{path} did not appear within {within_s:g} s")
         await asyncio.sleep(0.02)
     return path
+
+
+# Realistic payload sizes (tests/integration/test_payload_sizes.py): `pad` carries the bulk.
+@registry.task
+async def pad_echo(pad: str, n: int = 0) -> dict:
+    return {"pad": pad, "n": n}
+
+
+@registry.task
+async def pad_fail(pad: str, n: int = 0, error_bytes: int = 8192) -> None:
+    raise RuntimeError("e" * error_bytes)
+
+
+@registry.task
+def pad_sleep(pad: str, seconds: float) -> int:
+    time.sleep(seconds)
+    return len(pad)

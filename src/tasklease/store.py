@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import re
 import socket
@@ -109,6 +110,8 @@ class StoreConfig:
         key_file: PEM client key (mutual TLS).
         tls_server_name: Name to check in the server certificate.
         tls: Use TLS even without ``ca_file`` (the system's CA bundle).
+        max_receive_bytes: Largest message the channel accepts (reads are paged
+            to a quarter of it; a watch response over it resyncs the watch).
     """
 
     endpoints: tuple[str, ...] = ("127.0.0.1:2379",)
@@ -120,6 +123,7 @@ class StoreConfig:
     key_file: str | None = None
     tls_server_name: str | None = None
     tls: bool = False
+    max_receive_bytes: int = MAX_RECEIVE_BYTES
 
     @classmethod
     def from_text(cls, endpoints: str, **kwargs: Any) -> StoreConfig:
@@ -140,8 +144,10 @@ class StoreConfig:
     def __post_init__(self) -> None:
         if not self.endpoints:
             raise InvalidOption("no etcd endpoint given")
-        if not self.timeout_s > 0:
-            raise InvalidOption("etcd timeout must be > 0")
+        if not (self.timeout_s > 0 and math.isfinite(self.timeout_s)):
+            raise InvalidOption(f"etcd timeout must be a finite number > 0, got {self.timeout_s}")
+        if self.max_receive_bytes < 1024 * 1024:
+            raise InvalidOption("the receive limit must be at least 1 MiB")
         if (self.user is None) != (self.password is None):
             raise InvalidOption("etcd user and password go together")
         if (self.cert_file is None) != (self.key_file is None):
@@ -364,7 +370,7 @@ class Store:
         # one page of 1,000 records of 4.5 KB. Requests are checked by txn() first.
         self._client._manager.grpc_options.extend(
             [
-                ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
+                ("grpc.max_receive_message_length", cfg.max_receive_bytes),
                 ("grpc.max_send_message_length", MAX_REQUEST_BYTES + 64 * 1024),
             ]
         )
@@ -499,7 +505,7 @@ class Store:
         *,
         revision: int = 0,
         keys_only: bool = False,
-        budget_bytes: int = READ_BUDGET_BYTES,
+        budget_bytes: int | None = None,
         first_page: int = FIRST_PAGE,
     ) -> AsyncIterator[RangeResult]:
         """Read ``[prefix, end)`` page by page, each page bounded by bytes and by count.
@@ -508,12 +514,15 @@ class Store:
         pages together are one consistent read. The first page holds at most
         ``first_page`` keys (``MAX_PAGE`` if ``keys_only``); each next one as
         many as fit ``budget_bytes`` at the size of the largest value seen so
-        far. A page refused for its size is read again at a quarter of the
-        count (down to one key).
+        far (``budget_bytes`` defaults to ``READ_BUDGET_BYTES``, at most a
+        quarter of the receive limit). A page refused for its size is read
+        again at a quarter of the count (down to one key).
 
         Yields:
             The pages (their ``revision`` is the snapshot's).
         """
+        if budget_bytes is None:
+            budget_bytes = min(READ_BUDGET_BYTES, self.config.max_receive_bytes // 4)
         limit = MAX_PAGE if keys_only else max(1, min(first_page, MAX_PAGE))
         start = prefix
         largest = 0
@@ -743,7 +752,7 @@ class Store:
                 ):
                     raise WatchTooLarge(
                         f"watch of {prefix} from revision {next_revision}: a response was over "
-                        f"{MAX_RECEIVE_BYTES} bytes ({exc.details()}); re-read and watch again"
+                        f"{self.config.max_receive_bytes} bytes ({exc.details()}); re-read and watch again"
                     ) from exc
                 if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                     raise self._wrap(exc, "watch") from exc
