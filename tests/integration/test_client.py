@@ -230,6 +230,78 @@ async def test_cancel_of_an_assigned_task_deletes_its_assignment(
     assert (await store.get(keyspace.running_entry(task.id)))[0] is None
 
 
+class GatedStore(Store):
+    """The real store; a chosen transaction waits at a gate before it is sent.
+
+    Drives an interleaving deterministically: the transaction has been prepared
+    from a read, and is held until the test has let the other party write.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.hold_key: str | None = None  # hold the next txn that puts this key
+        self.held = asyncio.Event()
+        self.gate = asyncio.Event()
+        self.txns_putting: dict[str, int] = {}
+
+    async def txn(self, compares, success, failure=(), **kwargs):
+        for op in success:
+            if isinstance(op, Put):
+                self.txns_putting[op.key] = self.txns_putting.get(op.key, 0) + 1
+        if self.hold_key is not None and any(
+            isinstance(op, Put) and op.key == self.hold_key for op in success
+        ):
+            self.hold_key = None
+            self.held.set()
+            await self.gate.wait()
+        return await super().txn(compares, success, failure, **kwargs)
+
+
+@pytest.mark.parametrize("first", ["cancel", "priority"])
+async def test_cancel_and_priority_race_both_outcomes(
+    client: Client, store_config, keyspace: Keyspace, store: Store, first: str
+):
+    # Given a queued task and two clients about to cancel it and raise its priority
+    task = await client.submit("noop", priority=0)
+    async with GatedStore(store_config) as gated_store:
+        gated = Client(gated_store, keyspace)
+        # the later party has read the record and prepared its transaction: hold it there
+        gated_store.hold_key = keyspace.task(task.id)
+        if first == "cancel":
+            late = asyncio.create_task(gated.set_priority(task.id, 3))
+        else:
+            late = asyncio.create_task(gated.cancel(task.id))
+        async with asyncio.timeout(30):  # hang guard only
+            await gated_store.held.wait()
+            # When the other party writes first ...
+            if first == "cancel":
+                early = await client.cancel(task.id)
+                assert early.state is TaskState.CANCELLED and early.priority == 0
+            else:
+                early = await client.set_priority(task.id, 3)
+                assert early.state is TaskState.QUEUED and early.priority == 3
+            # ... and then the held transaction goes (its compare fails: it re-reads)
+            gated_store.gate.set()
+            late_result = await asyncio.gather(late, return_exceptions=True)
+        await gated.close()
+    final = await client.get(task.id)
+    assert final.state is TaskState.CANCELLED
+    assert await queue_keys(store, keyspace) == []
+    if first == "cancel":
+        # Then the priority change finds the task cancelled and refuses; the record
+        # keeps the priority it had when it was cancelled
+        assert isinstance(late_result[0], InvalidTransition), late_result
+        assert final.priority == 0
+        assert gated_store.txns_putting[keyspace.task(task.id)] == 1  # the held one, which failed
+    else:
+        # Then the cancel, on its second try, cancels the task at its new priority and
+        # deletes the queue key of its new band (none is left behind)
+        assert not isinstance(late_result[0], BaseException), late_result
+        assert late_result[0].state is TaskState.CANCELLED
+        assert gated_store.txns_putting[keyspace.task(task.id)] == 2  # the held one failed
+        assert final.priority == 3
+
+
 async def test_cancel_and_priority_race_leaves_one_consistent_state(
     client: Client, store_config, keyspace: Keyspace, store: Store
 ):
@@ -237,7 +309,6 @@ async def test_cancel_and_priority_race_leaves_one_consistent_state(
     async with Store(store_config) as other_store:
         other = Client(other_store, keyspace)
         rng = random.Random(7)
-        outcomes = {"cancelled": 0, "priority_then_cancel": 0}
         for _ in range(40):
             task = await client.submit("noop", priority=0)
             new_priority = rng.randint(1, 3)
@@ -251,14 +322,30 @@ async def test_cancel_and_priority_race_leaves_one_consistent_state(
             # Then: the task is cancelled (cancel always wins eventually or first) ...
             assert final.state is TaskState.CANCELLED
             assert not isinstance(results[0], BaseException)
-            # ... and no queue key is left behind, whichever order they ran in
+            # ... no queue key is left behind, whichever order they ran in, and the
+            # record's priority says which: the new one if the change came first
             assert keys == []
             if isinstance(results[1], InvalidTransition):
-                outcomes["cancelled"] += 1
+                assert final.priority == 0
             else:
                 assert not isinstance(results[1], BaseException), results[1]
-                outcomes["priority_then_cancel"] += 1
-        assert sum(outcomes.values()) == 40
+                assert final.priority == new_priority
+        await other.close()
+
+
+async def test_task_ids_are_read_case_insensitively(client: Client):
+    task = await client.submit("noop", priority=0)
+    lower = task.id.lower()
+    assert (await client.get(lower)).id == task.id
+    assert (await client.set_priority(lower, 2)).priority == 2
+    assert (await client.get(task.id)).priority == 2
+    cancelled = await client.cancel(f" {lower} ")
+    assert cancelled.id == task.id and cancelled.state is TaskState.CANCELLED
+    assert (await client.wait(lower, timeout_s=5)).state is TaskState.CANCELLED
+    with pytest.raises(TaskNotFound, match="malformed task id 'not-an-id'"):
+        await client.wait("not-an-id", timeout_s=1)
+    with pytest.raises(TaskNotFound, match="malformed task id"):
+        await client.cancel("x")
 
 
 async def test_concurrent_priority_changes_keep_exactly_one_queue_key(
