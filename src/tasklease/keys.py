@@ -10,15 +10,14 @@ key                                    value                           written b
 ``/{ns}/task/{id}``                    task record (JSON, codec.py)    client,         none
                                                                        scheduler,
                                                                        worker
-``/{ns}/queue/{queue}/{band}/{seq}/    the task id                     client,         none
-{id}``                                                                 scheduler,
-                                                                       worker
+``/{ns}/queue/{queue}/{band}/{seq}/    the queued task record (same    client,         none
+{id}``                                 bytes and mod revision as       scheduler,
+                                       ``task/{id}``)                  worker
 ``/{ns}/node/{worker}``                node record (JSON)              worker          worker's
-``/{ns}/assign/{worker}/{id}``         assignment (JSON: attempt,      scheduler       worker's
-                                       deadline)                       (tests in
-                                                                       step 2)
-``/{ns}/running/{id}``                 worker id and attempt (JSON)    with the        none
-                                                                       assignment
+``/{ns}/assign/{worker}/{id}``         the running task record as the  scheduler       worker's
+                                       assignment wrote it
+``/{ns}/running/{id}``                 JSON: worker, attempt ``n``,    with the        none
+                                       ``deadline``, timeout ``t``     assignment
 ``/{ns}/delayed/{due}/{id}``           the task id (a pending task     worker,         none
                                        waiting for its retry backoff)  scheduler
 ``/{ns}/leader``                       the leading scheduler's id      scheduler       leader's
