@@ -10,6 +10,7 @@ import pytest
 from tasklease import codec
 from tasklease.client import TASKS_PER_TXN, Client, TaskSpec
 from tasklease.errors import (
+    InvalidOption,
     InvalidPayload,
     InvalidPriority,
     InvalidQueueName,
@@ -390,3 +391,12 @@ async def test_a_used_id_in_a_group_fails_alone(client: Client, store: Store, ke
     assert isinstance(results[-1], Exception) and "already used" in str(results[-1])
     assert all(not isinstance(r, BaseException) for r in results[:-1])
     assert len(await queue_keys(store, keyspace)) == 11
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 0, -1, "5", True])
+async def test_wait_and_stats_refuse_non_finite_or_non_positive_times(client: Client, bad):
+    task = await client.submit("noop")
+    with pytest.raises(InvalidOption, match="finite number of seconds > 0"):
+        await client.wait(task.id, timeout_s=bad)
+    with pytest.raises(InvalidOption, match="finite number of seconds > 0"):
+        await client.stats(window_s=bad)

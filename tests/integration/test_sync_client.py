@@ -13,6 +13,7 @@ def test_sync_client_does_what_the_async_one_does(etcd_endpoint, namespace):
     with SyncClient(StoreConfig.from_text(etcd_endpoint), namespace=namespace) as client:
         task = client.submit("noop", {"x": 1}, priority=2)
         assert client.get(task.id).payload == {"x": 1}
+        assert client.get(task.id.lower()).id == task.id  # ids are read case-insensitively
         batch = client.submit_many(TaskSpec("noop", {"i": i}) for i in range(3))
         assert batch.transactions == 1
         assert [t.id for t in client.list(state=TaskState.QUEUED, queue="default")] == [
