@@ -541,3 +541,39 @@ async def test_stats_json_counts_tasks_per_state_and_queue(
     assert final["states"] == {**zero, "succeeded": 63, "failed": 5, "queued": 1, "cancelled": 1}
     assert final["total"] == 70
     assert final["throughput"]["finished"] >= 69
+
+
+# 5. realistic payload sizes: a worker SIGKILLed mid-task ------------------------------------
+async def test_worker_sigkill_with_payloads_from_0_bytes_to_the_maximum_reruns_every_task(
+    procs: Procs, store: Store, keyspace: Keyspace, client: Client
+) -> None:
+    # Given five tasks running on worker A, with payloads of 0 B, 4.5 KB, 64 KB, 200 KB and 512 KiB
+    (a,) = await start_workers(procs, store, keyspace, ("worker-a",), concurrency=5)
+    await start_schedulers(procs, store, keyspace, ("s1",))
+    sizes = [0, 4500, 64 * 1024, 200 * 1024, codec.MAX_PAYLOAD_BYTES]
+    tasks = []
+    for size in sizes:
+        base = len(json.dumps({"pad": "", "seconds": 3.0}, separators=(",", ":")))
+        pad = "x" * max(0, size - base)
+        tasks.append(await client.submit("pad_sleep", {"pad": pad, "seconds": 3.0}))
+
+    async def all_running() -> bool:
+        return all([(await client.get(t.id)).state is TaskState.RUNNING for t in tasks])
+
+    await until(all_running, within_s=30, what="five tasks running on A", log=procs.tails)
+    (b,) = await start_workers(procs, store, keyspace, ("worker-b",), concurrency=5)
+
+    # When A is SIGKILLed
+    a.signal(signal.SIGKILL)
+
+    # Then every task is recovered and succeeds on B, its payload intact
+    for task, size in zip(tasks, sizes, strict=True):
+        final = await finished(client, task.id, procs, within_s=TTL + 30)
+        assert final.state is TaskState.SUCCEEDED, procs.why(str(final.error))
+        assert [(x.worker, x.outcome) for x in final.attempts] == [
+            (a.name, Outcome.LOST),
+            (b.name, Outcome.SUCCEEDED),
+        ], procs.why(str(final.attempts))
+        assert final.payload == task.payload
+        assert final.result == len(task.payload["pad"])
+        assert size == 0 or abs(len(codec.encode_json(final.payload)) - size) <= 16
