@@ -52,8 +52,6 @@ import itertools
 import logging
 import math
 import random
-import secrets
-import socket
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -74,7 +72,7 @@ from tasklease.errors import (
     TaskleaseError,
     WatchCompacted,
 )
-from tasklease.ids import IdGenerator
+from tasklease.ids import IdGenerator, default_process_id
 from tasklease.keys import Keyspace, check_name, prefix_end
 from tasklease.models import Outcome, Task, TaskState
 from tasklease.queue import Pick, assign_ops
@@ -104,9 +102,8 @@ ERROR_BACKOFF_S = (0.2, 2.0)
 
 
 def default_scheduler_id() -> str:
-    """``sched-{host}-{4 hex}``."""
-    host = "".join(c if c.isalnum() or c in "-_." else "-" for c in socket.gethostname())[:40]
-    return f"sched-{host}-{secrets.token_hex(2)}"
+    """``sched-{host}-{pid}-{16 hex}``: unique across hosts, restarts and containers."""
+    return default_process_id("sched")
 
 
 @dataclass(frozen=True, slots=True)

@@ -416,3 +416,22 @@ def test_attempts_keep_first_and_last_and_count_the_rest():
     )
     assert more.dropped.attempts == task.dropped.attempts + 1
     assert more.failures == full_failures + 1
+
+
+def test_default_scheduler_ids_are_unique_and_valid_names():
+    import re
+
+    from tasklease.scheduler import SchedulerConfig, default_scheduler_id
+
+    ids = {default_scheduler_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(re.fullmatch(r"sched-[A-Za-z0-9_.-]+-\d+-[0-9a-f]{16}", i) and len(i) <= 64 for i in ids)
+    assert SchedulerConfig().scheduler_id.startswith("sched-")
+
+
+@pytest.mark.parametrize("grace", [float("nan"), float("inf"), -1.0])
+def test_scheduler_config_refuses_a_grace_that_is_not_a_finite_number(grace):
+    from tasklease.scheduler import SchedulerConfig
+
+    with pytest.raises(InvalidOption, match="deadline grace"):
+        SchedulerConfig(deadline_grace_s=grace)
