@@ -1,8 +1,9 @@
 """The task hand-over transactions: enqueue, claim-and-assign, and leaving ``running``.
 
 Each function returns or runs ONE etcd transaction; docs/architecture.md lists
-them with their compares. The scheduler (and, until it exists, the tests) use
-:func:`assign`; workers and recovery use :func:`leave_running_ops`.
+them with their compares. The scheduler batches :func:`assign_ops` (the queue
+key's value is the record, so it reads nothing); :func:`assign` and
+:func:`assign_next` serve tests and tools; workers use :func:`leave_running_ops`.
 """
 
 from __future__ import annotations
