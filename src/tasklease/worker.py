@@ -2,13 +2,17 @@
 
 Life of a worker::
 
-    register:  grant lease; put node/{id} under it; read assign/{id}/ (revision R; paged
-               by bytes with Store.scan: assignments are whole task records)
+    register:  grant lease; create node/{id} under it, only if absent (one live worker
+               per id: a live holder refuses us with WorkerIdInUse, a crashed one's
+               record is waited for until its lease expires); read assign/{id}/
+               (revision R; paged by bytes with Store.scan: assignments are whole
+               task records)
     serve:     watch assign/{id}/ from R + 1 (compacted or too large to receive:
                read again, running tasks and the lease untouched, watch again)
                put    -> run the task (at most `concurrency` at once)
                delete -> the task was cancelled or taken away: stop it, write nothing
     heartbeat: every `heartbeat_s`, refresh the lease and re-put node/{id} with its load
+               (fenced on the registration's create revision: never someone else's record)
     finish:    one transaction per attempt, fenced on the assignment (queue.leave_running_ops);
                outcomes ready together share one, within RESULT_BATCH and RESULT_BATCH_BYTES
     lease lost -> stop every running task, write nothing for them, register again
@@ -56,6 +60,7 @@ import psutil
 from tasklease import __version__, codec
 from tasklease.clock import Clock, SystemClock
 from tasklease.errors import (
+    ConflictError,
     CorruptRecord,
     InvalidOption,
     PayloadTooLarge,
@@ -79,7 +84,7 @@ from tasklease.models import JSON, Outcome, Task, TaskState, decide, evolve, tru
 from tasklease.queue import Assignment, decode_assignment, finished_attempt, leave_running_ops
 from tasklease.retention import RetentionLeases
 from tasklease.session import Session
-from tasklease.store import KV, MAX_TXN_BYTES, Compare, Op, Store
+from tasklease.store import KV, MAX_TXN_BYTES, Compare, Get, Op, Put, Store
 
 log = logging.getLogger("tasklease.worker")
 
@@ -101,6 +106,15 @@ def default_worker_id() -> str:
     """
     host = "".join(c if NAME_RE.fullmatch(c) else "-" for c in socket.gethostname())[:38] or "host"
     return f"{host}-{os.getpid()}-{secrets.token_hex(8)}"
+
+
+class WorkerIdInUse(InvalidOption, ConflictError):
+    """Another live worker is registered under this worker id.
+
+    Raised by :meth:`Worker.start` (the command line exits 2 with this one-line
+    message). A registration left by a worker that crashed is waited for (up
+    to its lease TTL and a margin), so a restart right after a crash succeeds.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +234,13 @@ class Worker:
         self._flusher: asyncio.Task[None] | None = None
         # Leases declared lost, to revoke once etcd answers again (_serve_once only).
         self._abandoned: list[int] = []
+        # Every lease this worker has had: a node record under one of them is ours.
+        self._leases: set[int] = set()
+        # Create revision of our node key under the current session (0: not registered).
+        self._node_rev = 0
+        # Set when our node key turned out to belong to another worker.
+        self._id_taken = asyncio.Event()
+        self._background: set[asyncio.Task[None]] = set()
         # All of the following are touched only on the event loop.
         # Runs by task id, then by attempt token (the assignment's create
         # revision): a task may have two here at once, an attempt still being
@@ -331,10 +352,10 @@ class Worker:
                 run.task.cancel()
                 tasks.append(run.task)
         await asyncio.gather(*tasks, return_exceptions=True)
-        if self._main is not None:
+        if self._main is not None and self._main is not asyncio.current_task():
             self._main.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._main
+            # It may have ended with an error (start() raised it already).
+            await asyncio.gather(self._main, return_exceptions=True)
         if self._session is not None:
             if revoke:
                 await self._session.close()
@@ -370,16 +391,111 @@ class Worker:
             "started_at": self._started_at,
             "heartbeat_at": self.clock.now(),
             "lease": self.lease_id,
+            "lease_ttl": self.config.lease_ttl_s,
             "draining": self._draining,
             "completed": self.completed,
         }
 
     async def _put_node(self) -> None:
-        if self._session is None or self._session.lost.is_set():
+        """Refresh our node record (heartbeat, draining), only if it is still ours.
+
+        Fenced on the create revision of our registration: a record someone
+        else created under our id (after ours was deleted by hand) is never
+        overwritten. If ours was deleted and the id is free, it is created
+        again; if another worker holds it, this worker stops.
+        """
+        if self._session is None or self._session.lost.is_set() or not self._node_rev:
             return
-        await self.store.put(
-            self.keys.node(self.id), codec.encode_obj(self.node_record()), lease=self.lease_id
-        )
+        key = self.keys.node(self.id)
+        data = codec.encode_obj(self.node_record())
+        put = Put(key, data, lease=self.lease_id)
+        res = await self.store.txn([Compare.created_at(key, self._node_rev)], [put], [Get(key)])
+        if res.succeeded:
+            return
+        if not (res.reads and res.reads[0]):
+            again = await self.store.txn([Compare.absent(key)], [put])
+            if again.succeeded:
+                log.warning("node record was deleted; registered again", extra=self._ctx())
+                self._node_rev = again.revision
+                return
+        log.error("node record %s now belongs to another worker: stopping", key, extra=self._ctx())
+        self._id_taken.set()
+
+    async def _register(self, session: Session) -> None:
+        """Create ``node/{id}`` under the session's lease, only if no live worker holds it.
+
+        ``if create(node/{id}) = 0 then put it (lease) else get it``. Held under
+        a lease of ours (an earlier session that etcd still keeps): revoke that
+        and retry. Held by another worker: wait for its key to vanish (its
+        lease to expire: a crashed worker's does within its TTL) for up to its
+        lease TTL plus a margin, watching the key; a heartbeat (a put) proves
+        the holder alive and refuses at once.
+
+        Raises:
+            WorkerIdInUse: Another live worker holds the id.
+        """
+        key = self.keys.node(self.id)
+        deadline: float | None = None
+        while True:
+            data = codec.encode_obj(self.node_record())
+            res = await self.store.txn(
+                [Compare.absent(key)], [Put(key, data, lease=session.lease_id)], [Get(key)]
+            )
+            if res.succeeded:
+                self._node_rev = res.revision
+                return
+            if not (res.reads and res.reads[0]):
+                continue  # gone in between: try again
+            holder = res.reads[0][0]
+            if holder.lease and holder.lease in self._leases:
+                log.info("revoking an earlier lease of this worker (%x)", holder.lease, extra=self._ctx())
+                await self.store.revoke(holder.lease)
+                continue
+            info: dict[str, Any] = {}
+            with contextlib.suppress(CorruptRecord):
+                info = codec.decode_obj(holder.key, holder.value)
+            who = f"host {info.get('host', '?')}, pid {info.get('pid', '?')}, lease {holder.lease:x}"
+            if deadline is None:
+                ttl = info.get("lease_ttl")
+                if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 2 <= ttl <= 3600:
+                    ttl = self.config.lease_ttl_s
+                wait_s = ttl + max(2.0, ttl / 2)
+                deadline = self.clock.monotonic() + wait_s
+                log.warning(
+                    "worker id %s is registered by another worker (%s); waiting up to %.0f s "
+                    "for it to vanish (a crashed worker's lease expires)",
+                    self.id,
+                    who,
+                    wait_s,
+                    extra=self._ctx(),
+                )
+            remaining = deadline - self.clock.monotonic()
+            if remaining > 0 and await self._vanishes(key, res.revision, remaining):
+                continue
+            raise WorkerIdInUse(
+                f"worker id {self.id!r} is in use by another live worker ({who}): "
+                "choose another --id, or stop that worker first"
+            )
+
+    async def _vanishes(self, key: str, revision: int, within_s: float) -> bool:
+        """Whether ``key`` is deleted after ``revision`` within ``within_s``.
+
+        False as soon as it is written again (its holder's heartbeat: alive).
+        """
+        events = self.store.watch(key, key + "\0", revision + 1)
+        try:
+            async with asyncio.timeout(within_s):
+                async for batch in events:
+                    return batch[0].type == "delete"
+        except TimeoutError:
+            return False
+        except WatchCompacted:
+            return True  # unknown: read it again
+        finally:
+            close = getattr(events, "aclose", None)
+            if close is not None:
+                await close()
+        return False
 
     async def _serve_forever(self) -> None:
         """Register, serve until the lease is lost, repeat until stopped."""
@@ -388,6 +504,14 @@ class Worker:
             try:
                 await self._serve_once()
                 backoff = 0.2
+            except WorkerIdInUse as exc:
+                if not self._registered.is_set():
+                    raise  # start() raises it
+                log.error("%s; the worker stops", exc, extra=self._ctx())
+                stopping = asyncio.create_task(self._shutdown(revoke=True))
+                self._background.add(stopping)
+                stopping.add_done_callback(self._background.discard)
+                return
             except (StoreError, OSError) as exc:
                 log.warning(
                     "worker cannot reach etcd: %s; retrying in %.1f s", exc, backoff, extra=self._ctx()
@@ -417,10 +541,17 @@ class Worker:
             on_beat=self._put_node,
             clock=self.clock,
         )
+        self._node_rev = 0
+        self._id_taken.clear()
         await session.start()
+        self._leases.add(session.lease_id)
         self._session = session
         try:
-            await self._put_node()
+            await self._register(session)
+        except BaseException:
+            await session.close()
+            raise
+        try:
             prefix = self.keys.worker_assignments(self.id)
             assigned, revision = await self._read_assignments(prefix)
             log.info(
@@ -432,14 +563,17 @@ class Worker:
                 self._on_assigned(kv)
             watcher = asyncio.create_task(self._watch(prefix, revision + 1))
             lost = asyncio.create_task(session.lost.wait())
+            taken = asyncio.create_task(self._id_taken.wait())
             try:
-                await asyncio.wait({watcher, lost}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({watcher, lost, taken}, return_when=asyncio.FIRST_COMPLETED)
             finally:
-                for t in (watcher, lost):
+                for t in (watcher, lost, taken):
                     t.cancel()
-                await asyncio.gather(watcher, lost, return_exceptions=True)
+                await asyncio.gather(watcher, lost, taken, return_exceptions=True)
             if watcher.done() and not watcher.cancelled() and watcher.exception():
                 raise watcher.exception()  # type: ignore[misc]
+            if self._id_taken.is_set() and not session.lost.is_set():
+                raise WorkerIdInUse(f"worker id {self.id!r} was taken over by another worker")
         finally:
             if session.lost.is_set():
                 await self._on_lease_lost()
