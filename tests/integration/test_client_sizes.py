@@ -17,10 +17,12 @@ from collections.abc import AsyncIterator
 import pytest
 
 from tasklease import store as store_module
-from tasklease.client import Client, TaskSpec
+from tasklease.client import TASKS_PER_TXN, Client, TaskSpec, _chunk, _encode_queued, _first_chunk_len
+from tasklease.clock import FakeClock
+from tasklease.ids import IdGenerator
 from tasklease.keys import Keyspace, prefix_end
-from tasklease.models import TaskState
-from tasklease.store import MAX_REQUEST_BYTES, Store, StoreConfig
+from tasklease.models import Task, TaskState
+from tasklease.store import MAX_REQUEST_BYTES, MAX_TXN_BYTES, Store, StoreConfig
 
 GRPC_DEFAULT_RECEIVE = 4 * 1024 * 1024
 
@@ -132,3 +134,28 @@ async def test_a_batch_of_large_tasks_is_split_by_bytes(client: Client, store: S
     # two records of 400 KB (each written twice) do not fit 1.4 MB: one per transaction
     assert result.transactions == 6
     assert len(await client.list(limit=100)) == 6
+
+
+@pytest.mark.parametrize(
+    "sizes",
+    [
+        [10] * 200,
+        [400_000] * 5,
+        [10, 400_000, 10, 10, 400_000, 400_000, 10],
+        [600_000, 10, 10],
+        [10] * 63 + [600_000, 10],
+        [300_000] * 4 + [10] * 100,
+    ],
+    ids=["small", "large", "mixed", "large-first", "large-65th", "quarter-MB"],
+)
+def test_the_group_commit_cuts_its_first_transaction_like_submit_many(sizes):
+    # Pure logic (no etcd): a group of concurrent submits takes the first chunk of submit_many's split
+    ids = IdGenerator(FakeClock())
+    tasks = [Task(id=ids.task_id(), type="t", payload="x" * n, seq=ids.sequence()) for n in sizes]
+    items = [(t, _encode_queued(t)) for t in tasks]
+    while items:
+        first = _chunk([t for t, _ in items], [d for _, d in items])[0]
+        assert _first_chunk_len(items) == len(first)
+        assert len(first) <= TASKS_PER_TXN
+        assert len(first) == 1 or sum(2 * len(d) for _, d in first) < MAX_TXN_BYTES
+        items = items[len(first) :]
