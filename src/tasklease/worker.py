@@ -470,32 +470,34 @@ class Worker:
                     extra=self._ctx(),
                 )
             remaining = deadline - self.clock.monotonic()
-            if remaining > 0 and await self._vanishes(key, res.revision, remaining):
-                continue
+            if remaining > 0 and await self._watch_holder(key, res.revision, remaining) != "alive":
+                continue  # deleted, or waited long enough: look again (refused if still held)
             raise WorkerIdInUse(
                 f"worker id {self.id!r} is in use by another live worker ({who}): "
                 "choose another --id, or stop that worker first"
             )
 
-    async def _vanishes(self, key: str, revision: int, within_s: float) -> bool:
-        """Whether ``key`` is deleted after ``revision`` within ``within_s``.
+    async def _watch_holder(self, key: str, revision: int, within_s: float) -> str:
+        """Watch ``key`` after ``revision`` for up to ``within_s``.
 
-        False as soon as it is written again (its holder's heartbeat: alive).
+        Returns:
+            ``"gone"`` (deleted, or unknown after a watch gap), ``"alive"`` (written
+            again: its holder's heartbeat) or ``"waited"`` (nothing happened).
         """
         events = self.store.watch(key, key + "\0", revision + 1)
         try:
             async with asyncio.timeout(within_s):
                 async for batch in events:
-                    return batch[0].type == "delete"
+                    return "gone" if batch[0].type == "delete" else "alive"
         except TimeoutError:
-            return False
+            return "waited"
         except WatchCompacted:
-            return True  # unknown: read it again
+            return "gone"
         finally:
             close = getattr(events, "aclose", None)
             if close is not None:
                 await close()
-        return False
+        return "waited"
 
     async def _serve_forever(self) -> None:
         """Register, serve until the lease is lost, repeat until stopped."""
