@@ -398,7 +398,13 @@ async def test_second_signal_stops_at_once(start_worker, store, keyspace, client
     child = await read_pid(pid_file, w)
 
     w.signal(signal.SIGTERM)
-    await asyncio.sleep(0.3)
+
+    # The first signal drains (the node record says so) rather than exiting
+    async def draining() -> bool:
+        kv = await node_kv(store, keyspace, w)
+        return kv is not None and codec.decode_obj(kv.key, kv.value).get("draining") is True
+
+    await until(draining, within_s=5, what="draining=true in the node record", log=w.tail)
     assert w.proc.poll() is None, w.why("the first SIGTERM should drain, not exit")
     w.signal(signal.SIGINT)
     interrupted = time.monotonic()

@@ -6,7 +6,10 @@ An executor runs one attempt of one task. The contract:
   to a child process or a thread).
 - Cancellation (``asyncio.CancelledError``, raised on timeout, on ``cancel``,
   on reassignment and on shutdown) must stop the work before ``run`` returns:
-  kill the child process, cancel the coroutine. It is re-raised, never swallowed.
+  kill the child process, cancel the coroutine, close the connection. It is
+  re-raised, never swallowed. A ``CancelledError`` that the worker did not
+  cause (task code that raises it itself, e.g. by awaiting something that
+  was cancelled) is a failed attempt, retried per the task's policy.
 - A failure is an exception: :class:`PermanentError` (or a subclass) means
   retrying cannot help; any other ``Exception`` is retried per the task's policy.
 - The return value is the task's result and must be JSON-serialisable.

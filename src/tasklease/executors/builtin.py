@@ -3,6 +3,12 @@
 ``shell`` and ``http`` let whoever can submit a task run commands or make
 requests from every worker, so a worker registers them only when started with
 ``--allow shell`` / ``--allow http``.
+
+Both stop for real at a timeout, a cancel or a shutdown: ``shell`` SIGKILLs
+the command's process group; ``http`` runs on asyncio streams
+(executors/http.py), so its connection is closed at once and no thread is
+left reading. ``http`` does not follow redirects unless the payload asks
+(``"follow_redirects": true``).
 """
 
 from __future__ import annotations

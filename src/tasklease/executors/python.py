@@ -2,6 +2,8 @@
 
 Async functions run on the worker's event loop and are cancelled at their
 deadline; they must not block (CPU-bound work belongs in a sync function).
+One that raises ``CancelledError`` itself, when the worker did not cancel it,
+fails its attempt (the worker tells the two apart: see worker.py, "Runs").
 
 Sync functions run in child processes (``python -m tasklease.executors.child``),
 each in its own process group, so that CPU-bound or GIL-holding code can never
