@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import pytest
 
-from tasklease import store as store_module
 from tasklease.client import TASKS_PER_TXN, Client, TaskSpec, _chunk, _encode_queued, _first_chunk_len
 from tasklease.clock import FakeClock
 from tasklease.ids import IdGenerator
@@ -28,12 +28,10 @@ GRPC_DEFAULT_RECEIVE = 4 * 1024 * 1024
 
 
 @pytest.fixture
-async def small_channel_client(
-    store_config: StoreConfig, keyspace: Keyspace, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[Client]:
+async def small_channel_client(store_config: StoreConfig, keyspace: Keyspace) -> AsyncIterator[Client]:
     """A client whose channel accepts messages of at most gRPC's default 4 MiB."""
-    monkeypatch.setattr(store_module, "MAX_RECEIVE_BYTES", GRPC_DEFAULT_RECEIVE)
-    async with Store(store_config) as small:
+    config = replace(store_config, max_receive_bytes=GRPC_DEFAULT_RECEIVE)
+    async with Store(config) as small:
         client = Client(small, keyspace)
         yield client
         await client.close()
