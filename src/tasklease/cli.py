@@ -701,7 +701,13 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
                 return EXIT_OK
             registering.result()
             await scheduler.start()
-            await stop.wait()
+            stopping = asyncio.create_task(stop.wait())
+            gave_up = asyncio.create_task(scheduler.stopped.wait())
+            await asyncio.wait({stopping, gave_up}, return_when=asyncio.FIRST_COMPLETED)
+            for t in (stopping, gave_up):
+                t.cancel()
+            if scheduler.fatal is not None:
+                raise scheduler.fatal
         finally:
             await scheduler.stop()
             await store.close()

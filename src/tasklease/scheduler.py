@@ -62,7 +62,7 @@ from sortedcontainers import SortedList
 from tasklease import codec
 from tasklease.balancers import Balancer, NodeView, make_balancer
 from tasklease.clock import Clock, SystemClock
-from tasklease.election import Election
+from tasklease.election import DuplicateCandidate, Election
 from tasklease.errors import (
     CorruptRecord,
     InvalidOption,
@@ -379,6 +379,10 @@ class Scheduler:
         self._main: asyncio.Task[None] | None = None
         self._stopping = False
         self.leading = asyncio.Event()
+        # Set when the scheduler gave up for good (``fatal`` says why): another live
+        # process registered with the same id.
+        self.stopped = asyncio.Event()
+        self.fatal: DuplicateCandidate | None = None
         self.assigned_total = 0
 
     def _ctx(self, **extra: Any) -> dict[str, Any]:
@@ -407,6 +411,17 @@ class Scheduler:
         await self.stop()
 
     async def _run(self) -> None:
+        try:
+            await self._campaign_forever()
+        except DuplicateCandidate as exc:
+            # Another live process has our id: campaigning on would fight over the
+            # registration forever. Stop; the CLI exits 2 with this message.
+            log.error("%s; this scheduler stops", exc, extra=self._ctx())
+            self.fatal = exc
+        finally:
+            self.stopped.set()
+
+    async def _campaign_forever(self) -> None:
         backoff = 0.2
         while not self._stopping:
             try:
@@ -424,6 +439,8 @@ class Scheduler:
                 )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
+            except DuplicateCandidate:
+                raise
             except Exception:
                 # A bug must not leave the cluster without a scheduler: resign so a
                 # standby can lead, then campaign again.

@@ -174,3 +174,33 @@ async def test_our_own_lease_given_up_for_lost_is_revoked_to_lead_again(
     assert token > first
     assert election.session is not None and election.session.lease_id != old
     await election.resign()
+
+
+async def test_a_scheduler_whose_id_was_taken_while_its_session_was_lost_stops_for_good(
+    store: Store, other_store: Store, keyspace: Keyspace
+):
+    from tasklease.scheduler import Scheduler, SchedulerConfig
+
+    # Given a leading scheduler with id "dup"
+    scheduler = Scheduler(store, keyspace, SchedulerConfig(scheduler_id="dup", lease_ttl_s=TTL))
+    await scheduler.start()
+    intruder = Election(other_store, keyspace, "dup", ttl_s=TTL)
+    try:
+        await asyncio.wait_for(scheduler.leading.wait(), HANG_GUARD_S)
+        assert scheduler.election.session is not None
+
+        # When its lease ends (etcd revoked it) and another live process registers the same id
+        await store.revoke(scheduler.election.session.lease_id)
+        await intruder.register()
+
+        # Then the scheduler does not fight over the id forever: it stops, saying why
+        await asyncio.wait_for(scheduler.stopped.wait(), HANG_GUARD_S)
+        assert isinstance(scheduler.fatal, DuplicateCandidate)
+        assert not scheduler.leading.is_set()
+        # and the intruder's registration was left alone
+        kv, _ = await store.get(keyspace.scheduler("dup"))
+        assert kv is not None and intruder.session is not None and kv.lease == intruder.session.lease_id
+    finally:
+        await scheduler.stop()
+        if intruder.session is not None:
+            await intruder.session.close()
