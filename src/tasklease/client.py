@@ -40,7 +40,7 @@ from collections import Counter
 from collections.abc import AsyncGenerator, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from types import TracebackType
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from tasklease import codec
 from tasklease.clock import Clock, SystemClock
@@ -88,7 +88,6 @@ from tasklease.store import (
     Delete,
     Op,
     Put,
-    RangeResult,
     Store,
     StoreConfig,
 )
@@ -516,11 +515,10 @@ class Client:
         """
         first = min(limit, FIRST_PAGE) if limit else FIRST_PAGE
         count = 0
-        # Store.scan is an async generator (annotated as an iterator): close it when stopping early.
-        pages = cast(
-            AsyncGenerator[RangeResult, None], self.store.scan(prefix, prefix_end(prefix), first_page=first)
-        )
-        async with contextlib.aclosing(pages) as stream:
+        # Close the scan when stopping early.
+        async with contextlib.aclosing(
+            self.store.scan(prefix, prefix_end(prefix), first_page=first)
+        ) as stream:
             async for page in stream:
                 for kv in page.kvs:
                     yield kv

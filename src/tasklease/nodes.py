@@ -15,11 +15,11 @@ log = logging.getLogger("tasklease.nodes")
 
 async def list_nodes(store: Store, keys: Keyspace) -> list[dict[str, Any]]:
     """Every live worker's record, by id; corrupt records are skipped with an error log."""
-    result = await store.range(keys.nodes, prefix_end(keys.nodes))
     nodes = []
-    for kv in result.kvs:
-        try:
-            nodes.append(codec.decode_obj(kv.key, kv.value))
-        except CorruptRecord as exc:
-            log.error("skipping corrupt node record: %s", exc)
+    async for page in store.scan(keys.nodes, prefix_end(keys.nodes)):
+        for kv in page.kvs:
+            try:
+                nodes.append(codec.decode_obj(kv.key, kv.value))
+            except CorruptRecord as exc:
+                log.error("skipping corrupt node record: %s", exc)
     return nodes

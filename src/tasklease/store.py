@@ -31,7 +31,7 @@ import os
 import re
 import socket
 import ssl
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -507,7 +507,7 @@ class Store:
         keys_only: bool = False,
         budget_bytes: int | None = None,
         first_page: int = FIRST_PAGE,
-    ) -> AsyncIterator[RangeResult]:
+    ) -> AsyncGenerator[RangeResult, None]:
         """Read ``[prefix, end)`` page by page, each page bounded by bytes and by count.
 
         Every page reads the snapshot of the first one (its revision), so the
