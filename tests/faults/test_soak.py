@@ -1,27 +1,54 @@
-"""The short soak: 2,000 tasks under chaos, every invariant checked from etcd.
+"""The short soak: 1,500 tasks under chaos, every invariant checked from etcd.
+
+Payloads are mixed sizes drawn per task by the seed: tiny, 4.5 KB, 64 KiB and
+200 KB, weighted 50:40:8:2 (about 30 tasks of 200 KB, 17 MB of payloads in all).
+1,500 such tasks take about as long as the 2,000 tiny ones the soak ran before.
 
 The long one runs on demand: `tasklease soak --tasks 100000 --workers 4`.
+
+It runs `python -m tasklease.soak`, which takes the same options (from
+`tasklease.soak.add_arguments`) as `tasklease soak`.
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
+import sys
+
+import pytest
+
+from tasklease.errors import InvalidOption
+from tasklease.soak import parse_payload_bytes
+
+MIX = "0:50,4500:40,65536:8,204800:2"
 
 
-def test_short_soak_has_no_violations(tasklease_bin):
+def test_payload_bytes_parsing():
+    assert parse_payload_bytes("4500") == ((4500, 1),)
+    assert parse_payload_bytes("0,4500,65536,204800") == ((0, 1), (4500, 1), (65536, 1), (204800, 1))
+    assert parse_payload_bytes(MIX) == ((0, 50), (4500, 40), (65536, 8), (204800, 2))
+    for bad in ("", "4.5k", "-1", "100:0", str(10**7)):
+        with pytest.raises(InvalidOption):
+            parse_payload_bytes(bad)
+
+
+def test_short_soak_has_no_violations():
     out = subprocess.run(
         [
-            tasklease_bin,
-            "soak",
+            sys.executable,
+            "-m",
+            "tasklease.soak",
             "--tasks",
-            "2000",
+            "1500",
             "--workers",
             "3",
             "--seed",
             "7",
             "--chaos-interval",
             "1.5",
+            "--payload-bytes",
+            MIX,
             "--json",
         ],
         capture_output=True,
@@ -31,9 +58,15 @@ def test_short_soak_has_no_violations(tasklease_bin):
     assert out.returncode == 0, (out.stdout[-3000:], out.stderr[-3000:])
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["violations"] == 0
-    assert report["tasks"] == 2000
-    assert sum(report["states"].values()) == 2000
-    assert report["states"]["succeeded"] > 1000
+    assert report["tasks"] == 1500
+    assert sum(report["states"].values()) == 1500
+    assert report["states"]["succeeded"] > 750
+    # every size was in the workload, and large payloads came back whole (a result
+    # that differs from its payload is a violation)
+    by_payload = report["by_payload"]
+    assert set(by_payload) == {"0", "4500", "65536", "204800"}
+    assert by_payload["204800"].get("succeeded", 0) >= 10
+    assert report["payload_bytes"] > 10_000_000
     # the chaos really happened and really cost attempts
     assert report["worker_kills"] >= 3
     assert report["leader_kills"] + report["worker_kills"] >= 5
