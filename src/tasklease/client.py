@@ -37,7 +37,7 @@ import math
 import random
 import threading
 from collections import Counter
-from collections.abc import AsyncGenerator, Callable, Coroutine, Iterable, Sequence
+from collections.abc import AsyncGenerator, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, TypeVar
@@ -76,9 +76,10 @@ from tasklease.models import (
     check_timeout,
     transition,
 )
-from tasklease.queue import unplace_ops
+from tasklease.queue import queue_key, unplace_ops
 from tasklease.retention import RetentionLeases
 from tasklease.retry import RetryPolicy
+from tasklease.routing import Requires, check_requires
 from tasklease.store import (
     FIRST_PAGE,
     KV,
@@ -119,6 +120,8 @@ class TaskSpec:
         retry: Retry policy.
         task_id: An id to use instead of a new one (must be unused).
         retention_s: How long the record is kept once the task has finished.
+        requires: Tags a worker must have (``{"zone": "eu"}``): only workers
+            started with matching ``--tags`` run it.
     """
 
     type: str
@@ -129,6 +132,7 @@ class TaskSpec:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     task_id: str | None = None
     retention_s: float = DEFAULT_RETENTION_S
+    requires: Mapping[str, str] | Requires | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.type, str) or not 1 <= len(self.type) <= 128:
@@ -141,6 +145,7 @@ class TaskSpec:
         if self.task_id is not None and not is_task_id(self.task_id):
             # A new id must be canonical (upper case): it is stored as given.
             raise InvalidOption(f"bad task id {self.task_id!r}")
+        check_requires(self.requires)
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,10 +246,11 @@ class Client:
             created_at=now,
             updated_at=now,
             retention_s=float(spec.retention_s),
+            requires=check_requires(spec.requires),
         )
 
     def _queue_key(self, task: Task) -> str:
-        return self.keys.queue_entry(task.queue, task.priority, task.seq, task.id)
+        return queue_key(self.keys, task)
 
     def _submit_ops(self, task: Task, data: bytes) -> tuple[Compare, list[Op]]:
         return (
@@ -266,6 +272,7 @@ class Client:
         retry: RetryPolicy | None = None,
         task_id: str | None = None,
         retention_s: float = DEFAULT_RETENTION_S,
+        requires: Mapping[str, str] | None = None,
     ) -> Task:
         """Submit one task: one transaction writes its record and its queue key.
 
@@ -278,7 +285,7 @@ class Client:
             StoreError: etcd failed.
         """
         spec = TaskSpec(
-            type, payload, queue, priority, timeout_s, retry or RetryPolicy(), task_id, retention_s
+            type, payload, queue, priority, timeout_s, retry or RetryPolicy(), task_id, retention_s, requires
         )
         return await self.submit_spec(spec)
 

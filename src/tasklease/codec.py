@@ -150,6 +150,8 @@ def task_to_dict(task: Task) -> dict[str, Any]:
         "error": task.error,
         "retention_s": task.retention_s,
     }
+    if task.requires:
+        d["requires"] = dict(task.requires)
     if task.dropped.attempts:
         x = task.dropped
         d["dropped"] = {"attempts": x.attempts, "failures": x.failures, "losses": x.losses}
@@ -224,7 +226,16 @@ def task_from_dict(d: dict[str, Any]) -> Task:
         error=d.get("error"),
         retention_s=float(d.get("retention_s", DEFAULT_RETENTION_S)),
         dropped=_dropped_from_dict(d.get("dropped")),
+        requires=_requires_from_dict(d.get("requires")),
     )
+
+
+def _requires_from_dict(d: Any) -> tuple[tuple[str, str], ...]:
+    if d is None:
+        return ()
+    if not isinstance(d, dict):
+        raise ValueError("requires is not a JSON object")
+    return tuple(sorted((str(k), str(v)) for k, v in d.items()))
 
 
 def _dropped_from_dict(d: Any) -> Dropped:

@@ -11,7 +11,7 @@ key                                    value                           written b
                                                                        scheduler,
                                                                        worker
 ``/{ns}/queue/{queue}/{band}/{seq}/    the queued task record (same    client,         none
-{id}``                                 bytes and mod revision as       scheduler,
+{id}/{route}``                         bytes and mod revision as       scheduler,
                                        ``task/{id}``)                  worker
 ``/{ns}/node/{worker}``                node record (JSON)              worker          worker's
 ``/{ns}/assign/{worker}/{id}``         the running task record as the  scheduler       worker's
@@ -36,6 +36,8 @@ sorts first; ``seq`` is a 20-digit zero-padded monotonic sequence (microseconds
 of a hybrid clock that never goes backwards in one process, see ``ids.py``).
 A plain ascending range read of ``/{ns}/queue/{queue}/`` therefore returns the
 next task first: higher priority before lower, FIFO within a priority.
+``route`` is the task's type and required tags (routing.py), so the scheduler
+knows which workers may run a queued task from its key alone.
 
 The assignment key is the fencing token of an attempt: its create revision is
 compared by every write the worker makes about that attempt, and it lives under
@@ -101,6 +103,8 @@ class QueueKey:
     priority: int
     seq: int
     task_id: str
+    route: str | None = None
+    """The task's route (type and required tags, routing.py); None in keys of older versions."""
 
 
 @dataclass(frozen=True)
@@ -149,13 +153,14 @@ class Keyspace:
         """Prefix of one priority band of one queue."""
         return f"{self.queue(queue)}{MAX_PRIORITY - priority}/"
 
-    def queue_entry(self, queue: str, priority: int, seq: int, task_id: str) -> str:
-        """Key of one queued task."""
+    def queue_entry(self, queue: str, priority: int, seq: int, task_id: str, route: str = "") -> str:
+        """Key of one queued task; ``route`` (routing.route) is its last part."""
         if isinstance(priority, bool) or not 0 <= priority <= MAX_PRIORITY:
             raise InvalidOption(f"priority {priority} outside 0..{MAX_PRIORITY}")
         if not 0 <= seq < 10**SEQ_DIGITS:
             raise InvalidOption(f"sequence {seq} out of range")
-        return f"{self.queue_band(queue, priority)}{seq:0{SEQ_DIGITS}d}/{task_id}"
+        key = f"{self.queue_band(queue, priority)}{seq:0{SEQ_DIGITS}d}/{task_id}"
+        return f"{key}/{route}" if route else key
 
     def parse_queue_entry(self, key: str) -> QueueKey:
         """Split a queue key into its parts.
@@ -165,8 +170,14 @@ class Keyspace:
         """
         if not key.startswith(self.queues):
             raise ValueError(f"not a queue key: {key}")
-        queue, band, seq, task_id = key[len(self.queues) :].split("/")
-        return QueueKey(queue, MAX_PRIORITY - int(band), int(seq), task_id)
+        parts = key[len(self.queues) :].split("/")
+        if len(parts) == 4:  # written by a version without routes
+            queue, band, seq, task_id = parts
+            return QueueKey(queue, MAX_PRIORITY - int(band), int(seq), task_id)
+        queue, band, seq, task_id, route = parts
+        if not route:
+            raise ValueError(f"empty route in queue key: {key}")
+        return QueueKey(queue, MAX_PRIORITY - int(band), int(seq), task_id, route)
 
     # workers ----------------------------------------------------------------
     @cached_property

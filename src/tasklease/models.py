@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 from tasklease.errors import InvalidOption, InvalidPriority, InvalidState, InvalidTransition
 from tasklease.keys import MAX_PRIORITY, check_name
 from tasklease.retry import RetryPolicy, compute_backoff
+from tasklease.routing import Requires, check_requires, route
 
 JSON = Any
 """A value that ``json`` can encode: dict, list, str, int, float, bool or None."""
@@ -180,6 +181,7 @@ class Task:
         error: The error of the last failed attempt, or why it was cancelled.
         retention_s: How long the record is kept once the task is finished.
         dropped: The attempts no longer kept, counted.
+        requires: Tags a worker must have to run it (sorted ``(key, value)`` pairs).
     """
 
     id: str
@@ -199,6 +201,7 @@ class Task:
     error: str | None = None
     retention_s: float = DEFAULT_RETENTION_S
     dropped: Dropped = field(default_factory=Dropped)
+    requires: Requires = ()
 
     def __post_init__(self) -> None:
         if len(self.attempts) > FIRST_ATTEMPTS_KEPT + LAST_ATTEMPTS_KEPT:
@@ -209,6 +212,8 @@ class Task:
         check_priority(self.priority)
         check_name(self.queue)
         check_timeout(self.timeout_s)
+        if self.requires:
+            object.__setattr__(self, "requires", check_requires(self.requires))
         if not isinstance(self.type, str) or not 1 <= len(self.type) <= 128:
             raise InvalidOption("task type must be a string of 1 to 128 characters")
 
@@ -216,6 +221,11 @@ class Task:
     def current_attempt(self) -> Attempt | None:
         """The last attempt, if any."""
         return self.attempts[-1] if self.attempts else None
+
+    @property
+    def route(self) -> str:
+        """Its route: type and required tags (the last part of its queue key)."""
+        return route(self.type, self.requires)
 
     @property
     def next_attempt_number(self) -> int:

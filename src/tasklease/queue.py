@@ -17,6 +17,11 @@ from tasklease.models import Attempt, Task, TaskState, evolve, transition
 from tasklease.store import KV, Compare, Delete, Get, Op, Put, Store, TxnResult
 
 
+def queue_key(keys: Keyspace, task: Task) -> str:
+    """The queue key of ``task`` as it is (its queue, priority, sequence and route)."""
+    return keys.queue_entry(task.queue, task.priority, task.seq, task.id, task.route)
+
+
 def place_ops(keys: Keyspace, task: Task, data: bytes | None = None) -> list[Op]:
     """The index key a task needs in its (new) state: queue key or delayed key.
 
@@ -27,7 +32,7 @@ def place_ops(keys: Keyspace, task: Task, data: bytes | None = None) -> list[Op]
     """
     if task.state is TaskState.QUEUED:
         value = data if data is not None else codec.encode_task(task)
-        return [Put(keys.queue_entry(task.queue, task.priority, task.seq, task.id), value)]
+        return [Put(queue_key(keys, task), value)]
     if task.state is TaskState.PENDING and task.not_before is not None:
         return [Put(keys.delayed_entry(task.not_before, task.id), task.id.encode())]
     return []
@@ -36,7 +41,7 @@ def place_ops(keys: Keyspace, task: Task, data: bytes | None = None) -> list[Op]
 def unplace_ops(keys: Keyspace, task: Task) -> list[Op]:
     """Delete the index key of a waiting task (queued or pending)."""
     if task.state is TaskState.QUEUED:
-        return [Delete(keys.queue_entry(task.queue, task.priority, task.seq, task.id))]
+        return [Delete(queue_key(keys, task))]
     if task.state is TaskState.PENDING and task.not_before is not None:
         return [Delete(keys.delayed_entry(task.not_before, task.id))]
     return []
