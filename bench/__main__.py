@@ -2,15 +2,20 @@
 
 Prints one table (peer x throughput, submit rate, p50/p95/p99) with the
 ratios tasklease/peer measured in this run, then recovery, scale, scheduler
-CPU and etcd cost per task. Appends every result as a JSON line to
-``bench/results/results.jsonl`` and writes ``bench/results/latest.md``
-(``--docs`` also rewrites the table in docs/benchmarks.md).
+CPU and etcd cost per task, then the realistic-payload sections (4.5 KB
+against empty payloads, take-over with a deep queue of 4.5 KB tasks, etcd
+bytes per task by payload size: bench/payload_bench.py). Appends every result
+as a JSON line to ``bench/results/results.jsonl`` and writes
+``bench/results/latest.md`` (``--docs`` also rewrites the tables in
+docs/benchmarks.md: the comparison table if its sections ran, the payload
+tables if theirs did).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -21,7 +26,37 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-SECTIONS = ("tasklease", "nofsync", "celery", "dramatiq", "recovery", "scale", "cpu")
+SECTIONS = (
+    "tasklease",
+    "nofsync",
+    "celery",
+    "dramatiq",
+    "recovery",
+    "scale",
+    "cpu",
+    "payload",
+    "takeover",
+    "etcdbytes",
+)
+
+
+def _git_commit() -> str:
+    """The commit measured, with ``+dirty (files)`` if src/ or bench/ had uncommitted changes."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short=10", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "src", "bench"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split("\n")
+    except (OSError, subprocess.CalledProcessError):
+        return "?"
+    files = [line[3:] for line in dirty if line.strip() and not line[3:].startswith("bench/results")]
+    return f"{head}+dirty ({', '.join(files)})" if files else head
 
 
 def _etcd_version() -> str:
@@ -61,7 +96,11 @@ def main() -> int:
     tasks = args.tasks or (1000 if args.quick else 5000)
     latency_tasks = args.latency_tasks or (200 if args.quick else 500)
     run_id = time.strftime("%Y-%m-%dT%H:%M:%S")
+    from bench.payload_bench import run_etcd_bytes, run_payloads, run_takeover
     from bench.tasklease_bench import run_recovery, run_scale, run_scheduler_cpu, run_tasklease
+
+    commit = _git_commit()  # before the run: what is measured
+    load_before = os.getloadavg()[0]
 
     rows: list[dict[str, Any]] = []
     extra: list[dict[str, Any]] = []
@@ -121,6 +160,31 @@ def main() -> int:
                     workdir=tmp / f"cpu{workers}",
                 ):
                     extra.append(r)
+        payload: list[dict[str, Any]] = []
+        if "payload" in only and (
+            r := section(
+                "payload 4.5 KB vs empty",
+                run_payloads,
+                tasks=tasks,
+                latency_tasks=latency_tasks,
+                rate=args.rate,
+                rounds=2 if args.quick else 3,
+                workdir=tmp / "payload",
+            )
+        ):
+            payload.append(r)
+        if "takeover" in only:
+            backlog = 10_000 if args.quick else 100_000
+            if r := section(
+                f"takeover {backlog} queued", run_takeover, backlog=backlog, workdir=tmp / "takeover"
+            ):
+                payload.append(r)
+        if "etcdbytes" in only and (
+            r := section(
+                "etcd bytes by payload size", run_etcd_bytes, quick=args.quick, workdir=tmp / "bytes"
+            )
+        ):
+            payload.append(r)
 
     meta = {
         "run": run_id,
@@ -128,22 +192,30 @@ def main() -> int:
         "machine": f"{platform.machine()}, {_cpus()} cores",
         "python": platform.python_version(),
         "etcd": _etcd_version(),
+        "commit": commit,
+        # the 1-minute load average before and after: the machine is shared
+        "load": f"{load_before:.1f} -> {os.getloadavg()[0]:.1f}",
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     with open(RESULTS / "results.jsonl", "a") as f:
-        for r in rows + extra:
+        for r in rows + extra + payload:
             f.write(json.dumps({**meta, **r}, default=str) + "\n")
-    table = render(rows, extra, meta)
-    print(table)
-    (RESULTS / "latest.md").write_text(table)
+    table = render(rows, extra, meta) if rows or extra else ""
+    payload_table = render_payloads(payload, meta) if payload else ""
+    print(table + ("\n" if table and payload_table else "") + payload_table)
+    if table:
+        (RESULTS / "latest.md").write_text(table)
+    if payload_table:
+        (RESULTS / "latest-payloads.md").write_text(payload_table)
     if args.docs:
-        write_docs(table)
+        if table:
+            write_docs(table)
+        if payload_table:
+            write_docs(payload_table, "<!-- payload-table -->", "<!-- /payload-table -->")
     return 0
 
 
 def _cpus() -> int:
-    import os
-
     return os.cpu_count() or 0
 
 
@@ -203,14 +275,101 @@ def render(rows: list[dict[str, Any]], extra: list[dict[str, Any]], meta: dict[s
     return "\n".join(lines) + "\n"
 
 
-def write_docs(table: str) -> None:
+def _kb(n: float) -> str:
+    return f"{n / 1000:,.1f} KB" if n >= 1000 else f"{n:,.0f} B"
+
+
+def render_payloads(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    """The realistic-payload sections as Markdown."""
+    lines = [
+        f"Run {meta['run']} on {meta['machine']}, Python {meta['python']}, etcd {meta['etcd']}"
+        f"{' (quick)' if meta['quick'] else ''}, code at commit {meta['commit']}; "
+        f"load average {meta['load']}.",
+    ]
+    for r in results:
+        lines.append("")
+        if r.get("kind") == "payloads":
+            lines.append(
+                f"Throughput ({r['tasks']:,} tasks, {SUBMIT_NOTE}) and latency ({r['latency_tasks']} tasks "
+                f"open-loop at {r['rate']:g}/s), medians of {r['rounds']} interleaved round(s) on one stack:"
+            )
+            lines.append("")
+            lines.append(
+                "| task | payload | throughput (tasks/s) | submit rate (/s) | p50 ms | p99 ms | etcd bytes in / out / WAL per task |"
+            )
+            lines.append("|---|---:|---:|---:|---:|---:|---:|")
+            for v in r["variants"].values():
+                b = v["etcd_bytes_per_task"]
+                task = "noop (result = payload)" if v["task"] == "noop" else "sleep 0 s (small result)"
+                payload = _kb(v["payload_bytes"]) if v["payload_bytes"] else 'empty (`{"i": n}`)'
+                lines.append(
+                    f"| {task} | {payload} | {_fmt(v['throughput_tasks_s'])} | {_fmt(v['submit_rate_s'])} | "
+                    f"{_fmt(v['p50_ms'], 1)} | {_fmt(v['p99_ms'], 1)} | "
+                    f"{_kb(b.get('received', 0))} / {_kb(b.get('sent', 0))} / {_kb(b.get('wal', 0))} |"
+                )
+            lines.append("")
+            for kind, ratio in r["ratios"].items():
+                lines.append(
+                    f"- {kind}, 4.5 KB / empty: throughput x{ratio['throughput']:.2f} "
+                    f"({(ratio['throughput'] - 1) * 100:+.0f} %; target >= x0.80), "
+                    f"p50 x{ratio['p50']:.2f}, p99 x{ratio['p99']:.2f}"
+                )
+        elif r.get("kind") == "takeover":
+            e, d = r["empty"], r["deep"]
+            lines.append(
+                f"Take-over: a scheduler started with {r['backlog']:,} tasks of {_kb(r['payload_bytes'])} queued "
+                f"(queued by submit_many at {r['submit_rate_s']:,.0f} tasks/s; etcd db {r['etcd_db_in_use_mb']:,.0f} MB in use), "
+                "beside one started with 1 task queued, same etcd and workers:"
+            )
+            lines.append("")
+            lines.append(
+                "| queued | leading after | first assignment after | scheduler CPU then | scheduler RSS then |"
+            )
+            lines.append("|---|---:|---:|---:|---:|")
+            for label, x in (("1", e), (f"{r['backlog']:,} x {_kb(r['payload_bytes'])}", d)):
+                lines.append(
+                    f"| {label} | {x['leading_s']:.2f} s | {x['first_assignment_s']:.2f} s | "
+                    f"{x['scheduler_cpu_s']:.2f} s | {x['scheduler_rss_mb']:,.0f} MB |"
+                )
+        elif r.get("kind") == "etcd_bytes":
+            c = r["calibration_per_value_byte"]
+            lines.append(
+                f"etcd bytes per task by payload size ({r['task']} tasks, from etcd's /metrics; "
+                f"calibration, per byte of a plain 10 KB put: in {c.get('received', 0):.2f}, "
+                f"mvcc put {c.get('put', 0):.2f}, WAL {c.get('wal', 0):.2f}, db {c.get('db_in_use', 0):.2f}):"
+            )
+            lines.append("")
+            lines.append(
+                "| payload | tasks | in (client -> etcd) | out (etcd -> clients) | mvcc put | WAL | db growth | "
+                "per payload byte: in / out / put / WAL |"
+            )
+            lines.append("|---:|---:|---:|---:|---:|---:|---:|---|")
+            for size, x in r["per_task"].items():
+                pb = r["per_payload_byte"].get(size)
+                ratio = (
+                    f"{pb['received']:.1f} / {pb['sent']:.1f} / {pb['put']:.1f} / {pb['wal']:.1f}"
+                    if pb
+                    else "-"
+                )
+                lines.append(
+                    f"| {_kb(int(size)) if int(size) else 'empty'} | {x['tasks']:,} | {_kb(x['received'])} | "
+                    f"{_kb(x['sent'])} | {_kb(x['put'])} | {_kb(x['wal'])} | {_kb(x['db_in_use'])} | {ratio} |"
+                )
+    return "\n".join(lines) + "\n"
+
+
+SUBMIT_NOTE = "one client, 64 submits in flight"
+
+
+def write_docs(table: str, start: str = "<!-- table -->", end: str = "<!-- /table -->") -> None:
     path = ROOT / "docs" / "benchmarks.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n<!-- table -->\n<!-- /table -->\n"
-    start, end = "<!-- table -->", "<!-- /table -->"
+    text = path.read_text() if path.exists() else f"# Benchmarks\n\n{start}\n{end}\n"
     if start in text and end in text:
         head, rest = text.split(start, 1)
         _, tail = rest.split(end, 1)
         text = f"{head}{start}\n{table}{end}{tail}"
+    else:
+        text = f"{text.rstrip()}\n\n{start}\n{table}{end}\n"
     path.write_text(text)
 
 
