@@ -41,7 +41,12 @@ SECTIONS = (
 
 
 def _git_commit() -> str:
-    """The commit measured, with ``+dirty (files)`` if src/ or bench/ had uncommitted changes."""
+    """The commit measured, with ``+dirty (files)`` if src/ or bench/ had uncommitted changes.
+
+    ``$BENCH_COMMIT`` overrides it (for a run from an exported tree: ``git archive``).
+    """
+    if os.environ.get("BENCH_COMMIT"):
+        return os.environ["BENCH_COMMIT"]
     try:
         head = subprocess.run(
             ["git", "rev-parse", "--short=10", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
