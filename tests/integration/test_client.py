@@ -44,7 +44,7 @@ async def test_submit_writes_record_and_queue_key(client: Client, store: Store, 
     assert stored.state is TaskState.QUEUED
     assert stored.payload == {"x": 1}
     keys = await queue_keys(store, keyspace, "q1")
-    assert keys == [keyspace.queue_entry("q1", 3, task.seq, task.id)]
+    assert keys == [keyspace.queue_entry("q1", 3, task.seq, task.id, task.route)]
 
 
 async def test_queue_order_is_priority_then_fifo(client: Client, store: Store, keyspace: Keyspace):
@@ -109,8 +109,8 @@ async def test_priority_change_moves_queue_key(client: Client, store: Store, key
     # Then its record and its queue key move in one step, and it is dequeued first
     assert raised.priority == 3
     assert await queue_keys(store, keyspace) == [
-        keyspace.queue_entry("default", 3, second.seq, second.id),
-        keyspace.queue_entry("default", 0, first.seq, first.id),
+        keyspace.queue_entry("default", 3, second.seq, second.id, second.route),
+        keyspace.queue_entry("default", 0, first.seq, first.id, first.route),
     ]
     assert (await client.get(second.id)).priority == 3
     with pytest.raises(InvalidPriority):
@@ -359,7 +359,7 @@ async def test_concurrent_priority_changes_keep_exactly_one_queue_key(
             await asyncio.gather(client.set_priority(task.id, 1), other.set_priority(task.id, 3))
             final = await client.get(task.id)
             keys = await queue_keys(store, keyspace)
-            assert keys == [keyspace.queue_entry("default", final.priority, final.seq, final.id)]
+            assert keys == [keyspace.queue_entry("default", final.priority, final.seq, final.id, final.route)]
             await client.cancel(task.id)
 
 

@@ -296,7 +296,7 @@ async def test_a_queued_record_no_transaction_can_carry_fails_with_its_reason(
     )
     data = codec.encode_task(big)
     assert codec.MAX_QUEUED_RECORD_BYTES < len(data) < codec.MAX_RUNNING_RECORD_BYTES
-    queue_key = keyspace.queue_entry(big.queue, big.priority, big.seq, big.id)
+    queue_key = keyspace.queue_entry(big.queue, big.priority, big.seq, big.id, big.route)
     result = await store.txn(
         [Compare.absent(keyspace.task(big.id))], [Put(keyspace.task(big.id), data), Put(queue_key, data)]
     )

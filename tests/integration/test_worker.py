@@ -347,7 +347,9 @@ async def test_graceful_stop_hands_back_what_does_not_finish(client, store, keys
     assert back.state is TaskState.QUEUED
     assert back.attempts[-1].outcome is Outcome.HANDED_BACK
     queue = await store.range(keyspace.queues, prefix_end(keyspace.queues))
-    assert [kv.key for kv in queue.kvs] == [keyspace.queue_entry("default", back.priority, back.seq, back.id)]
+    assert [kv.key for kv in queue.kvs] == [
+        keyspace.queue_entry("default", back.priority, back.seq, back.id, back.route)
+    ]
     # its node record is gone at once (lease revoked)
     assert (await store.get(keyspace.node(worker.id)))[0] is None
 
