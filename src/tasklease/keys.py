@@ -29,6 +29,12 @@ key                                    value                           written b
                                        records of retention r seconds  finishes a
                                        in this time bucket are under   task first in
                                                                        the bucket
+``/{ns}/settings/quota``               the namespace's quota (JSON,    an admin        none
+                                       quotas.py): most waiting tasks, (``tasklease
+                                       bytes of waiting records, most  quota set``);
+                                       retention                       read and
+                                                                       watched by
+                                                                       clients
 =====================================  ==============================  ==============  =========
 
 Queue order. ``band`` is ``3 - priority`` as one digit, so priority 3 (urgent)
@@ -48,6 +54,10 @@ the lease-less index that lets recovery find what a vanished worker held.
 campaigns with, so a second live process with the same id is refused (see
 election.py). It sorts after ``running/`` and before ``task/``: outside the
 range the leading scheduler mirrors and outside the task records.
+``settings/quota`` sorts after ``scheduler/`` and before ``task/``, outside the
+leading scheduler's range too: a quota change wakes no scheduler. Clients read
+it once and then watch it (one watch stream per client, started by the first
+submit).
 See docs/architecture.md for every transaction and its compares.
 """
 
@@ -228,6 +238,11 @@ class Keyspace:
     def retention(self, retention_s: int, bucket: int) -> str:
         """Key holding the id of the shared retention lease of one time bucket."""
         return f"{self.root}retention/{retention_s}/{bucket}"
+
+    @cached_property
+    def quota(self) -> str:
+        """Key of the namespace's quota record (written by an admin, watched by clients)."""
+        return f"{self.root}settings/quota"
 
     @cached_property
     def delayed(self) -> str:
