@@ -37,7 +37,7 @@ from tasklease.errors import (
     ValidationError,
 )
 from tasklease.ids import default_process_id
-from tasklease.models import Task, TaskState
+from tasklease.models import Task, TaskState, check_type
 from tasklease.retry import RetryPolicy
 from tasklease.store import DEFAULT_ENDPOINT, StoreConfig
 
@@ -388,6 +388,7 @@ async def _with_client(args: argparse.Namespace, fn: Callable[[Client], Awaitabl
 
 def cmd_submit(args: argparse.Namespace) -> int:
     """``tasklease submit``."""
+    check_type(args.type)  # [A-Za-z0-9_.:-]{1,128}: a new type is plain text (exit 2 otherwise)
     payload = codec.parse_json(args.payload)
     spec = TaskSpec(
         type=args.type,

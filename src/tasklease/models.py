@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import enum
 import random
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
@@ -214,7 +215,9 @@ class Task:
         check_timeout(self.timeout_s)
         if self.requires:
             object.__setattr__(self, "requires", check_requires(self.requires))
-        if not isinstance(self.type, str) or not 1 <= len(self.type) <= 128:
+        # Only the length here: a record stored before the character set was
+        # enforced must still decode. New types are checked by check_type.
+        if not isinstance(self.type, str) or not 1 <= len(self.type) <= MAX_TYPE_LENGTH:
             raise InvalidOption("task type must be a string of 1 to 128 characters")
 
     @property
@@ -258,6 +261,31 @@ def _trim_attempts(task: Task) -> None:
         task, "attempts", attempts[:FIRST_ATTEMPTS_KEPT] + attempts[len(attempts) - LAST_ATTEMPTS_KEPT :]
     )
     object.__setattr__(task, "dropped", dropped)
+
+
+TYPE_RE = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+"""The characters a task type may use (checked at submit and at registration)."""
+MAX_TYPE_LENGTH = 128
+
+
+def check_type(task_type: object) -> str:
+    """Validate a new task type (at submit and when a task function is registered).
+
+    Task types are ``[A-Za-z0-9_.:-]{1,128}``: no spaces, no control or
+    non-ASCII characters, so a type printed to a terminal or a log is always
+    plain text. Records decoded from etcd are not checked against this (one
+    stored by an older version still reads); only the length is.
+
+    Returns:
+        The type unchanged.
+
+    Raises:
+        InvalidOption: For anything else (the message shows the type escaped).
+    """
+    if not isinstance(task_type, str) or TYPE_RE.fullmatch(task_type) is None:
+        shown = ascii(task_type)[:140]
+        raise InvalidOption(f"invalid task type {shown}: use 1 to 128 characters from [A-Za-z0-9_.:-]")
+    return task_type
 
 
 def check_priority(priority: object) -> int:
