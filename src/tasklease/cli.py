@@ -36,9 +36,12 @@ from tasklease.errors import (
     TaskNotFound,
     ValidationError,
 )
+from tasklease.fleet import eligible_workers, waiting_without_worker
 from tasklease.ids import default_process_id
+from tasklease.logs import escape_json, escape_text
 from tasklease.models import Task, TaskState, check_type
 from tasklease.retry import RetryPolicy
+from tasklease.routing import Route, parse_requires
 from tasklease.store import DEFAULT_ENDPOINT, StoreConfig
 
 EXIT_OK = 0
@@ -234,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=7 * 24 * 3600.0,
         help="seconds the record is kept once finished (default 7 days)",
     )
+    p.add_argument(
+        "--require", default=None, help="tags a worker must have to run it: zone=eu,gpu=true (its --tags)"
+    )
     p.add_argument("--wait", action="store_true", help="wait and print the final record")
     p.add_argument("--wait-timeout", type=_positive_float, default=None, help="give up waiting after S s")
 
@@ -308,6 +314,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=5.0,
         help="seconds past a task's timeout before the scheduler ends it",
     )
+    p.add_argument(
+        "--unroutable-after",
+        type=_positive_float,
+        default=None,
+        help="fail queued tasks no live worker may run (type or tags) after S s (default: wait forever)",
+    )
     p.add_argument("--log-format", choices=["json", "text"], default="json")
 
     p = cmd("dev", "run a local etcd, a scheduler and workers in the foreground until Ctrl-C")
@@ -339,8 +351,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # output ----------------------------------------------------------------------------------
+# Records hold untrusted text (types, errors, results, tags, worker ids): every
+# value printed goes through escape_text (one line, control characters shown as
+# \x1b) or, for --json, escape_json (DEL, C1 and bidi controls as \u escapes).
 def _print_json(value: Any) -> None:
-    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
+    sys.stdout.write(escape_json(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()) + "\n")
+
+
+def _say(text: str, *, file: Any = None) -> None:
+    """Print one line of text output, control characters escaped."""
+    print(escape_text(text), file=file or sys.stdout, flush=file is sys.stderr)
 
 
 def _when(ts: float | None) -> str:
@@ -350,31 +370,32 @@ def _when(ts: float | None) -> str:
 
 
 def _print_task(task: Task) -> None:
-    print(f"id:        {task.id}")
-    print(f"type:      {task.type}")
-    print(f"state:     {task.state.value}")
-    print(f"queue:     {task.queue}   priority: {task.priority}   timeout: {task.timeout_s:g} s")
-    print(f"retries:   {task.retry.max_retries} (backoff {task.retry.backoff_s:g} s)")
-    print(f"created:   {_when(task.created_at)}   updated: {_when(task.updated_at)}")
+    _say(f"id:        {task.id}")
+    _say(f"type:      {task.type}")
+    _say(f"state:     {task.state.value}")
+    _say(f"queue:     {task.queue}   priority: {task.priority}   timeout: {task.timeout_s:g} s")
+    _say(f"retries:   {task.retry.max_retries} (backoff {task.retry.backoff_s:g} s)")
+    _say(f"created:   {_when(task.created_at)}   updated: {_when(task.updated_at)}")
     if task.not_before:
-        print(f"not before {_when(task.not_before)}")
-    print(f"payload:   {orjson.dumps(task.payload).decode()}")
+        _say(f"not before {_when(task.not_before)}")
+    _say(f"payload:   {orjson.dumps(task.payload).decode()}")
     if task.state is TaskState.SUCCEEDED:
-        print(f"result:    {orjson.dumps(task.result).decode()}")
+        _say(f"result:    {orjson.dumps(task.result).decode()}")
     if task.error:
-        print(f"error:     {task.error}")
+        _say(f"error:     {task.error}")
     if task.attempts:
-        print("attempts:")
+        _say("attempts:")
         for a in task.attempts:
             outcome = a.outcome.value if a.outcome else "running"
             err = f"  {a.error}" if a.error else ""
-            print(f"  #{a.number} {a.worker} {_when(a.started_at)} -> {_when(a.finished_at)} {outcome}{err}")
+            _say(f"  #{a.number} {a.worker} {_when(a.started_at)} -> {_when(a.finished_at)} {outcome}{err}")
 
 
 def _table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> None:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
-    for row in (header, *rows):
-        print("  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=False)).rstrip())
+    cells = [[escape_text(x) for x in row] for row in (header, *rows)]
+    widths = [max(len(x) for x in col) for col in zip(*cells, strict=False)]
+    for row in cells:
+        print("  ".join(x.ljust(w) for x, w in zip(row, widths, strict=False)).rstrip())
 
 
 # commands --------------------------------------------------------------------------------
@@ -398,15 +419,24 @@ def cmd_submit(args: argparse.Namespace) -> int:
         timeout_s=args.timeout,
         retry=RetryPolicy(max_retries=args.retries, backoff_s=args.backoff),
         retention_s=args.retention,
+        requires=parse_requires(args.require) if args.require else None,
     )
 
     async def run(client: Client) -> int:
         task = await client.submit_spec(spec)
+        route = Route(task.type, task.requires)
+        if not await eligible_workers(client.store, client.keys, task.queue, route):
+            # Not an error: a worker may come later (the task waits queued).
+            _say(
+                f"tasklease: warning: no live worker runs {route.describe()} in queue {task.queue}; "
+                "the task waits until one does",
+                file=sys.stderr,
+            )
         if not args.wait:
             if args.json:
                 _print_json({"id": task.id})
             else:
-                print(task.id)
+                _say(task.id)
             return EXIT_OK
         final = await client.wait(task.id, args.wait_timeout)
         return _show_final(args, final)
@@ -471,7 +501,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         if args.json:
             _print_json(codec.task_to_dict(task))
         else:
-            print(f"{task.id} cancelled")
+            _say(f"{task.id} cancelled")
         return EXIT_OK
 
     return asyncio.run(_with_client(args, run))
@@ -485,7 +515,7 @@ def cmd_priority(args: argparse.Namespace) -> int:
         if args.json:
             _print_json(codec.task_to_dict(task))
         else:
-            print(f"{task.id} priority {task.priority}")
+            _say(f"{task.id} priority {task.priority}")
         return EXIT_OK
 
     return asyncio.run(_with_client(args, run))
@@ -498,6 +528,13 @@ def cmd_wait(args: argparse.Namespace) -> int:
         return _show_final(args, await client.wait(args.id, args.timeout))
 
     return asyncio.run(_with_client(args, run))
+
+
+def _print_waiting(waiting: list[dict[str, Any]]) -> None:
+    """Say which types and constraints have queued tasks but no live worker (stats, nodes)."""
+    for w in waiting:
+        route = Route(w["type"], tuple(sorted(w["requires"].items())))
+        _say(f"waiting without a worker: {w['queued']} task(s) of {route.describe()} in queue {w['queue']}")
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -513,10 +550,10 @@ def cmd_stats(args: argparse.Namespace) -> int:
         rows.append(("TOTAL", *(str(stats["states"][s]) for s in states)))
         _table(rows, ("QUEUE", *(s.upper() for s in states)))
         w, t = stats["workers"], stats["throughput"]
-        print(f"\nworkers: {w['live']} live, {w['running']}/{w['capacity']} slots busy")
-        print(
-            f"throughput: {t['finished']} tasks finished in the last {t['window_s']:g} s ({t['per_s']:g}/s)"
-        )
+        _say("")
+        _say(f"workers: {w['live']} live, {w['running']}/{w['capacity']} slots busy")
+        _say(f"throughput: {t['finished']} tasks finished in the last {t['window_s']:g} s ({t['per_s']:g}/s)")
+        _print_waiting(stats["waiting_without_worker"])
         return EXIT_OK
 
     return asyncio.run(_with_client(args, run))
@@ -679,6 +716,7 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         lease_ttl_s=args.lease_ttl,
         deadline_grace_s=args.deadline_grace,
+        unroutable_after_s=args.unroutable_after,
     )
 
     async def run() -> int:
@@ -741,6 +779,7 @@ def cmd_nodes(args: argparse.Namespace) -> int:
             for n in nodes
         ]
         _table(rows, ("ID", "QUEUES", "RUNNING", "CPU", "MEM", "WEIGHT", "TAGS", "STATE", "HEARTBEAT"))
+        _print_waiting([w.as_dict() for w in await waiting_without_worker(client.store, client.keys)])
         return EXIT_OK
 
     return asyncio.run(_with_client(args, run))
@@ -829,7 +868,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def _fail(message: str, code: int) -> NoReturn:
-    sys.stderr.write(f"tasklease: error: {message}\n")
+    sys.stderr.write(f"tasklease: error: {escape_text(message)}\n")
     raise SystemExit(code)
 
 

@@ -60,6 +60,7 @@ from tasklease.errors import (
     WaitTimeout,
     WatchCompacted,
 )
+from tasklease.fleet import waiting_without_worker
 from tasklease.ids import IdGenerator, is_task_id, parse_task_id
 from tasklease.keys import Keyspace, check_name, prefix_end
 from tasklease.models import (
@@ -590,6 +591,8 @@ class Client:
                 "running": sum(int(n.get("running", 0)) for n in nodes),
             },
             "throughput": {"window_s": window_s, "finished": recent, "per_s": round(recent / window_s, 2)},
+            # queued tasks that no live worker may run (no worker has their type or tags)
+            "waiting_without_worker": [w.as_dict() for w in await waiting_without_worker(self.store, self.keys)],
         }
 
     # change -----------------------------------------------------------------------------

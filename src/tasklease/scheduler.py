@@ -86,11 +86,16 @@ from tasklease.recovery import (
     still_running,
 )
 from tasklease.retention import RetentionLeases
+from tasklease.routing import Route, eligible, parse_route
 from tasklease.store import KV, MAX_TXN_BYTES, Compare, Delete, Event, Get, Op, Store, txn_size
 
 log = logging.getLogger("tasklease.scheduler")
 
 BACKSTOP_S = 5.0
+# A worker whose record has not been put (heartbeat) for its lease TTL plus this
+# is treated as dead, whatever its lease says (a lease can be kept alive by anyone
+# with access to the lease API).
+STALE_MARGIN_S = 2.0
 # The mirror keeps a queue key's value (the record) only within this many keys of
 # its queue's head; deeper values are read when they come near the head.
 VALUE_WINDOW = 256
@@ -117,6 +122,9 @@ class SchedulerConfig:
         lease_ttl_s: Leadership lease TTL: how long a crashed leader blocks a take-over.
         deadline_grace_s: How long after a running task's deadline the scheduler
             ends the attempt itself if the worker has not reported.
+        unroutable_after_s: Fail queued tasks that no live worker may run (no
+            worker runs their type, or none has their required tags) once that
+            has lasted this long; None (the default) waits for such a worker forever.
     """
 
     scheduler_id: str = field(default_factory=default_scheduler_id)
@@ -124,6 +132,7 @@ class SchedulerConfig:
     batch_size: int = 10
     lease_ttl_s: int = 10
     deadline_grace_s: float = 5.0
+    unroutable_after_s: float | None = None
 
     def __post_init__(self) -> None:
         check_name(self.scheduler_id, "scheduler")
@@ -135,6 +144,9 @@ class SchedulerConfig:
             raise InvalidOption("lease TTL must be >= 2 s")
         if not (math.isfinite(self.deadline_grace_s) and self.deadline_grace_s >= 0):
             raise InvalidOption(f"deadline grace must be a finite number >= 0, got {self.deadline_grace_s}")
+        after = self.unroutable_after_s
+        if after is not None and not (math.isfinite(after) and after > 0):
+            raise InvalidOption(f"unroutable-after must be a finite number > 0, got {after}")
 
 
 @dataclass(slots=True)
@@ -143,6 +155,14 @@ class _Node:
     queues: frozenset[str]
     lease: int
     draining: bool
+    types: frozenset[str] = frozenset()
+    tags: dict[str, Any] = field(default_factory=dict)
+    ttl: float = 10.0
+    seen: float = 0.0  # monotonic time of its last record put, as this scheduler saw it
+
+    def takes(self, queue: str, route: Route | None) -> bool:
+        """Whether it serves ``queue`` and may run a task of ``route`` (None: not known yet)."""
+        return queue in self.queues and (route is None or eligible(self.types, self.tags, route))
 
 
 class ClusterView:
@@ -159,8 +179,10 @@ class ClusterView:
         # worker -> task ids assigned to it; assignment key -> create revision
         self.assigned: dict[str, set[str]] = defaultdict(set)
         self.assignment_rev: dict[str, int] = {}
-        # queue -> sorted queue keys (O(log n) insert and delete at any depth); key -> KV
-        self.queue_keys: dict[str, SortedList] = defaultdict(SortedList)
+        # (queue, route) -> sorted queue keys (O(log n) insert and delete at any depth);
+        # route "" for keys of older versions (their route is read from the record)
+        self.queue_keys: dict[tuple[str, str], SortedList] = {}
+        self._routes: dict[str, Route | None] = {"": None}
         self.queue_kv: dict[str, KV] = {}
         # queue keys whose value (the record) is not in memory (keys-only load, or deep in the queue)
         self.unloaded: set[str] = set()
@@ -186,20 +208,27 @@ class ClusterView:
                 self.assigned[worker].add(task_id)
                 self.assignment_rev[key] = kv.create_revision
         elif key.startswith(k.queues):
-            if not deleted:
-                try:
-                    k.parse_queue_entry(key)
-                except (ValueError, TypeError) as exc:
+            try:
+                parsed = k.parse_queue_entry(key)
+                group = (parsed.queue, parsed.route or "")
+                self.route(group[1])
+            except (ValueError, TypeError) as exc:
+                if not deleted:
                     log.error("ignoring malformed queue key %s: %s", key, exc)
-                    return
-            queue = key[len(k.queues) :].split("/", 1)[0]
-            keys_list = self.queue_keys[queue]
+                return
             if deleted:
-                keys_list.discard(key)
+                keys_list = self.queue_keys.get(group)
+                if keys_list is not None:
+                    keys_list.discard(key)
+                    if not keys_list:
+                        del self.queue_keys[group]
                 self.queue_kv.pop(key, None)
                 self.unloaded.discard(key)
                 self.skipped.discard(key)
             else:
+                keys_list = self.queue_keys.get(group)
+                if keys_list is None:
+                    keys_list = self.queue_keys[group] = SortedList()
                 if key not in self.queue_kv:
                     keys_list.add(key)
                 self.skipped.discard(key)  # a new version is examined afresh
@@ -244,7 +273,20 @@ class ClusterView:
                 memory=float(d.get("memory", 0.0)),
                 weight=float(d.get("weight", 1.0)),
             )
-            self.nodes[worker] = _Node(view, frozenset(d["queues"]), kv.lease, bool(d.get("draining")))
+            tags = d.get("tags") or {}
+            ttl = float(d.get("lease_ttl") or 10.0)
+            if not isinstance(tags, dict) or not math.isfinite(ttl):
+                raise ValueError("bad tags or lease_ttl")
+            self.nodes[worker] = _Node(
+                view,
+                frozenset(d["queues"]),
+                kv.lease,
+                bool(d.get("draining")),
+                frozenset(str(t) for t in d.get("types") or ()),
+                tags,
+                ttl,
+                self.clock.monotonic(),
+            )
         except (CorruptRecord, KeyError, TypeError, ValueError) as exc:
             log.error("ignoring worker %s: bad node record (%s)", worker, exc)
             self.nodes.pop(worker, None)
@@ -259,31 +301,65 @@ class ClusterView:
         return True
 
     # queries -------------------------------------------------------------------------
+    def route(self, text: str) -> Route | None:
+        """The parsed route of a queue key's last part (cached; None for older keys)."""
+        if text not in self._routes:
+            self._routes[text] = parse_route(text)
+        return self._routes[text]
+
+    def stale(self, node: _Node, mono: float) -> bool:
+        """No heartbeat seen for its lease TTL plus a margin: dead, whatever its lease says."""
+        return mono - node.seen > node.ttl + STALE_MARGIN_S
+
+    def live_nodes(self) -> list[_Node]:
+        """Workers that take work (not draining, heartbeating)."""
+        mono = self.clock.monotonic()
+        return [n for n in self.nodes.values() if not n.draining and not self.stale(n, mono)]
+
     def free_nodes(self, inflight: dict[str, int]) -> list[_Node]:
-        """Workers that take work now, with ``assigned`` counted (mirror + in flight)."""
+        """Live workers with a free slot, ``assigned`` counted (mirror + in flight)."""
         result = []
-        for worker, node in self.nodes.items():
-            node.view.assigned = len(self.assigned.get(worker, ())) + inflight.get(worker, 0)
-            if not node.draining and node.view.free > 0:
+        for node in self.live_nodes():
+            node.view.assigned = len(self.assigned.get(node.view.id, ())) + inflight.get(node.view.id, 0)
+            if node.view.free > 0:
                 result.append(node)
         return result
 
-    def heads(self, queues: set[str], limit: int, exclude: set[str]) -> Iterator[KV]:
-        """Queue keys of ``queues`` in dequeue order (priority, then FIFO) across queues."""
+    def heads(self, free: list[_Node], limit: int, exclude: set[str]) -> Iterator[KV]:
+        """Queue keys some free worker may take, in dequeue order (priority, then FIFO) across queues.
 
-        def one(queue: str) -> Iterator[tuple[str, KV]]:
+        Keys are grouped by queue and route: a group no free worker may take is
+        passed over whole, so tasks nobody can run cost nothing however many.
+        """
+
+        def one(group: tuple[str, str], keys_list: SortedList) -> Iterator[tuple[str, KV]]:
             taken = 0
-            for key in self.queue_keys.get(queue, ()):
+            start = len(self.keys.queue(group[0]))
+            for key in keys_list:
                 if key in exclude or key in self.skipped:
                     continue
-                # order across queues: the part after the queue name (band/seq/id)
-                yield key[len(self.keys.queue(queue)) :], self.queue_kv[key]
+                # order across queues: the part after the queue name (band/seq/id/route)
+                yield key[start:], self.queue_kv[key]
                 taken += 1
                 if taken >= limit:
                     return
 
-        for _, kv in heapq.merge(*(one(q) for q in sorted(queues)), key=lambda item: item[0]):
+        groups = [
+            one(group, keys_list)
+            for group, keys_list in self.queue_keys.items()
+            if any(n.takes(group[0], self.route(group[1])) for n in free)
+        ]
+        for _, kv in heapq.merge(*groups, key=lambda item: item[0]):
             yield kv
+
+    def unroutable(self) -> dict[tuple[str, str], int]:
+        """Groups (queue, route) with queued tasks that no live worker may take, and their sizes."""
+        live = self.live_nodes()
+        return {
+            group: len(keys_list)
+            for group, keys_list in self.queue_keys.items()
+            if group[1] and not any(n.takes(group[0], self.route(group[1])) for n in live)
+        }
 
     def next_due(self) -> float:
         """Time of the earliest delayed task (inf if none)."""
@@ -340,6 +416,26 @@ class ClusterView:
             if self.keys.assignment(e.worker, e.task_id) not in self.assignment_rev
         ]
 
+    def stale_entries(self) -> list[RunningEntry]:
+        """Running entries, assignment present, of workers that stopped heartbeating.
+
+        Their lease may still be alive (kept alive by someone else): the
+        scheduler does not trust it, only the worker's own heartbeats.
+        """
+        mono = self.clock.monotonic()
+        stale = {w for w, n in self.nodes.items() if self.stale(n, mono)}
+        if not stale:
+            return []
+        return [
+            e
+            for e in self.running.values()
+            if e.worker in stale and self.keys.assignment(e.worker, e.task_id) in self.assignment_rev
+        ]
+
+    def next_stale(self) -> float:
+        """Monotonic time when the next live worker would become stale (inf if none)."""
+        return min((n.seen + n.ttl + STALE_MARGIN_S for n in self.nodes.values()), default=float("inf"))
+
 
 class Scheduler:
     """Campaigns for leadership and, while it leads, assigns and repairs.
@@ -376,6 +472,8 @@ class Scheduler:
         self._progress = asyncio.Event()
         self._timers_changed = asyncio.Event()
         self._inflight: list[tuple[int, dict[str, int], set[str]]] = []
+        # (queue, route) -> monotonic time since when no live worker may take its tasks
+        self._unroutable_since: dict[tuple[str, str], float] = {}
         self._main: asyncio.Task[None] | None = None
         self._stopping = False
         self.leading = asyncio.Event()
@@ -452,6 +550,7 @@ class Scheduler:
     async def _lead(self) -> None:
         self.view = ClusterView(self.keys, self.clock)
         self._inflight = []
+        self._unroutable_since = {}
         started = self.clock.monotonic()
         revision = await self._load()
         log.info(
@@ -568,6 +667,7 @@ class Scheduler:
                 await self._recover_lost()
                 while await self._assign_batch():
                     pass
+                self._check_routes()
                 backoff = ERROR_BACKOFF_S[0]
             except StoreError as exc:
                 # Never ends leadership (only the election does): back off and try again;
@@ -602,9 +702,8 @@ class Scheduler:
         free = self.view.free_nodes(inflight)
         if not free:
             return False
-        queues = set().union(*(n.queues for n in free))
         heads = list(
-            itertools.islice(self.view.heads(queues, self.config.batch_size, claimed), self.config.batch_size)
+            itertools.islice(self.view.heads(free, self.config.batch_size, claimed), self.config.batch_size)
         )
         unloaded = [kv for kv in heads if kv.key in self.view.unloaded]
         if unloaded:
@@ -617,14 +716,23 @@ class Scheduler:
         size = txn_size(compares)
         per_worker: dict[str, int] = defaultdict(int)
         for qkv in heads:
-            queue = qkv.key[len(self.keys.queues) :].split("/", 1)[0]
-            candidates = [n for n in free if queue in n.queues and n.view.free > 0]
-            if not candidates:
-                continue
-            task_id = self.keys.parse_queue_entry(qkv.key).task_id
+            entry = self.keys.parse_queue_entry(qkv.key)
+            task_id = entry.task_id
             # The queue key's value is the record, written with it: same bytes, same
             # mod revision (queue.place_ops). No read needed.
             record_kv = KV(self.keys.task(task_id), qkv.value, qkv.create_revision, qkv.mod_revision, 0)
+            route = self.view.route(entry.route or "")
+            if route is None:  # a key of an older version: the route is in the record
+                try:
+                    task = codec.decode_task(record_kv.key, record_kv.value)
+                except CorruptRecord as exc:
+                    log.error("skipping queued task: %s", exc, extra=self._ctx(task_id=task_id))
+                    self.view.skipped.add(qkv.key)
+                    continue
+                route = Route(task.type, task.requires)
+            candidates = [n for n in free if n.view.free > 0 and n.takes(entry.queue, route)]
+            if not candidates:
+                continue
             view = self.balancer.choose([n.view for n in candidates])
             node = next(n for n in candidates if n.view is view)
             pick = Pick(qkv, record_kv, node.view.id, node.lease)
@@ -724,10 +832,14 @@ class Scheduler:
             try:
                 await self._end_overdue(now)
                 await self._promote_due(now)
+                await self._fail_unroutable()
                 backoff = ERROR_BACKOFF_S[0]
-                delay = (
+                mono = self.clock.monotonic()
+                delay = min(
                     min(self.view.next_overdue(now, self.config.deadline_grace_s), self.view.next_due())
-                    - self.clock.now()
+                    - self.clock.now(),
+                    self.view.next_stale() - mono,
+                    self._next_unroutable() - mono,
                 )
             except StoreError as exc:
                 log.warning("timers paused: %s; retrying in %.1f s", exc, backoff, extra=self._ctx())
@@ -744,12 +856,91 @@ class Scheduler:
                 # (no etcd request: the assignment loop works from the mirror).
                 self._wake.set()
 
+    # routes no live worker can take ---------------------------------------------------
+    def _check_routes(self) -> None:
+        """Log once per (queue, route) when its tasks start and stop waiting for an eligible worker."""
+        mono = self.clock.monotonic()
+        current = self.view.unroutable()
+        for group, count in current.items():
+            if group in self._unroutable_since:
+                continue
+            self._unroutable_since[group] = mono
+            route = self.view.route(group[1])
+            live = self.view.live_nodes()
+            types = sorted(set().union(*(n.types for n in live if group[0] in n.queues)))
+            log.warning(
+                "%d queued task(s) of %s in queue %s wait: no live worker may run them "
+                "(workers serving the queue run: %s)%s",
+                count,
+                route.describe() if route else "?",
+                group[0],
+                ", ".join(types[:20]) or "none",
+                f"; they fail after {self.config.unroutable_after_s:g} s"
+                if self.config.unroutable_after_s
+                else "",
+                extra=self._ctx(queue=group[0]),
+            )
+        for group in [g for g in self._unroutable_since if g not in current]:
+            del self._unroutable_since[group]
+            if group in self.view.queue_keys:
+                route = self.view.route(group[1])
+                log.info(
+                    "tasks of %s in queue %s have an eligible worker again",
+                    route.describe() if route else "?",
+                    group[0],
+                    extra=self._ctx(queue=group[0]),
+                )
+
+    def _next_unroutable(self) -> float:
+        """Monotonic time when the next unroutable group is due to fail (inf if never)."""
+        after = self.config.unroutable_after_s
+        if after is None or not self._unroutable_since:
+            return float("inf")
+        return min(self._unroutable_since.values()) + after
+
+    async def _fail_unroutable(self) -> None:
+        """Fail the tasks of groups that have had no eligible worker for ``unroutable_after_s``."""
+        after = self.config.unroutable_after_s
+        if after is None:
+            return
+        self._check_routes()
+        mono = self.clock.monotonic()
+        for group, since in list(self._unroutable_since.items()):
+            if mono - since < after:
+                continue
+            keys_list = self.view.queue_keys.get(group)
+            if not keys_list:
+                continue
+            route = self.view.route(group[1])
+            reason = (
+                f"no live worker may run {route.describe() if route else 'it'} in queue {group[0]} "
+                f"for {mono - since:.0f} s (--unroutable-after {after:g})"
+            )
+            # bounded per pass: the timer comes back at once while some are left
+            batch = [k for k in itertools.islice(keys_list, READ_GROUP * 4) if k not in self.view.skipped]
+            for start in range(0, len(batch), READ_GROUP):
+                chunk = batch[start : start + READ_GROUP]
+                result = await self.store.txn([], [Get(k) for k in chunk])
+                for read in result.reads:
+                    if read:
+                        qkv = read[0]
+                        record_kv = KV(
+                            self.keys.task(self.keys.parse_queue_entry(qkv.key).task_id),
+                            qkv.value,
+                            qkv.create_revision,
+                            qkv.mod_revision,
+                            0,
+                        )
+                        await self._fail_unassignable(qkv, record_kv, reason)
+            if batch:
+                self._timers_changed.set()
+
     async def _records(self, task_ids: list[str]) -> list[KV | None]:
         result = await self.store.txn([], [Get(self.keys.task(t)) for t in task_ids])
         return [kvs[0] if kvs else None for kvs in result.reads]
 
     async def _recover_lost(self) -> None:
-        lost = self.view.lost_entries()
+        lost = self.view.lost_entries() + self.view.stale_entries()
         for start in range(0, len(lost), READ_GROUP):
             await self._repair(lost[start : start + READ_GROUP], Outcome.LOST)
 
@@ -796,7 +987,16 @@ class Scheduler:
             )
             return
         assign_key = self.keys.assignment(entry.worker, entry.task_id)
-        if outcome is Outcome.LOST:
+        if outcome is Outcome.LOST and assign_key in self.view.assignment_rev:
+            # its worker stopped heartbeating although its lease lives on: end the
+            # attempt and delete the assignment (tells the worker, if it lives, to stop)
+            node = self.view.nodes.get(entry.worker)
+            silent = self.clock.monotonic() - node.seen if node else 0.0
+            error = (
+                f"worker {entry.worker} stopped heartbeating ({silent:.0f} s without one) during the attempt"
+            )
+            assign_rev = self.view.assignment_rev[assign_key]
+        elif outcome is Outcome.LOST:
             error = f"worker {entry.worker} vanished (lease ended) during the attempt"
             assign_rev = 0
         else:
