@@ -21,6 +21,7 @@ from pathlib import Path
 
 from tasklease.client import Client, TaskSpec
 from tasklease.dev import Stack
+from tasklease.logs import escape_text
 from tasklease.models import Outcome, Task, TaskState
 from tasklease.nodes import list_nodes
 from tasklease.retry import RetryPolicy
@@ -28,7 +29,8 @@ from tasklease.store import StoreConfig
 
 
 def _say(text: str = "") -> None:
-    print(text, flush=True)
+    # worker ids and errors come from records: printed escaped (tasklease.logs.escape_text)
+    print("\n".join(escape_text(line) for line in text.split("\n")), flush=True)
 
 
 async def _wait_for_workers(client: Client, n: int, timeout_s: float = 30.0) -> None:
