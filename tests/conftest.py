@@ -110,11 +110,12 @@ async def cluster(store_config, keyspace: Keyspace) -> AsyncIterator:
         stores.append(s)
         return s
 
-    async def worker(**config) -> Worker:
+    async def worker(*, types=None, **config) -> Worker:
+        """A worker; ``types`` (a Registry) instead of every built-in and sample task."""
         config.setdefault("lease_ttl_s", 3)
         config.setdefault("heartbeat_s", 0.5)
         config.setdefault("worker_id", f"w{len(workers)}")
-        w = Worker(await connect(), keyspace, registry(), WorkerConfig(**config))
+        w = Worker(await connect(), keyspace, types or registry(), WorkerConfig(**config))
         await w.start()
         workers.append(w)
         return w

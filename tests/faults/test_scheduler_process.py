@@ -577,3 +577,50 @@ async def test_worker_sigkill_with_payloads_from_0_bytes_to_the_maximum_reruns_e
         assert final.payload == task.payload
         assert final.result == len(task.payload["pad"])
         assert size == 0 or abs(len(codec.encode_json(final.payload)) - size) <= 16
+
+
+# 6. a dead worker's lease kept alive from outside ---------------------------------------------
+async def test_a_lease_kept_alive_from_outside_does_not_keep_a_dead_worker_eligible(
+    procs: Procs, store: Store, keyspace: Keyspace, client: Client
+) -> None:
+    # Given a worker A running a task, a survivor B, and a leader
+    a_proc = procs.worker("worker-a", concurrency=1)
+    a = await wait_registered(store, keyspace, a_proc)
+    await start_schedulers(procs, store, keyspace, ("s1",))
+    task = await client.submit("sync_sleep", {"seconds": 8})
+
+    async def running_on_a() -> bool:
+        record = await client.get(task.id)
+        return record.state is TaskState.RUNNING and record.attempts[-1].worker == "worker-a"
+
+    await until(running_on_a, within_s=30, what="the task running on A", log=procs.tails)
+    (b_proc,) = await start_workers(procs, store, keyspace, ("worker-b",), concurrency=4)
+
+    # When A is SIGKILLed and someone else keeps its lease alive (as another namespace's
+    # user could, etcd < 3.5.9)
+    a_proc.signal(signal.SIGKILL)
+    lease = int(a["lease"])
+
+    async def keep_alive() -> None:
+        while True:
+            await store.keepalive(lease)
+            await asyncio.sleep(0.5)
+
+    keeper = asyncio.create_task(keep_alive())
+    try:
+        # Then the scheduler treats A as dead after its TTL (+ margin) without heartbeats:
+        # the task is recorded lost and runs on B; new tasks go to B only
+        final = await finished(client, task.id, procs, within_s=TTL + 2 + 8 + 30)
+        later = [await client.submit("noop", {"i": i}) for i in range(10)]
+        finals = [await finished(client, t.id, procs, within_s=30) for t in later]
+        node_a, _ = await store.get(keyspace.node("worker-a"))
+    finally:
+        keeper.cancel()
+    assert node_a is not None, "the lease kept alive from outside keeps A's node key"
+    assert final.state is TaskState.SUCCEEDED, procs.why(str(final))
+    assert [(x.worker, x.outcome) for x in final.attempts] == [
+        ("worker-a", Outcome.LOST),
+        (b_proc.name, Outcome.SUCCEEDED),
+    ], procs.why(str(final.attempts))
+    assert "stopped heartbeating" in (final.attempts[0].error or "")
+    assert {f.attempts[-1].worker for f in finals} == {"worker-b"}
