@@ -10,7 +10,21 @@ Round trips (each is one etcd request):
 ``list`` / ``stats``       1 range per page (pages bounded by bytes)
 ``cancel`` / ``priority``  1 range + 1 transaction (repeated on a race)
 ``wait``                   1 range + 1 watch stream
+``purge``                  1 range per page of task records + 1
+                           transaction per 64 deletes (purge.py)
 =========================  ===============================================
+
+Quotas (quotas.py). The first submit reads the namespace's quota record and
+starts one watch on it; no later submit reads it. With ``max_queued`` set, the
+waiting tasks are counted (2 ``count_only`` ranges) at most once per second,
+shared by concurrent submits; with ``max_queued_bytes`` set, the waiting
+records are measured incrementally (see quotas.py for the cost and exactly how
+strict each limit is). A submit over a limit raises ``QuotaExceeded`` and
+writes nothing.
+
+No space. When etcd is at its space quota (NOSPACE alarm), ``submit`` and
+``submit_many`` raise ``StoreNoSpace`` saying what to do: ``tasklease purge``,
+``etcdctl compact``, ``etcdctl defrag``, ``etcdctl alarm disarm``.
 
 Sizes. Records are up to 1 MiB, so every read of many records goes through
 :meth:`Store.scan`, whose pages are bounded by bytes as well as by count, and
@@ -77,7 +91,9 @@ from tasklease.models import (
     check_timeout,
     transition,
 )
+from tasklease.purge import PurgeResult, explain_nospace, purge
 from tasklease.queue import queue_key, unplace_ops
+from tasklease.quotas import Quota, QuotaGuard, Usage, read_quota, write_quota
 from tasklease.retention import RetentionLeases
 from tasklease.retry import RetryPolicy
 from tasklease.routing import Requires, check_requires
@@ -201,6 +217,8 @@ class Client:
         self._submitter: asyncio.Task[None] | None = None
         # Lone waits in flight on their own key watch (see _wait).
         self._waiting = 0
+        # The namespace's quota (read at the first submit, then watched) and usage.
+        self.quotas = QuotaGuard(store, keyspace, clock=self.clock)
 
     @classmethod
     async def connect(cls, config: StoreConfig | None = None, *, namespace: str = "tasklease") -> Client:
@@ -217,6 +235,7 @@ class Client:
         if self._submitter is not None:
             await asyncio.gather(self._submitter, return_exceptions=True)
         await self._hub.close()
+        await self.quotas.close()
         if self._owns_store:
             await self.store.close()
 
@@ -282,7 +301,9 @@ class Client:
 
         Raises:
             ValidationError: Bad priority, queue, timeout, payload (nothing written).
+            QuotaExceeded: Over a quota of the namespace (nothing written).
             InvalidOption: ``task_id`` is already used.
+            StoreNoSpace: etcd is out of space (the message says how to recover).
             StoreError: etcd failed.
         """
         spec = TaskSpec(
@@ -299,11 +320,17 @@ class Client:
         """
         task = self._new_task(spec)
         data = _encode_queued(task)
-        done: asyncio.Future[Task] = asyncio.get_running_loop().create_future()
-        self._pending_submits.append((task, data, done))
-        if self._submitter is None or self._submitter.done():
-            self._submitter = asyncio.create_task(self._flush_submits(), name="tasklease-submits")
-        return await done
+        try:
+            await self.quotas.admit([(task, data)])
+            done: asyncio.Future[Task] = asyncio.get_running_loop().create_future()
+            self._pending_submits.append((task, data, done))
+            if self._submitter is None or self._submitter.done():
+                self._submitter = asyncio.create_task(self._flush_submits(), name="tasklease-submits")
+            return await done
+        except StoreNoSpace as exc:
+            raise explain_nospace(exc, "the submit was") from exc
+        finally:
+            self.quotas.abandon([task.id])
 
     async def _flush_submits(self) -> None:
         batch: builtins.list[tuple[Task, bytes, asyncio.Future[Task]]] = []
@@ -351,6 +378,7 @@ class Client:
             if result is not None and result.succeeded:
                 for task, _, done in batch:
                     self._hub.expect(task.id, result.revision)
+                    self.quotas.landed(task.id, result.revision)
                     if not done.done():
                         done.set_result(task)
                 return
@@ -371,23 +399,30 @@ class Client:
             result = await self.store.txn([compare], ops)
         except StoreUnavailable:
             # The transaction may have committed before the answer was lost.
-            if await self._stored_as(task.id, data):
+            if (revision := await self._stored_revision(task.id, data)) is not None:
+                self.quotas.landed(task.id, revision)
                 return task
             raise
         if not result.succeeded:
-            if await self._stored_as(task.id, data):
+            if (revision := await self._stored_revision(task.id, data)) is not None:
+                self.quotas.landed(task.id, revision)
                 return task  # an earlier group transaction landed after all
             raise InvalidOption(f"task id {task.id} is already used")
         self._hub.expect(task.id, result.revision)
+        self.quotas.landed(task.id, result.revision)
         log.debug("submitted", extra={"task_id": task.id, "queue": task.queue})
         return task
 
     async def _stored_as(self, task_id: str, data: bytes) -> bool:
+        return await self._stored_revision(task_id, data) is not None
+
+    async def _stored_revision(self, task_id: str, data: bytes) -> int | None:
+        """The revision that stored exactly ``data`` as the task's record, if it is there."""
         try:
             kv, _ = await self.store.get(self.keys.task(task_id))
         except StoreUnavailable:
-            return False
-        return kv is not None and kv.value == data
+            return None
+        return kv.mod_revision if kv is not None and kv.value == data else None
 
     async def submit_many(self, specs: Iterable[TaskSpec]) -> BatchResult:
         """Submit many tasks in as few transactions as etcd allows.
@@ -399,6 +434,8 @@ class Client:
 
         Raises:
             ValidationError: Some spec is invalid (nothing written).
+            QuotaExceeded: The whole batch is over a quota (nothing written).
+            StoreNoSpace: etcd is out of space before anything was written.
             BatchIncomplete: A later transaction failed after earlier ones were
                 committed; its ``written`` attribute lists the tasks that were.
         """
@@ -410,6 +447,15 @@ class Client:
             encoded.append(_encode_queued(task))
         if len({t.id for t in tasks}) != len(tasks):
             raise InvalidOption("a batch holds the same task id twice")
+        try:
+            await self.quotas.admit(list(zip(tasks, encoded, strict=True)))
+            return await self._write_batch(tasks, encoded)
+        except StoreNoSpace as exc:
+            raise explain_nospace(exc, "the batch was") from exc
+        finally:
+            self.quotas.abandon([t.id for t in tasks])
+
+    async def _write_batch(self, tasks: builtins.list[Task], encoded: builtins.list[bytes]) -> BatchResult:
         chunks = _chunk(tasks, encoded)
         if len(chunks) > 1:
             log.info(
@@ -428,16 +474,20 @@ class Client:
                 ops.extend(task_ops)
             try:
                 result = await self.store.txn(compares, ops)
+                revision = result.revision
             except StoreUnavailable as exc:
                 first_task, first_data = chunk[0]
-                if not await self._stored_as(first_task.id, first_data):
+                stored = await self._stored_revision(first_task.id, first_data)
+                if stored is None:
                     if written:
                         raise BatchIncomplete(written, str(exc)) from exc
                     raise
-                result = None
+                result, revision = None, stored
             except StoreError as exc:
                 # Refused (auth, no space, too large, ...): this chunk was not written.
                 if written:
+                    if isinstance(exc, StoreNoSpace):
+                        exc = explain_nospace(exc, "the rest of the batch was")
                     raise BatchIncomplete(written, str(exc)) from exc
                 raise
             if result is not None and not result.succeeded:
@@ -445,6 +495,8 @@ class Client:
                 if written:
                     raise BatchIncomplete(written, reason)
                 raise InvalidOption(reason)
+            for task, _ in chunk:
+                self.quotas.landed(task.id, revision)
             written.extend(task for task, _ in chunk)
         return BatchResult(tasks, len(chunks))
 
@@ -592,8 +644,75 @@ class Client:
             },
             "throughput": {"window_s": window_s, "finished": recent, "per_s": round(recent / window_s, 2)},
             # queued tasks that no live worker may run (no worker has their type or tags)
-            "waiting_without_worker": [w.as_dict() for w in await waiting_without_worker(self.store, self.keys)],
+            "waiting_without_worker": [
+                w.as_dict() for w in await waiting_without_worker(self.store, self.keys)
+            ],
         }
+
+    # quotas and purge ---------------------------------------------------------------------
+    async def quota(self) -> Quota | None:
+        """The namespace's quota (``None``: none), as this client enforces it.
+
+        Raises:
+            CorruptRecord: The quota record cannot be read.
+        """
+        return await self.quotas.current()
+
+    async def set_quota(self, quota: Quota | None) -> int:
+        """Replace the namespace's quota (``None`` or an empty :class:`Quota` removes it).
+
+        Every client sees the change through its watch of the record.
+
+        Returns:
+            The etcd revision of the change.
+
+        Raises:
+            ConflictError: Someone changed it at the same time.
+        """
+        _, kv = await read_quota(self.store, self.keys)
+        if quota is not None:
+            quota = replace(quota, updated_at=self.clock.now())
+        revision = await write_quota(self.store, self.keys, quota, expect=kv)
+        self.quotas.note(quota, revision)
+        return revision
+
+    async def quota_usage(self, *, with_bytes: bool = True) -> Usage:
+        """Measure what waits in the namespace now: tasks, and (``with_bytes``) their records' bytes.
+
+        Counting costs 2 ``count_only`` ranges; bytes read every waiting key
+        (keys only) and each record this client has not measured yet (quotas.py).
+        """
+        return await self.quotas.measure(with_bytes=with_bytes)
+
+    async def purge(
+        self,
+        older_than_s: float,
+        *,
+        states: Iterable[TaskState | str] | None = None,
+        queue: str | None = None,
+        dry_run: bool = True,
+    ) -> PurgeResult:
+        """Delete finished tasks (succeeded, failed, cancelled) that finished ``older_than_s`` ago or more.
+
+        A dry run by default: pass ``dry_run=False`` to delete. Deletes go in
+        transactions of at most 64, each guarded by the records' mod revisions;
+        it works while etcd is out of space (purge.py).
+
+        Args:
+            older_than_s: Minimum age since the task finished (seconds, >= 0).
+            states: Only these finished states (default: all three).
+            queue: Only this queue.
+            dry_run: Count only.
+        """
+        return await purge(
+            self.store,
+            self.keys,
+            older_than_s=older_than_s,
+            states=states,
+            queue=queue,
+            dry_run=dry_run,
+            clock=self.clock,
+        )
 
     # change -----------------------------------------------------------------------------
     async def _modify(
@@ -870,3 +989,15 @@ class SyncClient:
     def result(self, task_id: str, timeout_s: float | None = None) -> JSON:
         """See :meth:`Client.result`."""
         return self._run(self._client.result(task_id, timeout_s))
+
+    def quota(self) -> Quota | None:
+        """See :meth:`Client.quota`."""
+        return self._run(self._client.quota())
+
+    def set_quota(self, quota: Quota | None) -> int:
+        """See :meth:`Client.set_quota`."""
+        return self._run(self._client.set_quota(quota))
+
+    def purge(self, older_than_s: float, **options: Any) -> PurgeResult:
+        """See :meth:`Client.purge`."""
+        return self._run(self._client.purge(older_than_s, **options))

@@ -1,0 +1,629 @@
+"""Per-namespace quotas: most waiting tasks, most bytes of waiting records, longest retention.
+
+A deployer sets them (``tasklease quota set``); every client enforces them at
+``submit`` / ``submit_many`` and refuses what is over with
+:class:`QuotaExceeded` (a :class:`~tasklease.errors.ValidationError`: nothing
+is written, the CLI exits 2). Retries, recoveries and promotions made by
+workers and schedulers are never refused: a quota limits admission only.
+
+The record. ``/{ns}/settings/quota`` holds JSON (``{"v": 1, "max_queued": N,
+"max_queued_bytes": B, "max_retention_s": S, "updated_at": T}``; a limit that
+is ``null`` or absent is not enforced). No key, no quota. A record that cannot
+be read makes every submit fail (``CorruptRecord``, naming the key) until it is
+fixed with ``quota set`` or ``quota clear``: a limit meant to protect etcd
+fails closed.
+
+What a submit costs (:class:`QuotaGuard`, one per client):
+
+* The record: one ``get`` at the client's first submit, then one watch stream
+  on that key for the client's life. A change reaches running clients through
+  the watch (typically within milliseconds); no submit reads it. While the
+  watch is broken the last value read stays in force.
+* Retention: nothing more (checked against the cached record).
+* ``max_queued``: waiting tasks are counted with two ``count_only`` range
+  requests (``queue/`` and ``delayed/``: queued and pending tasks); etcd walks
+  its in-memory key index and returns a number, no keys or values. The count is
+  cached for ``refresh_s`` (1 s): at most two such requests per second per
+  submitting client, shared by all its concurrent submits.
+* ``max_queued_bytes``: the encoded size of every waiting record (a queued
+  task's record, counted once although etcd stores it twice, as its record and
+  as its queue key; a pending task's record). Measured by a keys-only read of
+  ``queue/`` and ``delayed/`` (about 100 bytes per waiting task; etcd reads
+  each value from its backend but sends only keys), plus one read of each
+  record this client has not measured before (transactions of 16 gets;
+  a paged read of the whole queue prefix when more than 256 are new).
+  Re-measured at most every ``max(refresh_s, N / 10,000)`` seconds for ``N``
+  waiting tasks (so 10 s at 100,000). The client keeps one ``(revision, size)``
+  pair per waiting key. Without a bytes limit none of this happens.
+
+How strict. A check compares ``usage + this submit`` with the limit, where usage
+is the last measurement (at its etcd revision) plus every task this client
+submitted after that revision or is submitting now. So one client alone never
+goes over a limit (its concurrent submits reserve their share before writing),
+and several clients together overshoot by at most what the *others* submit
+between a client's measurements: within 1 s for the count, within
+``max(1 s, N / 10,000 s)`` for bytes. A running client also takes up to the
+watch's delay to see a lowered limit. Tasks leaving the queues (assigned,
+cancelled) free room at the next measurement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tasklease import codec
+from tasklease.clock import Clock, SystemClock
+from tasklease.errors import CorruptRecord, InvalidOption, StoreError, ValidationError, WatchCompacted
+from tasklease.keys import Keyspace, prefix_end
+from tasklease.models import MAX_RETENTION_S, Task
+from tasklease.store import KV, Compare, Delete, Get, Put, Store
+
+log = logging.getLogger("tasklease.quotas")
+
+QUOTA_VERSION = 1
+# A waiting-task count is reused for this long (seconds).
+REFRESH_S = 1.0
+# The byte measurement reads about this many waiting keys per second at most.
+BYTES_KEYS_PER_S = 10_000
+# Records of unmeasured keys are read this many per transaction...
+GETS_PER_TXN = 16
+# ...unless more than this many are new: then the whole queue prefix is read in pages.
+FULL_READ_OVER = 256
+
+
+class QuotaExceeded(ValidationError):
+    """A submit is over one of the namespace's quotas; nothing was written.
+
+    Attributes:
+        limit: Which limit: ``max_queued``, ``max_queued_bytes`` or ``max_retention_s``.
+        allowed: The limit's value.
+        usage: What the namespace holds now (waiting tasks or bytes; for
+            retention, the retention asked for).
+        adding: What the submit would add (0 for retention).
+    """
+
+    def __init__(self, message: str, *, limit: str, allowed: float, usage: float, adding: float) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.allowed = allowed
+        self.usage = usage
+        self.adding = adding
+
+
+# units ----------------------------------------------------------------------------------
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1024,
+    "kb": 1000,
+    "kib": 1024,
+    "m": 1024**2,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "g": 1024**3,
+    "gb": 1000**3,
+    "gib": 1024**3,
+}
+_NUMBER_UNIT = re.compile(r"\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)\s*")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ``"90"``, ``"90s"``, ``"30m"``, ``"12h"``, ``"7d"`` (a finite number >= 0).
+
+    Raises:
+        InvalidOption: Anything else (negative, NaN, infinity, another unit).
+    """
+    match = _NUMBER_UNIT.fullmatch(text.lower()) if isinstance(text, str) else None
+    if match is None or match.group(2) not in ("", *_DURATION_UNITS):
+        raise InvalidOption(f"bad duration {text!r}: use a number with s, m, h or d (e.g. 90s, 12h, 7d)")
+    value = float(match.group(1)) * _DURATION_UNITS.get(match.group(2), 1)
+    if not math.isfinite(value):
+        raise InvalidOption(f"bad duration {text!r}: not a finite number")
+    return value
+
+
+def format_duration(seconds: float) -> str:
+    """``604800`` -> ``"7d"``, ``5400`` -> ``"1.5h"``, ``90`` -> ``"90s"``."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and (seconds * 10) % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
+def parse_size(text: str) -> int:
+    """Bytes from ``"1048576"``, ``"512KiB"``, ``"64MiB"``, ``"1GiB"``, ``"500MB"`` (``K``, ``M``, ``G`` are binary).
+
+    Raises:
+        InvalidOption: Anything else.
+    """
+    match = _NUMBER_UNIT.fullmatch(text.lower()) if isinstance(text, str) else None
+    if match is None or match.group(2) not in _SIZE_UNITS:
+        raise InvalidOption(f"bad size {text!r}: use bytes or a number with KiB, MiB, GiB (or KB, MB, GB)")
+    value = float(match.group(1)) * _SIZE_UNITS[match.group(2)]
+    if not math.isfinite(value) or value >= 2**63:
+        raise InvalidOption(f"bad size {text!r}: too large")
+    return int(value)
+
+
+def format_size(size: float) -> str:
+    """``512`` -> ``"512 B"``, ``1536`` -> ``"1.5 KiB"``, ``67108864`` -> ``"64.0 MiB"``."""
+    if size < 1024:
+        return f"{size:g} B"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        size /= 1024
+        if size < 1024 or unit == "TiB":
+            break
+    return f"{size:.1f} {unit}"
+
+
+# the record -----------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """A namespace's limits; ``None`` is no limit.
+
+    Attributes:
+        max_queued: Most waiting tasks (queued + pending); 0 refuses every submit.
+        max_queued_bytes: Most bytes of waiting task records (each counted once,
+            as encoded).
+        max_retention_s: Longest retention a submit may ask for (seconds).
+        updated_at: When it was written (wall clock; informational).
+    """
+
+    max_queued: int | None = None
+    max_queued_bytes: int | None = None
+    max_retention_s: float | None = None
+    updated_at: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_queued", "max_queued_bytes"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise InvalidOption(f"{name} must be an integer >= 0, got {value!r}")
+        r = self.max_retention_s
+        if r is not None and (
+            isinstance(r, bool) or not isinstance(r, int | float) or not 1 <= r <= MAX_RETENTION_S
+        ):
+            raise InvalidOption(
+                f"max_retention_s must be a number of seconds in 1..{MAX_RETENTION_S:g}, got {r!r}"
+            )
+
+    @property
+    def limits_waiting(self) -> bool:
+        """Whether a submit needs to know how many tasks (or bytes) wait."""
+        return self.max_queued is not None or self.max_queued_bytes is not None
+
+    @property
+    def empty(self) -> bool:
+        """Whether it limits nothing."""
+        return not self.limits_waiting and self.max_retention_s is None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stored (and ``--json``) form."""
+        return {
+            "v": QUOTA_VERSION,
+            "max_queued": self.max_queued,
+            "max_queued_bytes": self.max_queued_bytes,
+            "max_retention_s": self.max_retention_s,
+            "updated_at": self.updated_at,
+        }
+
+    def encode(self) -> bytes:
+        """The record's value."""
+        return codec.encode_obj(self.to_dict())
+
+    @classmethod
+    def decode(cls, key: str, data: bytes) -> Quota:
+        """Read a record.
+
+        Raises:
+            CorruptRecord: Not a quota record of a version this code reads.
+        """
+        d = codec.decode_obj(key, data)
+        if d.get("v") != QUOTA_VERSION:
+            raise CorruptRecord(key, f"unknown quota record version {d.get('v')!r}")
+        try:
+            return cls(
+                max_queued=d.get("max_queued"),
+                max_queued_bytes=d.get("max_queued_bytes"),
+                max_retention_s=d.get("max_retention_s"),
+                updated_at=d.get("updated_at"),
+            )
+        except InvalidOption as exc:
+            raise CorruptRecord(key, str(exc)) from None
+
+
+async def read_quota(store: Store, keys: Keyspace) -> tuple[Quota | None, KV | None]:
+    """The namespace's quota (``None``: none set) and its key as read (for a compare).
+
+    Raises:
+        CorruptRecord: The record cannot be read.
+    """
+    kv, _ = await store.get(keys.quota)
+    if kv is None:
+        return None, None
+    return Quota.decode(kv.key, kv.value), kv
+
+
+async def write_quota(store: Store, keys: Keyspace, quota: Quota | None, *, expect: KV | None = None) -> int:
+    """Write (or, with ``None`` or an empty quota, delete) the record; return the revision.
+
+    With ``expect`` (the key as read by :func:`read_quota`, or ``None`` for
+    "absent"), only if nobody changed it meanwhile.
+
+    Raises:
+        ConflictError: It changed since ``expect`` was read.
+    """
+    from tasklease.errors import ConflictError
+
+    key = keys.quota
+    op: Put | Delete = Delete(key) if quota is None or quota.empty else Put(key, quota.encode())
+    compare = Compare.unchanged(expect) if expect is not None else Compare.absent(key)
+    result = await store.txn([compare], [op])
+    if not result.succeeded:
+        raise ConflictError(f"the quota of namespace {keys.namespace!r} changed meanwhile; try again")
+    return result.revision
+
+
+# usage ----------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What waits in a namespace, as measured.
+
+    Attributes:
+        waiting: Queued + pending tasks.
+        waiting_bytes: Bytes of their records (``None``: not measured).
+        revision: The etcd revision of the measurement.
+    """
+
+    waiting: int
+    waiting_bytes: int | None
+    revision: int
+
+
+@dataclass(slots=True)
+class _Measure:
+    value: int
+    revision: int
+    at: float  # monotonic
+
+
+@dataclass(slots=True)
+class _Submit:
+    """A task this client is submitting (revision None) or submitted (at revision)."""
+
+    size: int
+    revision: int | None = None
+
+
+class QuotaGuard:
+    """Caches a namespace's quota and usage for one client, and admits submits.
+
+    Args:
+        store: The client's connection.
+        keys: The namespace.
+        clock: Time source (monotonic ages of measurements).
+        refresh_s: How long a waiting-task count is reused.
+    """
+
+    def __init__(
+        self, store: Store, keys: Keyspace, *, clock: Clock | None = None, refresh_s: float = REFRESH_S
+    ) -> None:
+        self.store = store
+        self.keys = keys
+        self.clock = clock or SystemClock()
+        self.refresh_s = refresh_s
+        self._quota: Quota | None = None
+        self._error: CorruptRecord | None = None
+        self._loaded = False
+        self._seen = 0  # revision of the quota record as last read or watched
+        self._bumped: asyncio.Event | None = None  # set (and replaced) when the record changes
+        self._loading: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._count: _Measure | None = None
+        self._bytes: _Measure | None = None
+        self._sizes: dict[str, tuple[int, int]] = {}  # waiting key -> (mod revision, record size)
+        self._refreshing: asyncio.Task[None] | None = None
+        self._refreshing_bytes = False
+        self._submits: dict[str, _Submit] = {}
+        self.measurements = 0  # how many times usage was measured (tests, metrics)
+
+    # the record ----------------------------------------------------------------------------
+    async def current(self) -> Quota | None:
+        """The quota in force. The first call reads it and starts the watch.
+
+        Raises:
+            CorruptRecord: The record cannot be read (fix it with ``quota set`` or ``clear``).
+            StoreError: The first read failed.
+        """
+        if not self._loaded:
+            # One shared read: its waiters all wake together, so the first burst of
+            # concurrent submits still goes out as one group transaction.
+            if self._loading is None or self._loading.done():
+                self._loading = asyncio.create_task(self._load(), name="tasklease-quota-read")
+                self._loading.add_done_callback(_consume)
+            await asyncio.shield(self._loading)
+        if self._error is not None:
+            raise self._error
+        return self._quota
+
+    async def _load(self) -> None:
+        kv, revision = await self.store.get(self.keys.quota)
+        self._apply(kv, revision)
+        self._loaded = True
+        self._watcher = asyncio.create_task(self._follow(revision + 1), name="tasklease-quota-watch")
+
+    def _apply(self, kv: KV | None, revision: int) -> None:
+        """Take the record as read or watched at ``revision`` (``None``: no record)."""
+        if kv is None:
+            self._set(None, None, revision)
+            return
+        try:
+            self._set(Quota.decode(kv.key, kv.value), None, revision)
+        except CorruptRecord as exc:
+            error = CorruptRecord(
+                kv.key,
+                f"{exc}; every submit is refused until `tasklease quota set` or `quota clear` fixes it",
+            )
+            log.error("%s", error)
+            self._set(None, error, revision)
+
+    def _set(self, quota: Quota | None, error: CorruptRecord | None, revision: int) -> None:
+        if revision < self._seen:
+            return
+        self._quota, self._error, self._seen = quota, error, revision
+        if quota is None or quota.max_queued_bytes is None:
+            self._sizes.clear()
+            self._bytes = None
+        if self._bumped is not None:
+            self._bumped.set()
+            self._bumped = None
+
+    async def _follow(self, start: int) -> None:
+        """Keep the cached record current: watch its key; re-read after a compaction or a failure."""
+        key = self.keys.quota
+        revision = start
+        backoff = 0.2
+        while True:
+            try:
+                async for events in self.store.watch(key, key + "\0", revision):
+                    for ev in events:
+                        self._apply(ev.kv if ev.type == "put" else None, ev.kv.mod_revision)
+                    revision = events[-1].kv.mod_revision + 1
+                    backoff = 0.2
+            except WatchCompacted:
+                pass
+            except StoreError as exc:
+                log.warning(
+                    "quota watch of namespace %s failed (%s); the last quota read stays in force, "
+                    "reading it again in %.1f s",
+                    self.keys.namespace,
+                    exc,
+                    backoff,
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            try:
+                kv, read_at = await self.store.get(key)
+            except StoreError:
+                continue
+            self._apply(kv, read_at)
+            revision = read_at + 1
+
+    async def caught_up(self, revision: int) -> Quota | None:
+        """Wait until the cached record is at least as new as ``revision`` (e.g. a ``quota set``'s)."""
+        await self.current()
+        while self._seen < revision:
+            if self._bumped is None:
+                self._bumped = asyncio.Event()
+            await self._bumped.wait()
+        return await self.current()
+
+    def note(self, quota: Quota | None, revision: int) -> None:
+        """Take a record this client has just written at ``revision`` (its watch delivers it too)."""
+        if self._loaded:
+            self._set(None if quota is None or quota.empty else quota, None, revision)
+
+    async def close(self) -> None:
+        """Stop the watch and any measurement in flight."""
+        for task in (self._loading, self._watcher, self._refreshing):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        self._watcher = None
+
+    # admission -----------------------------------------------------------------------------
+    async def admit(self, items: Sequence[tuple[Task, bytes]]) -> None:
+        """Check new tasks (with their encoded records) against the quota; reserve their share.
+
+        Every admitted task must later be passed to :meth:`landed` (written, at
+        a revision) or :meth:`abandon` (not written).
+
+        Raises:
+            QuotaExceeded: Over a limit (nothing reserved).
+        """
+        quota = await self.current()
+        if quota is None or not items:
+            return
+        ns = self.keys.namespace
+        if quota.max_retention_s is not None:
+            longest = max(t.retention_s for t, _ in items)
+            if longest > quota.max_retention_s:
+                raise QuotaExceeded(
+                    f"quota of namespace {ns!r}: retention {format_duration(longest)} is over the "
+                    f"maximum of {format_duration(quota.max_retention_s)}; submit with a shorter retention",
+                    limit="max_retention_s",
+                    allowed=quota.max_retention_s,
+                    usage=longest,
+                    adding=0,
+                )
+        if not quota.limits_waiting:
+            return
+        await self._fresh(quota)
+        waiting, waiting_bytes = self._usage()
+        adding, adding_bytes = len(items), sum(len(d) for _, d in items)
+        assert self._count is not None
+        if quota.max_queued is not None and waiting + adding > quota.max_queued:
+            age = self.clock.monotonic() - self._count.at
+            raise QuotaExceeded(
+                f"quota of namespace {ns!r}: at most {quota.max_queued} waiting tasks (queued + pending); "
+                f"{waiting} are waiting (counted {age:.1f} s ago) and this submit adds {adding}",
+                limit="max_queued",
+                allowed=quota.max_queued,
+                usage=waiting,
+                adding=adding,
+            )
+        if quota.max_queued_bytes is not None and waiting_bytes + adding_bytes > quota.max_queued_bytes:
+            assert self._bytes is not None
+            age = self.clock.monotonic() - self._bytes.at
+            raise QuotaExceeded(
+                f"quota of namespace {ns!r}: at most {format_size(quota.max_queued_bytes)} of waiting task "
+                f"records; {format_size(waiting_bytes)} are waiting (measured {age:.1f} s ago) and this "
+                f"submit adds {format_size(adding_bytes)}",
+                limit="max_queued_bytes",
+                allowed=quota.max_queued_bytes,
+                usage=waiting_bytes,
+                adding=adding_bytes,
+            )
+        for task, data in items:
+            self._submits[task.id] = _Submit(len(data))
+
+    def landed(self, task_id: str, revision: int) -> None:
+        """An admitted task was written by the transaction at ``revision``."""
+        submit = self._submits.get(task_id)
+        if submit is not None:
+            submit.revision = revision
+
+    def abandon(self, task_ids: Sequence[str]) -> None:
+        """Admitted tasks that were not written (or are settled): drop those not landed."""
+        for task_id in task_ids:
+            submit = self._submits.get(task_id)
+            if submit is not None and submit.revision is None:
+                del self._submits[task_id]
+
+    def _usage(self) -> tuple[int, int]:
+        """Waiting tasks and bytes: the measurements plus this client's submits they do not hold."""
+        assert self._count is not None
+        count_rev = self._count.revision
+        bytes_rev = self._bytes.revision if self._bytes is not None else 0
+        waiting = self._count.value
+        waiting_bytes = self._bytes.value if self._bytes is not None else 0
+        for submit in self._submits.values():
+            if submit.revision is None or submit.revision > count_rev:
+                waiting += 1
+            if submit.revision is None or submit.revision > bytes_rev:
+                waiting_bytes += submit.size
+        return waiting, waiting_bytes
+
+    def _needs(self, quota: Quota) -> str | None:
+        now = self.clock.monotonic()
+        if quota.max_queued_bytes is not None:
+            interval = max(self.refresh_s, len(self._sizes) / BYTES_KEYS_PER_S)
+            if self._bytes is None or now - self._bytes.at >= interval:
+                return "bytes"
+        if self._count is None or now - self._count.at >= self.refresh_s:
+            return "count"
+        return None
+
+    async def _fresh(self, quota: Quota) -> None:
+        """Measure usage if it is older than allowed; concurrent callers share one measurement."""
+        while (need := self._needs(quota)) is not None:
+            task = self._refreshing
+            if task is not None and not task.done():
+                covers = self._refreshing_bytes or need == "count"
+                await asyncio.shield(task)
+                if covers:
+                    return
+                continue  # a count landed; bytes are still needed
+            task = self._refreshing = asyncio.create_task(self._refresh(need == "bytes"))
+            self._refreshing_bytes = need == "bytes"
+            task.add_done_callback(_consume)
+            await asyncio.shield(task)
+            return
+
+    async def _refresh(self, with_bytes: bool) -> None:
+        usage = await self.measure(with_bytes=with_bytes)
+        now = self.clock.monotonic()
+        self._count = _Measure(usage.waiting, usage.revision, now)
+        if usage.waiting_bytes is not None:
+            self._bytes = _Measure(usage.waiting_bytes, usage.revision, now)
+        floor = min(m.revision for m in (self._count, self._bytes) if m is not None)
+        self._submits = {k: s for k, s in self._submits.items() if s.revision is None or s.revision > floor}
+
+    # measuring -----------------------------------------------------------------------------
+    async def measure(self, *, with_bytes: bool) -> Usage:
+        """Measure what waits now (the costs are in the module docstring)."""
+        self.measurements += 1
+        if not with_bytes:
+            queued = await self.store.range(self.keys.queues, prefix_end(self.keys.queues), count_only=True)
+            pending = await self.store.range(
+                self.keys.delayed, prefix_end(self.keys.delayed), count_only=True
+            )
+            return Usage(queued.count + pending.count, None, queued.revision)
+        queued_index, revision = await self._index(self.keys.queues)
+        new = [k for k, mod in queued_index.items() if self._sizes.get(k, (0, 0))[0] != mod]
+        sizes: dict[str, tuple[int, int]] = {}
+        if len(new) > FULL_READ_OVER:
+            sizes, revision = await self._read_prefix(self.keys.queues)
+        else:
+            sizes = {k: self._sizes[k] for k in queued_index if k in self._sizes and k not in new}
+            sizes.update(await self._read_sizes({k: k for k in new}))
+        pending_index, _ = await self._index(self.keys.delayed)
+        for key, mod in pending_index.items():
+            known = self._sizes.get(key)
+            if known is not None and known[0] == mod:
+                sizes[key] = known
+        unknown = {k: self.keys.task(k.rsplit("/", 1)[-1]) for k in pending_index if k not in sizes}
+        for key, (_, size) in (await self._read_sizes(unknown)).items():
+            sizes[key] = (pending_index[key], size)
+        self._sizes = sizes
+        return Usage(len(queued_index) + len(pending_index), sum(s for _, s in sizes.values()), revision)
+
+    async def _index(self, prefix: str) -> tuple[dict[str, int], int]:
+        """Keys under ``prefix`` with their mod revisions (keys-only pages), and the read's revision."""
+        index: dict[str, int] = {}
+        revision = 0
+        async with contextlib.aclosing(self.store.scan(prefix, prefix_end(prefix), keys_only=True)) as pages:
+            async for page in pages:
+                revision = page.revision
+                index.update((kv.key, kv.mod_revision) for kv in page.kvs)
+        if not revision:
+            _, revision = await self.store.get(prefix)
+        return index, revision
+
+    async def _read_prefix(self, prefix: str) -> tuple[dict[str, tuple[int, int]], int]:
+        sizes: dict[str, tuple[int, int]] = {}
+        revision = 0
+        async with contextlib.aclosing(self.store.scan(prefix, prefix_end(prefix))) as pages:
+            async for page in pages:
+                revision = page.revision
+                sizes.update((kv.key, (kv.mod_revision, len(kv.value))) for kv in page.kvs)
+        if not revision:
+            _, revision = await self.store.get(prefix)
+        return sizes, revision
+
+    async def _read_sizes(self, where: dict[str, str]) -> dict[str, tuple[int, int]]:
+        """For each ``index key -> record key``, the record's (mod revision, size); gone keys left out."""
+        found: dict[str, tuple[int, int]] = {}
+        items = list(where.items())
+        for start in range(0, len(items), GETS_PER_TXN):
+            group = items[start : start + GETS_PER_TXN]
+            result = await self.store.txn([], [Get(record) for _, record in group])
+            for (index_key, _), kvs in zip(group, result.reads, strict=True):
+                if kvs:
+                    found[index_key] = (kvs[0].mod_revision, len(kvs[0].value))
+        return found
+
+
+def _consume(task: asyncio.Task[None]) -> None:
+    # A measurement whose waiters were all cancelled: its error is not "never retrieved".
+    if not task.cancelled():
+        task.exception()
