@@ -118,7 +118,11 @@ def main() -> int:
             try:
                 res: dict[str, Any] = fn(**kw)
             except Exception as exc:  # one failing section must not lose the others
-                print(f"[bench] {label} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+                import traceback
+
+                where = traceback.extract_tb(exc.__traceback__)
+                at = ", ".join(f"{Path(f.filename).name}:{f.lineno}" for f in where[-4:])
+                print(f"[bench] {label} failed: {type(exc).__name__}: {exc} (at {at})", file=sys.stderr)
                 return None
             res["section"] = label
             res["wall_s"] = round(time.perf_counter() - started, 1)

@@ -90,13 +90,22 @@ def stack(
         s.stop()
 
 
-async def connect(s: Stack) -> Client:
-    client = await Client.connect(StoreConfig.from_text(s.endpoint), namespace=NS)
-    deadline = time.monotonic() + 60
-    while len(await list_nodes(client.store, client.keys)) < s.n_workers:
-        if time.monotonic() > deadline:
-            raise RuntimeError("workers did not register")
-        await asyncio.sleep(0.05)
+async def connect(s: Stack, timeout_s: float | None = None) -> Client:
+    """A client of the stack once its workers are registered (closed again if they never are).
+
+    ``timeout_s`` is the etcd request timeout (default: the client's 5 s).
+    """
+    config = StoreConfig.from_text(s.endpoint, **({"timeout_s": timeout_s} if timeout_s else {}))
+    client = await Client.connect(config, namespace=NS)
+    try:
+        deadline = time.monotonic() + 60
+        while len(await list_nodes(client.store, client.keys)) < s.n_workers:
+            if time.monotonic() > deadline:
+                raise RuntimeError("workers did not register")
+            await asyncio.sleep(0.05)
+    except BaseException:
+        await client.close()
+        raise
     return client
 
 

@@ -108,6 +108,41 @@ def _log_level(text: str) -> str:
     return level
 
 
+# Durations (90s, 30m, 12h, 7d), sizes (64MiB) and quota limits ("none" removes one).
+NO_LIMIT = "none"
+
+
+def _duration(text: str) -> float:
+    from tasklease.quotas import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValidationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _limit(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    def limit(text: str) -> Any:
+        if text.strip().lower() in (NO_LIMIT, "off"):
+            return NO_LIMIT
+        try:
+            value = parse(text)
+        except (ValidationError, argparse.ArgumentTypeError) as exc:
+            raise argparse.ArgumentTypeError(f"{exc} (or {NO_LIMIT!r} for no limit)") from None
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+        return value
+
+    limit.__name__ = f"{parse.__name__}_limit"
+    return limit
+
+
+def _size(text: str) -> int:
+    from tasklease.quotas import parse_size
+
+    return parse_size(text)
+
+
 # Options that an environment variable may give: (dest, variable, parse or None).
 ENV_OPTIONS: tuple[tuple[str, str, Callable[[str], Any] | None], ...] = (
     ("etcd", "TASKLEASE_ETCD", None),
@@ -347,6 +382,46 @@ def build_parser() -> argparse.ArgumentParser:
     p = cmd("demo", "start etcd, a scheduler and 2 workers, run a mixed workload, print a summary, stop")
     p.add_argument("--data-dir", type=Path, default=None, help="keep etcd's data and the logs here")
     p.add_argument("--workers", type=_int, default=2, help="worker processes (default 2)")
+
+    p = cmd("purge", "delete finished tasks older than an age (a dry run unless --yes)")
+    p.add_argument(
+        "--older-than",
+        type=_duration,
+        required=True,
+        metavar="AGE",
+        help="finished at least this long ago: 90s, 30m, 12h, 7d (0s: all)",
+    )
+    p.add_argument(
+        "--state",
+        action="append",
+        default=None,
+        help="succeeded, failed or cancelled (repeatable or comma-separated; default: all three)",
+    )
+    p.add_argument("--queue", default=None, help="only this queue")
+    p.add_argument("--yes", action="store_true", help="delete (without it: say what would be deleted)")
+
+    p = cmd("quota", "show, set or clear the namespace's quotas (enforced at submit)")
+    actions = p.add_subparsers(dest="quota_action", metavar="ACTION", required=True)
+    for name, text in (
+        ("show", "the limits and what waits now"),
+        ("set", "set some limits (the others are kept; 'none' removes one)"),
+        ("clear", "remove every limit"),
+    ):
+        q = actions.add_parser(name, help=text, description=text)
+        _common(q, top=False)
+    q = actions.choices["set"]
+    q.add_argument(
+        "--max-queued", type=_limit(_int), metavar="N", help="most waiting tasks (queued + pending)"
+    )
+    q.add_argument(
+        "--max-queued-bytes",
+        type=_limit(_size),
+        metavar="SIZE",
+        help="most bytes of waiting task records: 1048576, 512KiB, 64MiB, 1GiB",
+    )
+    q.add_argument(
+        "--max-retention", type=_limit(_duration), metavar="AGE", help="longest --retention: 3600, 12h, 7d"
+    )
     return parser
 
 
@@ -849,6 +924,97 @@ def cmd_dev(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_purge(args: argparse.Namespace) -> int:
+    """``tasklease purge``: count (or, with ``--yes``, delete) finished tasks older than ``--older-than``."""
+    from dataclasses import asdict
+
+    from tasklease.purge import check_states
+    from tasklease.quotas import format_duration, format_size
+
+    states = None
+    if args.state:
+        states = check_states([s.strip() for item in args.state for s in item.split(",") if s.strip()])
+
+    async def run(client: Client) -> int:
+        r = await client.purge(args.older_than, states=states, queue=args.queue, dry_run=not args.yes)
+        if args.json:
+            _print_json(asdict(r))
+            return EXIT_OK
+        where = f"queue {r.queue}" if r.queue else "all queues"
+        scope = f"{', '.join(r.states)}; {where}; finished {format_duration(r.older_than_s)} ago or more"
+        if r.corrupt:
+            _say(f"{r.corrupt} records could not be decoded and were left alone (see the log)")
+        if r.dry_run:
+            _say(
+                f"dry run: {r.matched} finished tasks ({format_size(r.matched_bytes)}) would be deleted "
+                f"({scope}); run again with --yes to delete them"
+            )
+            return EXIT_OK
+        _say(
+            f"deleted {r.deleted} finished tasks ({format_size(r.deleted_bytes)}) ({scope}); "
+            f"{r.kept} changed or expired meanwhile and were kept; {r.remaining} task records remain"
+        )
+        if r.deleted:
+            _say(
+                f"etcd gives the space back once compacted and defragmented: etcdctl compact {r.revision}, "
+                "then etcdctl defrag (each member); then etcdctl alarm disarm if etcd raised its NOSPACE alarm"
+            )
+        return EXIT_OK
+
+    return asyncio.run(_with_client(args, run))
+
+
+def cmd_quota(args: argparse.Namespace) -> int:
+    """``tasklease quota show|set|clear``."""
+    from tasklease.quotas import change_quota, format_duration, format_size, read_quota, write_quota
+
+    async def run(client: Client) -> int:
+        ns = client.keys.namespace
+        if args.quota_action == "set":
+            given = {
+                "max_queued": args.max_queued,
+                "max_queued_bytes": args.max_queued_bytes,
+                "max_retention_s": args.max_retention,
+            }
+            changes = {k: (None if v == NO_LIMIT else v) for k, v in given.items() if v is not None}
+            if not changes:
+                raise UsageError("quota set needs --max-queued, --max-queued-bytes or --max-retention")
+            quota, _ = await change_quota(client.store, client.keys, changes, now=time.time())
+        elif args.quota_action == "clear":
+            _, kv = await read_quota(client.store, client.keys)
+            await write_quota(client.store, client.keys, None, expect=kv)
+            quota = None
+        else:
+            quota, _ = await read_quota(client.store, client.keys)
+        with_bytes = quota is not None and quota.max_queued_bytes is not None
+        usage = await client.quota_usage(with_bytes=with_bytes)
+        if args.json:
+            _print_json(
+                {
+                    "namespace": ns,
+                    "quota": quota.to_dict() if quota is not None else None,
+                    "usage": {"waiting": usage.waiting, "waiting_bytes": usage.waiting_bytes},
+                }
+            )
+            return EXIT_OK
+        if quota is None:
+            _say(f"namespace {ns}: no quota; {usage.waiting} tasks waiting")
+            return EXIT_OK
+        _say(f"namespace {ns}:")
+        if quota.max_queued is not None:
+            _say(f"  max queued:        {quota.max_queued} tasks (waiting now: {usage.waiting})")
+        if quota.max_queued_bytes is not None and usage.waiting_bytes is not None:
+            _say(
+                f"  max queued bytes:  {format_size(quota.max_queued_bytes)} "
+                f"(waiting now: {format_size(usage.waiting_bytes)})"
+            )
+        if quota.max_retention_s is not None:
+            _say(f"  max retention:     {format_duration(quota.max_retention_s)}")
+        return EXIT_OK
+
+    return asyncio.run(_with_client(args, run))
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": cmd_demo,
     "dev": cmd_dev,
@@ -864,6 +1030,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "priority": cmd_priority,
     "wait": cmd_wait,
     "stats": cmd_stats,
+    "purge": cmd_purge,
+    "quota": cmd_quota,
 }
 
 

@@ -272,6 +272,40 @@ async def write_quota(store: Store, keys: Keyspace, quota: Quota | None, *, expe
     return result.revision
 
 
+async def change_quota(
+    store: Store, keys: Keyspace, changes: dict[str, Any], *, now: float
+) -> tuple[Quota | None, int]:
+    """Change some limits and keep the others (``quota set``); a value of ``None`` removes a limit.
+
+    A record that cannot be read is replaced. With no limit left the record is deleted.
+
+    Returns:
+        The quota now in force (``None``: none) and the revision of the change.
+
+    Raises:
+        InvalidOption: A bad value or an unknown limit.
+        ConflictError: Someone changed the record at the same time.
+    """
+    unknown = set(changes) - {"max_queued", "max_queued_bytes", "max_retention_s"}
+    if unknown:
+        raise InvalidOption(f"unknown quota limit(s): {', '.join(sorted(unknown))}")
+    kv, _ = await store.get(keys.quota)
+    current = Quota()
+    if kv is not None:
+        try:
+            current = Quota.decode(kv.key, kv.value)
+        except CorruptRecord as exc:
+            log.warning("replacing a quota record that cannot be read: %s", exc)
+    quota = Quota(
+        max_queued=changes.get("max_queued", current.max_queued),
+        max_queued_bytes=changes.get("max_queued_bytes", current.max_queued_bytes),
+        max_retention_s=changes.get("max_retention_s", current.max_retention_s),
+        updated_at=now,
+    )
+    revision = await write_quota(store, keys, quota, expect=kv)
+    return (None if quota.empty else quota), revision
+
+
 # usage ----------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Usage:
