@@ -433,8 +433,12 @@ class ClusterView:
         ]
 
     def next_stale(self) -> float:
-        """Monotonic time when the next live worker would become stale (inf if none)."""
-        return min((n.seen + n.ttl + STALE_MARGIN_S for n in self.nodes.values()), default=float("inf"))
+        """Monotonic time when the next worker not yet stale would become so (inf if none)."""
+        mono = self.clock.monotonic()
+        return min(
+            (t for n in self.nodes.values() if (t := n.seen + n.ttl + STALE_MARGIN_S) > mono),
+            default=float("inf"),
+        )
 
 
 class Scheduler:
