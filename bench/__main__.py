@@ -332,12 +332,14 @@ def render_payloads(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             )
             lines.append("")
             lines.append(
-                "| queued | leading after | first assignment after | scheduler CPU then | scheduler RSS then |"
+                "| queued | leading after | first assignment after | of which after leading | "
+                "scheduler CPU then | scheduler RSS then |"
             )
-            lines.append("|---|---:|---:|---:|---:|")
+            lines.append("|---|---:|---:|---:|---:|---:|")
             for label, x in (("1", e), (f"{r['backlog']:,} x {_kb(r['payload_bytes'])}", d)):
                 lines.append(
                     f"| {label} | {x['leading_s']:.2f} s | {x['first_assignment_s']:.2f} s | "
+                    f"{x['first_assignment_s'] - x['leading_s']:.2f} s | "
                     f"{x['scheduler_cpu_s']:.2f} s | {x['scheduler_rss_mb']:,.0f} MB |"
                 )
         elif r.get("kind") == "etcd_bytes":
