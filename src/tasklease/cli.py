@@ -269,8 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--retention",
         type=_finite_float,
-        default=7 * 24 * 3600.0,
-        help="seconds the record is kept once finished (default 7 days)",
+        default=None,
+        help="seconds the record is kept once finished (default 7 days, or the quota's maximum if lower)",
     )
     p.add_argument(
         "--require", default=None, help="tags a worker must have to run it: zone=eu,gpu=true (its --tags)"

@@ -93,7 +93,7 @@ from tasklease.models import (
 )
 from tasklease.purge import PurgeResult, explain_nospace, purge
 from tasklease.queue import queue_key, unplace_ops
-from tasklease.quotas import Quota, QuotaGuard, Usage, read_quota, write_quota
+from tasklease.quotas import Quota, QuotaGuard, Usage, write_quota
 from tasklease.retention import RetentionLeases
 from tasklease.retry import RetryPolicy
 from tasklease.routing import Requires, check_requires
@@ -136,7 +136,9 @@ class TaskSpec:
         timeout_s: Limit of one attempt.
         retry: Retry policy.
         task_id: An id to use instead of a new one (must be unused).
-        retention_s: How long the record is kept once the task has finished.
+        retention_s: How long the record is kept once the task has finished
+            (seconds; ``None``: 7 days, or the namespace's maximum retention
+            if that is lower, see quotas.py).
         requires: Tags a worker must have (``{"zone": "eu"}``): only workers
             started with matching ``--tags`` run it.
     """
@@ -148,13 +150,14 @@ class TaskSpec:
     timeout_s: float = DEFAULT_TIMEOUT_S
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     task_id: str | None = None
-    retention_s: float = DEFAULT_RETENTION_S
+    retention_s: float | None = None
     requires: Mapping[str, str] | Requires | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.type, str) or not 1 <= len(self.type) <= 128:
             raise InvalidOption("task type must be a string of 1 to 128 characters")
-        check_retention(self.retention_s)
+        if self.retention_s is not None:
+            check_retention(self.retention_s)
         check_priority(self.priority)
         check_name(self.queue)
         check_timeout(self.timeout_s)
@@ -251,7 +254,12 @@ class Client:
         await self.close()
 
     # submit -----------------------------------------------------------------------------
-    def _new_task(self, spec: TaskSpec) -> Task:
+    async def _default_retention(self) -> float:
+        """The retention of a submit that gives none (the namespace's quota may lower it)."""
+        quota = await self.quotas.current()
+        return quota.default_retention_s() if quota is not None else DEFAULT_RETENTION_S
+
+    def _new_task(self, spec: TaskSpec, default_retention_s: float = DEFAULT_RETENTION_S) -> Task:
         now = self.clock.now()
         return Task(
             id=spec.task_id or self.ids.task_id(),
@@ -265,7 +273,7 @@ class Client:
             seq=self.ids.sequence(),
             created_at=now,
             updated_at=now,
-            retention_s=float(spec.retention_s),
+            retention_s=float(spec.retention_s if spec.retention_s is not None else default_retention_s),
             requires=check_requires(spec.requires),
         )
 
@@ -291,7 +299,7 @@ class Client:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         retry: RetryPolicy | None = None,
         task_id: str | None = None,
-        retention_s: float = DEFAULT_RETENTION_S,
+        retention_s: float | None = None,
         requires: Mapping[str, str] | None = None,
     ) -> Task:
         """Submit one task: one transaction writes its record and its queue key.
@@ -318,7 +326,7 @@ class Client:
         while a submit transaction is in flight go out together in the next one
         (group commit). Each returns once its own task is durably stored.
         """
-        task = self._new_task(spec)
+        task = self._new_task(spec, await self._default_retention())
         data = _encode_queued(task)
         try:
             await self.quotas.admit([(task, data)])
@@ -441,8 +449,9 @@ class Client:
         """
         tasks: list[Task] = []
         encoded: list[bytes] = []
+        default_retention = await self._default_retention()
         for spec in specs:
-            task = self._new_task(spec)
+            task = self._new_task(spec, default_retention)
             tasks.append(task)
             encoded.append(_encode_queued(task))
         if len({t.id for t in tasks}) != len(tasks):
@@ -669,7 +678,7 @@ class Client:
         Raises:
             ConflictError: Someone changed it at the same time.
         """
-        _, kv = await read_quota(self.store, self.keys)
+        kv, _ = await self.store.get(self.keys.quota)  # replaced as is, even if it cannot be read
         if quota is not None:
             quota = replace(quota, updated_at=self.clock.now())
         revision = await write_quota(self.store, self.keys, quota, expect=kv)

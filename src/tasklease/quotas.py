@@ -62,7 +62,8 @@ from tasklease import codec
 from tasklease.clock import Clock, SystemClock
 from tasklease.errors import CorruptRecord, InvalidOption, StoreError, ValidationError, WatchCompacted
 from tasklease.keys import Keyspace, prefix_end
-from tasklease.models import MAX_RETENTION_S, Task
+from tasklease.models import DEFAULT_RETENTION_S, MAX_RETENTION_S, Task
+from tasklease.queue import queue_key
 from tasklease.store import KV, Compare, Delete, Get, Put, Store
 
 log = logging.getLogger("tasklease.quotas")
@@ -200,6 +201,12 @@ class Quota:
         """Whether a submit needs to know how many tasks (or bytes) wait."""
         return self.max_queued is not None or self.max_queued_bytes is not None
 
+    def default_retention_s(self) -> float:
+        """The retention of a submit that gives none: 7 days, or the maximum if lower."""
+        if self.max_retention_s is None:
+            return DEFAULT_RETENTION_S
+        return min(DEFAULT_RETENTION_S, self.max_retention_s)
+
     @property
     def empty(self) -> bool:
         """Whether it limits nothing."""
@@ -334,6 +341,7 @@ class _Submit:
     """A task this client is submitting (revision None) or submitted (at revision)."""
 
     size: int
+    key: str  # its queue key
     revision: int | None = None
 
 
@@ -528,13 +536,16 @@ class QuotaGuard:
                 adding=adding_bytes,
             )
         for task, data in items:
-            self._submits[task.id] = _Submit(len(data))
+            self._submits[task.id] = _Submit(len(data), queue_key(self.keys, task))
 
     def landed(self, task_id: str, revision: int) -> None:
         """An admitted task was written by the transaction at ``revision``."""
         submit = self._submits.get(task_id)
         if submit is not None:
             submit.revision = revision
+            if self._quota is not None and self._quota.max_queued_bytes is not None:
+                # Its queue key was written by that transaction: no need to read its size.
+                self._sizes[submit.key] = (revision, submit.size)
 
     def abandon(self, task_ids: Sequence[str]) -> None:
         """Admitted tasks that were not written (or are settled): drop those not landed."""
