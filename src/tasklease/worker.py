@@ -50,8 +50,9 @@ import os
 import random
 import secrets
 import socket
+import sys
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,7 +77,10 @@ from tasklease.executors.base import (
     Registry,
     TaskContext,
     UnknownTaskType,
+    check_pass_env,
+    child_environment,
 )
+from tasklease.executors.netpolicy import NetworkPolicy
 from tasklease.executors.python import AsyncFunctionExecutor, ProcessPool, SyncFunctionExecutor
 from tasklease.ids import IdGenerator
 from tasklease.keys import NAME_RE, Keyspace, check_name, prefix_end
@@ -108,6 +112,39 @@ def default_worker_id() -> str:
     return f"{host}-{os.getpid()}-{secrets.token_hex(8)}"
 
 
+def set_import_path(paths: Sequence[str] = ()) -> list[str]:
+    """Make ``sys.path`` what a worker process imports from: ``paths`` first, no current directory.
+
+    ``python -m`` and ``python -c`` put the current directory first on the
+    import path (``sys.path[0]``: its absolute path, or ``''``); a module planted
+    there (even one named ``tasklease`` or ``json``) would shadow the real one
+    in the worker and, through the path children inherit, in its children. It
+    is removed, as is every ``''`` entry; a directory the worker should import
+    from is given explicitly (``--path DIR``, e.g. ``--path .``), or in
+    ``PYTHONPATH``. Used by ``tasklease worker`` before it imports ``--import``
+    modules.
+
+    Returns:
+        The directories put first, as absolute paths, in order.
+
+    Raises:
+        InvalidOption: A path that is not a directory.
+    """
+    dirs: list[str] = []
+    for given in paths:
+        directory = os.path.abspath(given)
+        if not os.path.isdir(directory):
+            raise InvalidOption(f"--path {given!r}: not a directory")
+        if directory not in dirs:
+            dirs.append(directory)
+    entries = list(sys.path)
+    if entries and not sys.flags.safe_path and entries[0] in ("", os.getcwd()):
+        entries = entries[1:]  # the current directory that -m / -c put first
+    entries = [e for e in entries if e and e not in dirs]
+    sys.path[:] = [*dirs, *entries]
+    return dirs
+
+
 class WorkerIdInUse(InvalidOption, ConflictError):
     """Another live worker is registered under this worker id.
 
@@ -132,6 +169,12 @@ class WorkerConfig:
         grace_s: On SIGTERM, how long running tasks may take to finish.
         imports: Modules imported at start (they register task functions);
             children of the process pool import them too.
+        pass_env: Names of environment variables passed to the processes
+            started for tasks (shell commands, sync-task children) beside the
+            allowlist (``executors.base.ENV_ALLOWLIST``); never ``TASKLEASE_*``.
+        http_allow_nets: Networks (CIDR) ``http`` tasks may reach even though
+            they are denied by default (loopback, private, link-local...).
+        http_deny_nets: Networks ``http`` tasks may never reach.
     """
 
     worker_id: str = field(default_factory=default_worker_id)
@@ -143,9 +186,14 @@ class WorkerConfig:
     heartbeat_s: float = 3.0
     grace_s: float = 30.0
     imports: tuple[str, ...] = ()
+    pass_env: tuple[str, ...] = ()
+    http_allow_nets: tuple[str, ...] = ()
+    http_deny_nets: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_name(self.worker_id, "worker")
+        check_pass_env(self.pass_env)
+        NetworkPolicy.from_options(self.http_allow_nets, self.http_deny_nets)
         if not self.queues:
             raise InvalidOption("a worker serves at least one queue")
         for q in self.queues:
@@ -224,7 +272,10 @@ class Worker:
         self.config = config or WorkerConfig()
         self.clock = clock or SystemClock()
         self.id = self.config.worker_id
-        self.pool = ProcessPool(self.config.concurrency, self.config.imports)
+        # What processes started for tasks get of our environment, and where http may go.
+        self.child_env = child_environment(self.config.pass_env)
+        self.network = NetworkPolicy.from_options(self.config.http_allow_nets, self.config.http_deny_nets)
+        self.pool = ProcessPool(self.config.concurrency, self.config.imports, self.child_env)
         self._executors = self._build_executors()
         self._ids = IdGenerator(self.clock)
         self._rng = random.Random()
@@ -757,7 +808,14 @@ class Worker:
             log.error("%s", err, extra=extra)
             return Outcome.FAILED, None, str(err), True
         ctx = TaskContext(
-            task.id, assignment.attempt.number, task.type, task.payload, task.timeout_s, self.id
+            task.id,
+            assignment.attempt.number,
+            task.type,
+            task.payload,
+            task.timeout_s,
+            self.id,
+            env=self.child_env,
+            network=self.network,
         )
         log.debug("task started", extra=extra)
         try:

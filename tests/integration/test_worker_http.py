@@ -4,6 +4,9 @@ The server is a plain socket server in threads, so that it can misbehave on
 purpose: drip a body one byte at a time, send more than anyone should read,
 redirect. It records what it was asked and whether the client closed the
 connection while it was still sending.
+
+Loopback is denied by default (executors/netpolicy.py): the worker and the
+contexts here allow 127.0.0.0/8 explicitly, except where the refusal is tested.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import pytest
 from faults.procs import until
 from tasklease.executors.base import PermanentError, TaskContext, TaskError
 from tasklease.executors.builtin import OUTPUT_LIMIT, Http, builtin_registry
+from tasklease.executors.netpolicy import NetworkPolicy
 from tasklease.keys import Keyspace
 from tasklease.models import Outcome, TaskState
 from tasklease.queue import assign_next
@@ -47,13 +51,16 @@ class MisbehavingServer:
     - ``/chunked``: 200, 100 KiB in chunks of 10 KiB;
     - ``/close``: 200, no length, 1,000 bytes, then closes;
     - ``/redirect``: 302 to ``/target``; ``/target``: 200 ``arrived``;
+    - ``/away``: 302 to ``self.away`` (a test sets it); ``/to-https``: 302 to this
+      server's ``https://`` URL;
     - ``/nothing``: 204; ``/fail``: 503; ``/echo``: 200 with the request body.
     """
 
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.sock = socket.create_server((host, 0))
         self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{host}:{self.port}"
+        self.away = ""
         self.seen: list[Seen] = []
         self.stop = threading.Event()
         self.threads: list[threading.Thread] = []
@@ -127,6 +134,11 @@ class MisbehavingServer:
             send(b"HTTP/1.1 200 OK\r\n\r\n" + b"z" * 1000)
         elif path == "/redirect":
             send(b"HTTP/1.1 302 Found\r\nLocation: /target\r\nContent-Length: 5\r\n\r\nmoved")
+        elif path == "/away":
+            send(b"HTTP/1.1 302 Found\r\nLocation: %s\r\nContent-Length: 0\r\n\r\n" % self.away.encode())
+        elif path == "/to-https":
+            location = self.url.replace("http://", "https://") + "/target"
+            send(b"HTTP/1.1 302 Found\r\nLocation: %s\r\nContent-Length: 0\r\n\r\n" % location.encode())
         elif path == "/target":
             send(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\narrived")
         elif path == "/nothing":
@@ -153,15 +165,20 @@ def server() -> Iterator[MisbehavingServer]:
 
 @pytest.fixture
 async def worker(store: Store, keyspace: Keyspace) -> AsyncIterator[Worker]:
-    config = WorkerConfig(worker_id="wh", lease_ttl_s=3, heartbeat_s=0.5, grace_s=1.0)
+    config = WorkerConfig(
+        worker_id="wh", lease_ttl_s=3, heartbeat_s=0.5, grace_s=1.0, http_allow_nets=("127.0.0.0/8",)
+    )
     w = Worker(store, keyspace, builtin_registry(frozenset({"http"})), config)
     await w.start()
     yield w
     await w.kill()
 
 
-def ctx(payload: dict, timeout_s: float = 10.0) -> TaskContext:
-    return TaskContext("t", 1, "http", payload, timeout_s, "w")
+LOOPBACK = NetworkPolicy.from_options(allow=["127.0.0.0/8"])
+
+
+def ctx(payload: dict, timeout_s: float = 10.0, network: NetworkPolicy = LOOPBACK) -> TaskContext:
+    return TaskContext("t", 1, "http", payload, timeout_s, "w", network=network)
 
 
 # through a worker ----------------------------------------------------------------------------
@@ -270,3 +287,60 @@ async def test_own_deadline_closes_the_connection(server):
         await Http().run(ctx({"url": f"{server.url}/drip"}, timeout_s=0.5))
     (drip,) = server.requests_to("/drip")
     await until(drip.closed_by_client.is_set, within_s=5, what="the client to close the drip's connection")
+
+
+# which addresses: loopback, private and link-local are refused unless allowed --------------
+async def test_loopback_is_refused_by_default_naming_the_rule(client, store, keyspace, server):
+    config = WorkerConfig(worker_id="wh-default", lease_ttl_s=3, heartbeat_s=0.5, grace_s=1.0)
+    w = Worker(store, keyspace, builtin_registry(frozenset({"http"})), config)
+    await w.start()
+    try:
+        task = await client.submit("http", {"url": f"{server.url}/echo"}, retry=RetryPolicy(max_retries=3))
+        await assign_next(store, keyspace, "default", w.id, w.lease_id, time.time())
+        final = await client.wait(task.id, timeout_s=20)
+    finally:
+        await w.kill()
+    assert final.state is TaskState.FAILED
+    assert len(final.attempts) == 1, "a refused address is a permanent failure"
+    error = final.error or ""
+    assert "127.0.0.1 is in 127.0.0.0/8 (loopback), denied by default" in error, error
+    assert "--http-allow-net 127.0.0.0/8" in error
+    assert server.seen == []
+
+
+async def test_a_name_that_resolves_to_loopback_is_refused(server):
+    with pytest.raises(PermanentError, match=r"refused: localhost: .*(127\.0\.0\.0/8|::1/128)"):
+        await Http().run(ctx({"url": f"http://localhost:{server.port}/echo"}, network=NetworkPolicy()))
+    # A network denied explicitly wins over an allowed one
+    denied = NetworkPolicy.from_options(allow=["127.0.0.0/8"], deny=["127.0.0.1/32"])
+    with pytest.raises(PermanentError, match=r"denied by --http-deny-net 127\.0\.0\.1/32"):
+        await Http().run(ctx({"url": f"{server.url}/echo"}, network=denied))
+    assert server.seen == []
+
+
+@pytest.fixture
+def other_server() -> Iterator[MisbehavingServer]:
+    s = MisbehavingServer("127.0.0.2")  # another loopback address, another port
+    yield s
+    s.close()
+
+
+async def test_each_redirect_hop_is_checked(server, other_server):
+    server.away = f"{other_server.url}/target"
+    payload = {"url": f"{server.url}/away", "follow_redirects": True, "method": "POST", "body": "x"}
+    only_first = NetworkPolicy.from_options(allow=["127.0.0.1/32"])
+    with pytest.raises(PermanentError, match=r"127\.0\.0\.2 is in 127\.0\.0\.0/8 \(loopback\)"):
+        await Http().run(ctx(payload, network=only_first))
+    assert len(server.requests_to("/away")) == 1
+    assert other_server.seen == [], "the redirect's target was reached"
+    # Allowed: the hop is followed (a POST redirected by a 302 becomes a GET)
+    result = await Http().run(ctx(payload, network=LOOPBACK))
+    assert result["status"] == 200 and result["body"] == "arrived"
+    assert [s.method for s in other_server.requests_to("/target")] == ["GET"]
+
+
+async def test_redirects_stay_within_their_scheme(server):
+    result = await Http().run(ctx({"url": f"{server.url}/to-https", "follow_redirects": True}))
+    assert result["status"] == 302
+    assert result["headers"]["Location"].startswith("https://")
+    assert server.requests_to("/target") == []

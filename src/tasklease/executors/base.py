@@ -20,11 +20,14 @@ An executor runs one attempt of one task. The contract:
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, runtime_checkable
 
 from tasklease.errors import InvalidOption, TaskleaseError
+from tasklease.executors.netpolicy import NetworkPolicy
 from tasklease.models import DEFAULT_PRIORITY, DEFAULT_QUEUE, DEFAULT_TIMEOUT_S, JSON
 from tasklease.retry import RetryPolicy
 
@@ -44,6 +47,51 @@ class UnknownTaskType(PermanentError):
     """No executor on this worker runs this task type."""
 
 
+# What a process started for a task (a shell command, a sync task's child) gets of the
+# worker's environment, beside the names the worker is told to pass (``--pass-env``).
+# Never the rest: the worker's environment holds its etcd credentials
+# (TASKLEASE_ETCD_PASSWORD) and whatever else its deployer put there (cloud keys).
+ENV_ALLOWLIST = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "HOME", "TZ", "TMPDIR", "USER", "LOGNAME")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def is_tasklease_variable(name: str) -> bool:
+    """``TASKLEASE_*`` (any case): tasklease's own settings and credentials, never passed to tasks."""
+    return name.upper().startswith("TASKLEASE_")
+
+
+def check_pass_env(names: Iterable[str]) -> tuple[str, ...]:
+    """Validate the names of ``--pass-env``.
+
+    Raises:
+        InvalidOption: A name that is not a variable name, or a ``TASKLEASE_*`` one.
+    """
+    checked = []
+    for name in names:
+        if not isinstance(name, str) or not _ENV_NAME.fullmatch(name):
+            raise InvalidOption(f"--pass-env {name!r}: not an environment variable name")
+        if is_tasklease_variable(name):
+            raise InvalidOption(
+                f"--pass-env {name}: TASKLEASE_* variables (etcd credentials and settings) "
+                "are never passed to tasks"
+            )
+        checked.append(name)
+    return tuple(checked)
+
+
+def child_environment(
+    pass_env: Iterable[str] = (), environ: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The environment of a process started for a task: :data:`ENV_ALLOWLIST` and ``pass_env``.
+
+    Taken from ``environ`` (default ``os.environ``); names it does not hold are
+    left out; ``TASKLEASE_*`` never gets in.
+    """
+    source = os.environ if environ is None else environ
+    names = dict.fromkeys((*ENV_ALLOWLIST, *pass_env))
+    return {n: source[n] for n in names if n in source and not is_tasklease_variable(n)}
+
+
 @dataclass(frozen=True, slots=True)
 class TaskContext:
     """What an executor gets for one attempt.
@@ -55,6 +103,9 @@ class TaskContext:
         payload: The JSON payload.
         timeout_s: The attempt's time limit (the worker enforces it by cancelling).
         worker: The worker id.
+        env: The environment for processes the attempt starts (the worker's
+            minimal one: :func:`child_environment`).
+        network: Which addresses the attempt may connect to (``http``).
     """
 
     task_id: str
@@ -63,6 +114,8 @@ class TaskContext:
     payload: JSON
     timeout_s: float
     worker: str
+    env: Mapping[str, str] = field(default_factory=child_environment)
+    network: NetworkPolicy = field(default_factory=NetworkPolicy)
 
 
 @runtime_checkable

@@ -5,7 +5,8 @@ requests from every worker, so a worker registers them only when started with
 ``--allow shell`` / ``--allow http``.
 
 Both stop for real at a timeout, a cancel or a shutdown: ``shell`` SIGKILLs
-the command's process group; ``http`` runs on asyncio streams
+the command's process group (which also dies with the worker: see
+executors/supervisor.py); ``http`` runs on asyncio streams
 (executors/http.py), so its connection is closed at once and no thread is
 left reading. ``http`` does not follow redirects unless the payload asks
 (``"follow_redirects": true``).
@@ -18,18 +19,19 @@ import contextlib
 import os
 import shutil
 import signal
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 from tasklease.executors.base import PermanentError, Registry, TaskContext, TaskError
 from tasklease.executors.http import fetch
+from tasklease.executors.supervisor import SPAWN_ERROR
 from tasklease.models import JSON
 
 OUTPUT_LIMIT = 64 * 1024
-# The command dies with the worker (kernel PDEATHSIG, set by util-linux's setpriv
-# before it execs the command). No preexec_fn: Python code between fork and exec
-# is unsafe in a process with threads (gRPC's).
-_SETPRIV = shutil.which("setpriv")
-PDEATHSIG_PREFIX: tuple[str, ...] = (_SETPRIV, "--pdeathsig", "KILL", "--") if _SETPRIV else ()
+# The parent of every shell command (see its docstring): run by file name, isolated.
+SUPERVISOR = str(Path(__file__).with_name("supervisor.py"))
 SENSITIVE = frozenset({"shell", "http"})
 
 
@@ -59,19 +61,31 @@ class Sleep:
         return {"slept": seconds}
 
 
-async def _read_bounded(stream: asyncio.StreamReader | None, limit: int) -> tuple[str, bool]:
-    """Read a stream to its end, keeping the first ``limit`` bytes."""
-    if stream is None:
-        return "", False
-    kept = bytearray()
-    truncated = False
-    while chunk := await stream.read(65536):
-        room = limit - len(kept)
+class _Capture(asyncio.SubprocessProtocol):
+    """Keeps the first ``limit`` bytes of stdout and stderr; reads (and drops) the rest.
+
+    Reading never stops, so a command that writes a lot never blocks on a full
+    pipe. ``done`` is set once the process has exited and every pipe is closed.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.out = bytearray()
+        self.err = bytearray()
+        self.truncated = False
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def pipe_data_received(self, fd: int, data: bytes | str) -> None:
+        kept = self.out if fd == 1 else self.err
+        room = self.limit - len(kept)
         if room > 0:
-            kept += chunk[:room]
-        if len(chunk) > room:
-            truncated = True
-    return kept.decode(errors="replace"), truncated
+            kept += data[:room] if isinstance(data, bytes) else data[:room].encode()
+        if len(data) > room:
+            self.truncated = True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
 
 
 class Shell:
@@ -79,9 +93,17 @@ class Shell:
 
     Payload: ``{"argv": ["cmd", "arg"], "cwd": "/dir", "env": {"K": "V"},
     "stdin": "text", "check": true}``. The result holds ``exit_code`` and the
-    first 64 KiB of ``stdout`` and ``stderr``. With ``check`` (the default) a
-    non-zero exit code fails the attempt. The command runs in its own process
-    group, which is SIGKILLed if the attempt is cancelled or times out.
+    first 64 KiB of ``stdout`` and ``stderr`` (the rest is read and dropped).
+    With ``check`` (the default) a non-zero exit code fails the attempt.
+
+    The environment is the worker's minimal one (``TaskContext.env``: an
+    allowlist and ``--pass-env``), plus the payload's ``env``. ``stdin`` is
+    written while the output is read, so any size within the payload limit
+    works. The command runs in its own process group, under
+    executors/supervisor.py: the group is SIGKILLed at a timeout, a cancel or a
+    shutdown (then the pipes are closed, and only then is the exit awaited),
+    when the worker dies (even by SIGKILL), and, for whatever the command left
+    running in the background, when the command exits.
     """
 
     async def run(self, ctx: TaskContext) -> JSON:
@@ -90,49 +112,62 @@ class Shell:
         argv = p.get("argv")
         if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
             raise PermanentError("shell needs payload.argv, a non-empty list of strings")
-        env = None
+        env = dict(ctx.env)
         if p.get("env") is not None:
             if not isinstance(p["env"], dict):
                 raise PermanentError("shell payload.env must be an object")
-            env = {**os.environ, **{str(k): str(v) for k, v in p["env"].items()}}
+            env.update({str(k): str(v) for k, v in p["env"].items()})
         stdin_text = p.get("stdin")
-        program = shutil.which(argv[0], path=(env or os.environ).get("PATH"))
+        program = shutil.which(argv[0], path=env.get("PATH", os.defpath))
         if program is None:
             raise PermanentError(f"cannot run {argv[0]!r}: not found or not executable")
+        loop = asyncio.get_running_loop()
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *PDEATHSIG_PREFIX,
+            transport, capture = await loop.subprocess_exec(
+                lambda: _Capture(OUTPUT_LIMIT),
+                sys.executable,
+                "-I",
+                "-S",
+                SUPERVISOR,
+                str(os.getpid()),
+                "--",
                 program,
                 *argv[1:],
                 cwd=p.get("cwd"),
                 env=env,
-                stdin=asyncio.subprocess.PIPE if stdin_text is not None else asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
+                stdin=subprocess.PIPE if stdin_text is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 start_new_session=True,
             )
         except OSError as exc:
             raise PermanentError(f"cannot run {argv[0]!r}: {exc.strerror or exc}") from exc
         try:
-            if stdin_text is not None and proc.stdin is not None:
-                proc.stdin.write(str(stdin_text).encode())
-                await proc.stdin.drain()
-                proc.stdin.close()
-            (out, out_cut), (err, err_cut) = await asyncio.gather(
-                _read_bounded(proc.stdout, OUTPUT_LIMIT), _read_bounded(proc.stderr, OUTPUT_LIMIT)
-            )
-            code = await proc.wait()
+            stdin = transport.get_pipe_transport(0)
+            if stdin is not None:
+                # Buffered by the transport and written as the command reads it, while
+                # the output is read: no deadlock. Closed once written (end of input).
+                assert isinstance(stdin, asyncio.WriteTransport)
+                stdin.write(str(stdin_text).encode())
+                stdin.close()
+            await capture.done
         except BaseException:
+            # Timeout, cancel or shutdown: kill the whole group, close our ends of the
+            # pipes (nothing may wait on a pipe nobody reads), then reap.
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            await asyncio.shield(proc.wait())
+                os.killpg(transport.get_pid(), signal.SIGKILL)
+            transport.close()
+            await asyncio.shield(capture.done)
             raise
-        result = {
-            "exit_code": code,
-            "stdout": out,
-            "stderr": err,
-            "truncated": out_cut or err_cut,
-        }
+        finally:
+            transport.close()
+        code = transport.get_returncode()
+        assert code is not None
+        out = capture.out.decode(errors="replace")
+        err = capture.err.decode(errors="replace")
+        if code == 127 and err.startswith(SPAWN_ERROR):
+            raise PermanentError(f"cannot run {argv[0]!r}: {err[len(SPAWN_ERROR) :].strip()}")
+        result = {"exit_code": code, "stdout": out, "stderr": err, "truncated": capture.truncated}
         if code != 0 and p.get("check", True):
             tail = err.strip().splitlines()[-1:] or [""]
             raise TaskError(f"command exited with code {code}: {tail[0][:500]}")
@@ -147,7 +182,12 @@ class Http:
     downloaded; ``truncated`` says there was more). 5xx and network errors
     fail the attempt (retryable); 4xx fails it permanently. Redirects are not
     followed: a 3xx response is the result (its ``Location`` in ``headers``),
-    unless the payload says ``"follow_redirects": true`` (at most 5).
+    unless the payload says ``"follow_redirects": true`` (at most 5, same scheme
+    only). Every connection (each redirect hop's too) goes only to a resolved
+    address the worker's ``TaskContext.network`` permits: loopback, private,
+    link-local (cloud metadata) and other internal networks are refused by
+    default (a permanent failure naming the rule) unless the worker allows them
+    (``--http-allow-net``).
 
     The request runs on the worker's event loop (executors/http.py, asyncio
     streams): at the attempt's timeout, a cancel or a shutdown the connection
@@ -186,6 +226,7 @@ class Http:
             timeout_s=ctx.timeout_s,
             body_limit=OUTPUT_LIMIT,
             follow_redirects=follow,
+            network=ctx.network,
         )
         result = {
             "status": response.status,

@@ -1,4 +1,4 @@
-"""The child process that runs sync task functions: ``python -m tasklease.executors.child``.
+"""The child process that runs sync task functions (started by executors/python.py, ``child_command``).
 
 Protocol on the pipes: the parent writes frames to our stdin, we write frames
 to the original stdout; a frame is a 4-byte big-endian length and a JSON
@@ -72,20 +72,17 @@ def serve(inp: BinaryIO, out: BinaryIO) -> None:
         write_frame(out, reply)
 
 
-def main() -> None:
-    """Entry point: import the worker's modules, then serve."""
+def main(modules: list[str]) -> None:
+    """Entry point: import the worker's modules, then serve.
+
+    Started by the worker (executors/python.py, ``child_command``) as
+    ``python -I -c BOOT PATH_JSON MODULE...``: the bootstrap sets ``sys.path``
+    to the worker's before importing this module, then calls this.
+    """
     die_with_parent()
     watch_parent()
-    extra_path = os.environ.get("TASKLEASE_CHILD_PATH", "")
-    for entry in reversed([p for p in extra_path.split(os.pathsep) if p]):
-        if entry not in sys.path:
-            sys.path.insert(0, entry)
     proto_out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # task prints go to stderr
-    for module in sys.argv[1:]:
+    for module in modules:
         importlib.import_module(module)
     serve(sys.stdin.buffer, proto_out)
-
-
-if __name__ == "__main__":
-    main()

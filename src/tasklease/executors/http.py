@@ -9,10 +9,13 @@ the worker's event loop: cancelling it (timeout, cancel, shutdown) closes the
 connection at once, and :func:`fetch` also has its own total deadline.
 
 What it does: one request per connection (``Connection: close``), ``http://``
-and ``https://`` (certificates verified against the system's CA bundle), a
+and ``https://`` (certificates verified against the system's CA bundle), only
+to addresses a :class:`~tasklease.executors.netpolicy.NetworkPolicy` permits
+(checked on the resolved address of every connection), a
 fixed-length, chunked or read-to-close body of which at most ``body_limit``
 bytes are kept (reading stops there: the rest is never downloaded), and
-redirects only if asked (``follow_redirects``; at most ``MAX_REDIRECTS``).
+redirects only if asked (``follow_redirects``; at most ``MAX_REDIRECTS``, and
+only within the same scheme).
 No compression (``Accept-Encoding: identity``), no cookies, no proxies. Host
 names are resolved by the event loop's resolver (``getaddrinfo`` in a thread
 of the default pool: the one blocking step, bounded by the system resolver's
@@ -23,12 +26,14 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 import ssl
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
 from tasklease import __version__
 from tasklease.executors.base import PermanentError, TaskError
+from tasklease.executors.netpolicy import NetworkPolicy
 
 MAX_HEAD_LINE = 64 * 1024  # one status or header line (the stream's buffer limit)
 MAX_HEAD_BYTES = 256 * 1024  # status line and headers together
@@ -72,26 +77,34 @@ async def fetch(
     timeout_s: float,
     body_limit: int,
     follow_redirects: bool = False,
+    network: NetworkPolicy | None = None,
 ) -> Response:
     """Make one request (and follow redirects if asked), all within ``timeout_s``.
 
+    Every connection, each redirect hop's included, goes only to a resolved
+    address that ``network`` permits (default: :class:`NetworkPolicy()`, which
+    denies loopback, private, link-local and other internal networks).
+    Redirects are followed only within the same scheme.
+
     Raises:
-        PermanentError: The request itself is invalid (URL, method, headers).
+        PermanentError: The request itself is invalid (URL, method, headers),
+            or its host is refused by ``network`` (the message names the rule).
         TaskError: The network or the server failed (refused, reset, bad
             response, too many redirects): retrying may help.
         TimeoutError: ``timeout_s`` passed; the connection is closed.
     """
     method = _check_method(method)
     fields = _check_headers(headers or {})
+    policy = network if network is not None else NetworkPolicy()
     async with asyncio.timeout(timeout_s):
         for _ in range(MAX_REDIRECTS + 1):
-            response = await _exchange(method, url, fields, body, body_limit)
+            response = await _exchange(method, url, fields, body, body_limit, policy)
             location = _header(response.headers, "location")
             if not follow_redirects or response.status not in REDIRECTS or location is None:
                 return response
             target = urljoin(url, location.strip())
-            if urlsplit(target).scheme.lower() not in ("http", "https"):
-                return response  # nowhere we may go: the 3xx is the answer
+            if urlsplit(target).scheme.lower() != urlsplit(url).scheme.lower():
+                return response  # another scheme (https -> http, ftp:...): the 3xx is the answer
             if response.status == 303 or (response.status in (301, 302) and method not in ("GET", "HEAD")):
                 method, body = "GET", None
                 fields = {k: v for k, v in fields.items() if k.lower() != "content-type"}
@@ -138,7 +151,7 @@ def _origin(url: str) -> tuple[str, str | None, int | None]:
 
 
 async def _exchange(
-    method: str, url: str, fields: dict[str, str], body: bytes | None, body_limit: int
+    method: str, url: str, fields: dict[str, str], body: bytes | None, body_limit: int, policy: NetworkPolicy
 ) -> Response:
     """One request on a fresh connection; the connection is closed when this returns or is cancelled."""
     parts = urlsplit(url)
@@ -179,13 +192,7 @@ async def _exchange(
     lines.append("Connection: close")
     request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace") + (body or b"")
 
-    context = ssl.create_default_context() if scheme == "https" else None
-    try:
-        reader, writer = await asyncio.open_connection(
-            host, port, ssl=context, server_hostname=host if context else None, limit=MAX_HEAD_LINE
-        )
-    except (OSError, ssl.SSLError) as exc:
-        raise TaskError(f"http request failed: cannot connect to {authority}: {_reason(exc)}") from exc
+    reader, writer = await _connect(host, port, authority, scheme == "https", policy)
     try:
         writer.write(request)
         await writer.drain()
@@ -197,6 +204,48 @@ async def _exchange(
         # Close now, without waiting for the peer: also on cancel and timeout.
         writer.transport.abort()
     return Response(status, reason, headers, data, truncated, url)
+
+
+async def _connect(
+    host: str, port: int, authority: str, tls: bool, policy: NetworkPolicy
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Resolve ``host``, keep the addresses ``policy`` permits, connect to the first that answers.
+
+    The connection is made to the checked address itself (never resolved
+    again), so a DNS answer that changes in between cannot slip past the check.
+
+    Raises:
+        PermanentError: Every address of ``host`` is refused by ``policy``.
+        TaskError: It cannot be resolved, or no permitted address answers.
+    """
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise TaskError(f"http request failed: cannot resolve {host!r}: {_reason(exc)}") from exc
+    permitted: list[str] = []
+    refusals: list[str] = []
+    for *_, sockaddr in infos:
+        address = str(sockaddr[0])
+        refusal = policy.refusal(address)
+        if refusal is not None:
+            refusals.append(refusal)
+        elif address not in permitted:
+            permitted.append(address)
+    if not permitted:
+        named = "" if refusals and refusals[0].split(" ", 1)[0] == host else f"{host}: "
+        raise PermanentError(f"http request refused: {named}{refusals[0] if refusals else 'no address'}")
+    context = ssl.create_default_context() if tls else None
+    failure: BaseException | None = None
+    for address in permitted:
+        try:
+            return await asyncio.open_connection(
+                address, port, ssl=context, server_hostname=host if context else None, limit=MAX_HEAD_LINE
+            )
+        except (OSError, ssl.SSLError) as exc:
+            failure = exc
+    assert failure is not None
+    raise TaskError(f"http request failed: cannot connect to {authority}: {_reason(failure)}") from failure
 
 
 def _reason(exc: BaseException) -> str:

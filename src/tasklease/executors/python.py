@@ -5,7 +5,8 @@ deadline; they must not block (CPU-bound work belongs in a sync function).
 One that raises ``CancelledError`` itself, when the worker did not cancel it,
 fails its attempt (the worker tells the two apart: see worker.py, "Runs").
 
-Sync functions run in child processes (``python -m tasklease.executors.child``),
+Sync functions run in child processes (``tasklease.executors.child``, started
+in isolated mode with the worker's import path and a minimal environment),
 each in its own process group, so that CPU-bound or GIL-holding code can never
 starve the worker's lease keep-alive, and so that a task past its deadline is
 really stopped: the child's whole process group is SIGKILLed and a fresh
@@ -20,15 +21,53 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
 
 from tasklease.errors import TaskleaseError
-from tasklease.executors.base import PermanentError, TaskContext, TaskError, TaskFunction, call_args
+from tasklease.executors.base import (
+    PermanentError,
+    TaskContext,
+    TaskError,
+    TaskFunction,
+    call_args,
+    child_environment,
+)
 from tasklease.models import JSON
 
 log = logging.getLogger("tasklease.executors")
+
+
+# Run by the child's interpreter (isolated: no current directory, no PYTHON*
+# variables, no user site): the import path is the worker's, from argv[1].
+_BOOT = (
+    "import sys, json; sys.path[:] = json.loads(sys.argv.pop(1)); "
+    "from tasklease.executors.child import main; main(sys.argv[1:])"
+)
+
+
+def child_import_path() -> list[str]:
+    """The import path a child gets: the worker's ``sys.path`` without ``''`` (the current directory).
+
+    The command line (``tasklease worker``) has already removed the current
+    directory that ``python -m`` puts first and added ``--path`` directories
+    (``worker.set_import_path``); a worker embedded in an application passes
+    on the application's path.
+    """
+    return [p for p in sys.path if p]
+
+
+def child_command(modules: tuple[str, ...]) -> list[str]:
+    """The child's command line: ``python -I -c BOOT PATH_JSON MODULE...``.
+
+    Isolated mode (``-I``): neither the current directory nor ``PYTHONPATH``
+    nor the user's site directory is on its path, so a module planted in the
+    worker's working directory (even one named ``tasklease`` or ``json``)
+    cannot shadow anything; the path is the worker's, given explicitly.
+    """
+    return [sys.executable, "-I", "-c", _BOOT, orjson.dumps(child_import_path()).decode(), *modules]
 
 
 class ChildCrashed(TaskError):
@@ -54,18 +93,18 @@ class Child:
         self.proc = proc
 
     @classmethod
-    async def spawn(cls, modules: tuple[str, ...]) -> Child:
-        """Start a child that imports ``modules`` first."""
-        env = dict(os.environ)
-        env["TASKLEASE_CHILD_PATH"] = os.pathsep.join(p for p in sys.path if p)
+    async def spawn(cls, modules: tuple[str, ...], env: Mapping[str, str] | None = None) -> Child:
+        """Start a child that imports ``modules`` first.
+
+        Its environment is ``env`` (default: :func:`child_environment`, never the
+        worker's whole environment); its import path is the worker's (see
+        :func:`child_import_path`), given explicitly.
+        """
         proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "tasklease.executors.child",
-            *modules,
+            *child_command(modules),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
-            env=env,
+            env=dict(child_environment() if env is None else env),
             start_new_session=True,
         )
         return cls(proc)
@@ -118,11 +157,13 @@ class ProcessPool:
     Args:
         size: The worker's concurrency.
         modules: Modules each child imports at start (``--import``).
+        env: The children's environment (default: :func:`child_environment`).
     """
 
-    def __init__(self, size: int, modules: tuple[str, ...]) -> None:
+    def __init__(self, size: int, modules: tuple[str, ...], env: Mapping[str, str] | None = None) -> None:
         self.size = size
         self.modules = modules
+        self.env = dict(child_environment() if env is None else env)
         # Touched only from the event loop.
         self._idle: list[Child] = []
         self._all: set[Child] = set()
@@ -134,7 +175,7 @@ class ProcessPool:
             if child.alive:
                 return child
             self._all.discard(child)
-        child = await Child.spawn(self.modules)
+        child = await Child.spawn(self.modules, self.env)
         self._all.add(child)
         return child
 
