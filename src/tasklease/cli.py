@@ -326,6 +326,41 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds running tasks get on SIGTERM (default 30)",
     )
     p.add_argument("--allow", default="", help="enable sensitive built-ins: shell,http")
+    p.add_argument(
+        "--pass-env",
+        dest="pass_env",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="pass environment variable NAME to task processes (shell, sync tasks); repeatable; "
+        "never TASKLEASE_*",
+    )
+    p.add_argument(
+        "--path",
+        dest="paths",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="import task modules from DIR too (e.g. --path .); repeatable; "
+        "the current directory is not on the import path otherwise",
+    )
+    p.add_argument(
+        "--http-allow-net",
+        dest="http_allow_nets",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="let http tasks reach this network although denied by default "
+        "(loopback, private, link-local...); repeatable",
+    )
+    p.add_argument(
+        "--http-deny-net",
+        dest="http_deny_nets",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="never let http tasks reach this network; repeatable",
+    )
     p.add_argument("--log-format", choices=["json", "text"], default="json")
 
     p = cmd("nodes", "list live workers and their load")
@@ -368,6 +403,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="MODULE",
         help="task module for the workers; repeatable",
+    )
+    p.add_argument(
+        "--path",
+        dest="paths",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="the workers import task modules from DIR too (e.g. --path .); repeatable",
     )
     p.add_argument("--allow", default="", help="let the workers run shell,http tasks")
     p.add_argument("--concurrency", type=_int, default=4, help="per worker (default 4)")
@@ -713,7 +756,10 @@ def load_registry(imports: Sequence[str], allow: frozenset[str]) -> Any:
         try:
             module = importlib.import_module(module_name)
         except Exception as exc:
-            raise UsageError(f"cannot import {module_name}: {type(exc).__name__}: {exc}") from None
+            hint = ""
+            if isinstance(exc, ModuleNotFoundError):
+                hint = " (the current directory is not on the import path: add --path DIR)"
+            raise UsageError(f"cannot import {module_name}: {type(exc).__name__}: {exc}{hint}") from None
         found = [v for v in vars(module).values() if isinstance(v, Registry)]
         if not found:
             raise UsageError(f"module {module_name} has no tasklease Registry")
@@ -726,12 +772,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from tasklease.keys import Keyspace
     from tasklease.logs import setup_logging
     from tasklease.store import Store
-    from tasklease.worker import Worker, WorkerConfig, default_worker_id
+    from tasklease.worker import Worker, WorkerConfig, default_worker_id, set_import_path
 
     setup_logging(args.log_level or "info", args.log_format)
     _tune_gc()
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # --import finds modules of the current directory
+    set_import_path(args.paths)  # --path DIRs first; the current directory only if given
     allow = frozenset(a.strip() for a in args.allow.split(",") if a.strip())
     registry = load_registry(args.imports, allow)
     config = WorkerConfig(
@@ -744,6 +789,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         heartbeat_s=args.heartbeat,
         grace_s=args.grace,
         imports=tuple(args.imports),
+        pass_env=tuple(args.pass_env),
+        http_allow_nets=tuple(args.http_allow_nets),
+        http_deny_nets=tuple(args.http_deny_nets),
     )
     keys = Keyspace(args.namespace)
 
@@ -893,6 +941,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
     worker_args = ["--concurrency", str(args.concurrency)]
     for module in args.imports:
         worker_args += ["--import", module]
+    for directory in args.paths:
+        worker_args += ["--path", os.path.abspath(directory)]
     if args.allow:
         worker_args += ["--allow", args.allow]
     stack = Stack(
