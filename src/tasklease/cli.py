@@ -150,9 +150,11 @@ ENV_OPTIONS: tuple[tuple[str, str, Callable[[str], Any] | None], ...] = (
     ("etcd_timeout", "TASKLEASE_ETCD_TIMEOUT", _positive_float),
     ("etcd_user", "TASKLEASE_ETCD_USER", None),
     ("etcd_password", "TASKLEASE_ETCD_PASSWORD", None),
+    ("etcd_password_file", "TASKLEASE_ETCD_PASSWORD_FILE", None),
     ("etcd_ca", "TASKLEASE_ETCD_CA", None),
     ("etcd_cert", "TASKLEASE_ETCD_CERT", None),
     ("etcd_key", "TASKLEASE_ETCD_KEY", None),
+    ("etcd_tls_server_name", "TASKLEASE_ETCD_TLS_SERVER_NAME", None),
     ("log_level", "TASKLEASE_LOG_LEVEL", _log_level),
 )
 DEFAULTS: dict[str, Any] = {
@@ -190,9 +192,16 @@ def _common(parser: argparse.ArgumentParser, *, top: bool) -> None:
     )
     g.add_argument("--etcd-user", default=d(None), help=argparse.SUPPRESS)
     g.add_argument("--etcd-password", default=d(None), help=argparse.SUPPRESS)
+    g.add_argument(
+        "--etcd-password-file",
+        metavar="FILE",
+        default=d(None),
+        help=h("file whose first line is the etcd password (env TASKLEASE_ETCD_PASSWORD_FILE)"),
+    )
     g.add_argument("--etcd-ca", default=d(None), help=argparse.SUPPRESS)
     g.add_argument("--etcd-cert", default=d(None), help=argparse.SUPPRESS)
     g.add_argument("--etcd-key", default=d(None), help=argparse.SUPPRESS)
+    g.add_argument("--etcd-tls-server-name", metavar="NAME", default=d(None), help=argparse.SUPPRESS)
     parser.add_argument(
         "--json",
         action="store_true",
@@ -212,8 +221,16 @@ def resolve_environment(args: argparse.Namespace, environ: Any = None) -> argpar
         UsageError: An environment variable's value is invalid (named in the message).
     """
     environ = os.environ if environ is None else environ
+    # A password and a password file exclude each other; one on the command line
+    # hides the other's environment variable.
+    given = {d for d in ("etcd_password", "etcd_password_file") if getattr(args, d, None) is not None}
+    if len(given) == 2:
+        raise UsageError("give --etcd-password or --etcd-password-file, not both")
     for dest, variable, parse in ENV_OPTIONS:
         if getattr(args, dest, None) is not None:
+            continue
+        if given and dest in ("etcd_password", "etcd_password_file"):
+            setattr(args, dest, None)
             continue
         raw = environ.get(variable)
         if not raw:  # unset or empty: the default
@@ -226,19 +243,33 @@ def resolve_environment(args: argparse.Namespace, environ: Any = None) -> argpar
             except argparse.ArgumentTypeError as exc:
                 raise UsageError(f"environment variable {variable}: {exc}") from None
         setattr(args, dest, value)
+    if getattr(args, "etcd_password", None) is not None and getattr(args, "etcd_password_file", None):
+        raise UsageError("TASKLEASE_ETCD_PASSWORD and TASKLEASE_ETCD_PASSWORD_FILE are both set: keep one")
     return args
 
 
 def store_config(args: argparse.Namespace) -> StoreConfig:
-    """The etcd connection the options describe."""
+    """The etcd connection the options describe.
+
+    Without any user or password given, a local embedded etcd (``tasklease
+    etcd`` or ``dev`` on this loopback port, started by this user and still
+    running) is logged in to with its root password file.
+    """
+    from tasklease.etcd_server import find_local_credentials
+
+    user, password_file = args.etcd_user, args.etcd_password_file
+    if user is None and args.etcd_password is None and password_file is None:
+        user, password_file = find_local_credentials(args.etcd) or (None, None)
     return StoreConfig.from_text(
         args.etcd,
         timeout_s=args.etcd_timeout,
-        user=args.etcd_user,
+        user=user,
         password=args.etcd_password,
+        password_file=password_file,
         ca_file=args.etcd_ca,
         cert_file=args.etcd_cert,
         key_file=args.etcd_key,
+        tls_server_name=args.etcd_tls_server_name,
     )
 
 
@@ -257,6 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path, default=None, help="data directory")
     p.add_argument("--port", type=_int, default=2379, help="client port (default 2379)")
     p.add_argument("--peer-port", type=_int, default=0, help="peer port (default: a free one)")
+    p.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="run without etcd authentication (any local process or web page's request may write)",
+    )
 
     p = cmd("submit", "submit a task")
     p.add_argument("type", help="task type (executor name)")
@@ -412,7 +448,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="the workers import task modules from DIR too (e.g. --path .); repeatable",
     )
-    p.add_argument("--allow", default="", help="let the workers run shell,http tasks")
+    p.add_argument("--allow", default="", help="let the workers run shell,http tasks (needs auth)")
+    p.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="run etcd without authentication (refused with --allow shell or http)",
+    )
     p.add_argument("--concurrency", type=_int, default=4, help="per worker (default 4)")
 
     p = cmd("soak", "run a workload under chaos (killed workers and leaders), then check every invariant")
@@ -678,16 +719,18 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_etcd(args: argparse.Namespace) -> int:
-    """``tasklease etcd``: a local etcd in the foreground until SIGINT/SIGTERM."""
-    from tasklease.etcd_server import EtcdServer
+    """``tasklease etcd``: a local etcd in the foreground until SIGINT/SIGTERM.
 
-    data_dir = (
-        args.data_dir
-        or Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share"))
-        / "tasklease"
-        / f"etcd-{args.port}"
+    Auth is on unless ``--no-auth``: the root password is in
+    ``DATA_DIR/root-password`` (0600), and local tasklease commands pointed at
+    this port find it while the etcd runs (see :func:`store_config`).
+    """
+    from tasklease.etcd_server import EtcdServer, local_state_dir, publish_local, withdraw_local
+
+    data_dir = args.data_dir or local_state_dir() / f"etcd-{args.port}"
+    server = EtcdServer(
+        data_dir=data_dir, client_port=args.port, peer_port=args.peer_port, auth=not args.no_auth
     )
-    server = EtcdServer(data_dir=data_dir, client_port=args.port, peer_port=args.peer_port)
     stop = {"signal": 0}
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -696,17 +739,26 @@ def cmd_etcd(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     server.start(stream=False)
-    msg = f"etcd {server.endpoint} ready (data dir {data_dir}, metrics {server.metrics_url})"
+    published = publish_local(server)
+    credentials = server.credentials
+    access = (
+        f"auth on: user {credentials[0]}, password file {credentials[1]}"
+        if credentials
+        else "auth OFF: any local process may read and write it"
+    )
+    msg = f"etcd {server.endpoint} ready (data dir {data_dir}, {access}, metrics {server.metrics_url})"
     if args.json:
         _print_json(
             {
                 "endpoint": server.endpoint,
                 "data_dir": str(data_dir),
                 "pid": server.process.pid if server.process else None,
+                "user": credentials[0] if credentials else None,
+                "password_file": str(credentials[1]) if credentials else None,
             }
         )
     else:
-        print(msg, flush=True)
+        _say(msg)
     sys.stdout.flush()
     try:
         while not stop["signal"]:
@@ -715,6 +767,7 @@ def cmd_etcd(args: argparse.Namespace) -> int:
                 return EXIT_RUNTIME
             time.sleep(0.1)
     finally:
+        withdraw_local(published, server)
         server.stop()
     if not args.json:
         print("etcd stopped", flush=True)
@@ -929,15 +982,17 @@ def cmd_soak(args: argparse.Namespace) -> int:
 def cmd_dev(args: argparse.Namespace) -> int:
     """``tasklease dev``: the embedded stack in the foreground until SIGINT/SIGTERM."""
     from tasklease.dev import Stack
+    from tasklease.etcd_server import local_state_dir, publish_local, withdraw_local
 
     if args.workers < 0:
         raise UsageError("--workers must be >= 0")
-    data_dir = (
-        args.data_dir
-        or Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share"))
-        / "tasklease"
-        / f"dev-{args.port}"
-    )
+    sensitive = {a.strip() for a in args.allow.split(",")} & {"shell", "http"}
+    if sensitive and args.no_auth:
+        raise UsageError(
+            f"--allow {','.join(sorted(sensitive))} needs etcd auth: without it any local process "
+            "(or a web page) could submit tasks that run as you; drop --no-auth"
+        )
+    data_dir = args.data_dir or local_state_dir() / f"dev-{args.port}"
     worker_args = ["--concurrency", str(args.concurrency)]
     for module in args.imports:
         worker_args += ["--import", module]
@@ -946,8 +1001,14 @@ def cmd_dev(args: argparse.Namespace) -> int:
     if args.allow:
         worker_args += ["--allow", args.allow]
     stack = Stack(
-        data_dir, port=args.port, workers=args.workers, namespace=args.namespace, worker_args=worker_args
+        data_dir,
+        port=args.port,
+        workers=args.workers,
+        namespace=args.namespace,
+        worker_args=worker_args,
+        auth=not args.no_auth,
     )
+    published = None
     stop = {"signal": 0}
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -957,11 +1018,15 @@ def cmd_dev(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     try:
         stack.start()
-        print(
-            f"tasklease dev: etcd {stack.endpoint} (data {data_dir}), 1 scheduler, {args.workers} workers; "
-            f"namespace {args.namespace}. Ctrl-C stops everything.",
+        published = publish_local(stack.etcd)
+        credentials = stack.etcd.credentials
+        access = (
+            f"auth on: user {credentials[0]}, password file {credentials[1]}" if credentials else "auth OFF"
+        )
+        _say(
+            f"tasklease dev: etcd {stack.endpoint} (data {data_dir}; {access}), 1 scheduler, "
+            f"{args.workers} workers; namespace {args.namespace}. Ctrl-C stops everything.",
             file=sys.stderr,
-            flush=True,
         )
         while not stop["signal"]:
             if not stack.etcd.running:
@@ -969,6 +1034,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
                 return EXIT_RUNTIME
             time.sleep(0.2)
     finally:
+        withdraw_local(published, stack.etcd)
         stack.stop()
         print("tasklease dev: stopped", file=sys.stderr, flush=True)
     return EXIT_OK
@@ -1085,6 +1151,18 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
+def _auth_hint(exc: TaskleaseError) -> str:
+    """What to do when etcd wants credentials that were not given."""
+    from tasklease.errors import StoreAuthError
+
+    if isinstance(exc, StoreAuthError) and "user name is empty" in str(exc):
+        return (
+            "; this etcd has auth on: give --etcd-user and --etcd-password-file "
+            "(a local `tasklease etcd` or `dev` prints where its password file is)"
+        )
+    return ""
+
+
 def _fail(message: str, code: int) -> NoReturn:
     sys.stderr.write(f"tasklease: error: {escape_text(message)}\n")
     raise SystemExit(code)
@@ -1095,13 +1173,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tasklease.logs import setup_logging
 
     try:
-        args = resolve_environment(build_parser().parse_args(argv))
+        args = build_parser().parse_args(argv)
+        if args.etcd_password is not None:
+            sys.stderr.write(
+                "tasklease: warning: --etcd-password is visible to every local user (ps, /proc); "
+                "use --etcd-password-file or TASKLEASE_ETCD_PASSWORD_FILE\n"
+            )
+        args = resolve_environment(args)
         setup_logging(args.log_level or "warning", "text")
         return COMMANDS[args.command](args)
     except (*USER_ERRORS, UsageError) as exc:
         _fail(str(exc), EXIT_USAGE)
     except TaskleaseError as exc:
-        _fail(str(exc), EXIT_RUNTIME)
+        _fail(str(exc) + _auth_hint(exc), EXIT_RUNTIME)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
 

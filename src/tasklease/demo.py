@@ -42,8 +42,8 @@ async def _wait_for_workers(client: Client, n: int, timeout_s: float = 30.0) -> 
     raise RuntimeError(f"{n} workers did not register within {timeout_s:g} s")
 
 
-async def _workload(endpoint: str, tmp: Path, n_workers: int) -> int:
-    client = await Client.connect(StoreConfig.from_text(endpoint), namespace="demo")
+async def _workload(config: StoreConfig, tmp: Path, n_workers: int) -> int:
+    client = await Client.connect(config, namespace="demo")
     try:
         await _wait_for_workers(client, n_workers)
         _say(f"{n_workers} workers registered; submitting the workload ...")
@@ -156,12 +156,13 @@ def run_demo(data_dir: Path | None = None, workers: int = 2) -> int:
             namespace="demo",
             worker_args=["--import", "tasklease.demo_tasks", "--concurrency", "8"],
             log_dir=base / "logs",
+            auth=True,
         )
         _say(f"starting etcd ({stack.etcd.binary}), a scheduler and {workers} workers ...")
         try:
             stack.start()
-            _say(f"etcd ready at {stack.endpoint}; process logs in {base / 'logs'}")
-            code = asyncio.run(_workload(stack.endpoint, tmp, workers))
+            _say(f"etcd ready at {stack.endpoint} (auth on); process logs in {base / 'logs'}")
+            code = asyncio.run(_workload(stack.store_config(), tmp, workers))
         except KeyboardInterrupt:
             code = 130
         except Exception as exc:

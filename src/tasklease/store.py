@@ -96,6 +96,28 @@ def parse_endpoints(text: str) -> list[str]:
     return result
 
 
+def read_password_file(path: str) -> str:
+    """The password in ``path``: its first line, without the line break.
+
+    Raises:
+        InvalidOption: If the file cannot be read or its first line is empty.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            line = f.readline()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise InvalidOption(f"cannot read the etcd password file {path}: {reason}") from None
+    password = line.rstrip("\r\n")
+    if not password:
+        raise InvalidOption(f"the etcd password file {path} is empty (the password is its first line)")
+    return password
+
+
+def _endpoint_host(endpoint: str) -> str:
+    return endpoint.rpartition(":")[0].strip("[]").lower()
+
+
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
     """How to reach etcd.
@@ -104,11 +126,16 @@ class StoreConfig:
         endpoints: ``host:port`` strings (or URLs); all are used.
         timeout_s: Deadline of one request.
         user: etcd user name (auth enabled).
-        password: Its password.
+        password: Its password (kept out of ``repr``). Prefer ``password_file``:
+            a password on a command line is visible to every local user in ``ps``.
+        password_file: A file whose first line is the password (read at connect).
         ca_file: PEM CA bundle; turns TLS on.
         cert_file: PEM client certificate (mutual TLS).
         key_file: PEM client key (mutual TLS).
-        tls_server_name: Name to check in the server certificate.
+        tls_server_name: Name to check in every member's server certificate.
+            Without it, the host name of the endpoints is checked; endpoints with
+            different host names over TLS need it (one name is checked for all
+            members: give one that every member's certificate carries).
         tls: Use TLS even without ``ca_file`` (the system's CA bundle).
         max_receive_bytes: Largest message the channel accepts (reads are paged
             to a quarter of it; a watch response over it resyncs the watch).
@@ -117,7 +144,8 @@ class StoreConfig:
     endpoints: tuple[str, ...] = ("127.0.0.1:2379",)
     timeout_s: float = 5.0
     user: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
+    password_file: str | None = None
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
@@ -148,12 +176,35 @@ class StoreConfig:
             raise InvalidOption(f"etcd timeout must be a finite number > 0, got {self.timeout_s}")
         if self.max_receive_bytes < 1024 * 1024:
             raise InvalidOption("the receive limit must be at least 1 MiB")
-        if (self.user is None) != (self.password is None):
+        if self.password is not None and self.password_file is not None:
+            raise InvalidOption("give the etcd password or a password file, not both")
+        if (self.user is None) != (self.password is None and self.password_file is None):
             raise InvalidOption("etcd user and password go together")
         if (self.cert_file is None) != (self.key_file is None):
             raise InvalidOption("etcd client certificate and key go together")
         if self.cert_file is not None and self.ca_file is None and not self.tls:
             raise InvalidOption("a client certificate needs the CA file too")
+        hosts = sorted({_endpoint_host(e) for e in self.endpoints})
+        if self.uses_tls and self.tls_server_name is None and len(hosts) > 1:
+            raise InvalidOption(
+                f"etcd endpoints over TLS with different host names ({', '.join(hosts)}): give the "
+                "name every member's certificate carries with --etcd-tls-server-name "
+                "(TASKLEASE_ETCD_TLS_SERVER_NAME, StoreConfig.tls_server_name)"
+            )
+
+    @property
+    def uses_tls(self) -> bool:
+        """Whether the connection is TLS (a CA file, or ``tls``)."""
+        return self.ca_file is not None or self.tls
+
+    @property
+    def server_name(self) -> str | None:
+        """The name checked in each member's certificate (TLS only): the given one, else the endpoints' host."""
+        if not self.uses_tls:
+            return None
+        if self.tls_server_name is not None:
+            return self.tls_server_name
+        return _endpoint_host(self.endpoints[0])
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,9 +406,13 @@ class Store:
         if tls and cfg.cert_file and cfg.key_file:
             tls["cert_chain"] = _read_pem(cfg.cert_file, "client certificate")
             tls["cert_key"] = _read_pem(cfg.key_file, "client key")
-        server_name = cfg.tls_server_name
-        if cfg.ca_file and server_name is None and len(cfg.endpoints) > 1:
-            server_name = "localhost"
+        password = cfg.password
+        if cfg.password_file is not None:
+            password = read_password_file(cfg.password_file)
+        # Endpoints are dialled by address (ipv4:), so the name to verify is given
+        # explicitly: the host the endpoints name (all the same, StoreConfig checks),
+        # or tls_server_name. Never a name the user did not give.
+        server_name = cfg.server_name
         self._client = etcd3aio.Etcd3Client(
             [_ipv4_endpoint(e) for e in cfg.endpoints],
             rpc_max_attempts=3,
@@ -375,8 +430,8 @@ class Store:
             ]
         )
         await self._client.connect()
-        if cfg.user is not None and cfg.password is not None:
-            refresher = self._client.token_refresher(cfg.user, cfg.password, interval=120.0)
+        if cfg.user is not None and password is not None:
+            refresher = self._client.token_refresher(cfg.user, password, interval=120.0)
             try:
                 async with asyncio.timeout(cfg.timeout_s):
                     await refresher.__aenter__()

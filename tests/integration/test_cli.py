@@ -161,9 +161,16 @@ def test_wrong_port_that_answers_something_else(tasklease_bin, cli_env):
 
 def test_tasklease_etcd_runs_in_foreground_and_stops_on_sigterm(tasklease_bin, tmp_path: Path):
     port = free_port()
-    env = dict(os.environ, TASKLEASE_ETCD=f"http://127.0.0.1:{port}", TASKLEASE_NAMESPACE="fg")
+    # XDG_DATA_HOME: where `tasklease etcd` tells local commands its password file's path
+    env = dict(
+        os.environ,
+        TASKLEASE_ETCD=f"http://127.0.0.1:{port}",
+        TASKLEASE_NAMESPACE="fg",
+        XDG_DATA_HOME=str(tmp_path / "xdg"),
+    )
     with subprocess.Popen(
         [tasklease_bin, "etcd", "--data-dir", str(tmp_path / "d"), "--port", str(port)],
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO
 
 import orjson
+import psutil
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -34,8 +35,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tasklease import codec
 from tasklease.client import Client, TaskSpec
-from tasklease.errors import StoreAuthError, StoreError, StoreUnavailable
-from tasklease.etcd_server import EtcdServer
+from tasklease.errors import InvalidOption, StoreAuthError, StoreError, StoreUnavailable
+from tasklease.etcd_server import EtcdServer, free_port
 from tasklease.executors.builtin import builtin_registry
 from tasklease.keys import Keyspace
 from tasklease.models import TaskState
@@ -79,8 +80,8 @@ def _write(path: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey |
         key_path.chmod(0o600)
 
 
-def make_pki(directory: Path) -> Pki:
-    """A CA, a server certificate for 127.0.0.1/localhost and a client certificate."""
+def make_pki(directory: Path, server_names: list[x509.GeneralName] | None = None) -> Pki:
+    """A CA, a server certificate for 127.0.0.1/localhost (or ``server_names``) and a client certificate."""
     now = datetime.datetime.now(datetime.UTC)
     validity = (now - datetime.timedelta(hours=1), now + datetime.timedelta(days=1))
 
@@ -151,7 +152,7 @@ def make_pki(directory: Path) -> Pki:
     server_cert, server_key = leaf(
         "127.0.0.1",
         [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
-        [x509.IPAddress(ipaddress.IPv4Address("127.0.0.1")), x509.DNSName("localhost")],
+        server_names or [x509.IPAddress(ipaddress.IPv4Address("127.0.0.1")), x509.DNSName("localhost")],
     )
     client_cert, client_key = leaf(CLIENT_CN, [ExtendedKeyUsageOID.CLIENT_AUTH], None)
 
@@ -498,3 +499,168 @@ async def test_worker_process_registers_against_the_secured_etcd(
         code = await asyncio.to_thread(worker_process.proc.wait, 15)
         assert code == 0, worker_process.tail()
         assert (await store.get(keys.node("secure-w")))[0] is None
+
+
+# 6. secrets: the password from a file, never on a command line ------------------------
+@pytest.fixture
+def password_file(tmp_path: Path) -> Path:
+    path = tmp_path / "etcd-password"
+    path.write_text(PASSWORD + "\n")
+    path.chmod(0o600)
+    return path
+
+
+async def test_a_worker_with_a_password_file_shows_no_password_in_ps(
+    secure_etcd: SecureEtcd, namespace: str, tmp_path: Path, tasklease_bin: str, password_file: Path
+) -> None:
+    env = secure_etcd.env(namespace, TASKLEASE_LOG_LEVEL="info")
+    del env["TASKLEASE_ETCD_PASSWORD"]
+    argv = [tasklease_bin, "worker", "--id", "file-w", "--lease-ttl", "3", "--heartbeat", "0.5"]
+    argv += ["--grace", "1", "--log-format", "text", "--etcd-password-file", str(password_file)]
+    log_path = tmp_path / "worker.log"
+    keys = Keyspace(namespace)
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(
+            argv, env=env, cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT
+        )
+        try:
+            async with Store(secure_etcd.config()) as store:
+                deadline = time.monotonic() + 20
+                while (await store.get(keys.node("file-w")))[0] is None:
+                    assert proc.poll() is None, log_path.read_text()
+                    assert time.monotonic() < deadline, log_path.read_text()
+                    await asyncio.sleep(0.1)
+            # registered over auth: and neither ps nor /proc/PID/environ shows the password
+            process = psutil.Process(proc.pid)
+            assert not any(PASSWORD in arg for arg in process.cmdline()), process.cmdline()
+            assert str(password_file) in process.cmdline()
+            assert PASSWORD not in "\n".join(f"{k}={v}" for k, v in process.environ().items())
+            assert PASSWORD.encode() not in Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            code = await asyncio.to_thread(proc.wait, 15)
+    assert code == 0, log_path.read_text()
+    assert "visible to every local user" not in log_path.read_text()  # no warning: no password flag
+
+
+async def test_the_password_file_variable_works_and_the_flag_warns(
+    secure_etcd: SecureEtcd, namespace: str, tasklease_bin: str, password_file: Path
+) -> None:
+    env = secure_etcd.env(namespace)
+    del env["TASKLEASE_ETCD_PASSWORD"]
+    out = await run_cli(
+        tasklease_bin, dict(env, TASKLEASE_ETCD_PASSWORD_FILE=str(password_file)), "list", "--json"
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stderr == ""
+
+    # the plain flag still works, with one warning line
+    out = await run_cli(tasklease_bin, env, "--etcd-password", PASSWORD, "list", "--json")
+    assert out.returncode == 0, out.stderr
+    lines = out.stderr.splitlines()
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith("tasklease: warning:") and "ps" in lines[0], out.stderr
+    assert "--etcd-password-file" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("extra_env", "args", "message"),
+    [
+        ({}, ["--etcd-password", PASSWORD, "--etcd-password-file", "/nonexistent"], "not both"),
+        ({"TASKLEASE_ETCD_PASSWORD_FILE": "/nonexistent"}, [], "both set"),
+        (
+            {},
+            ["--etcd-password-file", "/nonexistent/pw"],
+            "cannot read the etcd password file /nonexistent/pw",
+        ),
+    ],
+)
+async def test_password_file_mistakes_are_one_line_and_exit_2(
+    secure_etcd: SecureEtcd, namespace: str, tasklease_bin: str, extra_env, args, message
+) -> None:
+    env = dict(secure_etcd.env(namespace), **extra_env)
+    if args:
+        del env["TASKLEASE_ETCD_PASSWORD"]
+    out = await run_cli(tasklease_bin, env, *args, "list")
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    error_lines = [line for line in out.stderr.splitlines() if line.startswith("tasklease: error:")]
+    assert len(error_lines) == 1 and message in error_lines[0], out.stderr
+    assert PASSWORD not in error_lines[0]
+
+
+# 7. TLS: each member checked against the name it is dialled by, never "localhost" --------
+async def test_tls_endpoints_with_different_names_need_a_server_name(secure_etcd: SecureEtcd) -> None:
+    port = secure_etcd.server.client_port
+    endpoints = (secure_etcd.address, f"localhost:{port}")
+    with pytest.raises(InvalidOption, match="--etcd-tls-server-name"):
+        secure_etcd.config(endpoints=endpoints)
+    # named explicitly (a name every member's certificate carries): it works
+    async with Store(secure_etcd.config(endpoints=endpoints, tls_server_name="localhost")) as store:
+        await store.get("/anything")
+
+
+async def test_tls_endpoints_named_alike_are_checked_against_that_name(
+    secure_etcd: SecureEtcd, namespace: str, tasklease_bin: str
+) -> None:
+    # Two endpoints at 127.0.0.1 (members on one host): every certificate must name 127.0.0.1
+    async with Store(secure_etcd.config(endpoints=(secure_etcd.address, secure_etcd.address))) as store:
+        await store.get("/anything")
+    # and the CLI says the same
+    env = secure_etcd.env(namespace)
+    env["TASKLEASE_ETCD"] = (
+        f"https://{secure_etcd.address},https://localhost:{secure_etcd.server.client_port}"
+    )
+    out = await run_cli(tasklease_bin, env, "list")
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    assert "--etcd-tls-server-name" in out.stderr
+    out = await run_cli(
+        tasklease_bin, dict(env, TASKLEASE_ETCD_TLS_SERVER_NAME="localhost"), "list", "--json"
+    )
+    assert out.returncode == 0, out.stderr
+
+
+@pytest.fixture(scope="module")
+def localhost_only_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EtcdServer, Pki, int]]:
+    """A TLS etcd whose certificate names only "localhost" (not 127.0.0.1), on two client ports."""
+    pki = make_pki(tmp_path_factory.mktemp("pki-localhost"), [x509.DNSName("localhost")])
+    second = free_port()
+    server = EtcdServer(
+        data_dir=tmp_path_factory.mktemp("localhost-etcd") / "data",
+        scheme="https",
+        extra_args=("--cert-file", str(pki.server_cert), "--key-file", str(pki.server_key)),
+    )
+    urls = f"https://127.0.0.1:{server.client_port},https://127.0.0.1:{second}"
+    server.extra_args = (*server.extra_args, "--listen-client-urls", urls)
+    server.start(timeout_s=30.0)
+    try:
+        yield server, pki, second
+    finally:
+        server.stop()
+
+
+async def test_a_certificate_for_localhost_does_not_pass_for_an_address(
+    localhost_only_etcd: tuple[EtcdServer, Pki, int],
+) -> None:
+    server, pki, second = localhost_only_etcd
+    first = server.client_port
+
+    def config(endpoints: str, **kw: object) -> StoreConfig:
+        return StoreConfig.from_text(endpoints, ca_file=str(pki.ca), timeout_s=REQUEST_TIMEOUT_S, **kw)
+
+    # Several endpoints at 127.0.0.1: the certificate must name 127.0.0.1; "localhost" is not enough
+    # (it used to be checked against "localhost" for every member whatever the endpoints said).
+    for endpoints in (f"https://127.0.0.1:{first},https://127.0.0.1:{second}", f"https://127.0.0.1:{first}"):
+        async with Store(config(endpoints)) as store:
+            with pytest.raises(StoreUnavailable) as caught:
+                await store.get("/anything")
+        assert "Hostname Verification Check failed" in str(caught.value.__cause__), caught.value.__cause__
+    # the name the endpoints give is the name checked: "localhost" passes (at each port)
+    for endpoints in (f"https://localhost:{first}", f"https://localhost:{second}"):
+        async with Store(config(endpoints)) as store:
+            await store.get("/anything")
+    async with Store(config(f"https://localhost:{first},https://localhost:{second}")) as store:
+        await store.get("/anything")
+    # and so does an explicit server name
+    endpoints = f"https://127.0.0.1:{first},https://127.0.0.1:{second}"
+    async with Store(config(endpoints, tls_server_name="localhost")) as store:
+        await store.get("/anything")
