@@ -38,7 +38,7 @@ from tasklease.dev import Stack
 from tasklease.models import JSON, TaskState
 from tasklease.nodes import list_nodes
 from tasklease.soak import make_payload
-from tasklease.store import Put, StoreConfig
+from tasklease.store import Put
 
 REALISTIC = 4500
 # The bench's own client waits this long for one etcd request (not the default 5 s):
@@ -281,7 +281,7 @@ def run_takeover(
         s.n_workers = 2
 
         async def main() -> dict[str, Any]:
-            config = StoreConfig.from_text(s.endpoint, timeout_s=ETCD_TIMEOUT_S)
+            config = s.store_config(timeout_s=ETCD_TIMEOUT_S)
             client = await Client.connect(config, namespace=NS)
             try:
                 deadline = time.monotonic() + 60

@@ -26,7 +26,6 @@ from tasklease.client import Client, TaskSpec
 from tasklease.dev import Stack
 from tasklease.models import Outcome, TaskState
 from tasklease.nodes import list_nodes
-from tasklease.store import StoreConfig
 
 NS = "bench"
 WORKER_CONCURRENCY = 32
@@ -95,7 +94,7 @@ async def connect(s: Stack, timeout_s: float | None = None) -> Client:
 
     ``timeout_s`` is the etcd request timeout (default: the client's 5 s).
     """
-    config = StoreConfig.from_text(s.endpoint, **({"timeout_s": timeout_s} if timeout_s else {}))
+    config = s.store_config(**({"timeout_s": timeout_s} if timeout_s else {}))
     client = await Client.connect(config, namespace=NS)
     try:
         deadline = time.monotonic() + 60
@@ -271,7 +270,7 @@ def run_scheduler_cpu(*, workers: int, tasks: int, workdir: Path) -> dict[str, A
         hosts = [_spawn_host(s, f"host-{i}", per_process) for i in range(2)]
 
         async def main() -> dict[str, Any]:
-            client = await Client.connect(StoreConfig.from_text(s.endpoint), namespace=NS)
+            client = await Client.connect(s.store_config(), namespace=NS)
             try:
                 deadline = time.monotonic() + 120
                 while len(await list_nodes(client.store, client.keys)) < per_process * 2:

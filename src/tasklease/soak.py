@@ -53,7 +53,6 @@ from tasklease.keys import prefix_end
 from tasklease.models import Outcome, Task, TaskState
 from tasklease.nodes import list_nodes
 from tasklease.retry import RetryPolicy
-from tasklease.store import StoreConfig
 
 NAMESPACE = "soak"
 
@@ -375,7 +374,7 @@ async def run_soak_async(
     """Run the workload and chaos against a started stack; return the report."""
     rng = random.Random(seed)
     report = SoakReport(tasks=tasks)
-    client = await Client.connect(StoreConfig.from_text(stack.endpoint), namespace=NAMESPACE)
+    client = await Client.connect(stack.store_config(), namespace=NAMESPACE)
     started = time.monotonic()
     try:
         await _wait_workers(client, stack.n_workers)
