@@ -31,7 +31,7 @@ import os
 import re
 import socket
 import ssl
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -168,6 +168,52 @@ class StoreConfig:
         elif "http" in schemes and kwargs.get("ca_file"):
             raise InvalidOption("an etcd CA file was given but the endpoints are http://: use https://")
         return cls(endpoints=tuple(parse_endpoints(endpoints)), **kwargs)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> StoreConfig:
+        """The connection the ``TASKLEASE_ETCD*`` environment variables describe (as the CLI reads them).
+
+        ``TASKLEASE_ETCD`` (default ``http://127.0.0.1:2379``), ``..._TIMEOUT``,
+        ``..._USER``, ``..._PASSWORD`` or ``..._PASSWORD_FILE``, ``..._CA``,
+        ``..._CERT``, ``..._KEY``, ``..._TLS_SERVER_NAME``. Without a user or
+        password, a local embedded etcd (``tasklease etcd`` or ``dev`` on that
+        loopback port, started by this user and running) is logged in to with
+        its root password file, like the CLI does.
+
+        Raises:
+            InvalidOption: A variable that does not parse (named in the message).
+        """
+        env = os.environ if environ is None else environ
+
+        def get(name: str) -> str | None:
+            value = env.get(f"TASKLEASE_ETCD{name}")
+            return value if value else None
+
+        endpoints = get("") or DEFAULT_ENDPOINT
+        timeout_s = 5.0
+        if (raw := get("_TIMEOUT")) is not None:
+            try:
+                timeout_s = float(raw)
+            except ValueError:
+                raise InvalidOption(
+                    f"environment variable TASKLEASE_ETCD_TIMEOUT: not a number: {raw!r}"
+                ) from None
+        user, password, password_file = get("_USER"), get("_PASSWORD"), get("_PASSWORD_FILE")
+        if user is None and password is None and password_file is None:
+            from tasklease.etcd_server import find_local_credentials
+
+            user, password_file = find_local_credentials(endpoints) or (None, None)
+        return cls.from_text(
+            endpoints,
+            timeout_s=timeout_s,
+            user=user,
+            password=password,
+            password_file=password_file,
+            ca_file=get("_CA"),
+            cert_file=get("_CERT"),
+            key_file=get("_KEY"),
+            tls_server_name=get("_TLS_SERVER_NAME"),
+        )
 
     def __post_init__(self) -> None:
         if not self.endpoints:

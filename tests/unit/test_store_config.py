@@ -144,3 +144,21 @@ def test_https_endpoints_turn_tls_on_and_mixing_schemes_is_refused():
         StoreConfig.from_text("http://a:1,https://b:2")
     with pytest.raises(InvalidOption, match="https://"):
         StoreConfig.from_text("http://127.0.0.1:2379", ca_file="/tmp/ca.pem")
+
+
+def test_from_env_reads_the_cli_variables_and_names_a_bad_one():
+    config = StoreConfig.from_env(
+        {
+            "TASKLEASE_ETCD": "http://127.0.0.1:1234,127.0.0.1:1235",
+            "TASKLEASE_ETCD_TIMEOUT": "2.5",
+            "TASKLEASE_ETCD_USER": "root",
+            "TASKLEASE_ETCD_PASSWORD_FILE": "/nonexistent/pw",
+        }
+    )
+    assert config.endpoints == ("127.0.0.1:1234", "127.0.0.1:1235")
+    assert config.timeout_s == 2.5 and config.user == "root" and config.password_file == "/nonexistent/pw"
+    assert StoreConfig.from_env({}).endpoints == ("127.0.0.1:2379",)
+    with pytest.raises(InvalidOption, match="TASKLEASE_ETCD_TIMEOUT"):
+        StoreConfig.from_env({"TASKLEASE_ETCD_TIMEOUT": "abc"})
+    with pytest.raises(InvalidOption, match="finite"):
+        StoreConfig.from_env({"TASKLEASE_ETCD_TIMEOUT": "nan"})
