@@ -462,6 +462,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_int, default=1)
     p.add_argument("--chaos-interval", type=_positive_float, default=2.0, help="mean seconds between kills")
     p.add_argument("--timeout", type=_positive_float, default=900.0, help="give up after S seconds")
+    p.add_argument(
+        "--payload-bytes",
+        default="0",
+        metavar="SIZES",
+        help="payload bytes per task: 4500, or a mix drawn per task by the seed: 0,4500,65536,204800 "
+        "(weighted: 0:50,4500:40,65536:8,204800:2); 0 = tiny (default)",
+    )
 
     p = cmd("demo", "start etcd, a scheduler and 2 workers, run a mixed workload, print a summary, stop")
     p.add_argument("--data-dir", type=Path, default=None, help="keep etcd's data and the logs here")
@@ -976,7 +983,15 @@ def cmd_soak(args: argparse.Namespace) -> int:
 
     if args.tasks < 1 or args.workers < 2:
         raise UsageError("the soak needs --tasks >= 1 and --workers >= 2")
-    return run_soak(args.tasks, args.workers, args.seed, args.chaos_interval, args.timeout, args.json)
+    return run_soak(
+        args.tasks,
+        args.workers,
+        args.seed,
+        args.chaos_interval,
+        args.timeout,
+        args.json,
+        payload_bytes=args.payload_bytes,
+    )
 
 
 def cmd_dev(args: argparse.Namespace) -> int:

@@ -6,15 +6,13 @@ Payloads are mixed sizes drawn per task by the seed: tiny, 4.5 KB, 64 KiB and
 
 The long one runs on demand: `tasklease soak --tasks 100000 --workers 4`.
 
-It runs `python -m tasklease.soak`, which takes the same options (from
-`tasklease.soak.add_arguments`) as `tasklease soak`.
+It runs `tasklease soak` (the README's command).
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import pytest
 
@@ -33,12 +31,11 @@ def test_payload_bytes_parsing():
             parse_payload_bytes(bad)
 
 
-def test_short_soak_has_no_violations():
+def test_short_soak_has_no_violations(tasklease_bin):
     out = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "tasklease.soak",
+            tasklease_bin,
+            "soak",
             "--tasks",
             "1500",
             "--workers",
