@@ -38,6 +38,12 @@ transaction etcd refuses for its size (``StoreRequestTooLarge``), is recorded
 as a bounded FAILED record saying why (``Worker.fit_record``,
 ``Worker.bounded_failure``): never a transaction resent unchanged, never a
 dropped outcome.
+
+Out of space. While etcd refuses writes for lack of space (its NOSPACE alarm,
+``StoreNoSpace``), a finished outcome is kept and its write retried with a
+backoff (up to ``NOSPACE_RETRY_MAX_S``) for as long as the lease lives: one
+warning per outcome names NOSPACE and the remedy. It is never dropped (it
+would otherwise be recorded later as a timeout, and the work done again).
 """
 
 from __future__ import annotations
@@ -66,6 +72,7 @@ from tasklease.errors import (
     InvalidOption,
     PayloadTooLarge,
     StoreError,
+    StoreNoSpace,
     StoreRequestTooLarge,
     StoreUnavailable,
     TaskleaseError,
@@ -99,6 +106,13 @@ RESULT_BATCH_BYTES = MAX_TXN_BYTES
 # Deadline of our fenced writes: short, since resending them is safe, and a write
 # lost in an etcd leader change should be resent within about a second or two.
 FENCED_TXN_TIMEOUT_S = 2.0
+# While etcd is out of space (NOSPACE) a finished outcome is kept and its write
+# retried, backing off to this interval, until etcd accepts writes or the lease ends.
+NOSPACE_RETRY_MAX_S = 2.0
+NOSPACE_REMEDY = (
+    "compact and defragment etcd, disarm the NOSPACE alarm (etcdctl alarm disarm) "
+    "and purge old tasks (docs/operations.md)"
+)
 
 
 def default_worker_id() -> str:
@@ -565,6 +579,16 @@ class Worker:
                 self._background.add(stopping)
                 stopping.add_done_callback(self._background.discard)
                 return
+            except StoreNoSpace as exc:
+                log.warning(
+                    "worker cannot register: etcd is out of space (NOSPACE; %s): %s; retrying in %.1f s",
+                    NOSPACE_REMEDY,
+                    exc,
+                    backoff,
+                    extra=self._ctx(),
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
             except (StoreError, OSError) as exc:
                 log.warning(
                     "worker cannot reach etcd: %s; retrying in %.1f s", exc, backoff, extra=self._ctx()
@@ -990,8 +1014,8 @@ class Worker:
                 ops += o
                 failure += f
             res = await self.store.txn(compares, ops, failure, timeout_s=FENCED_TXN_TIMEOUT_S)
-        except StoreRequestTooLarge:
-            res, sent = None, False  # refused before sending: nothing landed
+        except (StoreRequestTooLarge, StoreNoSpace):
+            res, sent = None, False  # refused (too large, or etcd out of space): nothing landed
         except StoreError:
             res = None
         if res is not None and res.succeeded:
@@ -1024,12 +1048,19 @@ class Worker:
         )
 
     async def _write_one(self, assignment: Assignment, new: Task, *, maybe_landed: bool = False) -> None:
-        """Write one outcome; retried while etcd is away and our lease lives."""
+        """Write one outcome; retried while etcd is away or out of space, and our lease lives.
+
+        Out of space (NOSPACE: etcd refuses every write until an operator frees
+        room) the outcome is kept and retried with a backoff up to
+        ``NOSPACE_RETRY_MAX_S``, never dropped: one warning per outcome names
+        NOSPACE and the remedy, and one line says when it was recorded after all.
+        """
         extra = self._ctx(task_id=new.id, attempt=assignment.attempt.number)
         delay = 0.1
         lease = 0
         sent = maybe_landed
         bounded = False
+        out_of_space = False
         while True:
             if self._session is None or self._session.lost.is_set():
                 log.warning("lease lost: outcome dropped", extra=extra)
@@ -1044,6 +1075,21 @@ class Worker:
                 log.warning("could not record outcome (%s); retrying", exc, extra=extra)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
+                continue
+            except StoreNoSpace as exc:
+                # Refused, nothing written. Keep the outcome until etcd has room again.
+                if not out_of_space:
+                    out_of_space = True
+                    log.warning(
+                        "etcd is out of space (NOSPACE): the outcome is kept and its write retried "
+                        "until etcd accepts writes again (while this worker's lease lives); "
+                        "remedy: %s [%s]",
+                        NOSPACE_REMEDY,
+                        exc,
+                        extra=extra,
+                    )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, NOSPACE_RETRY_MAX_S)
                 continue
             except StoreRequestTooLarge as exc:
                 # Refused for its size (nothing was sent): never resend it
@@ -1069,7 +1115,12 @@ class Worker:
                 return
             if res.succeeded:
                 self.completed += 1
-                log.debug("outcome recorded: task %s", new.state.value, extra=extra)
+                if out_of_space:
+                    log.info(
+                        "outcome recorded once etcd had room again: task %s", new.state.value, extra=extra
+                    )
+                else:
+                    log.debug("outcome recorded: task %s", new.state.value, extra=extra)
                 return
             if sent and await self._landed(new):
                 return
