@@ -30,6 +30,10 @@ three ways: the task returned or raised (the outcome is recorded), the worker
 cancelled it (revoked, lease lost, shutdown: nothing is recorded, or
 ``handed_back``), or it timed out. A ``CancelledError`` that the worker did not
 cause (the task code raised it itself) is a failed attempt, retried per policy.
+An attempt of a task type this worker does not run (the scheduler assigned it
+from a node record of an earlier process under this id: a restart under another
+image) is handed back (``handed_back``, its place in its queue kept), never
+failed; the node record's ``types`` lists exactly the types this worker runs.
 
 Sizes. A record is checked before it is sent: a retry (written twice, as the
 record and as its queue key) must fit ``codec.MAX_QUEUED_RECORD_BYTES``, any
@@ -827,10 +831,16 @@ class Worker:
         extra = self._ctx(task_id=task.id, attempt=assignment.attempt.number, type=task.type)
         executor = self._executors.get(task.type)
         if executor is None:
+            # Assigned a type we do not run: the scheduler's view of our node record
+            # was older than this process (a restart under another image). Hand it
+            # back, keeping its place; the scheduler gives it to a worker whose node
+            # record lists the type (ours lists exactly self.registry.names).
             types = ", ".join(self.registry.names) or "none"
-            err = UnknownTaskType(f"unknown task type {task.type!r}; this worker runs: {types}")
-            log.error("%s", err, extra=extra)
-            return Outcome.FAILED, None, str(err), True
+            err = UnknownTaskType(
+                f"unknown task type {task.type!r}; this worker runs: {types}; handed back to its queue"
+            )
+            log.warning("%s", err, extra=extra)
+            return Outcome.HANDED_BACK, None, str(err), False
         ctx = TaskContext(
             task.id,
             assignment.attempt.number,

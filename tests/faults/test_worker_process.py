@@ -478,23 +478,29 @@ async def test_timeouts_kill_shell_and_python_children(start_worker, store, keys
 
 
 # 9. --allow enforcement ---------------------------------------------------------------------
-async def test_shell_without_allow_fails_once_naming_the_types(start_worker, store, keyspace, client):
+async def test_shell_without_allow_is_handed_back_naming_the_types(start_worker, store, keyspace, client):
+    # A worker without --allow shell that is assigned a shell task (the scheduler saw
+    # an earlier node record) does not run it, and does not fail it: it hands it back.
     w = start_worker()
     await w.wait_registered(store, keyspace)
     task = await client.submit("shell", {"argv": ["true"]}, retry=RetryPolicy(max_retries=3, backoff_s=0))
     await assign(store, keyspace, w)
-    done = await finished(client, task.id, w)
-    assert done.state is TaskState.FAILED, w.why(str(done))
-    assert len(done.attempts) == 1, "a permanent error is not retried"
-    assert done.attempts[0].outcome is Outcome.FAILED
-    error = done.error or ""
+
+    async def requeued() -> Task | None:
+        record = await client.get(task.id)
+        return record if record.state is TaskState.QUEUED else None
+
+    done = await until(requeued, within_s=15, what="the task handed back", log=w.tail)
+    assert len(done.attempts) == 1
+    assert done.attempts[0].outcome is Outcome.HANDED_BACK, w.why(str(done))
+    error = done.attempts[0].error or ""
     assert "'shell'" in error
     for registered in ("noop", "sleep", "sync_sleep", "spin"):
         assert registered in error, error
-    assert await queue_keys(store, keyspace) == []
-    kv, _ = await store.get(keyspace.task(task.id))
-    assert kv is not None
+    assert [keyspace.parse_queue_entry(k).task_id for k in await queue_keys(store, keyspace)] == [task.id]
+    assert done.seq == task.seq, "it keeps its place"
     assert not (await store.range(keyspace.delayed, prefix_end(keyspace.delayed))).kvs
+    assert w.proc.poll() is None
 
 
 async def test_allow_bogus_is_a_usage_error(tasklease_bin, worker_env):

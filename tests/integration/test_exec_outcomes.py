@@ -2,7 +2,8 @@
 
 - etcd out of space (NOSPACE): a finished outcome is kept and written once etcd
   accepts writes again, not dropped (and later recorded as a timeout).
-- The node record lists exactly the task types the worker runs.
+- A task whose type the worker does not run (a race with a restart under another
+  image) is handed back to its queue, keeping its place, instead of failing.
 
 Assignments are written by hand (``queue.assign_next``, as the scheduler does);
 the worker's store is a :class:`FaultyStore` (the real store, failing chosen calls).
@@ -17,6 +18,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 import sample_tasks
+from faults.procs import until
 from faultstore import FaultyStore, writes_under
 from tasklease import codec
 from tasklease.client import Client
@@ -95,6 +97,32 @@ async def test_outcomes_written_together_are_each_kept_through_nospace(
         assert final.state is TaskState.SUCCEEDED and final.result == i, final
         assert len(final.attempts) == 1
     assert fault.fired == 12
+
+
+async def test_a_task_of_a_type_the_worker_lacks_is_handed_back_keeping_its_place(
+    client: Client, store: Store, keyspace: Keyspace, worker: Worker
+):
+    # "shell" is not enabled on this worker (no --allow): as if it had restarted under another image
+    task = await client.submit("shell", {"argv": ["true"]}, retry=RetryPolicy(max_retries=0, max_losses=1))
+    behind = await client.submit("noop", "behind")
+    running = await assign_next(store, keyspace, "default", worker.id, worker.lease_id, time.time())
+    assert running is not None and running.id == task.id
+
+    async def back() -> object:
+        record = await client.get(task.id)
+        return record if record.state is TaskState.QUEUED else None
+
+    record = await until(back, within_s=20, what="the task handed back to its queue")
+    assert [a.outcome for a in record.attempts] == [Outcome.HANDED_BACK]
+    assert record.attempts[0].worker == worker.id
+    error = record.attempts[0].error or ""
+    assert "'shell'" in error and "noop" in error, error
+    assert record.seq == task.seq, "it keeps its place in its queue"
+    queue = await store.range(keyspace.queue("default"), prefix_end(keyspace.queue("default")))
+    keys = [keyspace.parse_queue_entry(kv.key).task_id for kv in queue.kvs]
+    assert keys == [task.id, behind.id], "still ahead of the task submitted after it"
+    for prefix in (keyspace.assignments, keyspace.running):
+        assert (await store.range(prefix, prefix_end(prefix))).kvs == []
 
 
 async def test_the_node_record_lists_exactly_the_types_the_worker_runs(
