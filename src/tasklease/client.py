@@ -89,6 +89,7 @@ from tasklease.models import (
     check_priority,
     check_retention,
     check_timeout,
+    check_type,
     transition,
 )
 from tasklease.purge import PurgeResult, explain_nospace, purge
@@ -154,8 +155,7 @@ class TaskSpec:
     requires: Mapping[str, str] | Requires | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.type, str) or not 1 <= len(self.type) <= 128:
-            raise InvalidOption("task type must be a string of 1 to 128 characters")
+        check_type(self.type)  # [A-Za-z0-9_.:-]{1,128}: a new type is plain text
         if self.retention_s is not None:
             check_retention(self.retention_s)
         check_priority(self.priority)
