@@ -25,6 +25,8 @@ from tasklease.errors import (
 )
 from tasklease.keys import Keyspace
 from tasklease.models import Attempt, Outcome, Task, TaskState
+from tasklease.purge import PurgeResult
+from tasklease.quotas import Quota, QuotaExceeded
 from tasklease.retry import RetryPolicy
 from tasklease.store import StoreConfig
 
@@ -46,6 +48,9 @@ __all__ = [
     "Keyspace",
     "Outcome",
     "PayloadTooLarge",
+    "PurgeResult",
+    "Quota",
+    "QuotaExceeded",
     "RetryPolicy",
     "StoreAuthError",
     "StoreConfig",
