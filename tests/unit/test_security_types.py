@@ -56,3 +56,16 @@ def test_a_stored_record_with_another_type_still_decodes() -> None:
     data["type"] = "old type\x1b[2J"
     decoded = codec.decode_task("/ns/task/" + TASK_ID, orjson.dumps(data))
     assert decoded.type == "old type\x1b[2J"
+
+
+def test_registering_a_task_type_outside_the_character_set_is_refused():
+    from tasklease.executors.base import Registry
+    from tasklease.executors.builtin import Noop
+
+    registry = Registry()
+    with pytest.raises(InvalidOption):
+        registry.register("bad\x1b[2Jtype", Noop())
+    with pytest.raises(InvalidOption):
+        registry.task(name="has space")(lambda: None)
+    registry.register("ok.type:v2", Noop())
+    assert "ok.type:v2" in registry.names

@@ -28,7 +28,7 @@ from typing import Any, Generic, ParamSpec, Protocol, TypeVar, runtime_checkable
 
 from tasklease.errors import InvalidOption, TaskleaseError
 from tasklease.executors.netpolicy import NetworkPolicy
-from tasklease.models import DEFAULT_PRIORITY, DEFAULT_QUEUE, DEFAULT_TIMEOUT_S, JSON
+from tasklease.models import DEFAULT_PRIORITY, DEFAULT_QUEUE, DEFAULT_TIMEOUT_S, JSON, check_type
 from tasklease.retry import RetryPolicy
 
 P = ParamSpec("P")
@@ -221,7 +221,7 @@ class Registry:
         """
 
         def register(f: Callable[..., Any]) -> TaskFunction[Any, Any]:
-            tf: TaskFunction[Any, Any] = TaskFunction(f, name or f.__name__, **options)
+            tf: TaskFunction[Any, Any] = TaskFunction(f, check_type(name or f.__name__), **options)
             if tf.name in self._executors:
                 raise InvalidOption(f"task type {tf.name!r} is registered twice")
             if tf.name in self._functions:
@@ -232,7 +232,8 @@ class Registry:
         return register(fn) if fn is not None else register
 
     def register(self, name: str, executor: Executor) -> None:
-        """Register an executor object under a task type."""
+        """Register an executor object under a task type (``[A-Za-z0-9_.:-]{1,128}``)."""
+        check_type(name)
         if name in self._executors or name in self._functions:
             raise InvalidOption(f"task type {name!r} is registered twice")
         self._executors[name] = executor
