@@ -291,6 +291,45 @@ class ClusterView:
             log.error("ignoring worker %s: bad node record (%s)", worker, exc)
             self.nodes.pop(worker, None)
 
+    def load_queue_keys(self, kvs: list[KV]) -> None:
+        """Add the queue keys of a take-over, read without values, in ascending key order.
+
+        Same effect as :meth:`apply` for each, without its per-key costs: keys
+        come sorted from etcd, so each (queue, route) group's keys are appended
+        in order and each sorted list is built once (call it once with all of them).
+        """
+        prefix = len(self.keys.queues)
+        groups: dict[tuple[str, str], list[str]] = {}
+        for kv in kvs:
+            key = kv.key
+            parts = key[prefix:].split("/")
+            if len(parts) == 5 and parts[4]:
+                group = (parts[0], parts[4])
+            elif len(parts) == 4:
+                group = (parts[0], "")
+            else:
+                self.apply(kv, deleted=False, has_value=False)  # logs the malformed key
+                continue
+            if group[1] not in self._routes:
+                try:
+                    self.route(group[1])
+                    self.keys.parse_queue_entry(key)
+                except (ValueError, TypeError):
+                    self.apply(kv, deleted=False, has_value=False)
+                    continue
+            bucket = groups.get(group)
+            if bucket is None:
+                bucket = groups[group] = []
+            bucket.append(key)
+            self.queue_kv[key] = KV(key, b"", kv.create_revision, kv.mod_revision, kv.version)
+        for group, keys in groups.items():
+            self.unloaded.update(keys)
+            keys_list = self.queue_keys.get(group)
+            if keys_list is None:
+                self.queue_keys[group] = SortedList(keys)
+            else:
+                keys_list.update(keys)
+
     def fill(self, kv: KV) -> bool:
         """Give an unloaded queue key its value, read from etcd. False if the mirror differs."""
         held = self.queue_kv.get(kv.key)
@@ -607,10 +646,15 @@ class Scheduler:
             (k.queues, prefix_end(k.queues), True),
             (prefix_end(k.queues), end, False),  # retention/, running/
         ]
+        queued: list[KV] = []
         for lo, hi, keys_only in parts:
             async for page in self.store.scan(lo, hi, revision=revision, keys_only=keys_only):
+                if lo == k.queues:
+                    queued.extend(page.kvs)  # added in bulk below
+                    continue
                 for kv in page.kvs:
                     self.view.apply(kv, deleted=False, has_value=not keys_only)
+        self.view.load_queue_keys(queued)
         self.view.revision = revision
         return revision
 
