@@ -150,7 +150,7 @@ async def test_worker_lost_mid_task_is_rerun_elsewhere(client, cluster, store):
 async def test_overdue_task_is_ended_by_the_scheduler(client, cluster, store, keyspace):
     # Given a "worker" that registers but never runs anything (no report will come)
     lease = await store.grant(30)
-    node = {"id": "silent", "queues": ["default"], "capacity": 1, "lease": lease}
+    node = {"id": "silent", "queues": ["default"], "capacity": 1, "lease": lease, "types": ["noop"]}
     await store.put(keyspace.node("silent"), codec.encode_obj(node), lease=lease)
     await cluster.scheduler(deadline_grace_s=0.3)
     task = await client.submit("noop", timeout_s=0.5, retry=RetryPolicy(max_retries=0))
