@@ -9,9 +9,11 @@ between read and watch, and every change reaches it in revision order.
 
 The take-over read is keys first: assignment and queue keys are read without
 their values (both carry whole task records); values are read only for the
-queue heads about to be assigned. The mirror keeps the value of a queue key
-only near the head of its queue (``VALUE_WINDOW``): memory stays O(keys), and
-a deep queue costs one extra read per batch, never a read of the whole queue.
+queue heads about to be assigned. The mirror keeps queue keys' values up to
+``VALUE_BUDGET_BYTES`` in all: memory stays bounded however deep the queues
+are; values it does not hold are read ahead, a page of up to ~4 MiB from the
+first head that needs one, so a deep backlog costs one extra read per page of
+tasks, never a read per batch or of the whole queue.
 
 From the mirror it knows, without asking etcd:
 
@@ -87,7 +89,18 @@ from tasklease.recovery import (
 )
 from tasklease.retention import RetentionLeases
 from tasklease.routing import Route, eligible, parse_route
-from tasklease.store import KV, MAX_TXN_BYTES, Compare, Delete, Event, Get, Op, Store, txn_size
+from tasklease.store import (
+    KV,
+    MAX_TXN_BYTES,
+    Compare,
+    Delete,
+    Event,
+    Get,
+    Op,
+    Store,
+    next_page_limit,
+    txn_size,
+)
 
 log = logging.getLogger("tasklease.scheduler")
 
@@ -96,9 +109,11 @@ BACKSTOP_S = 5.0
 # is treated as dead, whatever its lease says (a lease can be kept alive by anyone
 # with access to the lease API).
 STALE_MARGIN_S = 2.0
-# The mirror keeps a queue key's value (the record) only within this many keys of
-# its queue's head; deeper values are read when they come near the head.
-VALUE_WINDOW = 256
+# The mirror keeps queue keys' values (the records) up to this many bytes in all;
+# the others are read ahead, a page at a time, when they come near a head.
+VALUE_BUDGET_BYTES = 64 * 1024 * 1024
+# One read-ahead page of values: about this many bytes (and at most 1,000 keys).
+READ_AHEAD_BYTES = 4 * 1024 * 1024
 # Records read per transaction by recovery and promotion (each at most 1.3 MB:
 # the response stays far below the channel's receive limit).
 READ_GROUP = 16
@@ -186,6 +201,10 @@ class ClusterView:
         self.queue_kv: dict[str, KV] = {}
         # queue keys whose value (the record) is not in memory (keys-only load, or deep in the queue)
         self.unloaded: set[str] = set()
+        # bytes of the queue values held (bounded by VALUE_BUDGET_BYTES), and the size of a
+        # typical one (for sizing read-ahead pages)
+        self.value_bytes = 0
+        self.typical_value = 4096
         self.running: dict[str, RunningEntry] = {}
         # task id -> monotonic time this scheduler first saw its running entry (clock-skew guard)
         self.running_seen: dict[str, float] = {}
@@ -222,7 +241,9 @@ class ClusterView:
                     keys_list.discard(key)
                     if not keys_list:
                         del self.queue_keys[group]
-                self.queue_kv.pop(key, None)
+                held = self.queue_kv.pop(key, None)
+                if held is not None and key not in self.unloaded:
+                    self.value_bytes -= len(held.value)
                 self.unloaded.discard(key)
                 self.skipped.discard(key)
             else:
@@ -232,9 +253,14 @@ class ClusterView:
                 if key not in self.queue_kv:
                     keys_list.add(key)
                 self.skipped.discard(key)  # a new version is examined afresh
-                if has_value and keys_list.bisect_left(key) < VALUE_WINDOW:
+                held = self.queue_kv.get(key)
+                if held is not None and key not in self.unloaded:
+                    self.value_bytes -= len(held.value)
+                if has_value and self.value_bytes + len(kv.value) <= VALUE_BUDGET_BYTES:
                     self.queue_kv[key] = kv
+                    self.value_bytes += len(kv.value)
                     self.unloaded.discard(key)
+                    self.typical_value = (self.typical_value * 15 + len(kv.value)) // 16
                 else:
                     self.queue_kv[key] = KV(key, b"", kv.create_revision, kv.mod_revision, kv.version)
                     self.unloaded.add(key)
@@ -333,10 +359,12 @@ class ClusterView:
     def fill(self, kv: KV) -> bool:
         """Give an unloaded queue key its value, read from etcd. False if the mirror differs."""
         held = self.queue_kv.get(kv.key)
-        if held is None or held.mod_revision != kv.mod_revision:
+        if held is None or held.mod_revision != kv.mod_revision or kv.key not in self.unloaded:
             return False
         self.queue_kv[kv.key] = kv
+        self.value_bytes += len(kv.value)
         self.unloaded.discard(kv.key)
+        self.typical_value = (self.typical_value * 15 + len(kv.value)) // 16
         return True
 
     # queries -------------------------------------------------------------------------
@@ -734,15 +762,30 @@ class Scheduler:
         return counts, claimed
 
     async def _load_values(self, kvs: list[KV]) -> bool:
-        """Read the values of queue heads the mirror holds keys-only. False if the mirror lags."""
-        result = await self.store.txn([], [Get(kv.key) for kv in kvs])
-        in_step = True
-        for read in result.reads:
-            if not read or not self.view.fill(read[0]):
-                in_step = False  # changed or gone since the mirror saw it: the watch will tell
-        if not in_step:
-            await self._wait_revision(result.revision)
-        return in_step
+        """Read ahead the values of queue heads the mirror holds keys-only. False if the mirror lags.
+
+        One range read per queue, from its first head that needs a value, of
+        about ``READ_AHEAD_BYTES`` (the following keys come with it, so a deep
+        queue costs one read per page of tasks, not one per batch).
+        """
+        first: dict[str, str] = {}
+        for kv in kvs:
+            queue = self.keys.parse_queue_entry(kv.key).queue
+            first[queue] = min(first.get(queue, kv.key), kv.key)
+        limit = next_page_limit(self.view.typical_value, READ_AHEAD_BYTES)
+        revision = 0
+        for queue, key in first.items():
+            page = await self.store.range(key, prefix_end(self.keys.queue(queue)), limit=limit)
+            revision = max(revision, page.revision)
+            for read in page.kvs:
+                if read.key in self.view.unloaded:
+                    self.view.fill(read)
+        wanted = {kv.key for kv in kvs}
+        if wanted & self.view.unloaded:
+            # changed or gone since the mirror saw them: the watch will tell
+            await self._wait_revision(revision)
+            return False
+        return True
 
     async def _assign_batch(self) -> bool:
         """Assign up to one batch in one transaction. Returns whether to try again at once."""
@@ -763,6 +806,7 @@ class Scheduler:
         ops: list[Op] = []
         size = txn_size(compares)
         per_worker: dict[str, int] = defaultdict(int)
+        eligible_by_group: dict[tuple[str, Route], list[_Node]] = {}
         for qkv in heads:
             entry = self.keys.parse_queue_entry(qkv.key)
             task_id = entry.task_id
@@ -778,7 +822,11 @@ class Scheduler:
                     self.view.skipped.add(qkv.key)
                     continue
                 route = Route(task.type, task.requires)
-            candidates = [n for n in free if n.view.free > 0 and n.takes(entry.queue, route)]
+            group = (entry.queue, route)
+            takers = eligible_by_group.get(group)
+            if takers is None:  # once per (queue, route) per batch, not per task
+                takers = eligible_by_group[group] = [n for n in free if n.takes(entry.queue, route)]
+            candidates = [n for n in takers if n.view.free > 0]
             if not candidates:
                 continue
             view = self.balancer.choose([n.view for n in candidates])

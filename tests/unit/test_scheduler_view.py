@@ -35,10 +35,19 @@ def test_bulk_load_of_queue_keys_equals_applying_them_one_by_one():
     assert set(bulk.queue_keys) == {(q, r) for q in ("a", "b") for r in ("noop", "add&zone=eu", "")}
 
 
-def test_values_are_kept_only_near_the_head_of_their_group():
+def test_values_are_kept_up_to_the_byte_budget_and_accounted_on_delete(monkeypatch):
+    import tasklease.scheduler as scheduler
+
+    monkeypatch.setattr(scheduler, "VALUE_BUDGET_BYTES", 100 * 1000)
     view = ClusterView(K)
-    for i in range(300):
-        key = K.queue_entry("q", 1, 10**15 + i, f"01ARZ3NDEKTSV4RRFFQ69{i:05d}", "noop")
-        view.apply(KV(key, b"record", 5, 5, 1), deleted=False)
-    kept = [k for k in view.queue_kv if k not in view.unloaded]
-    assert len(kept) == 256 and len(view.unloaded) == 44
+    keys = [K.queue_entry("q", 1, 10**15 + i, f"01ARZ3NDEKTSV4RRFFQ69{i:05d}", "noop") for i in range(300)]
+    for key in keys:
+        view.apply(KV(key, b"r" * 1000, 5, 5, 1), deleted=False)
+    assert len(view.unloaded) == 200 and view.value_bytes == 100 * 1000
+    # deleting a held value frees its bytes; a key read later is filled within the budget
+    view.apply(KV(keys[0], b"", 5, 6, 0), deleted=True)
+    assert view.value_bytes == 99 * 1000
+    assert view.fill(KV(keys[299], b"r" * 1000, 5, 5, 1))
+    assert keys[299] not in view.unloaded and view.value_bytes == 100 * 1000
+    # a version the mirror does not hold is not filled
+    assert not view.fill(KV(keys[298], b"r" * 1000, 5, 9, 2))
