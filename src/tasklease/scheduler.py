@@ -174,6 +174,7 @@ class _Node:
     tags: dict[str, Any] = field(default_factory=dict)
     ttl: float = 10.0
     seen: float = 0.0  # monotonic time of its last record put, as this scheduler saw it
+    mod_revision: int = 0  # of its node record, as the mirror holds it
 
     def takes(self, queue: str, route: Route | None) -> bool:
         """Whether it serves ``queue`` and may run a task of ``route`` (None: not known yet)."""
@@ -312,6 +313,7 @@ class ClusterView:
                 tags,
                 ttl,
                 self.clock.monotonic(),
+                kv.mod_revision,
             )
         except (CorruptRecord, KeyError, TypeError, ValueError) as exc:
             log.error("ignoring worker %s: bad node record (%s)", worker, exc)
@@ -545,6 +547,9 @@ class Scheduler:
         self._inflight: list[tuple[int, dict[str, int], set[str]]] = []
         # (queue, route) -> monotonic time since when no live worker may take its tasks
         self._unroutable_since: dict[tuple[str, str], float] = {}
+        # worker -> (node record mod revision, monotonic time) of the first read that found
+        # it unchanged although the mirror saw no heartbeat for its TTL (see _confirm_stale)
+        self._silent: dict[str, tuple[int, float]] = {}
         self._main: asyncio.Task[None] | None = None
         self._stopping = False
         self.leading = asyncio.Event()
@@ -622,6 +627,7 @@ class Scheduler:
         self.view = ClusterView(self.keys, self.clock)
         self._inflight = []
         self._unroutable_since = {}
+        self._silent = {}
         started = self.clock.monotonic()
         revision = await self._load()
         log.info(
@@ -865,6 +871,12 @@ class Scheduler:
                 raise  # cannot happen (txn_size is an upper bound): back off, log it
             await self._fail_unassignable(picks[0].queue_kv, picks[0].record_kv, f"cannot be assigned: {exc}")
             return True
+        except StoreError as exc:
+            # Maybe committed (the watch will tell), or a worker's lease just ended (its
+            # node key goes next). Either way the compares keep a second attempt from
+            # assigning anything twice; the loop backs off.
+            log.warning("assignment transaction failed: %s", exc, extra=self._ctx())
+            raise
         if not result.succeeded:
             self._explain_failure(picks, result.reads)
             log.debug("assignment rejected by a compare at revision %d", result.revision, extra=self._ctx())
@@ -1036,9 +1048,40 @@ class Scheduler:
         return [kvs[0] if kvs else None for kvs in result.reads]
 
     async def _recover_lost(self) -> None:
-        lost = self.view.lost_entries() + self.view.stale_entries()
+        lost = self.view.lost_entries()
+        stale = self.view.stale_entries()
+        if stale:
+            confirmed = {w for w in {e.worker for e in stale} if await self._confirm_stale(w)}
+            lost += [e for e in stale if e.worker in confirmed]
         for start in range(0, len(lost), READ_GROUP):
             await self._repair(lost[start : start + READ_GROUP], Outcome.LOST)
+
+    async def _confirm_stale(self, worker: str) -> bool:
+        """Whether a worker the mirror has not seen heartbeat is really silent.
+
+        The mirror's clock is this process's: after a pause of this process or a
+        lagging watch every worker looks silent. So before ending anything, read
+        the node record: if it changed since the mirror's copy, the mirror lags
+        (not stale). It is stale only if it stays unchanged for another lease TTL
+        plus the margin, measured from a read that etcd answered.
+        """
+        node = self.view.nodes.get(worker)
+        if node is None:
+            return False
+        kv, _ = await self.store.get(self.keys.node(worker))
+        mono = self.clock.monotonic()
+        if kv is None or kv.mod_revision != node.mod_revision:
+            self._silent.pop(worker, None)
+            node.seen = mono  # alive (or gone: its lease ended, the watch will say so)
+            return False
+        since = self._silent.setdefault(worker, (kv.mod_revision, mono))
+        if since[0] != kv.mod_revision:
+            self._silent[worker] = (kv.mod_revision, mono)
+            return False
+        if mono - since[1] < node.ttl + STALE_MARGIN_S:
+            self._wake_later(node.ttl + STALE_MARGIN_S - (mono - since[1]) + 0.05)
+            return False
+        return True
 
     async def _end_overdue(self, now: float) -> None:
         overdue = self.view.overdue(now, self.config.deadline_grace_s)
