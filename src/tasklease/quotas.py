@@ -461,7 +461,10 @@ class QuotaGuard:
 
     async def caught_up(self, revision: int) -> Quota | None:
         """Wait until the cached record is at least as new as ``revision`` (e.g. a ``quota set``'s)."""
-        await self.current()
+        if not self._loaded:
+            # (an older record that cannot be read must not stop the wait for the newer one)
+            with contextlib.suppress(CorruptRecord):
+                await self.current()
         while self._seen < revision:
             if self._bumped is None:
                 self._bumped = asyncio.Event()

@@ -13,7 +13,7 @@ from tasklease.models import Task
 from tasklease.routing import Route, check_requires, eligible, parse_requires, parse_route, route
 
 TYPES = st.text(min_size=1, max_size=40).filter(lambda t: t.isprintable())
-TAG_KEYS = st.from_regex(r"[A-Za-z0-9_.-]{1,10}", fullmatch=True)
+TAG_KEYS = st.from_regex(r"[A-Za-z0-9_.-]{1,10}", fullmatch=True).filter(lambda k: k not in {".", ".."})
 TAG_VALUES = st.text(max_size=20).filter(lambda v: v.isprintable())
 
 
