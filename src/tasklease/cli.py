@@ -979,19 +979,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_soak(args: argparse.Namespace) -> int:
     """``tasklease soak``: exit 0 if no invariant was violated."""
-    from tasklease.soak import run_soak
+    from tasklease.soak import run_from_args
 
-    if args.tasks < 1 or args.workers < 2:
-        raise UsageError("the soak needs --tasks >= 1 and --workers >= 2")
-    return run_soak(
-        args.tasks,
-        args.workers,
-        args.seed,
-        args.chaos_interval,
-        args.timeout,
-        args.json,
-        payload_bytes=args.payload_bytes,
-    )
+    return run_from_args(args)  # too few tasks or workers, a bad --payload-bytes: InvalidOption, exit 2
 
 
 def cmd_dev(args: argparse.Namespace) -> int:

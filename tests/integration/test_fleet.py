@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import Counter
 
 import pytest
 
 import sample_tasks
+from faults.procs import until
 from tasklease.client import TaskSpec
 from tasklease.errors import InvalidOption
 from tasklease.executors.base import Registry
@@ -51,19 +51,6 @@ def versioned(version: int) -> Registry:
     if version >= 2:
         reg.task(name="new_type")(sample_tasks.async_add.fn)
     return reg
-
-
-async def until(probe, within_s: float, what: str):
-    deadline = time.monotonic() + within_s
-    while True:
-        value = probe()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within_s} s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 @pytest.mark.timeout(240)
@@ -122,7 +109,7 @@ async def test_a_type_without_a_worker_waits_visibly_and_does_not_block_the_queu
         assert stats["waiting_without_worker"] == [
             {"queue": "default", "type": "async_add", "requires": {}, "queued": 3}
         ]
-        await until(lambda: "no live worker may run them" in caplog.text, 10, "the warning")
+        await until(lambda: "no live worker may run them" in caplog.text, within_s=10, what="the warning")
         assert caplog.text.count("no live worker may run them") == 1
 
     # When a worker with the type registers, it runs at once

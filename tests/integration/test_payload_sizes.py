@@ -17,6 +17,7 @@ import time
 import orjson
 import pytest
 
+from faults.procs import until
 from faultstore import FaultyStore, writes_under
 from tasklease import codec
 from tasklease.client import TaskSpec
@@ -50,19 +51,6 @@ def spec(size: int, n: int, **options) -> TaskSpec:
     return TaskSpec("pad_echo", payload(size, n), **options)
 
 
-async def until(probe, within_s: float, what: str):
-    deadline = time.monotonic() + within_s
-    while True:
-        value = probe()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within_s} s waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("label", list(SIZES))
 async def test_payload_matrix_deep_queue_two_leaders_list_and_stats(label, client, cluster, store, keyspace):
@@ -93,7 +81,7 @@ async def test_payload_matrix_deep_queue_two_leaders_list_and_stats(label, clien
     async def some_done() -> bool:
         return (await client.stats())["states"].get("succeeded", 0) >= count // 3
 
-    await until(some_done, 120, "a third of the tasks to succeed")
+    await until(some_done, within_s=120, what="a third of the tasks to succeed")
     await first.stop()
     await asyncio.wait_for(second.leading.wait(), 30)
 
@@ -193,7 +181,7 @@ async def test_recovery_reads_that_fail_are_retried_and_lost_tasks_still_return(
         async def all_running() -> bool:
             return all([(await client.get(t.id)).state is TaskState.RUNNING for t in tasks])
 
-        await until(all_running, 30, "three tasks running on the doomed worker")
+        await until(all_running, within_s=30, what="three tasks running on the doomed worker")
         faulty.fail(
             "txn", lambda: StoreAuthError("etcd refused txn: permission denied"), times=3, when=reads_records
         )
@@ -207,7 +195,7 @@ async def test_recovery_reads_that_fail_are_retried_and_lost_tasks_still_return(
         async def requeued() -> bool:
             return all([(await client.get(t.id)).attempts[0].outcome is Outcome.LOST for t in tasks])
 
-        await until(requeued, 60, "the three attempts recorded lost")
+        await until(requeued, within_s=60, what="the three attempts recorded lost")
         assert faulty.faults[0].fired == 3
         assert leader.leading.is_set() and leader.election.token == token
         await leader.stop()
@@ -234,7 +222,7 @@ async def test_a_leader_whose_clock_runs_ahead_does_not_end_healthy_attempts(
     async def running() -> bool:
         return (await client.get(task.id)).state is TaskState.RUNNING
 
-    await until(running, 30, "the task running")
+    await until(running, within_s=30, what="the task running")
 
     # When a leader whose clock is 60 s ahead takes over (every deadline looks long past)
     s = Store(store_config)
@@ -274,7 +262,7 @@ async def test_delayed_keys_without_a_pending_record_are_deleted(client, cluster
     async def gone() -> bool:
         return all([(await store.get(k))[0] is None for k in planted])
 
-    await until(gone, 30, "the stale delayed keys deleted")
+    await until(gone, within_s=30, what="the stale delayed keys deleted")
     # and keeps working
     later = await client.submit("noop", {"x": 2})
     assert (await client.wait(later.id, timeout_s=30)).state is TaskState.SUCCEEDED
