@@ -45,6 +45,7 @@ from tasklease.routing import Route, parse_requires
 from tasklease.store import DEFAULT_ENDPOINT, StoreConfig
 
 EXIT_OK = 0
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as the shell reports a tool killed by it
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2
 
@@ -1193,6 +1194,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         _fail(str(exc) + _auth_hint(exc), EXIT_RUNTIME)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
+    except BrokenPipeError:
+        # The reader went away (`tasklease status ID | head`): stop quietly, like a tool
+        # killed by SIGPIPE. Point stdout at /dev/null so the interpreter's final flush
+        # does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

@@ -335,3 +335,24 @@ def test_a_second_scheduler_with_the_same_id_is_refused(tasklease_bin, cli_env, 
         finally:
             first.send_signal(signal.SIGTERM)
             assert first.wait(timeout=30) == 0
+
+
+async def test_output_piped_into_head_stops_quietly(tasklease_bin, cli_env, client):
+    # Given a task whose record is larger than a pipe's buffer (a 300 KB payload; too long
+    # for one command-line argument, so submitted from Python)
+    task_id = (await client.submit("noop", {"blob": "x" * 300_000})).id
+
+    # When its status is piped into `head -1` (the reader leaves after one line)
+    out = subprocess.run(
+        ["bash", "-c", f'set -o pipefail; "{tasklease_bin}" status {task_id} | head -1'],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    # Then the first line came through and tasklease stopped like a tool killed by SIGPIPE:
+    # exit 141, no traceback
+    assert out.stdout.startswith("id:"), out.stdout[:200]
+    assert "Traceback" not in out.stderr and "BrokenPipeError" not in out.stderr, out.stderr[-2000:]
+    assert out.returncode == 141, (out.returncode, out.stderr[-500:])
