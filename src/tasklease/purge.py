@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -116,19 +117,13 @@ class _Purge:
     store: Store
     keys: Keyspace
     dry_run: bool
-    matched: int = 0
-    matched_bytes: int = 0
-    deleted: int = 0
-    deleted_bytes: int = 0
-    kept: int = 0
-    transactions: int = 0
-    plain_deletes: int = 0
-    corrupt: int = 0
+    # PurgeResult's counters (matched, matched_bytes, deleted, ...), filled as the purge goes
+    count: Counter[str] = field(default_factory=Counter)
     group: list[tuple[str, int, int]] = field(default_factory=list)  # (key, mod revision, size)
 
     async def add(self, key: str, mod_revision: int, size: int) -> None:
-        self.matched += 1
-        self.matched_bytes += size
+        self.count["matched"] += 1
+        self.count["matched_bytes"] += size
         if self.dry_run:
             return
         self.group.append((key, mod_revision, size))
@@ -148,7 +143,7 @@ class _Purge:
             return
         if result.succeeded:
             self._gone(group)
-            self.transactions += 1
+            self.count["transactions"] += 1
             return
         # Something in the group changed (or expired): one by one, keep exactly those.
         for item in group:
@@ -160,17 +155,17 @@ class _Purge:
                 continue
             if one.succeeded:
                 self._gone([item])
-                self.transactions += 1
+                self.count["transactions"] += 1
             else:
-                self.kept += 1
+                self.count["kept"] += 1
 
     def _gone(self, items: Iterable[tuple[str, int, int]]) -> None:
         for _, _, size in items:
-            self.deleted += 1
-            self.deleted_bytes += size
+            self.count["deleted"] += 1
+            self.count["deleted_bytes"] += size
 
     async def _plain(self, group: list[tuple[str, int, int]]) -> None:
-        if not self.plain_deletes:
+        if not self.count["plain_deletes"]:
             log.warning(
                 "etcd refuses transactions (NOSPACE): deleting finished records with plain deletes "
                 "(a finished record never changes)"
@@ -180,11 +175,11 @@ class _Purge:
         async def one(item: tuple[str, int, int]) -> None:
             async with limit:
                 n = await self.store.delete(item[0])
-            self.plain_deletes += 1
+            self.count["plain_deletes"] += 1
             if n:
                 self._gone([item])
             else:
-                self.kept += 1  # expired meanwhile
+                self.count["kept"] += 1  # expired meanwhile
 
         await asyncio.gather(*(one(item) for item in group))
 
@@ -257,7 +252,7 @@ async def purge(
                         try:
                             task = codec.decode_task(kv.key, kv.value)
                         except CorruptRecord as exc:
-                            run.corrupt += 1
+                            run.count["corrupt"] += 1
                             log.error("purge: skipping a record that cannot be decoded: %s", exc)
                             continue
                         if (
@@ -282,14 +277,7 @@ async def purge(
         older_than_s=float(older_than_s),
         states=tuple(s.value for s in wanted),
         queue=queue,
-        matched=run.matched,
-        matched_bytes=run.matched_bytes,
-        deleted=run.deleted,
-        deleted_bytes=run.deleted_bytes,
-        kept=run.kept,
-        transactions=run.transactions,
-        plain_deletes=run.plain_deletes,
-        corrupt=run.corrupt,
+        **run.count,
         revision=left.revision,
         remaining=left.count,
     )
