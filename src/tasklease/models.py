@@ -80,7 +80,8 @@ class TaskState(enum.StrEnum):
 TERMINAL_STATES = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED})
 
 TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
-    TaskState.PENDING: frozenset({TaskState.QUEUED, TaskState.CANCELLED, TaskState.FAILED}),
+    # pending -> pending is a priority change (the delayed key stays).
+    TaskState.PENDING: frozenset({TaskState.PENDING, TaskState.QUEUED, TaskState.CANCELLED, TaskState.FAILED}),
     # queued -> queued is a priority change (the queue key moves).
     TaskState.QUEUED: frozenset({TaskState.QUEUED, TaskState.RUNNING, TaskState.CANCELLED, TaskState.FAILED}),
     TaskState.RUNNING: frozenset(
@@ -340,7 +341,15 @@ class Decision:
     not_before: float | None = None
 
 
-def decide(task: Task, outcome: Outcome, *, permanent: bool, now: float, rng: random.Random) -> Decision:
+def decide(
+    task: Task,
+    outcome: Outcome,
+    *,
+    permanent: bool,
+    now: float,
+    rng: random.Random,
+    retry_after: float | None = None,
+) -> Decision:
     """The one pure function for "what happens next" after an attempt.
 
     ``task.attempts`` must already hold the finished attempt with ``outcome``.
@@ -352,6 +361,9 @@ def decide(task: Task, outcome: Outcome, *, permanent: bool, now: float, rng: ra
             non-retryable error): fail at once.
         now: Current time (for the backoff deadline).
         rng: Randomness for jitter.
+        retry_after: The task asked to be retried after this many seconds
+            (``tasklease.Retry``): that delay replaces the policy's backoff; the
+            attempt still counts against ``max_retries``.
 
     Returns:
         The next state, with ``not_before`` when a retry must wait.
@@ -373,7 +385,7 @@ def decide(task: Task, outcome: Outcome, *, permanent: bool, now: float, rng: ra
             retry_number = task.failures
             if permanent or retry_number > policy.max_retries:
                 return Decision(TaskState.FAILED)
-            delay = compute_backoff(policy, retry_number, rng)
+            delay = compute_backoff(policy, retry_number, rng) if retry_after is None else retry_after
             if delay <= 0:
                 return Decision(TaskState.QUEUED)
             return Decision(TaskState.PENDING, not_before=now + delay)

@@ -1,50 +1,18 @@
-"""The task hand-over transactions: enqueue, claim-and-assign, and leaving ``running``.
+"""A task as its worker is given it (:class:`Assignment`), and a hand assignment for tests and tools.
 
-Each function returns or runs ONE etcd transaction; docs/architecture.md lists
-them with their compares. The scheduler batches :func:`assign_ops` (the queue
-key's value is the record, so it reads nothing); :func:`assign` and
-:func:`assign_next` serve tests and tools; workers use :func:`leave_running_ops`.
+The transactions themselves are built in transitions.py; the scheduler
+batches :func:`transitions.assign` (the queue key's value is the record, so it
+reads nothing); :func:`assign_next` assigns one queue head the same way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tasklease import codec
+from tasklease import codec, transitions
 from tasklease.keys import Keyspace, prefix_end
-from tasklease.models import Attempt, Task, TaskState, evolve, transition
-from tasklease.store import KV, Compare, Delete, Get, Op, Put, Store, TxnResult
-
-
-def queue_key(keys: Keyspace, task: Task) -> str:
-    """The queue key of ``task`` as it is (its queue, priority, sequence and route)."""
-    return keys.queue_entry(task.queue, task.priority, task.seq, task.id, task.route)
-
-
-def place_ops(keys: Keyspace, task: Task, data: bytes | None = None) -> list[Op]:
-    """The index key a task needs in its (new) state: queue key or delayed key.
-
-    A queue key's value is the task record itself (``data``, its encoding),
-    written by the same transaction as the record: while a task is queued,
-    its queue key and its record have the same value and mod revision, so
-    the scheduler needs no read to assign it.
-    """
-    if task.state is TaskState.QUEUED:
-        value = data if data is not None else codec.encode_task(task)
-        return [Put(queue_key(keys, task), value)]
-    if task.state is TaskState.PENDING and task.not_before is not None:
-        return [Put(keys.delayed_entry(task.not_before, task.id), task.id.encode())]
-    return []
-
-
-def unplace_ops(keys: Keyspace, task: Task) -> list[Op]:
-    """Delete the index key of a waiting task (queued or pending)."""
-    if task.state is TaskState.QUEUED:
-        return [Delete(queue_key(keys, task))]
-    if task.state is TaskState.PENDING and task.not_before is not None:
-        return [Delete(keys.delayed_entry(task.not_before, task.id))]
-    return []
+from tasklease.models import Attempt, Task
+from tasklease.store import KV, Store
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,67 +49,6 @@ def decode_assignment(keys: Keyspace, worker: str, kv: KV) -> Assignment:
     return Assignment(codec.decode_task(kv.key, kv.value), worker, kv.create_revision)
 
 
-@dataclass(frozen=True, slots=True)
-class Pick:
-    """One task chosen for one worker."""
-
-    queue_kv: KV
-    record_kv: KV
-    worker: str
-    lease: int
-
-
-def assign_ops(keys: Keyspace, pick: Pick, now: float) -> tuple[list[Compare], list[Op], Task]:
-    """Compares and ops that move one queued task to a worker.
-
-    Returns:
-        The compares, the ops and the running task record.
-
-    Raises:
-        CorruptRecord: The queued record cannot be decoded.
-        PayloadTooLarge: The running record would be over its limit.
-    """
-    task = codec.decode_task(pick.record_kv.key, pick.record_kv.value)
-    attempt = Attempt(number=task.next_attempt_number, worker=pick.worker, started_at=now)
-    running = transition(task, TaskState.RUNNING, now=now, attempts=(*task.attempts, attempt))
-    data = codec.encode_for_write(running)  # written twice: the record and the assignment
-    compares = [Compare.unchanged(pick.queue_kv), Compare.unchanged(pick.record_kv)]
-    ops: list[Op] = [
-        Delete(pick.queue_kv.key),
-        Put(pick.record_kv.key, data),
-        Put(keys.assignment(pick.worker, task.id), data, lease=pick.lease),
-        Put(
-            keys.running_entry(task.id),
-            codec.encode_obj(
-                {
-                    "worker": pick.worker,
-                    "n": attempt.number,
-                    "deadline": now + task.timeout_s,
-                    "t": task.timeout_s,
-                }
-            ),
-        ),
-    ]
-    return compares, ops, running
-
-
-async def assign(store: Store, keys: Keyspace, picks: Sequence[Pick], now: float) -> TxnResult:
-    """Assign every pick in ONE transaction, or none of them.
-
-    Compares each queue key and each record on its mod revision (the claim:
-    a task is never assigned twice), deletes the queue keys, writes each
-    record as running with its new attempt, writes each assignment under its
-    worker's lease and each running-index entry.
-    """
-    compares: list[Compare] = []
-    ops: list[Op] = []
-    for pick in picks:
-        c, o, _ = assign_ops(keys, pick, now)
-        compares.extend(c)
-        ops.extend(o)
-    return await store.txn(compares, ops)
-
-
 async def assign_next(
     store: Store, keys: Keyspace, queue: str, worker: str, lease: int, now: float
 ) -> Task | None:
@@ -158,43 +65,6 @@ async def assign_next(
     record_kv, _ = await store.get(keys.task(task_id))
     if record_kv is None:
         return None
-    pick = Pick(head.kvs[0], record_kv, worker, lease)
-    compares, ops, running = assign_ops(keys, pick, now)
-    result = await store.txn(compares, ops)
+    txn, running = transitions.assign(keys, transitions.Pick(head.kvs[0], record_kv, worker, lease), now)
+    result = await store.txn(txn.compares, txn.ops)
     return running if result.succeeded else None
-
-
-def leave_running_ops(
-    keys: Keyspace, assignment: Assignment, new_task: Task, lease: int = 0
-) -> tuple[list[Compare], list[Op], list[Op]]:
-    """Compares and ops that move an assigned task out of ``running``.
-
-    Fenced on the assignment's create revision and on the record being as
-    the assignment wrote it: if the task was reassigned, cancelled or
-    recovered meanwhile, the compares fail and nothing is written. A finished
-    record goes under ``lease``, its retention lease (retention.py).
-
-    Returns:
-        compares, success ops, failure ops (reads that explain a failure).
-    """
-    task_key = keys.task(new_task.id)
-    assign_key = keys.assignment(assignment.worker, new_task.id)
-    compares = [
-        Compare.created_at(assign_key, assignment.token),
-        Compare(task_key, "mod", "=", assignment.token),
-    ]
-    data = codec.encode_task(new_task)
-    ops: list[Op] = [
-        Put(task_key, data, lease=lease),
-        Delete(assign_key),
-        Delete(keys.running_entry(new_task.id)),
-        *place_ops(keys, new_task, data),
-    ]
-    return compares, ops, [Get(assign_key)]
-
-
-def finished_attempt(task: Task, **changes: object) -> Task:
-    """Return ``task`` with its current attempt updated by ``changes``."""
-    current = task.current_attempt
-    assert current is not None
-    return evolve(task, attempts=(*task.attempts[:-1], evolve(current, **changes)))

@@ -60,11 +60,12 @@ from typing import Any
 
 from tasklease import codec
 from tasklease.clock import Clock, SystemClock
-from tasklease.errors import CorruptRecord, InvalidOption, StoreError, ValidationError, WatchCompacted
+from tasklease.errors import CorruptRecord, InvalidOption, StoreError, WatchCompacted
+from tasklease.errors import QuotaExceeded as QuotaExceeded  # noqa: PLC0414 (moved to errors.py; re-exported here)
 from tasklease.keys import Keyspace, prefix_end
 from tasklease.models import DEFAULT_RETENTION_S, MAX_RETENTION_S, Task
-from tasklease.queue import queue_key
 from tasklease.store import KV, Compare, Delete, Get, Put, Store
+from tasklease.transitions import queue_key
 
 log = logging.getLogger("tasklease.quotas")
 
@@ -77,25 +78,6 @@ BYTES_KEYS_PER_S = 10_000
 GETS_PER_TXN = 16
 # ...unless more than this many are new: then the whole queue prefix is read in pages.
 FULL_READ_OVER = 256
-
-
-class QuotaExceeded(ValidationError):
-    """A submit is over one of the namespace's quotas; nothing was written.
-
-    Attributes:
-        limit: Which limit: ``max_queued``, ``max_queued_bytes`` or ``max_retention_s``.
-        allowed: The limit's value.
-        usage: What the namespace holds now (waiting tasks or bytes; for
-            retention, the retention asked for).
-        adding: What the submit would add (0 for retention).
-    """
-
-    def __init__(self, message: str, *, limit: str, allowed: float, usage: float, adding: float) -> None:
-        super().__init__(message)
-        self.limit = limit
-        self.allowed = allowed
-        self.usage = usage
-        self.adding = adding
 
 
 # units ----------------------------------------------------------------------------------

@@ -24,9 +24,10 @@ from tasklease.executors.base import Registry
 from tasklease.executors.builtin import builtin_registry
 from tasklease.keys import Keyspace, prefix_end
 from tasklease.models import Outcome, Task, TaskState
-from tasklease.queue import assign_next, decode_assignment, leave_running_ops
+from tasklease.queue import assign_next, decode_assignment
 from tasklease.retry import RetryPolicy
 from tasklease.store import Store
+from tasklease.transitions import record_outcome
 from tasklease.worker import Worker, WorkerConfig
 
 registry = Registry()
@@ -99,7 +100,8 @@ async def end_overdue_attempt(store: Store, keyspace: Keyspace, worker: Worker, 
     assignment = decode_assignment(keyspace, worker.id, kv)
     new = worker.next_record(assignment, Outcome.TIMEOUT, None, "overdue", False)
     assert new.state is TaskState.QUEUED
-    compares, ops, failure = leave_running_ops(keyspace, assignment, new)
+    txn = record_outcome(keyspace, assignment.worker, assignment.token, new)
+    compares, ops, failure = txn.compares, txn.ops, txn.failure
     assert (await store.txn(compares, ops, failure)).succeeded
     return new
 

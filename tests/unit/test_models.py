@@ -26,6 +26,7 @@ from tasklease.retry import RetryPolicy
 
 S = TaskState
 ALLOWED = {
+    (S.PENDING, S.PENDING),  # a priority change (the delayed key stays)
     (S.PENDING, S.QUEUED),
     (S.PENDING, S.CANCELLED),
     (S.PENDING, S.FAILED),  # no transaction can carry it any more (scheduler records why)

@@ -1,0 +1,390 @@
+"""The event seam: what happens to tasks and processes, as typed events, and the hooks that see them.
+
+Every component (``Client``, ``Worker``, ``Scheduler``) emits an event once a
+change it made is durable in etcd (or, for process events, once it happened),
+and hands it to its :class:`Hooks`. Logging of task and process life is one
+hook (:class:`LoggingHook`); metrics, the dashboard's live feed and tests
+(:class:`RecordingHook`) are others. Nothing patches the components.
+
+**Order.** A component calls its hooks in the order of its list, one event at
+a time, in the order the events happened in that component. Across components
+there is no order (each has its own clock and process). One task's events
+come in this order, each from the component that made the change:
+
+1. :class:`Submitted` (client), then for each attempt:
+2. :class:`Assigned` (scheduler), :class:`Started` (worker),
+3. how the attempt ended, exactly one of: :class:`Succeeded`,
+   :class:`Failed` (the task failed for good), :class:`Retried` (it failed and
+   will run again), :class:`HandedBack` (worker: a type it does not run),
+   :class:`Rejected` (worker: its outcome was fenced off, the task had been
+   cancelled or reassigned) — all from the worker; :class:`TimedOut`,
+   :class:`Lost` (scheduler repairs); :class:`Cancelled` (client).
+
+A pending task's return to its queue is :class:`Promoted` (scheduler); a
+waiting task that no transaction can carry ends with :class:`Failed` from the
+scheduler.
+
+**Contract for hooks.** ``on_event`` runs on the component's event loop: it
+must not block (hand slow work to a queue or a thread) and must not raise.
+If it raises anyway, the error is logged once per hook and event type and the
+component goes on: a hook never breaks the component that calls it.
+
+**Defaults.** :func:`default_hooks` is the explicit default list (logging
+only). Components take ``hooks=`` as the whole list: pass
+``[*default_hooks(), mine]`` to keep logging and add yours.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+from tasklease.models import Outcome, Task
+
+log = logging.getLogger("tasklease.events")
+
+
+# events -----------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    """Something that happened, as seen by one component.
+
+    Attributes:
+        at: When, in epoch seconds on the emitting component's clock.
+        component: ``"client"``, ``"worker"`` or ``"scheduler"``.
+        source: The emitting process's id (worker or scheduler id; ``""`` for a client).
+    """
+
+    at: float
+    component: str
+    source: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskEvent(Event):
+    """A change of one task, durable in etcd when emitted.
+
+    Attributes:
+        task: The record as written by the change (its state is the new state).
+        attempt: The attempt concerned (None before the first assignment).
+        worker: The worker of that attempt, if any.
+    """
+
+    task: Task
+    attempt: int | None = None
+    worker: str | None = None
+
+    @property
+    def task_id(self) -> str:
+        """The task's id."""
+        return self.task.id
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Submitted(TaskEvent):
+    """A task was written to its queue (client)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Assigned(TaskEvent):
+    """A queued task was given to a worker (scheduler); ``task`` is the running record."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Started(TaskEvent):
+    """A worker began running an attempt (worker; nothing is written for it)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AttemptEnded(TaskEvent):
+    """Base of the events that end an attempt.
+
+    Attributes:
+        outcome: How the attempt ended (``None`` for a task that never ran).
+    """
+
+    outcome: Outcome | None = None
+
+    @property
+    def error(self) -> str | None:
+        """The task's error as recorded (untrusted text from task code)."""
+        return self.task.error
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Succeeded(AttemptEnded):
+    """The attempt succeeded; the result is recorded (worker)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Failed(AttemptEnded):
+    """The task failed for good (worker, or scheduler for a task no transaction can carry)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Retried(AttemptEnded):
+    """The attempt failed and the task will run again: queued, or pending until ``task.not_before``."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TimedOut(AttemptEnded):
+    """The attempt ran past its deadline without a report (scheduler); ``task.state`` says what next."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Lost(AttemptEnded):
+    """The attempt's worker vanished or stopped heartbeating (scheduler); ``task.state`` says what next."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Cancelled(AttemptEnded):
+    """The task was cancelled (client)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HandedBack(AttemptEnded):
+    """A worker gave the task back to its queue, keeping its place (a type it does not run)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rejected(AttemptEnded):
+    """A worker's outcome was fenced off: the assignment was revoked (cancelled or reassigned).
+
+    Nothing was written; ``task`` is the record the worker tried to write.
+    """
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Promoted(TaskEvent):
+    """A pending task whose delay passed went back to its queue (scheduler)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reprioritised(TaskEvent):
+    """A waiting task's priority changed (client)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerRegistered(Event):
+    """A worker's node record and lease exist; it takes assignments (worker).
+
+    Attributes:
+        lease: Its lease id.
+    """
+
+    lease: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerDraining(Event):
+    """A worker stopped taking assignments and finishes what it runs (worker)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerLeaseLost(Event):
+    """A worker's lease ended under it: it stops everything and writes nothing more (worker)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerStopped(Event):
+    """A worker stopped (worker)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LeaderElected(Event):
+    """This scheduler leads (scheduler).
+
+    Attributes:
+        token: The fencing token (the leader key's create revision).
+    """
+
+    token: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LeaderResigned(Event):
+    """This scheduler no longer leads (scheduler).
+
+    Attributes:
+        reason: Why (stopped, deposed, lease lost, error).
+    """
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecoveryRan(Event):
+    """The leader repaired tasks (scheduler).
+
+    Attributes:
+        kind: ``"lost"``, ``"overdue"`` or ``"promoted"``.
+        count: How many it repaired.
+    """
+
+    kind: str
+    count: int
+
+
+# hooks ------------------------------------------------------------------------------------
+class Hook(Protocol):
+    """Receives events. See the module docstring for the contract (non-blocking, never raises)."""
+
+    def on_event(self, event: Event) -> None:
+        """Handle one event."""
+
+
+class Hooks:
+    """An ordered list of hooks, called one after the other for each event.
+
+    A hook that raises is logged (once per hook and event type) and skipped;
+    the next hooks still see the event and the component goes on.
+    """
+
+    def __init__(self, hooks: Iterable[Hook] | None = None) -> None:
+        self.hooks: tuple[Hook, ...] = tuple(default_hooks() if hooks is None else hooks)
+        self._reported: set[tuple[int, type[Event]]] = set()  # touched only by emit()
+
+    def emit(self, event: Event) -> None:
+        """Give ``event`` to every hook, in order."""
+        for hook in self.hooks:
+            try:
+                hook.on_event(event)
+            except Exception:
+                mark = (id(hook), type(event))
+                if mark not in self._reported:
+                    self._reported.add(mark)
+                    log.exception(
+                        "hook %s raised on %s (ignored; reported once per hook and event type)",
+                        type(hook).__name__,
+                        type(event).__name__,
+                    )
+
+    def __bool__(self) -> bool:
+        return bool(self.hooks)
+
+
+def as_hooks(hooks: Hooks | Iterable[Hook] | None) -> Hooks:
+    """A component's ``hooks=`` argument as :class:`Hooks` (None: :func:`default_hooks`)."""
+    return hooks if isinstance(hooks, Hooks) else Hooks(hooks)
+
+
+def default_hooks() -> list[Hook]:
+    """The hooks a component has unless told otherwise: logging only."""
+    return [LoggingHook()]
+
+
+class LoggingHook:
+    """Logs task and process life: one line per event, with its task id, attempt and worker.
+
+    Task text (errors) is escaped by the log formatters (logs.py). Levels:
+    problems (lost, timed out, failed, rejected) are warnings or errors, the
+    ordinary life of a task is debug, process life is info.
+    """
+
+    # event type -> (logger name, level, message); message may use {state}, {outcome}, {error}
+    LINES: ClassVar[dict[type[Event], tuple[str, int, str]]] = {
+        Submitted: ("tasklease.client", logging.DEBUG, "submitted"),
+        Assigned: ("tasklease.scheduler", logging.DEBUG, "assigned to worker {worker}"),
+        Started: ("tasklease.worker", logging.DEBUG, "task started"),
+        Succeeded: ("tasklease.worker", logging.DEBUG, "outcome recorded: task {state}"),
+        Retried: ("tasklease.worker", logging.DEBUG, "outcome recorded: task {state}"),
+        HandedBack: ("tasklease.worker", logging.DEBUG, "outcome recorded: task {state}"),
+        Failed: ("tasklease.worker", logging.DEBUG, "outcome recorded: task {state}"),
+        Rejected: (
+            "tasklease.worker",
+            logging.WARNING,
+            "outcome rejected: the assignment was revoked (task cancelled or reassigned)",
+        ),
+        TimedOut: ("tasklease.scheduler", logging.WARNING, "attempt {outcome}: task {state}"),
+        Lost: ("tasklease.scheduler", logging.WARNING, "attempt {outcome}: task {state}"),
+        Cancelled: ("tasklease.client", logging.DEBUG, "cancelled"),
+        Promoted: ("tasklease.scheduler", logging.DEBUG, "queued again after its delay"),
+        Reprioritised: ("tasklease.client", logging.DEBUG, "priority changed to {priority}"),
+        WorkerDraining: ("tasklease.worker", logging.INFO, "draining: no new assignments"),
+        WorkerLeaseLost: ("tasklease.worker", logging.ERROR, "lease lost: stopping every task"),
+        RecoveryRan: ("tasklease.scheduler", logging.DEBUG, "recovery: {count} {kind}"),
+    }
+
+    def __init__(self) -> None:
+        self._loggers: dict[str, logging.Logger] = {}
+
+    def on_event(self, event: Event) -> None:
+        """Log ``event`` if it has a line (see :attr:`LINES`)."""
+        line = self.LINES.get(type(event))
+        if line is None:
+            return
+        name, level, message = line
+        if isinstance(event, Failed) and event.component == "scheduler":
+            name, level, message = "tasklease.scheduler", logging.ERROR, "task failed: {error}"
+        logger = self._loggers.get(name)
+        if logger is None:
+            logger = self._loggers[name] = logging.getLogger(name)
+        if not logger.isEnabledFor(level):
+            return
+        logger.log(level, "%s", message.format_map(_Fields(event)), extra=context(event))
+
+
+def context(event: Event) -> dict[str, Any]:
+    """The structured log fields of ``event`` (component, its id, task id, attempt, worker)."""
+    extra: dict[str, Any] = {"component": event.component}
+    if event.component in ("worker", "scheduler") and event.source:
+        extra[event.component] = event.source
+    if isinstance(event, TaskEvent):
+        extra["task_id"] = event.task.id
+        if event.attempt is not None:
+            extra["attempt"] = event.attempt
+        if event.worker is not None and event.component != "worker":
+            extra["worker"] = event.worker
+    return extra
+
+
+class _Fields(dict[str, object]):
+    """Lazy message fields for :meth:`LoggingHook.on_event`."""
+
+    def __init__(self, event: Event) -> None:
+        super().__init__()
+        self.event = event
+
+    def __missing__(self, name: str) -> object:
+        event = self.event
+        if isinstance(event, TaskEvent):
+            match name:
+                case "state":
+                    return event.task.state.value
+                case "priority":
+                    return event.task.priority
+                case "error":
+                    return event.task.error
+        if isinstance(event, AttemptEnded) and name == "outcome":
+            return event.outcome.value if event.outcome is not None else "none"
+        return getattr(event, name, "?")
+
+
+@dataclass
+class RecordingHook:
+    """Keeps every event it sees, in order (tests, debugging).
+
+    Attributes:
+        events: What it saw.
+    """
+
+    events: list[Event] = field(default_factory=list)
+
+    def on_event(self, event: Event) -> None:
+        """Remember ``event``."""
+        self.events.append(event)
+
+    def of(self, *kinds: type[Event], task_id: str | None = None) -> list[Event]:
+        """The events of the given types (all if none), optionally for one task."""
+        return [
+            e
+            for e in self.events
+            if (not kinds or isinstance(e, kinds))
+            and (task_id is None or (isinstance(e, TaskEvent) and e.task.id == task_id))
+        ]
+
+    def kinds(self, task_id: str | None = None) -> Sequence[str]:
+        """The names of the event types seen (for one task, if given), in order."""
+        return [type(e).__name__ for e in self.of(task_id=task_id)]

@@ -1,0 +1,494 @@
+"""Every task transition's transaction: the one module that decides which keys change together.
+
+A task's state lives in its record (``tasks/{id}``) and in the index keys that
+point at it (its queue key while queued, its delayed key while pending, its
+assignment and running-index entry while running). Each function here builds
+ONE transaction (a :class:`Txn`) that moves a task from one state to the next,
+writing the record and its index keys together, guarded by compares on mod
+revisions. Components (client, worker, scheduler) decide *when*; this module
+decides *what is written* and checks each move against ``models.TRANSITIONS``.
+
+=================  ============================  =====================  ========================
+transition         builder                       caller                 guarded by
+=================  ============================  =====================  ========================
+enqueue            :func:`enqueue`               client (submit)        record absent
+assign             :func:`assign`                scheduler (assigner)   queue key + record unchanged
+finish (outcome)   :func:`record_outcome`        worker (recorder)      assignment incarnation + record
+finish (repair)    :func:`repair`                scheduler (recoverer)  leader + entry + record + assignment
+finish (cancel)    :func:`rewrite`               client (cancel)        record unchanged
+requeue, delay     the finishes above, when the next state is queued (requeue) or pending (delay)
+promote            :func:`promote`               scheduler (recoverer)  leader + delayed key + record
+re-prioritise      :func:`rewrite`               client (set_priority)  record unchanged
+fail waiting       :func:`fail_waiting`          scheduler              leader + index key + record
+=================  ============================  =====================  ========================
+
+The pure record functions (:func:`next_record`, :func:`end_attempt`,
+:func:`fit_record`, :func:`bounded_failure`, :func:`cancelled`) compute the
+record a transition writes; they use ``models.transition``, which checks the
+table. docs/architecture.md lists every transaction with its keys.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from tasklease import codec
+from tasklease.errors import InvalidTransition, PayloadTooLarge
+from tasklease.keys import Keyspace
+from tasklease.models import (
+    JSON,
+    Attempt,
+    Outcome,
+    Task,
+    TaskState,
+    can_transition,
+    decide,
+    evolve,
+    transition,
+    truncate_error,
+)
+from tasklease.store import KV, Compare, Delete, Get, Op, Put, txn_size
+
+
+@dataclass(slots=True)
+class Txn:
+    """One etcd transaction: compares, the ops if they all hold, the reads if not.
+
+    Attributes:
+        compares: The guards.
+        ops: Written if every guard holds.
+        failure: Read if some guard fails (to explain why).
+    """
+
+    compares: list[Compare] = field(default_factory=list)
+    ops: list[Op] = field(default_factory=list)
+    failure: list[Op] = field(default_factory=list)
+
+    def extend(self, other: Txn) -> None:
+        """Add ``other``'s compares and ops (one transaction for both; all or nothing)."""
+        self.compares.extend(other.compares)
+        self.ops.extend(other.ops)
+        self.failure.extend(other.failure)
+
+    def size(self) -> int:
+        """An upper bound of its request size in bytes (``store.txn_size``)."""
+        return txn_size(self.compares) + txn_size(self.ops) + txn_size(self.failure)
+
+
+def _check(task: Task, state: TaskState, action: str) -> None:
+    if not can_transition(task.state, state):
+        raise InvalidTransition(task.id, task.state.value, action)
+
+
+# index keys -------------------------------------------------------------------------------
+def queue_key(keys: Keyspace, task: Task) -> str:
+    """The queue key of ``task`` as it is (its queue, priority, sequence and route)."""
+    return keys.queue_entry(task.queue, task.priority, task.seq, task.id, task.route)
+
+
+def place_ops(keys: Keyspace, task: Task, data: bytes | None = None) -> list[Op]:
+    """The index key a task needs in its (new) state: queue key or delayed key.
+
+    A queue key's value is the task record itself (``data``, its encoding),
+    written by the same transaction as the record: while a task is queued,
+    its queue key and its record have the same value and mod revision, so
+    the scheduler needs no read to assign it.
+    """
+    if task.state is TaskState.QUEUED:
+        value = data if data is not None else codec.encode_task(task)
+        return [Put(queue_key(keys, task), value)]
+    if task.state is TaskState.PENDING and task.not_before is not None:
+        return [Put(keys.delayed_entry(task.not_before, task.id), task.id.encode())]
+    return []
+
+
+def unplace_ops(keys: Keyspace, task: Task) -> list[Op]:
+    """Delete the index key of a waiting task (queued or pending)."""
+    if task.state is TaskState.QUEUED:
+        return [Delete(queue_key(keys, task))]
+    if task.state is TaskState.PENDING and task.not_before is not None:
+        return [Delete(keys.delayed_entry(task.not_before, task.id))]
+    return []
+
+
+# enqueue ----------------------------------------------------------------------------------
+def enqueue(keys: Keyspace, task: Task, data: bytes) -> Txn:
+    """Write a new queued task: its record and its queue key, both ``data``, if the id is free.
+
+    Raises:
+        InvalidTransition: ``task`` is not a new queued task.
+    """
+    if task.state is not TaskState.QUEUED or task.attempts:
+        raise InvalidTransition(task.id, task.state.value, "enqueue")
+    task_key = keys.task(task.id)
+    return Txn([Compare.absent(task_key)], [Put(task_key, data), Put(queue_key(keys, task), data)])
+
+
+# assign -----------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Pick:
+    """One task chosen for one worker."""
+
+    queue_kv: KV
+    record_kv: KV
+    worker: str
+    lease: int
+
+
+def assign(keys: Keyspace, pick: Pick, now: float) -> tuple[Txn, Task]:
+    """The transaction part that moves one queued task to a worker (batched by the assigner).
+
+    Compares the queue key and the record on their mod revisions (the claim: a
+    task is never assigned twice), deletes the queue key, writes the record as
+    running with its new attempt, the assignment under the worker's lease and
+    the running-index entry.
+
+    Returns:
+        The transaction part and the running record.
+
+    Raises:
+        CorruptRecord: The queued record cannot be decoded.
+        InvalidTransition: The record is not queued.
+        PayloadTooLarge: The running record would be over its limit.
+    """
+    task = codec.decode_task(pick.record_kv.key, pick.record_kv.value)
+    attempt = Attempt(number=task.next_attempt_number, worker=pick.worker, started_at=now)
+    running = transition(task, TaskState.RUNNING, now=now, attempts=(*task.attempts, attempt))
+    data = codec.encode_for_write(running)  # written twice: the record and the assignment
+    ops: list[Op] = [
+        Delete(pick.queue_kv.key),
+        Put(pick.record_kv.key, data),
+        Put(keys.assignment(pick.worker, task.id), data, lease=pick.lease),
+        Put(
+            keys.running_entry(task.id),
+            codec.encode_obj(
+                {
+                    "worker": pick.worker,
+                    "n": attempt.number,
+                    "deadline": now + task.timeout_s,
+                    "t": task.timeout_s,
+                }
+            ),
+        ),
+    ]
+    return Txn([Compare.unchanged(pick.queue_kv), Compare.unchanged(pick.record_kv)], ops), running
+
+
+# the record after an attempt ----------------------------------------------------------------
+def finished_attempt(task: Task, **changes: object) -> Task:
+    """Return ``task`` with its current attempt updated by ``changes``."""
+    current = task.current_attempt
+    assert current is not None
+    return evolve(task, attempts=(*task.attempts[:-1], evolve(current, **changes)))
+
+
+def next_record(
+    task: Task,
+    outcome: Outcome,
+    *,
+    now: float,
+    rng: random.Random,
+    new_seq: int,
+    result: JSON = None,
+    error: str | None = None,
+    permanent: bool = False,
+    retry_after: float | None = None,
+) -> Task:
+    """The record after the current attempt of a running ``task`` ended with ``outcome``.
+
+    The next state is ``models.decide``'s. A retry goes to the back of its
+    priority band (``new_seq``); a lost or handed-back task keeps its place.
+
+    Args:
+        task: The running record.
+        outcome: How the attempt ended.
+        now: Current time.
+        rng: Randomness for the backoff's jitter.
+        new_seq: The sequence number a retry gets.
+        result: The result, for a success.
+        error: The attempt's error, if any.
+        permanent: Retrying cannot help: fail now.
+        retry_after: The task asked for a retry after this many seconds
+            (``tasklease.Retry``) instead of its policy's backoff.
+
+    Raises:
+        InvalidTransition: ``task`` is not running.
+    """
+    task = finished_attempt(task, finished_at=now, outcome=outcome, error=error)
+    decision = decide(task, outcome, permanent=permanent, now=now, rng=rng, retry_after=retry_after)
+    changes: dict[str, object] = {}
+    if decision.state is TaskState.SUCCEEDED:
+        changes.update(result=result, error=None)
+    elif error is not None:
+        changes["error"] = error
+    if decision.state is TaskState.PENDING:
+        changes["not_before"] = decision.not_before
+    if decision.state is TaskState.QUEUED and outcome not in (Outcome.HANDED_BACK, Outcome.LOST):
+        changes["seq"] = new_seq
+    return transition(task, decision.state, now=now, **changes)
+
+
+def end_attempt(
+    task: Task, outcome: Outcome, error: str, now: float, rng: random.Random, new_seq: int
+) -> Task:
+    """The record after the scheduler ends the current attempt with ``outcome`` (lost, timeout).
+
+    A task whose record would be too large to queue again (a queued record is
+    written twice) fails instead, saying why: its outcome is never lost.
+    """
+    new = next_record(task, outcome, now=now, rng=rng, new_seq=new_seq, error=error)
+    try:
+        codec.encode_for_write(new)
+    except PayloadTooLarge as exc:
+        task = finished_attempt(task, finished_at=now, outcome=outcome, error=error)
+        new = transition(task, TaskState.FAILED, now=now, error=f"{error}; not retried: {exc}")
+    return new
+
+
+def fit_record(new: Task, now: float) -> Task:
+    """``new`` if every write of it fits, else a bounded FAILED record saying why.
+
+    A retry (queued now, or pending and queued later) is written twice by
+    one transaction, the record and its queue key, so it must stay within
+    ``codec.MAX_QUEUED_RECORD_BYTES``; any other record within
+    ``codec.record_limit`` of its state. A record that has outgrown that
+    (a payload near its maximum and long errors, attempt after attempt)
+    fails instead of being retried: recorded, rather than sent in a
+    transaction etcd refuses and dropped.
+    """
+    retry = new.state in (TaskState.QUEUED, TaskState.PENDING)
+    limit = codec.MAX_QUEUED_RECORD_BYTES if retry else codec.record_limit(new.state)
+    try:
+        size = len(codec.encode_task(new))
+        if size > limit:
+            raise PayloadTooLarge(f"{new.state.value} task record {new.id}", size, limit)
+    except PayloadTooLarge as exc:
+        if retry:
+            reason = f"not retried: the task record grew too large to requeue ({exc})"
+        else:
+            reason = f"the task record grew too large to record this outcome ({exc}); result dropped"
+        return bounded_failure(new, reason, now)
+    return new
+
+
+def bounded_failure(new: Task, reason: str, now: float) -> Task:
+    """``new`` turned into a FAILED record that says ``reason`` and fits ``codec.MAX_RECORD_BYTES``.
+
+    ``new`` is the record an attempt's end would write (it replaces it: the
+    transition is still running -> failed). The result is dropped; if that is
+    not enough, the errors of earlier attempts are shortened, and as a last
+    resort the payload is dropped (each step is said in the error).
+    """
+    last = new.current_attempt
+    attempts = new.attempts
+    first_error = reason if new.error is None else f"{reason}; last error: {new.error}"
+    if last is not None and last.outcome is Outcome.SUCCEEDED:
+        attempts = (*attempts[:-1], evolve(last, outcome=Outcome.FAILED, error=truncate_error(reason)))
+    failed = evolve(
+        new,
+        state=TaskState.FAILED,
+        attempts=attempts,
+        result=None,
+        not_before=None,
+        error=truncate_error(first_error),
+        updated_at=now,
+    )
+    if _fits(failed):
+        return failed
+    short = tuple(
+        a if a.error is None or i == len(failed.attempts) - 1 else evolve(a, error=a.error[:200])
+        for i, a in enumerate(failed.attempts)
+    )
+    failed = evolve(failed, attempts=short, error=truncate_error(f"{reason}; earlier errors shortened"))
+    if _fits(failed):
+        return failed
+    return evolve(failed, payload=None, error=truncate_error(f"{reason}; payload dropped"))
+
+
+def _fits(task: Task) -> bool:
+    try:
+        return len(codec.encode_task(task)) <= codec.record_limit(task.state)
+    except PayloadTooLarge:
+        return False
+
+
+# finish: out of running -------------------------------------------------------------------
+def _leave_running(keys: Keyspace, new: Task, lease: int, assignment_key: str | None) -> list[Op]:
+    data = codec.encode_task(new)
+    ops: list[Op] = [Put(keys.task(new.id), data, lease=lease)]
+    if assignment_key is not None:
+        ops.append(Delete(assignment_key))
+    ops.append(Delete(keys.running_entry(new.id)))
+    ops.extend(place_ops(keys, new, data))
+    return ops
+
+
+def record_outcome(keys: Keyspace, worker: str, token: int, new: Task, lease: int = 0) -> Txn:
+    """A worker's outcome: the running task leaves ``running`` (finish, requeue or delay).
+
+    Fenced on the assignment's create revision (``token``) and on the record
+    being as the assignment wrote it (same revision): if the task was
+    reassigned, cancelled or recovered meanwhile, the compares fail and nothing
+    is written; the failure reads the assignment (gone or another incarnation
+    tells a fenced outcome from a lost answer). A finished record goes under
+    ``lease``, its retention lease (retention.py).
+    """
+    if new.state is TaskState.RUNNING:
+        raise InvalidTransition(new.id, new.state.value, "record an outcome with")
+    task_key = keys.task(new.id)
+    assign_key = keys.assignment(worker, new.id)
+    compares = [Compare.created_at(assign_key, token), Compare(task_key, "mod", "=", token)]
+    return Txn(compares, _leave_running(keys, new, lease, assign_key), [Get(assign_key)])
+
+
+def outcome_bytes(new: Task) -> int:
+    """About what :func:`record_outcome` carries (the record, twice when queued), for batching."""
+    copies = 2 if new.state is TaskState.QUEUED else 1
+    return copies * len(codec.encode_task(new)) + 2048
+
+
+def repair(
+    keys: Keyspace,
+    fence: Compare,
+    running_kv_revision: int,
+    worker: str,
+    record_kv: KV,
+    old: Task,
+    new: Task,
+    *,
+    assignment_create_revision: int,
+    lease: int = 0,
+) -> Txn:
+    """The scheduler ends a running attempt (lost or overdue): finish, requeue or delay.
+
+    ``assignment_create_revision`` 0 means the assignment must be absent
+    (lost); otherwise it must be that incarnation, and it is deleted (overdue,
+    or a worker that stopped heartbeating: tells it to stop).
+    """
+    _check(old, new.state, f"end its attempt as {new.state.value}")
+    assign_key = keys.assignment(worker, new.id)
+    compares = [
+        fence,
+        Compare(keys.running_entry(new.id), "mod", "=", running_kv_revision),
+        Compare.unchanged(record_kv),
+        Compare.created_at(assign_key, assignment_create_revision),
+    ]
+    return Txn(compares, _leave_running(keys, new, lease, assign_key if assignment_create_revision else None))
+
+
+def drop_running_entry(
+    keys: Keyspace, fence: Compare, task_id: str, worker: str, revision: int, *, with_assignment: bool
+) -> Txn:
+    """Delete a stale or unrepairable running-index entry (and its assignment, which stops a worker)."""
+    entry_key = keys.running_entry(task_id)
+    ops: list[Op] = [Delete(entry_key)]
+    if with_assignment:
+        ops.append(Delete(keys.assignment(worker, task_id)))
+    return Txn([fence, Compare(entry_key, "mod", "=", revision)], ops)
+
+
+# client rewrites: cancel, re-prioritise -----------------------------------------------------
+def cancelled(task: Task, reason: str, now: float) -> Task:
+    """The record of ``task`` cancelled for ``reason`` (a running attempt ends ``cancelled``).
+
+    Raises:
+        InvalidTransition: It already finished.
+    """
+    attempts = task.attempts
+    if task.state is TaskState.RUNNING and (current := task.current_attempt):
+        attempts = (
+            *attempts[:-1],
+            evolve(current, finished_at=now, outcome=Outcome.CANCELLED, error=reason),
+        )
+    if task.state.terminal:
+        raise InvalidTransition(task.id, task.state.value, "cancel")
+    return transition(task, TaskState.CANCELLED, now=now, attempts=attempts, error=reason)
+
+
+def reprioritised(task: Task, priority: int, now: float) -> Task:
+    """The record of a waiting ``task`` with ``priority`` (it keeps its place in time, its sequence).
+
+    Raises:
+        InvalidTransition: It is running or finished.
+    """
+    if task.state not in (TaskState.QUEUED, TaskState.PENDING):
+        raise InvalidTransition(task.id, task.state.value, "change the priority of")
+    return transition(task, task.state, now=now, priority=priority)
+
+
+def rewrite(keys: Keyspace, record_kv: KV, old: Task, new: Task, lease: int = 0) -> Txn:
+    """A read-modify-write of a task (cancel, re-prioritise): record and index keys, one transaction.
+
+    Guarded by the record's mod revision. The old index keys go (queue or
+    delayed key; for a running task its assignment, which tells the worker
+    to stop and fences off its result, and its running-index entry); the new
+    state's index key comes. A key in both is written once.
+    """
+    _check(old, new.state, f"move to {new.state.value}")
+    data = codec.encode_task(new)
+    placed = place_ops(keys, new, data)
+    gone = unplace_ops(keys, old)
+    # etcd refuses a transaction that names a key twice: an index key that
+    # stays is not deleted, and a delayed key (its value is the id) is not rewritten.
+    same = {op.key for op in placed} & {op.key for op in gone}
+    ops: list[Op] = [Put(record_kv.key, data, lease=lease)]
+    ops += [op for op in gone if op.key not in same]
+    if old.state is TaskState.RUNNING and new.state is not TaskState.RUNNING and (a := old.current_attempt):
+        ops += [Delete(keys.assignment(a.worker, old.id)), Delete(keys.running_entry(old.id))]
+    ops += [op for op in placed if op.key not in same or new.state is TaskState.QUEUED]
+    return Txn([Compare.unchanged(record_kv)], ops)
+
+
+# scheduler: promote, fail what waits ----------------------------------------------------------
+def promote(
+    keys: Keyspace, fence: Compare, delayed_kv: KV, record_kv: KV, task: Task, now: float, new_seq: int
+) -> Txn:
+    """Move a pending task whose delay has passed into its queue (at the back of its band).
+
+    Raises:
+        InvalidTransition: It is not pending.
+        PayloadTooLarge: Its queued record would be over the limit (fail it instead).
+    """
+    queued = transition(task, TaskState.QUEUED, now=now, seq=new_seq, not_before=None)
+    data = codec.encode_for_write(queued)
+    compares = [fence, Compare.unchanged(delayed_kv), Compare.unchanged(record_kv)]
+    ops: list[Op] = [Delete(delayed_kv.key), Put(record_kv.key, data), *place_ops(keys, queued, data)]
+    return Txn(compares, ops)
+
+
+def drop_delayed(fence: Compare, delayed_kv: KV) -> Txn:
+    """Delete a delayed key with nothing to promote (record gone, corrupt or no longer pending)."""
+    return Txn([fence, Compare.unchanged(delayed_kv)], [Delete(delayed_kv.key)])
+
+
+def fail_waiting(
+    fence: Compare, index_kv: KV, record_kv: KV, task: Task, reason: str, now: float, lease: int
+) -> Txn:
+    """Fail a waiting (queued or pending) task that no transaction can carry.
+
+    ``index_kv`` is its queue or delayed key. If even the failed record is too
+    large to write (a record from an older version, or planted), its payload
+    is left out, and the error says so.
+    """
+    failed = transition(task, TaskState.FAILED, now=now, error=reason)
+    try:
+        data = codec.encode_for_write(failed)
+    except PayloadTooLarge:
+        failed = evolve(failed, payload=None, error=f"{reason} (payload dropped: the record was too large)")
+        data = codec.encode_for_write(failed)
+    compares = [
+        fence,
+        Compare.unchanged(index_kv),
+        Compare(record_kv.key, "mod", "=", record_kv.mod_revision),
+    ]
+    return Txn(compares, [Delete(index_kv.key), Put(record_kv.key, data, lease=lease)])
+
+
+def merged(parts: Sequence[Txn]) -> Txn:
+    """One transaction of all ``parts`` (all or nothing)."""
+    txn = Txn()
+    for part in parts:
+        txn.extend(part)
+    return txn
