@@ -216,6 +216,8 @@ def next_record(
     Raises:
         InvalidTransition: ``task`` is not running.
     """
+    if task.state is not TaskState.RUNNING:
+        raise InvalidTransition(task.id, task.state.value, f"end an attempt ({outcome.value}) of")
     task = finished_attempt(task, finished_at=now, outcome=outcome, error=error)
     decision = decide(task, outcome, permanent=permanent, now=now, rng=rng, retry_after=retry_after)
     changes: dict[str, object] = {}
@@ -451,6 +453,8 @@ def promote(
         InvalidTransition: It is not pending.
         PayloadTooLarge: Its queued record would be over the limit (fail it instead).
     """
+    if task.state is not TaskState.PENDING:
+        raise InvalidTransition(task.id, task.state.value, "promote")
     queued = transition(task, TaskState.QUEUED, now=now, seq=new_seq, not_before=None)
     data = codec.encode_for_write(queued)
     compares = [fence, Compare.unchanged(delayed_kv), Compare.unchanged(record_kv)]

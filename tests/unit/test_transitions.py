@@ -1,0 +1,248 @@
+"""transitions.py: which keys each transition writes, and that every one is checked against the table."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from tasklease import codec, transitions
+from tasklease.errors import InvalidTransition
+from tasklease.keys import Keyspace
+from tasklease.models import Attempt, Outcome, Task, TaskState
+from tasklease.retry import RetryPolicy
+from tasklease.store import KV, Compare, Delete, Get, Put
+
+K = Keyspace("ns")
+NOW = 1_700_000_000.0
+TASK_ID = "01HZZZZZZZZZZZZZZZZZZZZZZZ"
+FENCE = Compare.created_at(K.leader, 7)
+
+
+def queued(**changes: object) -> Task:
+    base: dict[str, object] = {
+        "id": TASK_ID,
+        "type": "t",
+        "payload": {"x": "y" * 4500},
+        "seq": 10**15,
+        "priority": 1,
+        "state": TaskState.QUEUED,
+    }
+    base.update(changes)
+    return Task(**base)  # type: ignore[arg-type]
+
+
+def running(worker: str = "w1", **changes: object) -> Task:
+    attempt = Attempt(number=1, worker=worker, started_at=NOW)
+    return queued(state=TaskState.RUNNING, attempts=(attempt,), **changes)
+
+
+def kv(key: str, task: Task, revision: int = 5) -> KV:
+    return KV(key, codec.encode_task(task), revision, revision, 0)
+
+
+def keys_of(ops: list) -> list[tuple[str, str]]:
+    return [(type(op).__name__, op.key) for op in ops]
+
+
+def test_enqueue_writes_the_record_and_its_queue_key_with_the_same_bytes_if_the_id_is_free():
+    task = queued()
+    data = codec.encode_task(task)
+    txn = transitions.enqueue(K, task, data)
+    assert txn.compares == [Compare.absent(K.task(TASK_ID))]
+    assert keys_of(txn.ops) == [("Put", K.task(TASK_ID)), ("Put", transitions.queue_key(K, task))]
+    assert all(isinstance(op, Put) and op.value == data for op in txn.ops)
+
+
+@pytest.mark.parametrize("state", [TaskState.RUNNING, TaskState.PENDING, TaskState.SUCCEEDED])
+def test_enqueue_refuses_a_task_that_is_not_new_and_queued(state):
+    with pytest.raises(InvalidTransition):
+        transitions.enqueue(K, queued(state=state), b"{}")
+
+
+def test_assign_claims_the_queue_key_and_record_and_writes_assignment_and_running_entry():
+    task = queued()
+    qkey = transitions.queue_key(K, task)
+    pick = transitions.Pick(kv(qkey, task), kv(K.task(TASK_ID), task), "w1", lease=42)
+    txn, run = transitions.assign(K, pick, NOW)
+    assert run.state is TaskState.RUNNING and run.attempts[-1].worker == "w1"
+    assert txn.compares == [Compare.unchanged(pick.queue_kv), Compare.unchanged(pick.record_kv)]
+    assert keys_of(txn.ops) == [
+        ("Delete", qkey),
+        ("Put", K.task(TASK_ID)),
+        ("Put", K.assignment("w1", TASK_ID)),
+        ("Put", K.running_entry(TASK_ID)),
+    ]
+    assignment = txn.ops[2]
+    assert isinstance(assignment, Put) and assignment.lease == 42
+
+
+def test_assign_refuses_a_record_that_is_not_queued():
+    task = running()
+    pick = transitions.Pick(kv("q", task), kv(K.task(TASK_ID), task), "w2", lease=1)
+    with pytest.raises(InvalidTransition):
+        transitions.assign(K, pick, NOW)
+
+
+@pytest.mark.parametrize(
+    ("outcome", "state"),
+    [
+        (Outcome.SUCCEEDED, TaskState.SUCCEEDED),
+        (Outcome.FAILED, TaskState.QUEUED),  # no backoff: queued again at once
+        (Outcome.HANDED_BACK, TaskState.QUEUED),
+        (Outcome.LOST, TaskState.QUEUED),
+    ],
+)
+def test_next_record_follows_decide(outcome, state):
+    task = running(retry=RetryPolicy(max_retries=3, backoff_s=0.0, jitter=0.0))
+    new = transitions.next_record(task, outcome, now=NOW, rng=random.Random(1), new_seq=99, error="e")
+    assert new.state is state
+    assert new.attempts[-1].outcome is outcome
+    # a retry goes to the back; lost and handed back keep their place
+    assert new.seq == (99 if outcome is Outcome.FAILED else task.seq)
+
+
+def test_a_retry_request_replaces_the_backoff_and_still_counts_against_max_retries():
+    task = running(retry=RetryPolicy(max_retries=1, backoff_s=1.0, jitter=0.0))
+    new = transitions.next_record(
+        task, Outcome.FAILED, now=NOW, rng=random.Random(1), new_seq=1, error="later", retry_after=30.0
+    )
+    assert new.state is TaskState.PENDING and new.not_before == NOW + 30.0
+    second = transitions.next_record(
+        transitions.assign(
+            K,
+            transitions.Pick(
+                kv("q", promoted := queued(attempts=new.attempts, seq=2)),
+                kv(K.task(TASK_ID), promoted),
+                "w1",
+                1,
+            ),
+            NOW + 31,
+        )[1],
+        Outcome.FAILED,
+        now=NOW + 32,
+        rng=random.Random(1),
+        new_seq=3,
+        error="again",
+        retry_after=30.0,
+    )
+    assert second.state is TaskState.FAILED
+
+
+def test_next_record_refuses_a_task_that_is_not_running():
+    with pytest.raises(InvalidTransition):
+        transitions.next_record(queued(), Outcome.SUCCEEDED, now=NOW, rng=random.Random(), new_seq=1)
+
+
+def test_record_outcome_is_fenced_on_the_assignment_and_places_a_retry():
+    new = queued(attempts=running().attempts, seq=77)
+    txn = transitions.record_outcome(K, "w1", 12, new, lease=0)
+    assert txn.compares == [
+        Compare.created_at(K.assignment("w1", TASK_ID), 12),
+        Compare(K.task(TASK_ID), "mod", "=", 12),
+    ]
+    assert keys_of(txn.ops) == [
+        ("Put", K.task(TASK_ID)),
+        ("Delete", K.assignment("w1", TASK_ID)),
+        ("Delete", K.running_entry(TASK_ID)),
+        ("Put", transitions.queue_key(K, new)),
+    ]
+    assert txn.failure == [Get(K.assignment("w1", TASK_ID))]
+    with pytest.raises(InvalidTransition):
+        transitions.record_outcome(K, "w1", 12, running())
+
+
+def test_repair_of_a_lost_attempt_requires_the_assignment_absent_and_keeps_it_absent():
+    old = running()
+    new = transitions.end_attempt(old, Outcome.LOST, "gone", NOW, random.Random(), 5)
+    record_kv = kv(K.task(TASK_ID), old)
+    txn = transitions.repair(K, FENCE, 9, "w1", record_kv, old, new, assignment_create_revision=0)
+    assert txn.compares[0] == FENCE
+    assert Compare.created_at(K.assignment("w1", TASK_ID), 0) in txn.compares
+    assert ("Delete", K.assignment("w1", TASK_ID)) not in keys_of(txn.ops)
+    overdue = transitions.repair(K, FENCE, 9, "w1", record_kv, old, new, assignment_create_revision=8)
+    assert ("Delete", K.assignment("w1", TASK_ID)) in keys_of(overdue.ops)
+
+
+def test_cancel_of_a_running_task_deletes_its_assignment_and_running_entry():
+    old = running()
+    new = transitions.cancelled(old, "stop", NOW)
+    assert new.state is TaskState.CANCELLED and new.attempts[-1].outcome is Outcome.CANCELLED
+    txn = transitions.rewrite(K, kv(K.task(TASK_ID), old), old, new, lease=3)
+    assert keys_of(txn.ops) == [
+        ("Put", K.task(TASK_ID)),
+        ("Delete", K.assignment("w1", TASK_ID)),
+        ("Delete", K.running_entry(TASK_ID)),
+    ]
+    with pytest.raises(InvalidTransition):
+        transitions.cancelled(new, "again", NOW)
+
+
+def test_cancel_of_a_queued_or_pending_task_deletes_its_index_key():
+    for old in (queued(), queued(state=TaskState.PENDING, not_before=NOW + 5)):
+        txn = transitions.rewrite(K, kv(K.task(TASK_ID), old), old, transitions.cancelled(old, "x", NOW))
+        assert keys_of(txn.ops)[1:] == keys_of(transitions.unplace_ops(K, old))
+
+
+def test_reprioritise_moves_a_queue_key_and_leaves_a_delayed_key_alone():
+    old = queued()
+    new = transitions.reprioritised(old, 3, NOW)
+    txn = transitions.rewrite(K, kv(K.task(TASK_ID), old), old, new)
+    assert keys_of(txn.ops) == [
+        ("Put", K.task(TASK_ID)),
+        ("Delete", transitions.queue_key(K, old)),
+        ("Put", transitions.queue_key(K, new)),
+    ]
+    pending = queued(state=TaskState.PENDING, not_before=NOW + 5)
+    moved = transitions.reprioritised(pending, 0, NOW)
+    txn = transitions.rewrite(K, kv(K.task(TASK_ID), pending), pending, moved)
+    assert keys_of(txn.ops) == [("Put", K.task(TASK_ID))]  # never the same key twice in one txn
+    with pytest.raises(InvalidTransition):
+        transitions.reprioritised(running(), 0, NOW)
+
+
+def test_promote_requires_a_pending_task_and_places_it_at_the_back_of_its_queue():
+    task = queued(state=TaskState.PENDING, not_before=NOW - 1)
+    delayed_kv = KV(K.delayed_entry(NOW - 1, TASK_ID), TASK_ID.encode(), 3, 3, 0)
+    txn = transitions.promote(K, FENCE, delayed_kv, kv(K.task(TASK_ID), task), task, NOW, 123)
+    assert keys_of(txn.ops)[0] == ("Delete", delayed_kv.key)
+    assert keys_of(txn.ops)[2][1].startswith(K.queue(task.queue))
+    with pytest.raises(InvalidTransition):
+        transitions.promote(K, FENCE, delayed_kv, kv(K.task(TASK_ID), queued()), queued(), NOW, 1)
+
+
+def test_fail_waiting_drops_a_payload_too_large_to_record():
+    task = queued(payload="x" * (codec.MAX_RECORD_BYTES + 10))
+    index_kv = KV(transitions.queue_key(K, task), b"", 4, 4, 0)
+    txn = transitions.fail_waiting(FENCE, index_kv, KV(K.task(TASK_ID), b"", 4, 4, 0), task, "why", NOW, 0)
+    put = txn.ops[1]
+    assert isinstance(put, Put)
+    failed = codec.decode_task(put.key, put.value)
+    assert (
+        failed.state is TaskState.FAILED
+        and failed.payload is None
+        and "payload dropped" in (failed.error or "")
+    )
+    assert isinstance(txn.ops[0], Delete)
+
+
+def test_fit_record_turns_an_oversized_retry_into_a_bounded_failure():
+    payload = "x" * (codec.MAX_QUEUED_RECORD_BYTES - 1000)
+    retry = transitions.next_record(
+        running(payload=payload, retry=RetryPolicy(max_retries=3, backoff_s=0.0, jitter=0.0)),
+        Outcome.FAILED,
+        now=NOW,
+        rng=random.Random(),
+        new_seq=1,
+        error="e" * 4000,
+    )
+    assert retry.state is TaskState.QUEUED
+    assert len(codec.encode_task(retry)) > codec.MAX_QUEUED_RECORD_BYTES
+    fitted = transitions.fit_record(retry, NOW)
+    assert fitted.state is TaskState.FAILED
+    assert "too large to requeue" in (fitted.error or "")
+    assert len(codec.encode_task(fitted)) <= codec.MAX_RECORD_BYTES
+    small = transitions.next_record(
+        running(), Outcome.FAILED, now=NOW, rng=random.Random(), new_seq=1, error="e"
+    )
+    assert transitions.fit_record(small, NOW) is small
