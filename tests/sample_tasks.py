@@ -8,6 +8,7 @@ import signal
 import time
 from pathlib import Path
 
+from tasklease.errors import Retry
 from tasklease.executors.base import PermanentError, Registry
 
 registry = Registry()
@@ -114,3 +115,15 @@ async def pad_fail(pad: str, n: int = 0, error_bytes: int = 8192) -> None:
 def pad_sleep(pad: str, seconds: float) -> int:
     time.sleep(seconds)
     return len(pad)
+
+
+@registry.task
+def retry_later(after: float) -> None:
+    """Asks for another attempt after `after` seconds (from a child process)."""
+    raise Retry("the service said later", after=after)
+
+
+@registry.task
+async def async_retry_later(after: float) -> None:
+    """Asks for another attempt after `after` seconds (on the worker's loop)."""
+    raise Retry(after=after)

@@ -132,3 +132,27 @@ async def test_the_node_record_lists_exactly_the_types_the_worker_runs(
     node = codec.decode_obj(kv.key, kv.value)
     assert node["types"] == sorted({"noop", "sleep", *sample_tasks.registry.names})
     assert "shell" not in node["types"] and "http" not in node["types"]
+
+
+@pytest.mark.parametrize("type_", ["retry_later", "async_retry_later"])
+async def test_a_task_raising_retry_waits_the_delay_it_asked_for_and_counts_as_a_failure(
+    client: Client, store: Store, keyspace: Keyspace, worker: Worker, type_: str
+):
+    # The policy's backoff (0 s) would queue it again at once; Retry(after=300) replaces it.
+    policy = RetryPolicy(max_retries=2, backoff_s=0.0, jitter=0.0)
+    task = await client.submit(type_, {"after": 300}, retry=policy)
+    before = time.time()
+    await assign_next(store, keyspace, "default", worker.id, worker.lease_id, before)
+
+    async def pending() -> object:
+        record = await client.get(task.id)
+        return record if record.state is TaskState.PENDING else None
+
+    record = await until(pending, within_s=30, what="the task pending after its Retry")
+    assert record.not_before is not None
+    assert before + 300 <= record.not_before <= time.time() + 300
+    assert [a.outcome for a in record.attempts] == [Outcome.FAILED]
+    assert "retry" in (record.error or "").lower()
+    assert record.failures == 1
+    # its delayed key exists: the scheduler promotes it when the delay has passed
+    assert (await store.get(keyspace.delayed_entry(record.not_before, task.id)))[0] is not None

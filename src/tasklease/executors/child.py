@@ -18,6 +18,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
+from tasklease.errors import Retry
 from tasklease.executors.base import PermanentError, TaskFunction, call_args
 from tasklease.executors.orphan import die_with_parent, watch_parent
 
@@ -67,6 +68,7 @@ def serve(inp: BinaryIO, out: BinaryIO) -> None:
                 "error": f"{type(exc).__name__}: {exc}",
                 "kind": type(exc).__name__,
                 "permanent": isinstance(exc, PermanentError),
+                **({"retry_after": exc.after} if isinstance(exc, Retry) else {}),
                 "traceback": traceback.format_exc(limit=20)[-4000:],
             }
         write_frame(out, reply)

@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from tasklease.errors import TaskleaseError
+from tasklease.errors import Retry, TaskleaseError
 from tasklease.executors.base import (
     PermanentError,
     TaskContext,
@@ -184,6 +184,7 @@ class ProcessPool:
 
         Raises:
             PermanentError: The function raised one (or its result is not JSON).
+            Retry: The function raised one (its delay crosses the process boundary).
             TaskError: The function raised anything else, or its child died.
         """
         child = await self._take()
@@ -201,6 +202,8 @@ class ProcessPool:
             self._idle.append(child)
         if "ok" in reply:
             return reply["ok"]
+        if isinstance(after := reply.get("retry_after"), int | float):
+            raise Retry(str(reply.get("error")), after=after)
         cls = PermanentError if reply.get("permanent") else TaskError
         raise cls(str(reply.get("error")))
 
