@@ -946,19 +946,19 @@ def cmd_nodes(args: argparse.Namespace) -> int:
     async def run(client: Client) -> int:
         nodes = await list_nodes(client.store, client.keys)
         if args.json:
-            _print_json(nodes)
+            _print_json([n.to_json() for n in nodes])
             return EXIT_OK
         rows = [
             (
-                n["id"],
-                ",".join(n.get("queues", [])),
-                f"{n.get('running', 0)}/{n.get('capacity', 0)}",
-                f"{n.get('cpu', 0):.0f}%",
-                f"{n.get('memory', 0):.0f}%",
-                f"{n.get('weight', 1):g}",
-                ",".join(f"{k}={v}" for k, v in (n.get("tags") or {}).items()),
-                "draining" if n.get("draining") else "up",
-                _when(n.get("heartbeat_at")),
+                n.id,
+                ",".join(n.queues),
+                f"{n.running}/{n.capacity}",
+                f"{n.cpu:.0f}%",
+                f"{n.memory:.0f}%",
+                f"{n.weight:g}",
+                ",".join(f"{k}={v}" for k, v in n.tags.items()),
+                "draining" if n.draining else "up",
+                _when(n.heartbeat_at),
             )
             for n in nodes
         ]

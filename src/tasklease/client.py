@@ -648,8 +648,8 @@ class Client:
             "total": sum(totals.values()),
             "workers": {
                 "live": len(nodes),
-                "capacity": sum(int(n.get("capacity", 0)) for n in nodes),
-                "running": sum(int(n.get("running", 0)) for n in nodes),
+                "capacity": sum(n.capacity for n in nodes),
+                "running": sum(n.running for n in nodes),
             },
             "throughput": {"window_s": window_s, "finished": recent, "per_s": round(recent / window_s, 2)},
             # queued tasks that no live worker may run (no worker has their type or tags)

@@ -17,27 +17,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from tasklease.keys import Keyspace, prefix_end
-from tasklease.nodes import list_nodes
+from tasklease.nodes import NodeRecord, list_nodes
 from tasklease.routing import Route, eligible, parse_route
 from tasklease.store import Store
 
 
-def takes(node: dict[str, Any], queue: str, route: Route) -> bool:
+def takes(node: NodeRecord, queue: str, route: Route) -> bool:
     """Whether a node record's worker serves ``queue`` and may run ``route``."""
-    queues = node.get("queues") or ()
-    tags = node.get("tags") or {}
-    types = node.get("types") or ()
-    return (
-        not node.get("draining")
-        and queue in queues
-        and isinstance(tags, dict)
-        and eligible({str(t) for t in types}, tags, route)
-    )
+    return not node.draining and queue in node.queues and eligible(node.types, node.tags, route)
 
 
 async def eligible_workers(store: Store, keys: Keyspace, queue: str, route: Route) -> list[str]:
     """Ids of the live workers that may run a task of ``route`` in ``queue``."""
-    return [str(n.get("id")) for n in await list_nodes(store, keys) if takes(n, queue, route)]
+    return [n.id for n in await list_nodes(store, keys) if takes(n, queue, route)]
 
 
 @dataclass(frozen=True, slots=True)

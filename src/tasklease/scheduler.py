@@ -77,6 +77,7 @@ from tasklease.errors import (
 from tasklease.ids import IdGenerator, default_process_id
 from tasklease.keys import Keyspace, check_name, prefix_end
 from tasklease.models import Outcome, Task, TaskState
+from tasklease.nodes import parse_node
 from tasklease.queue import Pick, assign_ops
 from tasklease.recovery import (
     RunningEntry,
@@ -292,32 +293,29 @@ class ClusterView:
 
     def _apply_node(self, worker: str, kv: KV) -> None:
         try:
-            d = codec.decode_obj(kv.key, kv.value)
-            view = NodeView(
-                id=worker,
-                capacity=int(d["capacity"]),
-                cpu=float(d.get("cpu", 0.0)),
-                memory=float(d.get("memory", 0.0)),
-                weight=float(d.get("weight", 1.0)),
-            )
-            tags = d.get("tags") or {}
-            ttl = float(d.get("lease_ttl") or 10.0)
-            if not isinstance(tags, dict) or not math.isfinite(ttl):
-                raise ValueError("bad tags or lease_ttl")
-            self.nodes[worker] = _Node(
-                view,
-                frozenset(d["queues"]),
-                kv.lease,
-                bool(d.get("draining")),
-                frozenset(str(t) for t in d.get("types") or ()),
-                tags,
-                ttl,
-                self.clock.monotonic(),
-                kv.mod_revision,
-            )
-        except (CorruptRecord, KeyError, TypeError, ValueError) as exc:
+            rec = parse_node(kv.key, kv.value)
+        except CorruptRecord as exc:
             log.error("ignoring worker %s: bad node record (%s)", worker, exc)
             self.nodes.pop(worker, None)
+            return
+        view = NodeView(
+            id=worker,
+            capacity=rec.capacity,
+            cpu=float(rec.cpu),
+            memory=float(rec.memory),
+            weight=float(rec.weight),
+        )
+        self.nodes[worker] = _Node(
+            view,
+            frozenset(rec.queues),
+            kv.lease,
+            rec.draining,
+            frozenset(rec.types),
+            dict(rec.tags),
+            float(rec.lease_ttl),
+            self.clock.monotonic(),
+            kv.mod_revision,
+        )
 
     def load_queue_keys(self, kvs: list[KV]) -> None:
         """Add the queue keys of a take-over, read without values, in ascending key order.

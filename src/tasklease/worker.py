@@ -96,6 +96,7 @@ from tasklease.executors.python import AsyncFunctionExecutor, ProcessPool, SyncF
 from tasklease.ids import IdGenerator
 from tasklease.keys import NAME_RE, Keyspace, check_name, prefix_end
 from tasklease.models import JSON, Outcome, Task, TaskState, decide, evolve, truncate_error
+from tasklease.nodes import NodeRecord
 from tasklease.queue import Assignment, decode_assignment, finished_attempt, leave_running_ops
 from tasklease.retention import RetentionLeases
 from tasklease.session import Session
@@ -441,29 +442,33 @@ class Worker:
     def _ctx(self, **extra: Any) -> dict[str, Any]:
         return {"component": "worker", "worker": self.id, **extra}
 
-    def node_record(self) -> dict[str, Any]:
+    def node(self) -> NodeRecord:
         """The record published at ``node/{id}``."""
-        return {
-            "id": self.id,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "queues": list(self.config.queues),
-            "capacity": self.config.concurrency,
-            "running": self._executing,
-            "assigned": sum(len(runs) for runs in self._runs.values()),
-            "cpu": psutil.cpu_percent(interval=None),
-            "memory": psutil.virtual_memory().percent,
-            "weight": self.config.weight,
-            "tags": dict(self.config.tags),
-            "types": self.registry.names,
-            "version": __version__,
-            "started_at": self._started_at,
-            "heartbeat_at": self.clock.now(),
-            "lease": self.lease_id,
-            "lease_ttl": self.config.lease_ttl_s,
-            "draining": self._draining,
-            "completed": self.completed,
-        }
+        return NodeRecord(
+            id=self.id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            queues=tuple(self.config.queues),
+            capacity=self.config.concurrency,
+            running=self._executing,
+            assigned=sum(len(runs) for runs in self._runs.values()),
+            cpu=psutil.cpu_percent(interval=None),
+            memory=psutil.virtual_memory().percent,
+            weight=self.config.weight,
+            tags=dict(self.config.tags),
+            types=tuple(self.registry.names),
+            version=__version__,
+            started_at=self._started_at,
+            heartbeat_at=self.clock.now(),
+            lease=self.lease_id,
+            lease_ttl=self.config.lease_ttl_s,
+            draining=self._draining,
+            completed=self.completed,
+        )
+
+    def node_record(self) -> dict[str, Any]:
+        """The record published at ``node/{id}``, as the JSON object written."""
+        return self.node().to_json()
 
     async def _put_node(self) -> None:
         """Refresh our node record (heartbeat, draining), only if it is still ours.
@@ -476,7 +481,7 @@ class Worker:
         if self._session is None or self._session.lost.is_set() or not self._node_rev:
             return
         key = self.keys.node(self.id)
-        data = codec.encode_obj(self.node_record())
+        data = self.node().encode()
         put = Put(key, data, lease=self.lease_id)
         res = await self.store.txn([Compare.created_at(key, self._node_rev)], [put], [Get(key)])
         if res.succeeded:
@@ -506,7 +511,7 @@ class Worker:
         key = self.keys.node(self.id)
         deadline: float | None = None
         while True:
-            data = codec.encode_obj(self.node_record())
+            data = self.node().encode()
             res = await self.store.txn(
                 [Compare.absent(key)], [Put(key, data, lease=session.lease_id)], [Get(key)]
             )
