@@ -28,6 +28,7 @@ from tasklease.models import Attempt, Outcome, Task, TaskState
 from tasklease.purge import PurgeResult
 from tasklease.quotas import Quota, QuotaExceeded
 from tasklease.retry import RetryPolicy
+from tasklease.stats import Stats
 from tasklease.store import StoreConfig
 
 __version__ = "0.1.0"
@@ -52,6 +53,7 @@ __all__ = [
     "Quota",
     "QuotaExceeded",
     "RetryPolicy",
+    "Stats",
     "StoreAuthError",
     "StoreConfig",
     "StoreError",

@@ -710,17 +710,17 @@ def cmd_stats(args: argparse.Namespace) -> int:
     async def run(client: Client) -> int:
         stats = await client.stats()
         if args.json:
-            _print_json(stats)
+            _print_json(stats.as_dict())
             return EXIT_OK
         states = [s.value for s in TaskState]
-        rows = [(q, *(str(c[s]) for s in states)) for q, c in stats["queues"].items()]
-        rows.append(("TOTAL", *(str(stats["states"][s]) for s in states)))
+        rows = [(q, *(str(c[s]) for s in states)) for q, c in stats.queues.items()]
+        rows.append(("TOTAL", *(str(stats.states[s]) for s in states)))
         _table(rows, ("QUEUE", *(s.upper() for s in states)))
-        w, t = stats["workers"], stats["throughput"]
+        w, t = stats.workers, stats.throughput
         _say("")
-        _say(f"workers: {w['live']} live, {w['running']}/{w['capacity']} slots busy")
-        _say(f"throughput: {t['finished']} tasks finished in the last {t['window_s']:g} s ({t['per_s']:g}/s)")
-        _print_waiting(stats["waiting_without_worker"])
+        _say(f"workers: {w.live} live, {w.running}/{w.capacity} slots busy")
+        _say(f"throughput: {t.finished} tasks finished in the last {t.window_s:g} s ({t.per_s:g}/s)")
+        _print_waiting([g.as_dict() for g in stats.waiting_without_worker])
         return EXIT_OK
 
     return asyncio.run(_with_client(args, run))

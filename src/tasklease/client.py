@@ -50,7 +50,6 @@ import logging
 import math
 import random
 import threading
-from collections import Counter
 from collections.abc import AsyncGenerator, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import TracebackType
@@ -74,7 +73,6 @@ from tasklease.errors import (
     WaitTimeout,
     WatchCompacted,
 )
-from tasklease.fleet import waiting_without_worker
 from tasklease.ids import IdGenerator, is_task_id, parse_task_id
 from tasklease.keys import Keyspace, check_name, prefix_end
 from tasklease.models import (
@@ -98,6 +96,7 @@ from tasklease.quotas import Quota, QuotaGuard, Usage, write_quota
 from tasklease.retention import RetentionLeases
 from tasklease.retry import RetryPolicy
 from tasklease.routing import Requires, check_requires
+from tasklease.stats import Stats, check_window, collect_stats
 from tasklease.store import (
     FIRST_PAGE,
     KV,
@@ -614,7 +613,7 @@ class Client:
                 if task is not None:
                     yield task
 
-    async def stats(self, window_s: float = 60.0) -> dict[str, Any]:
+    async def stats(self, window_s: float = 60.0) -> Stats:
         """Tasks per state and per queue, live workers, and recent throughput.
 
         Scans every task record (cost grows with the number of records kept;
@@ -624,39 +623,9 @@ class Client:
             window_s: Throughput is measured over the last ``window_s`` seconds
                 (a finite number > 0).
         """
-        from tasklease.nodes import list_nodes
-
-        if isinstance(window_s, bool) or not isinstance(window_s, int | float) or not 0 < window_s < math.inf:
-            raise InvalidOption(f"stats window must be a finite number of seconds > 0, got {window_s!r}")
-
-        per_queue: dict[str, Counter[str]] = {}
-        totals: Counter[str] = Counter()
+        check_window(window_s)
         now = self.clock.now()
-        recent = 0
-        async with contextlib.aclosing(self.scan()) as tasks:
-            async for task in tasks:
-                per_queue.setdefault(task.queue, Counter())[task.state.value] += 1
-                totals[task.state.value] += 1
-                if task.state.terminal and task.updated_at >= now - window_s:
-                    recent += 1
-        nodes = await list_nodes(self.store, self.keys)
-        return {
-            "states": {s.value: totals.get(s.value, 0) for s in TaskState},
-            "queues": {
-                q: {s.value: c.get(s.value, 0) for s in TaskState} for q, c in sorted(per_queue.items())
-            },
-            "total": sum(totals.values()),
-            "workers": {
-                "live": len(nodes),
-                "capacity": sum(n.capacity for n in nodes),
-                "running": sum(n.running for n in nodes),
-            },
-            "throughput": {"window_s": window_s, "finished": recent, "per_s": round(recent / window_s, 2)},
-            # queued tasks that no live worker may run (no worker has their type or tags)
-            "waiting_without_worker": [
-                w.as_dict() for w in await waiting_without_worker(self.store, self.keys)
-            ],
-        }
+        return await collect_stats(self.store, self.keys, self.scan(), now=now, window_s=window_s)
 
     # quotas and purge ---------------------------------------------------------------------
     async def quota(self) -> Quota | None:

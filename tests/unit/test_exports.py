@@ -26,6 +26,7 @@ EXPECTED = {
     "Quota",
     "QuotaExceeded",
     "RetryPolicy",
+    "Stats",
     "StoreAuthError",
     "StoreConfig",
     "StoreError",
