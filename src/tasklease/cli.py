@@ -256,17 +256,12 @@ def store_config(args: argparse.Namespace) -> StoreConfig:
     etcd`` or ``dev`` on this loopback port, started by this user and still
     running) is logged in to with its root password file.
     """
-    from tasklease.etcd_server import find_local_credentials
-
-    user, password_file = args.etcd_user, args.etcd_password_file
-    if user is None and args.etcd_password is None and password_file is None:
-        user, password_file = find_local_credentials(args.etcd) or (None, None)
-    return StoreConfig.from_text(
+    return StoreConfig.from_options(
         args.etcd,
         timeout_s=args.etcd_timeout,
-        user=user,
+        user=args.etcd_user,
         password=args.etcd_password,
-        password_file=password_file,
+        password_file=args.etcd_password_file,
         ca_file=args.etcd_ca,
         cert_file=args.etcd_cert,
         key_file=args.etcd_key,

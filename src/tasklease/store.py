@@ -170,6 +170,29 @@ class StoreConfig:
         return cls(endpoints=tuple(parse_endpoints(endpoints)), **kwargs)
 
     @classmethod
+    def from_options(
+        cls,
+        endpoints: str,
+        *,
+        user: str | None = None,
+        password: str | None = None,
+        password_file: str | None = None,
+        **kwargs: Any,
+    ) -> StoreConfig:
+        """:meth:`from_text`, with the credentials of a local embedded etcd when none are given.
+
+        Without a user, password or password file, a local embedded etcd
+        (``tasklease etcd`` or ``dev`` on that loopback port, started by this
+        user and still running) is logged in to with its root password file.
+        The command line and :meth:`from_env` resolve credentials through it.
+        """
+        if user is None and password is None and password_file is None:
+            from tasklease.etcd_server import find_local_credentials
+
+            user, password_file = find_local_credentials(endpoints) or (None, None)
+        return cls.from_text(endpoints, user=user, password=password, password_file=password_file, **kwargs)
+
+    @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> StoreConfig:
         """The connection the ``TASKLEASE_ETCD*`` environment variables describe (as the CLI reads them).
 
@@ -198,17 +221,12 @@ class StoreConfig:
                 raise InvalidOption(
                     f"environment variable TASKLEASE_ETCD_TIMEOUT: not a number: {raw!r}"
                 ) from None
-        user, password, password_file = get("_USER"), get("_PASSWORD"), get("_PASSWORD_FILE")
-        if user is None and password is None and password_file is None:
-            from tasklease.etcd_server import find_local_credentials
-
-            user, password_file = find_local_credentials(endpoints) or (None, None)
-        return cls.from_text(
+        return cls.from_options(
             endpoints,
             timeout_s=timeout_s,
-            user=user,
-            password=password,
-            password_file=password_file,
+            user=get("_USER"),
+            password=get("_PASSWORD"),
+            password_file=get("_PASSWORD_FILE"),
             ca_file=get("_CA"),
             cert_file=get("_CERT"),
             key_file=get("_KEY"),
