@@ -12,6 +12,9 @@ from tasklease.errors import (
     InvalidState,
     InvalidTransition,
     PayloadTooLarge,
+    PermanentError,
+    QuotaExceeded,
+    Retry,
     StoreAuthError,
     StoreError,
     StoreNoSpace,
@@ -26,7 +29,7 @@ from tasklease.errors import (
 from tasklease.keys import Keyspace
 from tasklease.models import Attempt, Outcome, Task, TaskState
 from tasklease.purge import PurgeResult
-from tasklease.quotas import Quota, QuotaExceeded
+from tasklease.quotas import Quota
 from tasklease.retry import RetryPolicy
 from tasklease.stats import Stats
 from tasklease.store import StoreConfig
@@ -49,9 +52,11 @@ __all__ = [
     "Keyspace",
     "Outcome",
     "PayloadTooLarge",
+    "PermanentError",
     "PurgeResult",
     "Quota",
     "QuotaExceeded",
+    "Retry",
     "RetryPolicy",
     "Stats",
     "StoreAuthError",

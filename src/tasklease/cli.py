@@ -1154,9 +1154,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 def _auth_hint(exc: TaskleaseError) -> str:
     """What to do when etcd wants credentials that were not given."""
-    from tasklease.errors import StoreAuthError
+    from tasklease.errors import StoreAuthRequired
 
-    if isinstance(exc, StoreAuthError) and "user name is empty" in str(exc):
+    if isinstance(exc, StoreAuthRequired):
         return (
             "; this etcd has auth on: give --etcd-user and --etcd-password-file "
             "(a local `tasklease etcd` or `dev` prints where its password file is)"

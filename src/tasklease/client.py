@@ -104,6 +104,7 @@ from tasklease.store import (
     MAX_TXN_OPS,
     Compare,
     Delete,
+    KVStore,
     Op,
     Put,
     Store,
@@ -200,7 +201,7 @@ class Client:
 
     def __init__(
         self,
-        store: Store,
+        store: KVStore,
         keyspace: Keyspace,
         *,
         clock: Clock | None = None,

@@ -38,10 +38,11 @@ from collections import deque
 import orjson
 
 from tasklease.clock import Clock
-from tasklease.errors import InvalidOption, StoreError, WatchCompacted
+from tasklease.errors import DuplicateCandidate as DuplicateCandidate  # noqa: PLC0414 (moved to errors.py; re-exported here)
+from tasklease.errors import StoreError, WatchCompacted
 from tasklease.keys import Keyspace
 from tasklease.session import Session
-from tasklease.store import KV, Compare, Delete, Get, Put, Store
+from tasklease.store import KV, Compare, Delete, Get, KVStore, Put
 
 log = logging.getLogger("tasklease.election")
 
@@ -52,24 +53,6 @@ REGISTER_WAIT_TTLS = 1.5
 REGISTER_MARGIN_S = 1.0
 # Leases this candidate held before its current one (given up for lost).
 HELD_LEASES_KEPT = 16
-
-
-class DuplicateCandidate(InvalidOption):
-    """Another live process is registered with this scheduler id.
-
-    Attributes:
-        candidate: The id.
-        holder: What the other process registered (host, pid, ttl), if readable.
-    """
-
-    def __init__(self, candidate: str, holder: dict[str, object]) -> None:
-        where = ", ".join(f"{k} {holder[k]}" for k in ("host", "pid") if k in holder)
-        super().__init__(
-            f"another scheduler is running with id {candidate!r}{f' ({where})' if where else ''}: "
-            "give each scheduler its own --id (or leave --id out for a unique one)"
-        )
-        self.candidate = candidate
-        self.holder = holder
 
 
 class Election:
@@ -84,7 +67,7 @@ class Election:
     """
 
     def __init__(
-        self, store: Store, keys: Keyspace, candidate: str, *, ttl_s: int = 10, clock: Clock | None = None
+        self, store: KVStore, keys: Keyspace, candidate: str, *, ttl_s: int = 10, clock: Clock | None = None
     ) -> None:
         self.store = store
         self.keys = keys

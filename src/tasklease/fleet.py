@@ -19,7 +19,7 @@ from typing import Any
 from tasklease.keys import Keyspace, prefix_end
 from tasklease.nodes import NodeRecord, list_nodes
 from tasklease.routing import Route, eligible, parse_route
-from tasklease.store import Store
+from tasklease.store import KVStore
 
 
 def takes(node: NodeRecord, queue: str, route: Route) -> bool:
@@ -27,7 +27,7 @@ def takes(node: NodeRecord, queue: str, route: Route) -> bool:
     return not node.draining and queue in node.queues and eligible(node.types, node.tags, route)
 
 
-async def eligible_workers(store: Store, keys: Keyspace, queue: str, route: Route) -> list[str]:
+async def eligible_workers(store: KVStore, keys: Keyspace, queue: str, route: Route) -> list[str]:
     """Ids of the live workers that may run a task of ``route`` in ``queue``."""
     return [n.id for n in await list_nodes(store, keys) if takes(n, queue, route)]
 
@@ -56,7 +56,7 @@ class Waiting:
         }
 
 
-async def waiting_without_worker(store: Store, keys: Keyspace) -> list[Waiting]:
+async def waiting_without_worker(store: KVStore, keys: Keyspace) -> list[Waiting]:
     """Every (queue, type, required tags) with queued tasks and no eligible live worker."""
     groups: Counter[tuple[str, str]] = Counter()
     async for page in store.scan(keys.queues, prefix_end(keys.queues), keys_only=True):

@@ -21,7 +21,7 @@ import socket
 import threading
 
 from tasklease.clock import Clock, SystemClock
-from tasklease.errors import TaskNotFound
+from tasklease.errors import MalformedTaskId as MalformedTaskId  # noqa: PLC0414 (moved to errors.py; re-exported here)
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _CROCKFORD_SET = frozenset(_CROCKFORD)
@@ -31,14 +31,6 @@ ID_LENGTH = 26
 # Process ids must match keys.NAME_RE ([A-Za-z0-9_.-]{1,64}).
 MAX_PROCESS_ID = 64
 _NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
-
-
-class MalformedTaskId(TaskNotFound):
-    """Text that cannot be a task id (a :class:`TaskNotFound`: no task has it)."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__(text)
-        self.args = (f"malformed task id {text!r}: a task id is {ID_LENGTH} characters of Crockford base32",)
 
 
 class IdGenerator:

@@ -54,6 +54,21 @@ the lease-less index that lets recovery find what a vanished worker held.
 campaigns with, so a second live process with the same id is refused (see
 election.py). It sorts after ``running/`` and before ``task/``: outside the
 range the leading scheduler mirrors and outside the task records.
+
+The leading scheduler mirrors exactly :attr:`Keyspace.scheduler_prefixes`:
+``assign/``, ``delayed/``, ``node/``, ``queue/`` and ``running/``. It reads and
+watches them as one range, :attr:`Keyspace.scheduler_range` (``[assign/,
+running/~)``: one watch stream), so it also receives the keys that sort inside
+that range under other names (``leader``, ``retention/``, and any prefix added
+later between ``assign/`` and ``running/``, such as ``cron/`` or ``limit/``);
+its mirror (``ClusterView.apply``) ignores every key outside the five prefixes.
+A new prefix the scheduler must see is added to ``scheduler_prefixes``.
+
+Parsing. Every key kind built here has its parser here (``task_id_of``,
+``parse_queue_entry``, ``parse_node``, ``parse_assignment``, ``parse_running``,
+``parse_delayed``, ``parse_scheduler``, ``parse_retention``). Each raises
+``ValueError`` for a key that is not of its kind: another prefix, or the wrong
+number of parts, an empty part, or a number part that is not digits.
 ``settings/quota`` sorts after ``scheduler/`` and before ``task/``, outside the
 leading scheduler's range too: a quota change wakes no scheduler. Clients read
 it once and then watch it (one watch stream per client, started by the first
@@ -66,6 +81,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import cached_property
+from typing import NamedTuple
 
 from tasklease.errors import InvalidOption, InvalidQueueName
 
@@ -117,6 +133,26 @@ class QueueKey:
     """The task's route (type and required tags, routing.py); None in keys of older versions."""
 
 
+class DelayedKey(NamedTuple):
+    """The parts of a delayed key."""
+
+    due_us: int
+    """When the task may run again, in microseconds since the epoch."""
+    task_id: str
+
+    @property
+    def not_before(self) -> float:
+        """When the task may run again, in seconds since the epoch."""
+        return self.due_us / 1_000_000
+
+
+def _digits(text: str, key: str) -> int:
+    """A number part of a key: ASCII digits only (``int()`` would also take ``+1``, `` 1``, ``1_0``)."""
+    if not (text.isascii() and text.isdigit()):
+        raise ValueError(f"not a number in key {key}: {text!r}")
+    return int(text)
+
+
 @dataclass(frozen=True)
 class Keyspace:
     """Builds and parses the keys of one namespace.
@@ -146,8 +182,30 @@ class Keyspace:
         return f"{self.tasks}{task_id}"
 
     def task_id_of(self, key: str) -> str:
-        """Task id from a task record key."""
-        return key[len(self.tasks) :]
+        """Task id from a task record key.
+
+        Raises:
+            ValueError: If the key is not a task record key of this namespace.
+        """
+        return self._one_part(key, self.tasks, "task")
+
+    def _one_part(self, key: str, prefix: str, what: str) -> str:
+        """The rest of ``key`` after ``prefix``: one non-empty part (no ``/``)."""
+        if not key.startswith(prefix):
+            raise ValueError(f"not a {what} key: {key}")
+        rest = key[len(prefix) :]
+        if not rest or "/" in rest:
+            raise ValueError(f"malformed {what} key: {key}")
+        return rest
+
+    def _two_parts(self, key: str, prefix: str, what: str) -> tuple[str, str]:
+        """The rest of ``key`` after ``prefix``: two non-empty parts split at ``/``."""
+        if not key.startswith(prefix):
+            raise ValueError(f"not a {what} key: {key}")
+        first, sep, second = key[len(prefix) :].partition("/")
+        if not sep or not first or not second or "/" in second:
+            raise ValueError(f"malformed {what} key: {key}")
+        return first, second
 
     # queues -----------------------------------------------------------------
     @cached_property
@@ -183,11 +241,33 @@ class Keyspace:
         parts = key[len(self.queues) :].split("/")
         if len(parts) == 4:  # written by a version without routes
             queue, band, seq, task_id = parts
-            return QueueKey(queue, MAX_PRIORITY - int(band), int(seq), task_id)
+            return QueueKey(queue, MAX_PRIORITY - _digits(band, key), _digits(seq, key), task_id)
+        if len(parts) != 5:
+            raise ValueError(f"malformed queue key: {key}")
         queue, band, seq, task_id, route = parts
         if not route:
             raise ValueError(f"empty route in queue key: {key}")
-        return QueueKey(queue, MAX_PRIORITY - int(band), int(seq), task_id, route)
+        return QueueKey(queue, MAX_PRIORITY - _digits(band, key), _digits(seq, key), task_id, route)
+
+    def parse_queue_group(self, key: str) -> tuple[str, str]:
+        """The queue and the route of a queue key, without the numbers (cheap: for bulk loads).
+
+        Returns:
+            ``(queue, route)``; route ``""`` for a key of a version without routes.
+
+        Raises:
+            ValueError: If the key is not under the queue prefix, or has the
+                wrong number of parts or an empty route. (Its numbers are not
+                checked: :meth:`parse_queue_entry` does that.)
+        """
+        if not key.startswith(self.queues):
+            raise ValueError(f"not a queue key: {key}")
+        parts = key[len(self.queues) :].split("/")
+        if len(parts) == 5 and parts[4]:
+            return parts[0], parts[4]
+        if len(parts) == 4:
+            return parts[0], ""
+        raise ValueError(f"malformed queue key: {key}")
 
     # workers ----------------------------------------------------------------
     @cached_property
@@ -198,6 +278,14 @@ class Keyspace:
     def node(self, worker_id: str) -> str:
         """Key of one worker's record."""
         return f"{self.nodes}{worker_id}"
+
+    def parse_node(self, key: str) -> str:
+        """Worker id from a node key.
+
+        Raises:
+            ValueError: If the key is not a node key of this namespace.
+        """
+        return self._one_part(key, self.nodes, "node")
 
     @cached_property
     def assignments(self) -> str:
@@ -212,6 +300,17 @@ class Keyspace:
         """Key of one assignment (the attempt's fencing token)."""
         return f"{self.worker_assignments(worker_id)}{task_id}"
 
+    def parse_assignment(self, key: str) -> tuple[str, str]:
+        """Worker id and task id from an assignment key.
+
+        Returns:
+            ``(worker_id, task_id)``.
+
+        Raises:
+            ValueError: If the key is not an assignment key of this namespace.
+        """
+        return self._two_parts(key, self.assignments, "assignment")
+
     @cached_property
     def running(self) -> str:
         """Prefix of the index of assigned tasks (no lease)."""
@@ -220,6 +319,14 @@ class Keyspace:
     def running_entry(self, task_id: str) -> str:
         """Key of one entry of the running index."""
         return f"{self.running}{task_id}"
+
+    def parse_running(self, key: str) -> str:
+        """Task id from a running-index key.
+
+        Raises:
+            ValueError: If the key is not a running-index key of this namespace.
+        """
+        return self._one_part(key, self.running, "running")
 
     @cached_property
     def leader(self) -> str:
@@ -235,9 +342,34 @@ class Keyspace:
         """Key registering one live scheduler process under its id (created only if absent)."""
         return f"{self.schedulers}{check_name(scheduler_id, 'scheduler')}"
 
+    def parse_scheduler(self, key: str) -> str:
+        """Scheduler id from a scheduler registration key.
+
+        Raises:
+            ValueError: If the key is not a scheduler registration key of this namespace.
+        """
+        return self._one_part(key, self.schedulers, "scheduler")
+
+    @cached_property
+    def retentions(self) -> str:
+        """Prefix of the retention lease keys."""
+        return f"{self.root}retention/"
+
     def retention(self, retention_s: int, bucket: int) -> str:
         """Key holding the id of the shared retention lease of one time bucket."""
-        return f"{self.root}retention/{retention_s}/{bucket}"
+        return f"{self.retentions}{retention_s}/{bucket}"
+
+    def parse_retention(self, key: str) -> tuple[int, int]:
+        """Retention (seconds) and time bucket from a retention lease key.
+
+        Returns:
+            ``(retention_s, bucket)``.
+
+        Raises:
+            ValueError: If the key is not a retention lease key of this namespace.
+        """
+        retention_s, bucket = self._two_parts(key, self.retentions, "retention")
+        return _digits(retention_s, key), _digits(bucket, key)
 
     @cached_property
     def quota(self) -> str:
@@ -253,3 +385,28 @@ class Keyspace:
         """Key of one waiting task; ``due`` is microseconds since the epoch, 20 digits."""
         due_us = max(0, int(not_before * 1_000_000))
         return f"{self.delayed}{due_us:0{SEQ_DIGITS}d}/{task_id}"
+
+    def parse_delayed(self, key: str) -> DelayedKey:
+        """When a delayed task may run again, and its id, from a delayed key.
+
+        Raises:
+            ValueError: If the key is not a delayed key of this namespace.
+        """
+        due, task_id = self._two_parts(key, self.delayed, "delayed")
+        return DelayedKey(_digits(due, key), task_id)
+
+    # the scheduler's range ----------------------------------------------------------------
+    @cached_property
+    def scheduler_prefixes(self) -> tuple[str, ...]:
+        """The prefixes the leading scheduler mirrors, in key order (see the module docstring)."""
+        return (self.assignments, self.delayed, self.nodes, self.queues, self.running)
+
+    @cached_property
+    def scheduler_range(self) -> tuple[str, str]:
+        """The one range ``[start, end)`` the leading scheduler reads and watches.
+
+        It spans :attr:`scheduler_prefixes` and also holds keys under other
+        names that sort between them (``leader``, ``retention/``), which the
+        scheduler's mirror ignores.
+        """
+        return self.scheduler_prefixes[0], prefix_end(self.scheduler_prefixes[-1])

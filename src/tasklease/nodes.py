@@ -17,7 +17,7 @@ from typing import Any
 from tasklease import codec
 from tasklease.errors import CorruptRecord
 from tasklease.keys import Keyspace, prefix_end
-from tasklease.store import Store
+from tasklease.store import KVStore
 
 log = logging.getLogger("tasklease.nodes")
 
@@ -180,7 +180,7 @@ def _time(d: Mapping[str, Any], name: str) -> float | None:
     return _number(value) if type(value) in (int, float) else None
 
 
-async def list_nodes(store: Store, keys: Keyspace) -> list[NodeRecord]:
+async def list_nodes(store: KVStore, keys: Keyspace) -> list[NodeRecord]:
     """Every live worker's record, by id; corrupt records are skipped with an error log."""
     nodes = []
     async for page in store.scan(keys.nodes, prefix_end(keys.nodes)):

@@ -46,10 +46,10 @@ from dataclasses import dataclass, field
 
 from tasklease import codec
 from tasklease.clock import Clock, SystemClock
-from tasklease.errors import CorruptRecord, InvalidOption, StoreError, StoreNoSpace
+from tasklease.errors import CorruptRecord, InvalidOption, StoreCompacted, StoreNoSpace
 from tasklease.keys import Keyspace, check_name, prefix_end
 from tasklease.models import TERMINAL_STATES, TaskState
-from tasklease.store import Compare, Delete, Store
+from tasklease.store import Compare, Delete, KVStore
 
 log = logging.getLogger("tasklease.purge")
 
@@ -114,7 +114,7 @@ class PurgeResult:
 
 @dataclass
 class _Purge:
-    store: Store
+    store: KVStore
     keys: Keyspace
     dry_run: bool
     # PurgeResult's counters (matched, matched_bytes, deleted, ...), filled as the purge goes
@@ -206,7 +206,7 @@ def check_states(states: Iterable[TaskState | str] | None) -> tuple[TaskState, .
 
 
 async def purge(
-    store: Store,
+    store: KVStore,
     keys: Keyspace,
     *,
     older_than_s: float,
@@ -263,10 +263,10 @@ async def purge(
                             await run.add(kv.key, kv.mod_revision, len(kv.value))
                     resumes = 0
             break
-        except StoreError as exc:
+        except StoreCompacted:
             # The scan's snapshot was compacted (e.g. `etcdctl compact` during a purge): go on after
             # the last key read, at a new snapshot.
-            if "compacted" not in str(exc) or resumes >= MAX_RESUMES:
+            if resumes >= MAX_RESUMES:
                 raise
             resumes += 1
             log.info("purge: the read's revision was compacted; resuming after %s", start)

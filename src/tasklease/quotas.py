@@ -64,7 +64,7 @@ from tasklease.errors import CorruptRecord, InvalidOption, StoreError, WatchComp
 from tasklease.errors import QuotaExceeded as QuotaExceeded  # noqa: PLC0414 (moved to errors.py; re-exported here)
 from tasklease.keys import Keyspace, prefix_end
 from tasklease.models import DEFAULT_RETENTION_S, MAX_RETENTION_S, Task
-from tasklease.store import KV, Compare, Delete, Get, Put, Store
+from tasklease.store import KV, Compare, Delete, Get, KVStore, Put
 from tasklease.transitions import queue_key
 
 log = logging.getLogger("tasklease.quotas")
@@ -229,7 +229,7 @@ class Quota:
             raise CorruptRecord(key, str(exc)) from None
 
 
-async def read_quota(store: Store, keys: Keyspace) -> tuple[Quota | None, KV | None]:
+async def read_quota(store: KVStore, keys: Keyspace) -> tuple[Quota | None, KV | None]:
     """The namespace's quota (``None``: none set) and its key as read (for a compare).
 
     Raises:
@@ -241,7 +241,9 @@ async def read_quota(store: Store, keys: Keyspace) -> tuple[Quota | None, KV | N
     return Quota.decode(kv.key, kv.value), kv
 
 
-async def write_quota(store: Store, keys: Keyspace, quota: Quota | None, *, expect: KV | None = None) -> int:
+async def write_quota(
+    store: KVStore, keys: Keyspace, quota: Quota | None, *, expect: KV | None = None
+) -> int:
     """Write (or, with ``None`` or an empty quota, delete) the record; return the revision.
 
     With ``expect`` (the key as read by :func:`read_quota`, or ``None`` for
@@ -262,7 +264,7 @@ async def write_quota(store: Store, keys: Keyspace, quota: Quota | None, *, expe
 
 
 async def change_quota(
-    store: Store, keys: Keyspace, changes: dict[str, Any], *, now: float
+    store: KVStore, keys: Keyspace, changes: dict[str, Any], *, now: float
 ) -> tuple[Quota | None, int]:
     """Change some limits and keep the others (``quota set``); a value of ``None`` removes a limit.
 
@@ -338,7 +340,7 @@ class QuotaGuard:
     """
 
     def __init__(
-        self, store: Store, keys: Keyspace, *, clock: Clock | None = None, refresh_s: float = REFRESH_S
+        self, store: KVStore, keys: Keyspace, *, clock: Clock | None = None, refresh_s: float = REFRESH_S
     ) -> None:
         self.store = store
         self.keys = keys
@@ -611,7 +613,9 @@ class QuotaGuard:
             known = self._sizes.get(key)
             if known is not None and known[0] == mod:
                 sizes[key] = known
-        unknown = {k: self.keys.task(k.rsplit("/", 1)[-1]) for k in pending_index if k not in sizes}
+        unknown = {
+            k: self.keys.task(self.keys.parse_delayed(k).task_id) for k in pending_index if k not in sizes
+        }
         for key, (_, size) in (await self._read_sizes(unknown)).items():
             sizes[key] = (pending_index[key], size)
         self._sizes = sizes

@@ -59,7 +59,7 @@ def decode_running(keys: Keyspace, kv: KV) -> RunningEntry:
     d = codec.decode_obj(kv.key, kv.value)
     try:
         entry = RunningEntry(
-            kv.key[len(keys.running) :],
+            keys.parse_running(kv.key),
             str(d["worker"]),
             int(d["n"]),
             float(d["deadline"]),

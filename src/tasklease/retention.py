@@ -18,7 +18,7 @@ import logging
 from tasklease.clock import Clock, SystemClock
 from tasklease.errors import StoreError
 from tasklease.keys import Keyspace
-from tasklease.store import Compare, Get, Put, Store
+from tasklease.store import Compare, Get, KVStore, Put
 
 log = logging.getLogger("tasklease.retention")
 
@@ -39,7 +39,7 @@ class RetentionLeases:
         clock: Time source.
     """
 
-    def __init__(self, store: Store, keys: Keyspace, clock: Clock | None = None) -> None:
+    def __init__(self, store: KVStore, keys: Keyspace, clock: Clock | None = None) -> None:
         self.store = store
         self.keys = keys
         self.clock = clock or SystemClock()

@@ -97,8 +97,8 @@ from tasklease.store import (
     Delete,
     Event,
     Get,
+    KVStore,
     Op,
-    Store,
     next_page_limit,
     txn_size,
 )
@@ -125,6 +125,12 @@ ERROR_BACKOFF_S = (0.2, 2.0)
 def default_scheduler_id() -> str:
     """``sched-{host}-{pid}-{16 hex}``: unique across hosts, restarts and containers."""
     return default_process_id("sched")
+
+
+def _malformed(exc: ValueError, deleted: bool) -> None:
+    """Log a key of a mirrored prefix that its parser refused (the mirror ignores it)."""
+    if not deleted:
+        log.error("ignoring malformed key: %s", exc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +217,7 @@ class ClusterView:
         # task id -> monotonic time this scheduler first saw its running entry (clock-skew guard)
         self.running_seen: dict[str, float] = {}
         self.delayed: dict[str, KV] = {}
-        self._delayed_heap: list[tuple[str, str]] = []
+        self._delayed_heap: list[tuple[int, str]] = []  # (due in microseconds, delayed key)
         self.skipped: set[str] = set()
         self.changed_nodes = False
 
@@ -220,8 +226,14 @@ class ClusterView:
         """Apply one key's new state (``has_value`` False: read without its value)."""
         key = kv.key
         k = self.keys
+        if not key.startswith(k.scheduler_prefixes):
+            return  # leader, retention/ or a later prefix inside the watched range: not mirrored
         if key.startswith(k.assignments):
-            worker, _, task_id = key[len(k.assignments) :].partition("/")
+            try:
+                worker, task_id = k.parse_assignment(key)
+            except ValueError as exc:
+                _malformed(exc, deleted)
+                return
             if deleted:
                 self.assigned[worker].discard(task_id)
                 self.assignment_rev.pop(key, None)
@@ -267,7 +279,11 @@ class ClusterView:
                     self.queue_kv[key] = KV(key, b"", kv.create_revision, kv.mod_revision, kv.version)
                     self.unloaded.add(key)
         elif key.startswith(k.running):
-            task_id = key[len(k.running) :]
+            try:
+                task_id = k.parse_running(key)
+            except ValueError as exc:
+                _malformed(exc, deleted)
+                return
             if deleted:
                 self.running.pop(task_id, None)
                 self.running_seen.pop(task_id, None)
@@ -279,17 +295,26 @@ class ClusterView:
                     log.error("skipping corrupt running entry: %s", exc)
         elif key.startswith(k.nodes):
             self.changed_nodes = True
-            worker = key[len(k.nodes) :]
+            try:
+                worker = k.parse_node(key)
+            except ValueError as exc:
+                _malformed(exc, deleted)
+                return
             if deleted:
                 self.nodes.pop(worker, None)
             else:
                 self._apply_node(worker, kv)
         elif key.startswith(k.delayed):
+            try:
+                due_us = k.parse_delayed(key).due_us
+            except ValueError as exc:
+                _malformed(exc, deleted)
+                return
             if deleted:
                 self.delayed.pop(key, None)
             else:
                 self.delayed[key] = kv
-                heapq.heappush(self._delayed_heap, (key[len(k.delayed) :], key))
+                heapq.heappush(self._delayed_heap, (due_us, key))
 
     def _apply_node(self, worker: str, kv: KV) -> None:
         try:
@@ -324,16 +349,12 @@ class ClusterView:
         come sorted from etcd, so each (queue, route) group's keys are appended
         in order and each sorted list is built once (call it once with all of them).
         """
-        prefix = len(self.keys.queues)
         groups: dict[tuple[str, str], list[str]] = {}
         for kv in kvs:
             key = kv.key
-            parts = key[prefix:].split("/")
-            if len(parts) == 5 and parts[4]:
-                group = (parts[0], parts[4])
-            elif len(parts) == 4:
-                group = (parts[0], "")
-            else:
+            try:
+                group = self.keys.parse_queue_group(key)
+            except ValueError:
                 self.apply(kv, deleted=False, has_value=False)  # logs the malformed key
                 continue
             if group[1] not in self._routes:
@@ -434,7 +455,7 @@ class ClusterView:
             heapq.heappop(self._delayed_heap)
         if not self._delayed_heap:
             return float("inf")
-        return int(self._delayed_heap[0][0].split("/", 1)[0]) / 1_000_000
+        return self._delayed_heap[0][0] / 1_000_000
 
     def due(self, now: float) -> list[KV]:
         """Delayed keys due at ``now``, soonest first."""
@@ -443,7 +464,7 @@ class ClusterView:
         now_us = int(now * 1_000_000)
         result = []
         for key in sorted(self.delayed):
-            if int(key[len(self.keys.delayed) :].split("/", 1)[0]) > now_us:
+            if self.keys.parse_delayed(key).due_us > now_us:
                 break
             result.append(self.delayed[key])
         return result
@@ -520,7 +541,7 @@ class Scheduler:
 
     def __init__(
         self,
-        store: Store,
+        store: KVStore,
         keys: Keyspace,
         config: SchedulerConfig | None = None,
         *,
@@ -656,7 +677,7 @@ class Scheduler:
 
     @property
     def _range(self) -> tuple[str, str]:
-        return self.keys.assignments, prefix_end(self.keys.running)
+        return self.keys.scheduler_range
 
     async def _load(self) -> int:
         """Read the watched range at one revision, keys first (see the module docstring).
@@ -1159,14 +1180,16 @@ class Scheduler:
         due = self.view.due(now)
         for start in range(0, len(due), READ_GROUP):
             chunk = due[start : start + READ_GROUP]
-            ids = [kv.key.rsplit("/", 1)[-1] for kv in chunk]
+            ids = [self.keys.parse_delayed(kv.key).task_id for kv in chunk]
             records = await self._records(ids)
             for delayed_kv, record_kv in zip(chunk, records, strict=True):
                 try:
                     await self._promote_one(delayed_kv, record_kv, now)
                 except StoreRequestTooLarge as exc:
                     log.error(
-                        "cannot promote: %s", exc, extra=self._ctx(task_id=delayed_kv.key.rsplit("/", 1)[-1])
+                        "cannot promote: %s",
+                        exc,
+                        extra=self._ctx(task_id=self.keys.parse_delayed(delayed_kv.key).task_id),
                     )
 
     async def _promote_one(self, delayed_kv: KV, record_kv: KV | None, now: float) -> None:

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 
 from tasklease.clock import Clock, SystemClock
 from tasklease.errors import InvalidOption, StoreError
-from tasklease.store import Store
+from tasklease.store import KVStore
 
 log = logging.getLogger("tasklease.session")
 
@@ -38,7 +38,7 @@ class Session:
 
     def __init__(
         self,
-        store: Store,
+        store: KVStore,
         *,
         ttl_s: int = 10,
         heartbeat_s: float = 3.0,

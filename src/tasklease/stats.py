@@ -18,7 +18,7 @@ from tasklease.fleet import Waiting, waiting_without_worker
 from tasklease.keys import Keyspace
 from tasklease.models import Task, TaskState
 from tasklease.nodes import list_nodes
-from tasklease.store import Store
+from tasklease.store import KVStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +107,7 @@ def check_window(window_s: float) -> None:
 
 
 async def collect_stats(
-    store: Store, keys: Keyspace, tasks: AsyncGenerator[Task, None], *, now: float, window_s: float
+    store: KVStore, keys: Keyspace, tasks: AsyncGenerator[Task, None], *, now: float, window_s: float
 ) -> Stats:
     """Count ``tasks`` (every task record, closed when done), then read the workers and what waits.
 

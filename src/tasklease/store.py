@@ -35,13 +35,16 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit
 
 from tasklease.errors import (
     InvalidOption,
     StoreAuthError,
+    StoreAuthRequired,
+    StoreCompacted,
     StoreError,
+    StoreLeaseNotFound,
     StoreNoSpace,
     StoreRequestTooLarge,
     StoreUnavailable,
@@ -416,6 +419,104 @@ def _kv(pb: Any) -> KV:
     )
 
 
+class KVStore(Protocol):
+    """What components need of etcd: the methods of :class:`Store`, the real one.
+
+    Components (client, scheduler, worker, session, election, ...) take a
+    ``KVStore``, so a test can pass a wrapper that fails chosen calls
+    (``tests/faultstore.py``) or records them. The contract is
+    :class:`Store`'s; in short:
+
+    - Every method is a coroutine (``scan`` and ``watch`` are async
+      generators) of one event loop; not thread-safe.
+    - Errors are :mod:`tasklease.errors` exceptions only (``StoreError`` and
+      its subclasses), never a client or gRPC exception.
+    - ``txn`` is sent once and never retried: after ``StoreUnavailable`` it may
+      or may not have committed (re-read to know). ``get``, ``range``,
+      ``scan``, ``put``, ``delete`` and lease calls are idempotent.
+    - Reads and watches are bounded in bytes (``scan`` pages by bytes; a watch
+      response over the receive limit raises ``WatchTooLarge``).
+
+    Connecting is not part of it: whoever creates the store connects it and
+    closes it (``close`` is here so an owner that took a ``KVStore`` can).
+    """
+
+    async def get(self, key: str) -> tuple[KV | None, int]:
+        """Read one key: the key (or None) and the revision of the read."""
+        ...
+
+    async def range(
+        self,
+        prefix: str,
+        end: str,
+        *,
+        limit: int = 0,
+        keys_only: bool = False,
+        count_only: bool = False,
+        revision: int = 0,
+    ) -> RangeResult:
+        """Read ``[prefix, end)`` in ascending key order (one request; see :meth:`Store.range`)."""
+        ...
+
+    def scan(
+        self,
+        prefix: str,
+        end: str,
+        *,
+        revision: int = 0,
+        keys_only: bool = False,
+        budget_bytes: int | None = None,
+        first_page: int = FIRST_PAGE,
+    ) -> AsyncGenerator[RangeResult, None]:
+        """Read ``[prefix, end)`` page by page, one snapshot, pages bounded by bytes (:meth:`Store.scan`)."""
+        ...
+
+    async def txn(
+        self,
+        compares: Sequence[Compare],
+        success: Sequence[Op],
+        failure: Sequence[Op] = (),
+        *,
+        timeout_s: float | None = None,
+    ) -> TxnResult:
+        """Run one transaction, sent once (:meth:`Store.txn`)."""
+        ...
+
+    async def put(self, key: str, value: bytes, lease: int = 0) -> int:
+        """Write one key; the revision of the write."""
+        ...
+
+    async def delete(self, key: str, range_end: str | None = None) -> int:
+        """Delete one key or a range; how many keys were deleted."""
+        ...
+
+    async def grant(self, ttl_s: int) -> int:
+        """Grant a lease; its id."""
+        ...
+
+    async def keepalive(self, lease_id: int) -> int:
+        """Refresh a lease once; the remaining TTL (0 or less: the lease is gone)."""
+        ...
+
+    async def revoke(self, lease_id: int) -> None:
+        """Revoke a lease and delete its keys; a lease already gone is fine."""
+        ...
+
+    def watch(
+        self, prefix: str, end: str, start_revision: int, *, prev_kv: bool = False
+    ) -> AsyncIterator[list[Event]]:
+        """Stream the changes of ``[prefix, end)`` from ``start_revision`` on (:meth:`Store.watch`)."""
+        ...
+
+    async def status(self) -> dict[str, Any]:
+        """Ask the endpoints for their status (a health check)."""
+        ...
+
+    async def close(self) -> None:
+        """Close the connection. Idempotent."""
+        ...
+
+
 class Store:
     """An async connection to etcd.
 
@@ -523,7 +624,7 @@ class Store:
 
         endpoints = ",".join(self.config.endpoints)
         if isinstance(exc, etcd3aio.EtcdUnauthenticatedError | etcd3aio.EtcdPermissionDeniedError):
-            return StoreAuthError(f"etcd refused {what}: {exc}")
+            return _auth_error(f"etcd refused {what}: {exc}")
         if isinstance(exc, etcd3aio.EtcdConnectionError):
             return StoreUnavailable(f"cannot reach etcd at {endpoints} ({what}){_tls_hint(str(exc))}")
         if isinstance(exc, etcd3aio.EtcdTransientError | TimeoutError):
@@ -536,7 +637,7 @@ class Store:
             if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED) or any(
                 m in details for m in _AUTH_FAILURES
             ):
-                return StoreAuthError(f"etcd refused {what}: {details}")
+                return _auth_error(f"etcd refused {what}: {details}")
             if code is grpc.StatusCode.RESOURCE_EXHAUSTED or "too large" in details:
                 return _size_or_space(what, details)
             if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
@@ -549,12 +650,12 @@ class Store:
                 return StoreUnavailable(
                     f"{endpoints} did not answer {what} like etcd: {code.name} {exc.details()}"
                 )
-            return StoreError(f"etcd {what} failed: {code.name} {exc.details()}")
+            return _refused(f"etcd {what} failed: {code.name} {exc.details()}")
         if isinstance(exc, etcd3aio.EtcdError):
             if "space exceeded" in str(exc) or "too large" in str(exc):
                 return _size_or_space(what, str(exc))
-            return StoreError(f"etcd {what} failed: {exc}")
-        return StoreError(f"etcd {what} failed: {type(exc).__name__}: {exc}")
+            return _refused(f"etcd {what} failed: {exc}")
+        return _refused(f"etcd {what} failed: {type(exc).__name__}: {exc}")
 
     def _svc(self) -> Any:
         if self._client is None:
@@ -715,6 +816,9 @@ class Store:
             StoreRequestTooLarge: Too many operations or too many bytes (checked
                 before sending): nothing was sent.
             StoreNoSpace: etcd is out of space.
+            StoreLeaseNotFound: A put names a lease etcd does not have (expired
+                or revoked): nothing was written.
+            StoreCompacted: A read names a revision etcd has compacted away.
             StoreError: etcd rejected it for another reason.
         """
         if max(len(compares), len(success), len(failure)) > MAX_TXN_OPS:
@@ -797,11 +901,8 @@ class Store:
     async def revoke(self, lease_id: int) -> None:
         """Revoke a lease, deleting every key under it. A lease already gone is fine."""
         client = self._svc()
-        try:
+        with contextlib.suppress(StoreLeaseNotFound):
             await self._call("lease revoke", client.lease.revoke(lease_id, timeout=self.config.timeout_s))
-        except StoreError as exc:
-            if "not found" not in str(exc).lower():
-                raise
 
     # watch -------------------------------------------------------------------------------
     async def watch(
@@ -897,6 +998,27 @@ class Store:
 # Auth failures that etcd reports with other codes than UNAUTHENTICATED/PERMISSION_DENIED
 # (a wrong user or password is INVALID_ARGUMENT), so etcd3aio passes them through raw.
 _AUTH_FAILURES = ("authentication failed", "user name is empty", "user name not found")
+
+
+def _auth_error(message: str) -> StoreAuthError:
+    """An auth refusal; :class:`StoreAuthRequired` when etcd wanted a user and got none."""
+    if "user name is empty" in message:
+        return StoreAuthRequired(message)
+    return StoreAuthError(message)
+
+
+def _refused(message: str) -> StoreError:
+    """Any other refusal, typed by etcd's text for the cases callers handle.
+
+    etcd tells these apart only by its message (a missing lease is NOT_FOUND
+    "requested lease not found"; a compacted read is OUT_OF_RANGE "required
+    revision has been compacted"), so this is the one place that reads it.
+    """
+    if "lease not found" in message:
+        return StoreLeaseNotFound(message)
+    if "compacted" in message:
+        return StoreCompacted(message)
+    return StoreError(message)
 
 
 def _size_or_space(what: str, details: str) -> StoreError:

@@ -28,7 +28,7 @@ from tasklease import codec
 from tasklease.errors import CorruptRecord, StoreError, TaskNotFound, WatchCompacted
 from tasklease.keys import Keyspace, prefix_end
 from tasklease.models import Task, TaskState
-from tasklease.store import Store
+from tasklease.store import KVStore
 
 log = logging.getLogger("tasklease.client")
 
@@ -45,7 +45,7 @@ class ResultHub:
         keys: The namespace.
     """
 
-    def __init__(self, store: Store, keys: Keyspace) -> None:
+    def __init__(self, store: KVStore, keys: Keyspace) -> None:
         self.store = store
         self.keys = keys
         # task id -> futures waiting for it. Touched only on the event loop.
@@ -85,7 +85,7 @@ class ResultHub:
                 async for events in self.store.watch(prefix, prefix_end(prefix), revision + 1):
                     backoff = 0.1
                     for ev in events:
-                        task_id = ev.kv.key[len(prefix) :]
+                        task_id = self.keys.task_id_of(ev.kv.key)
                         futures = self._waiters.get(task_id)
                         if not futures:
                             if task_id in self._expected and ev.type == "put":
@@ -132,7 +132,7 @@ class ResultHub:
         try:
             task = codec.decode_task(key, value)
         except CorruptRecord:
-            self._expected.pop(key[len(self.keys.tasks) :], None)  # the read path will report it
+            self._expected.pop(self.keys.task_id_of(key), None)  # the read path will report it
             return
         if task.state.terminal:
             self._expected.pop(task.id, None)

@@ -71,17 +71,18 @@ import psutil
 from tasklease import __version__, codec
 from tasklease.clock import Clock, SystemClock
 from tasklease.errors import (
-    ConflictError,
     CorruptRecord,
     InvalidOption,
     PayloadTooLarge,
     StoreError,
+    StoreLeaseNotFound,
     StoreNoSpace,
     StoreRequestTooLarge,
     StoreUnavailable,
     TaskleaseError,
     WatchCompacted,
 )
+from tasklease.errors import WorkerIdInUse as WorkerIdInUse  # noqa: PLC0414 (moved to errors.py; re-exported here)
 from tasklease.executors.base import (
     Executor,
     PermanentError,
@@ -100,7 +101,7 @@ from tasklease.nodes import NodeRecord
 from tasklease.queue import Assignment, decode_assignment, finished_attempt, leave_running_ops
 from tasklease.retention import RetentionLeases
 from tasklease.session import Session
-from tasklease.store import KV, MAX_TXN_BYTES, Compare, Get, Op, Put, Store
+from tasklease.store import KV, MAX_TXN_BYTES, Compare, Get, KVStore, Op, Put
 
 log = logging.getLogger("tasklease.worker")
 
@@ -162,15 +163,6 @@ def set_import_path(paths: Sequence[str] = ()) -> list[str]:
     entries = [e for e in entries if e and e not in dirs]
     sys.path[:] = [*dirs, *entries]
     return dirs
-
-
-class WorkerIdInUse(InvalidOption, ConflictError):
-    """Another live worker is registered under this worker id.
-
-    Raised by :meth:`Worker.start` (the command line exits 2 with this one-line
-    message). A registration left by a worker that crashed is waited for (up
-    to its lease TTL and a margin), so a restart right after a crash succeeds.
-    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,7 +270,7 @@ class Worker:
 
     def __init__(
         self,
-        store: Store,
+        store: KVStore,
         keys: Keyspace,
         registry: Registry,
         config: WorkerConfig | None = None,
@@ -688,7 +680,7 @@ class Worker:
                 # whose assignment is still there go on; the lease is untouched.
                 log.warning("assignment watch: %s; reading the assignments again", exc, extra=self._ctx())
                 current, read_at = await self._reread_assignments(prefix)
-                live = {(kv.key.rsplit("/", 1)[-1], kv.create_revision) for kv in current}
+                live = {(self.keys.parse_assignment(kv.key)[1], kv.create_revision) for kv in current}
                 for run in self._all_runs():
                     if (run.assignment.task.id, run.assignment.token) not in live:
                         self._stop_revoked(run)
@@ -755,7 +747,7 @@ class Worker:
                 del self._runs[run.assignment.task.id]
 
     def _on_assigned(self, kv: Any) -> None:
-        task_id = kv.key.rsplit("/", 1)[-1]
+        _, task_id = self.keys.parse_assignment(kv.key)
         if kv.lease != self.lease_id:
             return  # left over from an earlier lease of ours: it is about to vanish
         runs = self._runs.get(task_id, {})
@@ -779,7 +771,7 @@ class Worker:
 
     def _on_revoked(self, key: str, revision: int) -> None:
         """The assignment ``key`` was deleted at ``revision``: stop the attempts it fenced."""
-        task_id = key.rsplit("/", 1)[-1]
+        _, task_id = self.keys.parse_assignment(key)
         for run in list(self._runs.get(task_id, {}).values()):
             if run.assignment.token < revision:
                 self._stop_revoked(run)
@@ -1122,7 +1114,7 @@ class Worker:
                 lease = 0
                 continue
             except StoreError as exc:
-                if lease and "lease not found" in str(exc):
+                if lease and isinstance(exc, StoreLeaseNotFound):
                     self.retention.forget(lease)
                     lease = 0
                     continue

@@ -188,3 +188,160 @@ def test_other_key_builders_share_the_namespace_root():
     assert all(k.startswith("/prod/") for k in built)
     assert keys.task_id_of(keys.task("T")) == "T"
     assert keys.assignment("w1", "T").startswith(keys.worker_assignments("w1"))
+
+
+# parsers: every key kind built here is parsed here --------------------------------------
+worker_ids = st.from_regex(r"[A-Za-z0-9_.-]{1,64}", fullmatch=True).filter(lambda n: n not in {".", ".."})
+
+
+@given(task_ids)
+def test_task_key_round_trips(task_id):
+    keys = Keyspace("ns")
+    assert keys.task_id_of(keys.task(task_id)) == task_id
+
+
+@given(worker_ids)
+def test_node_key_round_trips(worker):
+    keys = Keyspace("ns")
+    assert keys.parse_node(keys.node(worker)) == worker
+
+
+@given(worker_ids, task_ids)
+def test_assignment_key_round_trips(worker, task_id):
+    keys = Keyspace("ns")
+    assert keys.parse_assignment(keys.assignment(worker, task_id)) == (worker, task_id)
+
+
+@given(task_ids)
+def test_running_key_round_trips(task_id):
+    keys = Keyspace("ns")
+    assert keys.parse_running(keys.running_entry(task_id)) == task_id
+
+
+@given(st.integers(min_value=0, max_value=10**19), task_ids)
+def test_delayed_key_round_trips(due_us, task_id):
+    # Given a delayed key built from a time in seconds
+    keys = Keyspace("ns")
+    key = keys.delayed_entry(due_us / 1_000_000, task_id)
+
+    # When it is parsed
+    parsed = keys.parse_delayed(key)
+
+    # Then the id comes back, and the time to the microsecond the key holds
+    assert parsed.task_id == task_id
+    assert parsed.due_us == int(due_us / 1_000_000 * 1_000_000)
+    assert parsed.not_before == parsed.due_us / 1_000_000
+
+
+def test_delayed_key_keeps_a_time_in_microseconds():
+    keys = Keyspace("ns")
+    parsed = keys.parse_delayed(keys.delayed_entry(1_700_000_000.25, "T"))
+    assert parsed == (1_700_000_000_250_000, "T")
+    assert parsed.not_before == 1_700_000_000.25
+
+
+@given(worker_ids)
+def test_scheduler_key_round_trips(scheduler_id):
+    keys = Keyspace("ns")
+    assert keys.parse_scheduler(keys.scheduler(scheduler_id)) == scheduler_id
+
+
+@given(st.integers(min_value=0, max_value=10**12), st.integers(min_value=0, max_value=10**12))
+def test_retention_key_round_trips(retention_s, bucket):
+    keys = Keyspace("ns")
+    key = keys.retention(retention_s, bucket)
+    assert key.startswith(keys.retentions)
+    assert keys.parse_retention(key) == (retention_s, bucket)
+
+
+@given(queue_names, priorities, seqs, task_ids, st.sampled_from(["", "noop", "add&zone=eu"]))
+def test_queue_group_is_the_queue_and_route_of_the_full_parse(queue, priority, seq, task_id, route):
+    keys = Keyspace("ns")
+    key = keys.queue_entry(queue, priority, seq, task_id, route)
+    parsed = keys.parse_queue_entry(key)
+    assert keys.parse_queue_group(key) == (parsed.queue, parsed.route or "") == (queue, route)
+
+
+K = Keyspace("ns")
+BAD_KEYS = {
+    "task": (K.task_id_of, [K.node("w"), K.tasks, K.task("a/b"), "/other/task/T"]),
+    "node": (K.parse_node, [K.task("T"), K.nodes, K.node("w") + "/x", "/other/node/w"]),
+    "assignment": (
+        K.parse_assignment,
+        [
+            K.node("w"),
+            K.worker_assignments("w"),
+            K.assignments + "w",
+            K.assignment("w", "T") + "/x",
+            K.assignments + "/T",
+        ],
+    ),
+    "running": (K.parse_running, [K.task("T"), K.running, K.running_entry("T") + "/x"]),
+    "delayed": (
+        K.parse_delayed,
+        [
+            K.task("T"),
+            K.delayed + "T",
+            K.delayed + "12x/T",
+            K.delayed + "+12/T",
+            K.delayed + "12/",
+            K.delayed + "1/T/x",
+        ],
+    ),
+    "scheduler": (K.parse_scheduler, [K.node("w"), K.schedulers, K.schedulers + "a/b"]),
+    "retention": (
+        K.parse_retention,
+        [K.task("T"), K.retentions + "60", K.retentions + "60/x", K.retentions + "-1/2"],
+    ),
+    "queue group": (
+        K.parse_queue_group,
+        [K.task("T"), K.queue("q") + "1/2", K.queue_entry("q", 1, 1, "T") + "/"],
+    ),
+    "queue": (K.parse_queue_entry, [K.task("T"), K.queue("q") + "1/2", K.queue("q") + "x/1/T/r"]),
+}
+
+
+@pytest.mark.parametrize(
+    ("parse", "key"),
+    [(parse, key) for parse, bad in BAD_KEYS.values() for key in bad],
+    ids=[f"{kind}:{key}" for kind, (_, bad) in BAD_KEYS.items() for key in bad],
+)
+def test_every_parser_raises_value_error_for_a_key_not_of_its_kind(parse, key):
+    # Given a key of another kind, another namespace, or of the wrong shape
+    # When / Then the parser refuses it with a ValueError
+    with pytest.raises(ValueError, match="key"):
+        parse(key)
+
+
+# the scheduler's range --------------------------------------------------------------------
+def test_the_scheduler_range_spans_exactly_its_prefixes_in_key_order():
+    # Given the prefixes the scheduler mirrors
+    keys = Keyspace("ns")
+    prefixes = keys.scheduler_prefixes
+
+    # When / Then they are sorted, and the one watched range runs from the first to the end of the last
+    assert list(prefixes) == sorted(prefixes)
+    assert set(prefixes) == {keys.assignments, keys.delayed, keys.nodes, keys.queues, keys.running}
+    assert keys.scheduler_range == (keys.assignments, prefix_end(keys.running))
+
+
+def test_keys_the_scheduler_does_not_mirror_are_outside_its_prefixes():
+    # Given keys of every other kind
+    keys = Keyspace("ns")
+    others = [
+        keys.task("T"),
+        keys.leader,
+        keys.scheduler("s"),
+        keys.quota,
+        keys.retention(60, 1),
+        f"{keys.root}cron/x",
+    ]
+
+    # When / Then none is under a mirrored prefix (some lie inside the watched range)
+    assert not any(k.startswith(keys.scheduler_prefixes) for k in others)
+    start, end = keys.scheduler_range
+    assert {k for k in others if start <= k < end} == {
+        keys.leader,
+        keys.retention(60, 1),
+        f"{keys.root}cron/x",
+    }

@@ -26,21 +26,15 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, runtime_checkable
 
-from tasklease.errors import InvalidOption, TaskleaseError
+from tasklease.errors import InvalidOption
+from tasklease.errors import PermanentError as PermanentError  # noqa: PLC0414 (moved to errors.py; re-exported here)
+from tasklease.errors import TaskError as TaskError  # noqa: PLC0414 (moved to errors.py; re-exported here)
 from tasklease.executors.netpolicy import NetworkPolicy
 from tasklease.models import DEFAULT_PRIORITY, DEFAULT_QUEUE, DEFAULT_TIMEOUT_S, JSON, check_type
 from tasklease.retry import RetryPolicy
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-class TaskError(TaskleaseError):
-    """Raised by task code (or an executor) for a failed attempt; retried per policy."""
-
-
-class PermanentError(TaskError):
-    """A failure that retrying cannot cure: the task fails at once."""
 
 
 class UnknownTaskType(PermanentError):
