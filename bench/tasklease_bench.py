@@ -324,7 +324,14 @@ def _spawn_host(s: Stack, name: str, instances: int) -> Any:
             "--concurrency",
             str(max(1, 64 // instances)),
         ],
-        env={**s.env(), "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+        # bench/ first, then the caller's PYTHONPATH: a run from an exported tree
+        # (bench.compare) must not fall back to the editable install's tasklease
+        env={
+            **s.env(),
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH")) if p
+            ),
+        },
         stdout=log,
         stderr=log,
     )
