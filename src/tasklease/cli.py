@@ -1,5 +1,8 @@
 """The ``tasklease`` command: a thin layer over :mod:`tasklease.client`.
 
+Commands parse their options and call the client, or one of the long-running
+processes of :mod:`tasklease.runners` (worker, scheduler, etcd, dev).
+
 Exit codes: 0 success; 1 a runtime failure (etcd unreachable, a task that did
 not succeed, a wait that timed out); 2 bad input (bad option or environment
 variable, unknown or malformed task id, invalid transition, a scheduler id that
@@ -16,10 +19,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import math
 import os
-import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -42,11 +43,10 @@ from tasklease.logs import escape_json, escape_text
 from tasklease.models import Task, TaskState, check_type
 from tasklease.retry import RetryPolicy
 from tasklease.routing import Route, parse_requires
+from tasklease.runners import EXIT_OK, EXIT_RUNTIME
 from tasklease.store import DEFAULT_ENDPOINT, StoreConfig
 
-EXIT_OK = 0
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as the shell reports a tool killed by it
-EXIT_RUNTIME = 1
 EXIT_USAGE = 2
 
 USER_ERRORS = (ValidationError, TaskNotFound, InvalidTransition)
@@ -728,53 +728,39 @@ def cmd_etcd(args: argparse.Namespace) -> int:
     ``DATA_DIR/root-password`` (0600), and local tasklease commands pointed at
     this port find it while the etcd runs (see :func:`store_config`).
     """
-    from tasklease.etcd_server import EtcdServer, local_state_dir, publish_local, withdraw_local
+    from tasklease.etcd_server import EtcdServer, local_state_dir
+    from tasklease.runners import run_etcd
 
     data_dir = args.data_dir or local_state_dir() / f"etcd-{args.port}"
     server = EtcdServer(
         data_dir=data_dir, client_port=args.port, peer_port=args.peer_port, auth=not args.no_auth
     )
-    stop = {"signal": 0}
 
-    def on_signal(signum: int, _frame: object) -> None:
-        stop["signal"] = signum
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    server.start(stream=False)
-    published = publish_local(server)
-    credentials = server.credentials
-    access = (
-        f"auth on: user {credentials[0]}, password file {credentials[1]}"
-        if credentials
-        else "auth OFF: any local process may read and write it"
-    )
-    msg = f"etcd {server.endpoint} ready (data dir {data_dir}, {access}, metrics {server.metrics_url})"
-    if args.json:
-        _print_json(
-            {
-                "endpoint": server.endpoint,
-                "data_dir": str(data_dir),
-                "pid": server.process.pid if server.process else None,
-                "user": credentials[0] if credentials else None,
-                "password_file": str(credentials[1]) if credentials else None,
-            }
+    def ready() -> None:
+        credentials = server.credentials
+        access = (
+            f"auth on: user {credentials[0]}, password file {credentials[1]}"
+            if credentials
+            else "auth OFF: any local process may read and write it"
         )
-    else:
-        _say(msg)
-    sys.stdout.flush()
-    try:
-        while not stop["signal"]:
-            if not server.running:
-                print("error: etcd exited unexpectedly", file=sys.stderr)
-                return EXIT_RUNTIME
-            time.sleep(0.1)
-    finally:
-        withdraw_local(published, server)
-        server.stop()
-    if not args.json:
+        msg = f"etcd {server.endpoint} ready (data dir {data_dir}, {access}, metrics {server.metrics_url})"
+        if args.json:
+            _print_json(
+                {
+                    "endpoint": server.endpoint,
+                    "data_dir": str(data_dir),
+                    "pid": server.process.pid if server.process else None,
+                    "user": credentials[0] if credentials else None,
+                    "password_file": str(credentials[1]) if credentials else None,
+                }
+            )
+        else:
+            _say(msg)
+
+    code = run_etcd(server, on_ready=ready)
+    if code == EXIT_OK and not args.json:
         print("etcd stopped", flush=True)
-    return EXIT_OK
+    return code
 
 
 def _parse_tags(text: str) -> dict[str, str]:
@@ -787,51 +773,15 @@ def _parse_tags(text: str) -> dict[str, str]:
     return tags
 
 
-def _tune_gc() -> None:
-    """Tune the garbage collector for a long-running service.
-
-    Start-up objects are frozen out of the collector's way, and the young
-    generation is collected less often (per-task garbage is short-lived).
-    """
-    import gc
-
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(20_000, 20, 20)
-
-
-def load_registry(imports: Sequence[str], allow: frozenset[str]) -> Any:
-    """Built-ins plus every Registry found in the imported modules."""
-    import importlib
-
-    from tasklease.executors.base import Registry
-    from tasklease.executors.builtin import builtin_registry
-
-    registry = builtin_registry(allow)
-    for module_name in imports:
-        try:
-            module = importlib.import_module(module_name)
-        except Exception as exc:
-            hint = ""
-            if isinstance(exc, ModuleNotFoundError):
-                hint = " (the current directory is not on the import path: add --path DIR)"
-            raise UsageError(f"cannot import {module_name}: {type(exc).__name__}: {exc}{hint}") from None
-        found = [v for v in vars(module).values() if isinstance(v, Registry)]
-        if not found:
-            raise UsageError(f"module {module_name} has no tasklease Registry")
-        registry.update(found)
-    return registry
-
-
 def cmd_worker(args: argparse.Namespace) -> int:
     """``tasklease worker``: serve until SIGTERM/SIGINT (graceful), a second one stops at once."""
     from tasklease.keys import Keyspace
     from tasklease.logs import setup_logging
-    from tasklease.store import Store
-    from tasklease.worker import Worker, WorkerConfig, default_worker_id, set_import_path
+    from tasklease.runners import load_registry, run_worker, tune_gc
+    from tasklease.worker import WorkerConfig, default_worker_id, set_import_path
 
     setup_logging(args.log_level or "info", args.log_format)
-    _tune_gc()
+    tune_gc()
     set_import_path(args.paths)  # --path DIRs first; the current directory only if given
     allow = frozenset(a.strip() for a in args.allow.split(",") if a.strip())
     registry = load_registry(args.imports, allow)
@@ -850,45 +800,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
         http_deny_nets=tuple(args.http_deny_nets),
     )
     keys = Keyspace(args.namespace)
-
-    async def run() -> int:
-        store = Store(store_config(args))
-        await store.connect()
-        worker = Worker(store, keys, registry, config)
-        signals = {"count": 0}
-        loop = asyncio.get_running_loop()
-        background: set[asyncio.Task[None]] = set()
-
-        def on_signal() -> None:
-            signals["count"] += 1
-            action = worker.stop() if signals["count"] == 1 else worker.kill()
-            task = loop.create_task(action)
-            background.add(task)
-            task.add_done_callback(background.discard)
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, on_signal)
-        try:
-            with contextlib.suppress(asyncio.CancelledError):
-                await worker.start()
-            await worker.wait_stopped()
-            await asyncio.gather(*background, return_exceptions=True)
-        finally:
-            await store.close()
-        return EXIT_OK
-
-    return asyncio.run(run())
+    return run_worker(store_config(args), keys, registry, config)
 
 
 def cmd_scheduler(args: argparse.Namespace) -> int:
     """``tasklease scheduler``: campaign and lead until SIGTERM/SIGINT, then resign at once."""
-    from tasklease.keys import Keyspace
     from tasklease.logs import setup_logging
-    from tasklease.scheduler import Scheduler, SchedulerConfig
-    from tasklease.store import Store
+    from tasklease.runners import run_scheduler, tune_gc
+    from tasklease.scheduler import SchedulerConfig
 
     setup_logging(args.log_level or "info", args.log_format)
-    _tune_gc()
+    tune_gc()
     config = SchedulerConfig(
         scheduler_id=args.id or default_process_id("sched"),
         balancer=args.balancer,
@@ -897,41 +819,7 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
         deadline_grace_s=args.deadline_grace,
         unroutable_after_s=args.unroutable_after,
     )
-
-    async def run() -> int:
-        store = Store(store_config(args))
-        await store.connect()
-        scheduler = Scheduler(store, Keyspace(args.namespace), config)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        try:
-            # Register the id first: a second live scheduler with the same id is
-            # refused here (DuplicateCandidate, exit 2) instead of campaigning.
-            registering = asyncio.create_task(scheduler.election.register())
-            stopping = asyncio.create_task(stop.wait())
-            await asyncio.wait({registering, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            stopping.cancel()
-            if not registering.done():
-                registering.cancel()
-                await asyncio.gather(registering, return_exceptions=True)
-                return EXIT_OK
-            registering.result()
-            await scheduler.start()
-            stopping = asyncio.create_task(stop.wait())
-            gave_up = asyncio.create_task(scheduler.stopped.wait())
-            await asyncio.wait({stopping, gave_up}, return_when=asyncio.FIRST_COMPLETED)
-            for t in (stopping, gave_up):
-                t.cancel()
-            if scheduler.fatal is not None:
-                raise scheduler.fatal
-        finally:
-            await scheduler.stop()
-            await store.close()
-        return EXIT_OK
-
-    return asyncio.run(run())
+    return run_scheduler(store_config(args), args.namespace, config)
 
 
 def cmd_nodes(args: argparse.Namespace) -> int:
@@ -983,7 +871,8 @@ def cmd_soak(args: argparse.Namespace) -> int:
 def cmd_dev(args: argparse.Namespace) -> int:
     """``tasklease dev``: the embedded stack in the foreground until SIGINT/SIGTERM."""
     from tasklease.dev import Stack
-    from tasklease.etcd_server import local_state_dir, publish_local, withdraw_local
+    from tasklease.etcd_server import local_state_dir
+    from tasklease.runners import run_dev
 
     if args.workers < 0:
         raise UsageError("--workers must be >= 0")
@@ -1009,17 +898,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
         worker_args=worker_args,
         auth=not args.no_auth,
     )
-    published = None
-    stop = {"signal": 0}
 
-    def on_signal(signum: int, _frame: object) -> None:
-        stop["signal"] = signum
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    try:
-        stack.start()
-        published = publish_local(stack.etcd)
+    def ready() -> None:
         credentials = stack.etcd.credentials
         access = (
             f"auth on: user {credentials[0]}, password file {credentials[1]}" if credentials else "auth OFF"
@@ -1029,16 +909,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
             f"{args.workers} workers; namespace {args.namespace}. Ctrl-C stops everything.",
             file=sys.stderr,
         )
-        while not stop["signal"]:
-            if not stack.etcd.running:
-                print("tasklease: error: etcd exited", file=sys.stderr)
-                return EXIT_RUNTIME
-            time.sleep(0.2)
-    finally:
-        withdraw_local(published, stack.etcd)
-        stack.stop()
-        print("tasklease dev: stopped", file=sys.stderr, flush=True)
-    return EXIT_OK
+
+    return run_dev(stack, on_ready=ready)
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
