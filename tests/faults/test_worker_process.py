@@ -92,8 +92,8 @@ class WorkerProc:
             if self.proc.poll() is not None:
                 raise AssertionError(self.why("worker exited before registering"))
             for node in await list_nodes(store, keys):
-                if node.get("pid") == self.pid:
-                    return node
+                if node.pid == self.pid:
+                    return node.to_json()
             return None
 
         self.node = await until(
