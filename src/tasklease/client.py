@@ -55,14 +55,13 @@ from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, TypeVar
 
-from tasklease import codec
+from tasklease import codec, transitions
 from tasklease.clock import Clock, SystemClock
 from tasklease.errors import (
     BatchIncomplete,
     ConflictError,
     CorruptRecord,
     InvalidOption,
-    InvalidTransition,
     PayloadTooLarge,
     StoreAuthError,
     StoreError,
@@ -81,17 +80,14 @@ from tasklease.models import (
     DEFAULT_RETENTION_S,
     DEFAULT_TIMEOUT_S,
     JSON,
-    Outcome,
     Task,
     TaskState,
     check_priority,
     check_retention,
     check_timeout,
     check_type,
-    transition,
 )
 from tasklease.purge import PurgeResult, explain_nospace, purge
-from tasklease.queue import queue_key, unplace_ops
 from tasklease.quotas import Quota, QuotaGuard, Usage, write_quota
 from tasklease.retention import RetentionLeases
 from tasklease.retry import RetryPolicy
@@ -103,10 +99,8 @@ from tasklease.store import (
     MAX_TXN_BYTES,
     MAX_TXN_OPS,
     Compare,
-    Delete,
     KVStore,
     Op,
-    Put,
     Store,
     StoreConfig,
 )
@@ -277,17 +271,9 @@ class Client:
             requires=check_requires(spec.requires),
         )
 
-    def _queue_key(self, task: Task) -> str:
-        return queue_key(self.keys, task)
-
     def _submit_ops(self, task: Task, data: bytes) -> tuple[Compare, list[Op]]:
-        return (
-            Compare.absent(self.keys.task(task.id)),
-            [
-                Put(self.keys.task(task.id), data),
-                Put(self._queue_key(task), data),
-            ],
-        )
+        txn = transitions.enqueue(self.keys, task, data)
+        return txn.compares[0], txn.ops
 
     async def submit(
         self,
@@ -694,28 +680,24 @@ class Client:
         )
 
     # change -----------------------------------------------------------------------------
-    async def _modify(
-        self, task_id: str, action: str, change: Callable[[Task], tuple[Task, builtins.list[Op]] | None]
-    ) -> Task:
+    async def _modify(self, task_id: str, action: str, change: Callable[[Task], Task | None]) -> Task:
         """Read-modify-write with a compare on the record's mod revision, retried on races.
 
-        ``change(task)`` returns ``(new_task, extra_ops)``, or ``None`` for no change.
+        ``change(task)`` returns the new record, or ``None`` for no change; the
+        transaction (record and index keys) is ``transitions.rewrite``'s.
         """
         task_id = parse_task_id(task_id)
         for _ in range(MAX_CONFLICT_RETRIES):
             task, kv, _ = await self._read(task_id)
-            planned = change(task)
-            if planned is None:
+            new_task = change(task)
+            if new_task is None:
                 return task
-            new_task, extra_ops = planned
-            data = codec.encode_task(new_task)
             lease = await self.retention.lease_for(new_task.retention_s) if new_task.state.terminal else 0
+            txn = transitions.rewrite(self.keys, kv, task, new_task, lease)
             try:
-                result = await self.store.txn(
-                    [Compare.unchanged(kv)], [Put(kv.key, data, lease=lease), *extra_ops]
-                )
+                result = await self.store.txn(txn.compares, txn.ops)
             except StoreUnavailable:
-                if await self._stored_as(task_id, data):
+                if await self._stored_as(task_id, codec.encode_task(new_task)):
                     return new_task
                 raise
             if result.succeeded:
@@ -734,22 +716,8 @@ class Client:
             InvalidTransition: It already finished.
         """
 
-        def change(task: Task) -> tuple[Task, list[Op]] | None:
-            now = self.clock.now()
-            if task.state.terminal:
-                raise InvalidTransition(task.id, task.state.value, "cancel")
-            ops: list[Op] = []
-            attempts = task.attempts
-            if task.state in (TaskState.QUEUED, TaskState.PENDING):
-                ops.extend(unplace_ops(self.keys, task))
-            elif task.state is TaskState.RUNNING and (current := task.current_attempt):
-                ops.append(Delete(self.keys.assignment(current.worker, task.id)))
-                ops.append(Delete(self.keys.running_entry(task.id)))
-                attempts = (
-                    *attempts[:-1],
-                    replace(current, finished_at=now, outcome=Outcome.CANCELLED, error=reason),
-                )
-            return transition(task, TaskState.CANCELLED, now=now, attempts=attempts, error=reason), ops
+        def change(task: Task) -> Task:
+            return transitions.cancelled(task, reason, self.clock.now())
 
         return await self._modify(task_id, "cancel", change)
 
@@ -766,19 +734,9 @@ class Client:
         """
         check_priority(priority)
 
-        def change(task: Task) -> tuple[Task, list[Op]] | None:
-            if task.state not in (TaskState.QUEUED, TaskState.PENDING):
-                raise InvalidTransition(task.id, task.state.value, "change the priority of")
-            if task.priority == priority:
-                return None
-            new_task = replace(task, priority=priority, updated_at=self.clock.now())
-            ops: list[Op] = []
-            if task.state is TaskState.QUEUED:
-                ops = [
-                    Delete(self._queue_key(task)),
-                    Put(self._queue_key(new_task), codec.encode_task(new_task)),
-                ]
-            return new_task, ops
+        def change(task: Task) -> Task | None:
+            new_task = transitions.reprioritised(task, priority, self.clock.now())
+            return None if task.priority == priority else new_task
 
         return await self._modify(task_id, "change the priority of", change)
 

@@ -61,7 +61,7 @@ from typing import Any
 
 from sortedcontainers import SortedList
 
-from tasklease import codec
+from tasklease import codec, transitions
 from tasklease.balancers import Balancer, NodeView, make_balancer
 from tasklease.clock import Clock, SystemClock
 from tasklease.election import DuplicateCandidate, Election
@@ -78,23 +78,13 @@ from tasklease.ids import IdGenerator, default_process_id
 from tasklease.keys import Keyspace, check_name, prefix_end
 from tasklease.models import Outcome, Task, TaskState
 from tasklease.nodes import parse_node
-from tasklease.queue import Pick, assign_ops
-from tasklease.recovery import (
-    RunningEntry,
-    decode_running,
-    end_attempt,
-    fail_waiting_ops,
-    promote_ops,
-    repair_ops,
-    still_running,
-)
+from tasklease.recovery import RunningEntry, decode_running, still_running
 from tasklease.retention import RetentionLeases
 from tasklease.routing import Route, eligible, parse_route
 from tasklease.store import (
     KV,
     MAX_TXN_BYTES,
     Compare,
-    Delete,
     Event,
     Get,
     KVStore,
@@ -102,6 +92,7 @@ from tasklease.store import (
     next_page_limit,
     txn_size,
 )
+from tasklease.transitions import Pick
 
 log = logging.getLogger("tasklease.scheduler")
 
@@ -858,7 +849,7 @@ class Scheduler:
             node = next(n for n in candidates if n.view is view)
             pick = Pick(qkv, record_kv, node.view.id, node.lease)
             try:
-                c, o, _ = assign_ops(self.keys, pick, now)
+                part, _ = transitions.assign(self.keys, pick, now)
             except PayloadTooLarge as exc:
                 await self._fail_unassignable(qkv, record_kv, f"cannot be assigned: {exc}")
                 continue
@@ -866,13 +857,13 @@ class Scheduler:
                 log.error("skipping queued task: %s", exc, extra=self._ctx(task_id=task_id))
                 self.view.skipped.add(qkv.key)
                 continue
-            pick_size = txn_size(c) + txn_size(o)
+            pick_size = txn_size(part.compares) + txn_size(part.ops)
             if picks and size + pick_size > MAX_TXN_BYTES:
                 break  # the next batch takes it (alone if it must)
             node.view.assigned += 1
             picks.append(pick)
-            compares.extend(c)
-            ops.extend(o)
+            compares.extend(part.compares)
+            ops.extend(part.ops)
             size += pick_size
             per_worker[node.view.id] += 1
             if len(picks) >= self.config.batch_size:
@@ -919,10 +910,8 @@ class Scheduler:
             return
         now = self.clock.now()
         lease = await self.retention.lease_for(task.retention_s)
-        compares, ops = fail_waiting_ops(
-            self.keys, self.election.fence(), queue_kv, record_kv, task, reason, now, lease
-        )
-        result = await self.store.txn(compares, ops)
+        txn = transitions.fail_waiting(self.election.fence(), queue_kv, record_kv, task, reason, now, lease)
+        result = await self.store.txn(txn.compares, txn.ops)
         # Not picked again while the watch catches up (it deletes the key, or a new
         # version of it clears the mark).
         self.view.skipped.add(queue_kv.key)
@@ -1133,16 +1122,15 @@ class Scheduler:
             # A stale or unrepairable index entry: drop it (and its assignment,
             # which tells a worker still running it to stop), so that it is not
             # examined again and again.
-            await self.store.txn(
-                [
-                    self.election.fence(),
-                    Compare(self.keys.running_entry(entry.task_id), "mod", "=", entry.mod_revision),
-                ],
-                [
-                    Delete(self.keys.running_entry(entry.task_id)),
-                    *([Delete(self.keys.assignment(entry.worker, entry.task_id))] if task is None else []),
-                ],
+            drop = transitions.drop_running_entry(
+                self.keys,
+                self.election.fence(),
+                entry.task_id,
+                entry.worker,
+                entry.mod_revision,
+                with_assignment=task is None,
             )
+            await self.store.txn(drop.compares, drop.ops)
             return
         assign_key = self.keys.assignment(entry.worker, entry.task_id)
         if outcome is Outcome.LOST and assign_key in self.view.assignment_rev:
@@ -1161,18 +1149,20 @@ class Scheduler:
             error = f"no report from worker {entry.worker} within the timeout of {task.timeout_s:g} s"
             assign_rev = self.view.assignment_rev.get(assign_key, 0)
         now = self.clock.now()
-        new = end_attempt(task, outcome, error, now, self._rng, self._ids.sequence())
+        new = transitions.end_attempt(task, outcome, error, now, self._rng, self._ids.sequence())
         lease = await self.retention.lease_for(new.retention_s) if new.state.terminal else 0
-        compares, ops = repair_ops(
+        txn = transitions.repair(
             self.keys,
             self.election.fence(),
-            entry,
+            entry.mod_revision,
+            entry.worker,
             record_kv,
+            task,
             new,
             assignment_create_revision=assign_rev,
             lease=lease,
         )
-        result = await self.store.txn(compares, ops)
+        result = await self.store.txn(txn.compares, txn.ops)
         if result.succeeded:
             log.warning("attempt %s: task %s", outcome.value, new.state.value, extra=extra)
 
@@ -1207,18 +1197,16 @@ class Scheduler:
         ):
             # Nothing to promote (the record is gone, corrupt, or no longer waiting):
             # delete the key, or the timer would read it again and again.
-            await self.store.txn(
-                [self.election.fence(), Compare.unchanged(delayed_kv)], [Delete(delayed_kv.key)]
-            )
+            drop = transitions.drop_delayed(self.election.fence(), delayed_kv)
+            await self.store.txn(drop.compares, drop.ops)
             return
         try:
-            compares, ops = promote_ops(
+            txn = transitions.promote(
                 self.keys, self.election.fence(), delayed_kv, record_kv, task, now, self._ids.sequence()
             )
         except PayloadTooLarge as exc:
             lease = await self.retention.lease_for(task.retention_s)
-            compares, ops = fail_waiting_ops(
-                self.keys,
+            txn = transitions.fail_waiting(
                 self.election.fence(),
                 delayed_kv,
                 record_kv,
@@ -1227,4 +1215,4 @@ class Scheduler:
                 now,
                 lease,
             )
-        await self.store.txn(compares, ops)
+        await self.store.txn(txn.compares, txn.ops)

@@ -13,7 +13,7 @@ Life of a worker::
                delete -> the task was cancelled or taken away: stop it, write nothing
     heartbeat: every `heartbeat_s`, refresh the lease and re-put node/{id} with its load
                (fenced on the registration's create revision: never someone else's record)
-    finish:    one transaction per attempt, fenced on the assignment (queue.leave_running_ops);
+    finish:    one transaction per attempt, fenced on the assignment (transitions.record_outcome);
                outcomes ready together share one, within RESULT_BATCH and RESULT_BATCH_BYTES
     lease lost -> stop every running task, write nothing for them, register again
 
@@ -39,8 +39,8 @@ Sizes. A record is checked before it is sent: a retry (written twice, as the
 record and as its queue key) must fit ``codec.MAX_QUEUED_RECORD_BYTES``, any
 other record the limit of its state. One that does not, and any outcome whose
 transaction etcd refuses for its size (``StoreRequestTooLarge``), is recorded
-as a bounded FAILED record saying why (``Worker.fit_record``,
-``Worker.bounded_failure``): never a transaction resent unchanged, never a
+as a bounded FAILED record saying why (``transitions.fit_record``,
+``transitions.bounded_failure``): never a transaction resent unchanged, never a
 dropped outcome.
 
 Out of space. While etcd refuses writes for lack of space (its NOSPACE alarm,
@@ -68,12 +68,13 @@ from typing import Any
 
 import psutil
 
-from tasklease import __version__, codec
+from tasklease import __version__, codec, transitions
 from tasklease.clock import Clock, SystemClock
 from tasklease.errors import (
     CorruptRecord,
     InvalidOption,
     PayloadTooLarge,
+    Retry,
     StoreError,
     StoreLeaseNotFound,
     StoreNoSpace,
@@ -96,9 +97,9 @@ from tasklease.executors.netpolicy import NetworkPolicy
 from tasklease.executors.python import AsyncFunctionExecutor, ProcessPool, SyncFunctionExecutor
 from tasklease.ids import IdGenerator
 from tasklease.keys import NAME_RE, Keyspace, check_name, prefix_end
-from tasklease.models import JSON, Outcome, Task, TaskState, decide, evolve, truncate_error
+from tasklease.models import JSON, Outcome, Task, truncate_error
 from tasklease.nodes import NodeRecord
-from tasklease.queue import Assignment, decode_assignment, finished_attempt, leave_running_ops
+from tasklease.queue import Assignment, decode_assignment
 from tasklease.retention import RetentionLeases
 from tasklease.session import Session
 from tasklease.store import KV, MAX_TXN_BYTES, Compare, Get, KVStore, Op, Put
@@ -793,6 +794,7 @@ class Worker:
         attempt = assignment.attempt.number
         extra = self._ctx(task_id=task.id, attempt=attempt)
         outcome, result, error, permanent = Outcome.FAILED, None, None, False
+        retry_after: float | None = None
         try:
             if run.stop_reason == "handback":
                 outcome = Outcome.HANDED_BACK
@@ -800,7 +802,7 @@ class Worker:
                 async with self._slots:
                     self._executing += 1
                     try:
-                        outcome, result, error, permanent = await self._invoke(assignment)
+                        outcome, result, error, permanent, retry_after = await self._invoke(assignment)
                     finally:
                         self._executing -= 1
         except asyncio.CancelledError:
@@ -819,11 +821,14 @@ class Worker:
                 return
         run.recording = True
         try:
-            await asyncio.shield(self._record(assignment, outcome, result, error, permanent))
+            await asyncio.shield(self._record(assignment, outcome, result, error, permanent, retry_after))
         finally:
             self._forget(run)
 
-    async def _invoke(self, assignment: Assignment) -> tuple[Outcome, JSON, str | None, bool]:
+    async def _invoke(
+        self, assignment: Assignment
+    ) -> tuple[Outcome, JSON, str | None, bool, float | None]:
+        """Run one attempt: (outcome, result, error, permanent, retry_after)."""
         task = assignment.task
         extra = self._ctx(task_id=task.id, attempt=assignment.attempt.number, type=task.type)
         executor = self._executors.get(task.type)
@@ -837,7 +842,7 @@ class Worker:
                 f"unknown task type {task.type!r}; this worker runs: {types}; handed back to its queue"
             )
             log.warning("%s", err, extra=extra)
-            return Outcome.HANDED_BACK, None, str(err), False
+            return Outcome.HANDED_BACK, None, str(err), False, None
         ctx = TaskContext(
             task.id,
             assignment.attempt.number,
@@ -855,7 +860,7 @@ class Worker:
             codec.encode_json(result, "result")
         except TimeoutError:
             log.warning("task timed out after %g s", task.timeout_s, extra=extra)
-            return Outcome.TIMEOUT, None, f"timed out after {task.timeout_s:g} s", False
+            return Outcome.TIMEOUT, None, f"timed out after {task.timeout_s:g} s", False, None
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if current is not None and current.cancelling():
@@ -868,109 +873,52 @@ class Worker:
                 "it was not revoked and did not time out)"
             )
             log.warning("task failed: %s", message, extra=extra)
-            return Outcome.FAILED, None, message, False
+            return Outcome.FAILED, None, message, False, None
+        except Retry as exc:
+            log.info("task asked to be retried after %g s: %s", exc.after, exc, extra=extra)
+            return Outcome.FAILED, None, truncate_error(str(exc)), False, exc.after
         except PermanentError as exc:
             log.warning("task failed permanently: %s", exc, extra=extra)
-            return Outcome.FAILED, None, truncate_error(str(exc)), True
+            return Outcome.FAILED, None, truncate_error(str(exc)), True, None
         except (PayloadTooLarge, TaskleaseError) as exc:
             log.warning("task failed: %s", exc, extra=extra)
-            return Outcome.FAILED, None, truncate_error(str(exc)), isinstance(exc, PayloadTooLarge)
+            return Outcome.FAILED, None, truncate_error(str(exc)), isinstance(exc, PayloadTooLarge), None
         except Exception as exc:
             log.warning("task failed: %s: %s", type(exc).__name__, exc, extra=extra)
-            return Outcome.FAILED, None, truncate_error(f"{type(exc).__name__}: {exc}"), False
+            return Outcome.FAILED, None, truncate_error(f"{type(exc).__name__}: {exc}"), False, None
         log.debug("task succeeded", extra=extra)
-        return Outcome.SUCCEEDED, result, None, False
+        return Outcome.SUCCEEDED, result, None, False, None
 
     def next_record(
-        self, assignment: Assignment, outcome: Outcome, result: JSON, error: str | None, permanent: bool
+        self,
+        assignment: Assignment,
+        outcome: Outcome,
+        result: JSON,
+        error: str | None,
+        permanent: bool,
+        retry_after: float | None = None,
     ) -> Task:
-        """The record after this attempt (pure apart from time and randomness)."""
-        now = self.clock.now()
-        task = finished_attempt(assignment.task, finished_at=now, outcome=outcome, error=error)
-        decision = decide(task, outcome, permanent=permanent, now=now, rng=self._rng)
-        changes: dict[str, Any] = {"state": decision.state, "updated_at": now}
-        if decision.state is TaskState.SUCCEEDED:
-            changes.update(result=result, error=None)
-        elif error is not None:
-            changes["error"] = error
-        if decision.state is TaskState.PENDING:
-            changes["not_before"] = decision.not_before
-        if decision.state is TaskState.QUEUED and outcome is not Outcome.HANDED_BACK:
-            changes["seq"] = self._ids.sequence()  # a retry goes to the back of its band
-        return evolve(task, **changes)
-
-    def fit_record(self, new: Task) -> Task:
-        """``new`` if every write of it fits, else a bounded FAILED record saying why.
-
-        A retry (queued now, or pending and queued later) is written twice by
-        one transaction, the record and its queue key, so it must stay within
-        ``codec.MAX_QUEUED_RECORD_BYTES``; any other record within
-        ``codec.record_limit`` of its state. A record that has outgrown that
-        (a payload near its maximum and long errors, attempt after attempt)
-        fails instead of being retried: recorded, rather than sent in a
-        transaction etcd refuses and dropped.
-        """
-        retry = new.state in (TaskState.QUEUED, TaskState.PENDING)
-        limit = codec.MAX_QUEUED_RECORD_BYTES if retry else codec.record_limit(new.state)
-        try:
-            size = len(codec.encode_task(new))
-            if size > limit:
-                raise PayloadTooLarge(f"{new.state.value} task record {new.id}", size, limit)
-        except PayloadTooLarge as exc:
-            if retry:
-                reason = f"not retried: the task record grew too large to requeue ({exc})"
-            else:
-                reason = f"the task record grew too large to record this outcome ({exc}); result dropped"
-            return self.bounded_failure(new, reason)
-        return new
-
-    def bounded_failure(self, new: Task, reason: str) -> Task:
-        """``new`` turned into a FAILED record that says ``reason`` and fits ``codec.MAX_RECORD_BYTES``.
-
-        The result is dropped; if that is not enough, the errors of earlier
-        attempts are shortened, and as a last resort the payload is dropped
-        (each step is said in the error).
-        """
-        last = new.current_attempt
-        attempts = new.attempts
-        first_error = reason if new.error is None else f"{reason}; last error: {new.error}"
-        if last is not None and last.outcome is Outcome.SUCCEEDED:
-            attempts = (*attempts[:-1], evolve(last, outcome=Outcome.FAILED, error=truncate_error(reason)))
-        failed = evolve(
-            new,
-            state=TaskState.FAILED,
-            attempts=attempts,
-            result=None,
-            not_before=None,
-            error=truncate_error(first_error),
-            updated_at=self.clock.now(),
+        """The record after this attempt (transitions.next_record, on this worker's clock and sequence)."""
+        return transitions.next_record(
+            assignment.task,
+            outcome,
+            now=self.clock.now(),
+            rng=self._rng,
+            new_seq=self._ids.sequence(),
+            result=result,
+            error=error,
+            permanent=permanent,
+            retry_after=retry_after,
         )
-        if self._fits(failed):
-            return failed
-        short = tuple(
-            a if a.error is None or i == len(failed.attempts) - 1 else evolve(a, error=a.error[:200])
-            for i, a in enumerate(failed.attempts)
-        )
-        failed = evolve(failed, attempts=short, error=truncate_error(f"{reason}; earlier errors shortened"))
-        if self._fits(failed):
-            return failed
-        return evolve(failed, payload=None, error=truncate_error(f"{reason}; payload dropped"))
-
-    @staticmethod
-    def _fits(task: Task) -> bool:
-        try:
-            return len(codec.encode_task(task)) <= codec.record_limit(task.state)
-        except PayloadTooLarge:
-            return False
-
-    @staticmethod
-    def _txn_bytes(new: Task) -> int:
-        """About what the outcome's transaction carries (the record, twice when queued)."""
-        copies = 2 if new.state is TaskState.QUEUED else 1
-        return copies * len(codec.encode_task(new)) + 2048
 
     async def _record(
-        self, assignment: Assignment, outcome: Outcome, result: JSON, error: str | None, permanent: bool
+        self,
+        assignment: Assignment,
+        outcome: Outcome,
+        result: JSON,
+        error: str | None,
+        permanent: bool,
+        retry_after: float | None = None,
     ) -> None:
         """Write the attempt's outcome in one fenced transaction, grouped with others.
 
@@ -978,7 +926,9 @@ class Worker:
         the next transaction (group commit): under load one transaction records
         many attempts; alone, an outcome is written at once.
         """
-        new = self.fit_record(self.next_record(assignment, outcome, result, error, permanent))
+        new = transitions.fit_record(
+            self.next_record(assignment, outcome, result, error, permanent, retry_after), self.clock.now()
+        )
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._results.append((assignment, new, done))
         if self._flusher is None or self._flusher.done():
@@ -989,9 +939,9 @@ class Worker:
         """Write queued outcomes, as many per transaction as fit (RESULT_BATCH, RESULT_BATCH_BYTES)."""
         while self._results:
             batch = [self._results.popleft()]
-            size = self._txn_bytes(batch[0][1])
+            size = transitions.outcome_bytes(batch[0][1])
             while len(batch) < RESULT_BATCH and self._results:
-                more = self._txn_bytes(self._results[0][1])
+                more = transitions.outcome_bytes(self._results[0][1])
                 if size + more > RESULT_BATCH_BYTES:
                     break
                 batch.append(self._results.popleft())
@@ -1016,10 +966,10 @@ class Worker:
         try:
             for assignment, new, _ in batch:
                 lease = await self.retention.lease_for(new.retention_s) if new.state.terminal else 0
-                c, o, f = leave_running_ops(self.keys, assignment, new, lease)
-                compares += c
-                ops += o
-                failure += f
+                part = transitions.record_outcome(self.keys, assignment.worker, assignment.token, new, lease)
+                compares += part.compares
+                ops += part.ops
+                failure += part.failure
             res = await self.store.txn(compares, ops, failure, timeout_s=FENCED_TXN_TIMEOUT_S)
         except (StoreRequestTooLarge, StoreNoSpace):
             res, sent = None, False  # refused (too large, or etcd out of space): nothing landed
@@ -1075,8 +1025,8 @@ class Worker:
             try:
                 if new.state.terminal and not lease:
                     lease = await self.retention.lease_for(new.retention_s)
-                compares, ops, failure = leave_running_ops(self.keys, assignment, new, lease)
-                res = await self.store.txn(compares, ops, failure, timeout_s=FENCED_TXN_TIMEOUT_S)
+                txn = transitions.record_outcome(self.keys, assignment.worker, assignment.token, new, lease)
+                res = await self.store.txn(txn.compares, txn.ops, txn.failure, timeout_s=FENCED_TXN_TIMEOUT_S)
             except StoreUnavailable as exc:
                 sent = True
                 log.warning("could not record outcome (%s); retrying", exc, extra=extra)
@@ -1107,8 +1057,8 @@ class Worker:
                     )
                     return
                 log.error("outcome too large to write (%s); recording the task as failed", exc, extra=extra)
-                new = self.bounded_failure(
-                    new, f"not retried: the task record grew too large to write ({exc})"
+                new = transitions.bounded_failure(
+                    new, f"not retried: the task record grew too large to write ({exc})", self.clock.now()
                 )
                 bounded = True
                 lease = 0
