@@ -81,7 +81,9 @@ TERMINAL_STATES = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CA
 
 TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
     # pending -> pending is a priority change (the delayed key stays).
-    TaskState.PENDING: frozenset({TaskState.PENDING, TaskState.QUEUED, TaskState.CANCELLED, TaskState.FAILED}),
+    TaskState.PENDING: frozenset(
+        {TaskState.PENDING, TaskState.QUEUED, TaskState.CANCELLED, TaskState.FAILED}
+    ),
     # queued -> queued is a priority change (the queue key moves).
     TaskState.QUEUED: frozenset({TaskState.QUEUED, TaskState.RUNNING, TaskState.CANCELLED, TaskState.FAILED}),
     TaskState.RUNNING: frozenset(

@@ -825,9 +825,7 @@ class Worker:
         finally:
             self._forget(run)
 
-    async def _invoke(
-        self, assignment: Assignment
-    ) -> tuple[Outcome, JSON, str | None, bool, float | None]:
+    async def _invoke(self, assignment: Assignment) -> tuple[Outcome, JSON, str | None, bool, float | None]:
         """Run one attempt: (outcome, result, error, permanent, retry_after)."""
         task = assignment.task
         extra = self._ctx(task_id=task.id, attempt=assignment.attempt.number, type=task.type)
