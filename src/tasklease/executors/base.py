@@ -24,7 +24,7 @@ import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, ParamSpec, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, overload, runtime_checkable
 
 from tasklease.errors import InvalidOption
 from tasklease.errors import PermanentError as PermanentError  # noqa: PLC0414 (moved to errors.py; re-exported here)
@@ -32,6 +32,9 @@ from tasklease.errors import TaskError as TaskError  # noqa: PLC0414 (moved to e
 from tasklease.executors.netpolicy import NetworkPolicy
 from tasklease.models import DEFAULT_PRIORITY, DEFAULT_QUEUE, DEFAULT_TIMEOUT_S, JSON, check_type
 from tasklease.retry import RetryPolicy
+
+if TYPE_CHECKING:  # client.py imports this module
+    from tasklease.client import TaskSpec
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -172,7 +175,7 @@ class TaskFunction(Generic[P, R]):
         """Call the function directly (not as a task)."""
         return self.fn(*args, **kwargs)
 
-    def spec(self, *args: P.args, **kwargs: P.kwargs) -> Any:
+    def spec(self, *args: P.args, **kwargs: P.kwargs) -> TaskSpec:
         """A :class:`~tasklease.client.TaskSpec` running this function with these arguments.
 
         Give either positional or keyword arguments, not both.
@@ -205,13 +208,37 @@ class Registry:
         self._executors: dict[str, Executor] = {}
         self._functions: dict[str, TaskFunction[Any, Any]] = {}
 
-    def task(self, fn: Callable[..., Any] | None = None, *, name: str | None = None, **options: Any) -> Any:
+    @overload
+    def task(self, fn: Callable[P, R], /) -> TaskFunction[P, R]: ...
+
+    @overload
+    def task(
+        self,
+        fn: None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str = DEFAULT_QUEUE,
+        priority: int = DEFAULT_PRIORITY,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        retry: RetryPolicy | None = None,
+    ) -> Callable[[Callable[P, R]], TaskFunction[P, R]]: ...
+
+    def task(
+        self, fn: Callable[..., Any] | None = None, *, name: str | None = None, **options: Any
+    ) -> TaskFunction[Any, Any] | Callable[[Callable[..., Any]], TaskFunction[Any, Any]]:
         """Register a function as a task type (usable bare or with options).
+
+        The result keeps the function's signature (``ParamSpec``): calling it
+        and its :meth:`TaskFunction.spec` are type-checked against it.
 
         Args:
             fn: The function (sync or async).
             name: The task type; defaults to the function's name.
             **options: Defaults for submits: queue, priority, timeout_s, retry.
+
+        Returns:
+            The :class:`TaskFunction` (bare use), or the decorator that makes it.
         """
 
         def register(f: Callable[..., Any]) -> TaskFunction[Any, Any]:
