@@ -62,7 +62,6 @@ def escape_json(text: str) -> str:
 
 # Fields of a LogRecord that are not user extras.
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
-CONTEXT_FIELDS = ("component", "worker", "task_id", "attempt", "queue")
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:

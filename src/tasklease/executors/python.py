@@ -213,11 +213,6 @@ class ProcessPool:
         children, self._all, self._idle = list(self._all), set(), []
         await asyncio.gather(*(c.close() for c in children), return_exceptions=True)
 
-    @property
-    def pids(self) -> list[int]:
-        """Process ids of the current children (tests check they are gone)."""
-        return [c.proc.pid for c in self._all]
-
 
 class SyncFunctionExecutor:
     """Runs a plain ``def`` task function in a child process of a pool."""
