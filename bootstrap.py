@@ -59,7 +59,7 @@ def main() -> int:
             paths = [p for p in ("src", "tests", "bench") if (ROOT / p).exists()]
             run(BIN / "ruff", "check", *paths)
             run(BIN / "ruff", "format", "--check", *paths)
-            run(BIN / "mypy", "src")
+            run(BIN / "mypy")  # src and tests ([tool.mypy] files in pyproject.toml)
             run(BIN / "python", "-m", "pytest", *(rest or ["-q"]))
         elif job == "bench":
             run(BIN / "python", "-m", "bench", *rest)

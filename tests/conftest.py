@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -98,7 +99,7 @@ def registry():  # the built-in task types and tests/sample_tasks.py
 
 
 @pytest.fixture
-async def cluster(store_config, keyspace: Keyspace) -> AsyncIterator:
+async def cluster(store_config, keyspace: Keyspace) -> AsyncIterator[Any]:
     """Start schedulers and workers on their own connections; stop them all at the end."""
     stores: list[Store] = []
     workers: list[Worker] = []
@@ -129,7 +130,10 @@ async def cluster(store_config, keyspace: Keyspace) -> AsyncIterator:
         return s
 
     class Cluster:
-        pass
+        worker: Callable[..., Awaitable[Worker]]
+        scheduler: Callable[..., Awaitable[Scheduler]]
+        workers: list[Worker]
+        schedulers: list[Scheduler]
 
     c = Cluster()
     c.worker = worker
@@ -139,7 +143,7 @@ async def cluster(store_config, keyspace: Keyspace) -> AsyncIterator:
     yield c
     for w in workers:
         await w.kill()
-    for s in schedulers:
-        await s.stop()
+    for sched in schedulers:
+        await sched.stop()
     for s in stores:
         await s.close()

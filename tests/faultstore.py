@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from tasklease.store import Put, Store
+from tasklease.store import KVStore, Put, Store
 
 
 @dataclass
@@ -88,6 +88,10 @@ class FaultyStore(Store):
         self._check("watch", prefix, end, start_revision)
         async for events in super().watch(prefix, end, start_revision, **kwargs):
             yield events
+
+
+def _is_a_kvstore(store: FaultyStore) -> KVStore:
+    return store  # mypy checks here that a FaultyStore satisfies the KVStore protocol
 
 
 def writes_under(prefix: str) -> Callable[..., bool]:

@@ -35,7 +35,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, Self
 from urllib.parse import urlsplit
 
 from tasklease.errors import (
@@ -504,7 +504,7 @@ class KVStore(Protocol):
 
     def watch(
         self, prefix: str, end: str, start_revision: int, *, prev_kv: bool = False
-    ) -> AsyncIterator[list[Event]]:
+    ) -> AsyncGenerator[list[Event], None]:
         """Stream the changes of ``[prefix, end)`` from ``start_revision`` on (:meth:`Store.watch`)."""
         ...
 
@@ -533,7 +533,7 @@ class Store:
         self._refresher: Any = None
         self._pb: Any = None
 
-    async def __aenter__(self) -> Store:
+    async def __aenter__(self) -> Self:
         await self.connect()
         return self
 
@@ -907,7 +907,7 @@ class Store:
     # watch -------------------------------------------------------------------------------
     async def watch(
         self, prefix: str, end: str, start_revision: int, *, prev_kv: bool = False
-    ) -> AsyncIterator[list[Event]]:
+    ) -> AsyncGenerator[list[Event], None]:
         """Stream the changes of ``[prefix, end)`` from ``start_revision`` on.
 
         Start at the header revision of a read plus one, so that nothing falls

@@ -26,7 +26,7 @@ POLL_S = 0.05
 
 
 async def until(
-    probe: Callable[[], Any],
+    probe: Callable[..., Any],
     *,
     within_s: float,
     what: str,

@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from procs import Proc, Procs, process_env, until
 
+from faults.procs import Proc, Procs, process_env, until
 from tasklease import codec
 from tasklease.client import Client, TaskSpec
 from tasklease.errors import InvalidOption, StoreUnavailable, TaskNotFound
@@ -41,7 +41,7 @@ from tasklease.etcd_server import EtcdServer, find_etcd_binary, free_port
 from tasklease.ids import IdGenerator
 from tasklease.keys import Keyspace
 from tasklease.models import Outcome, Task, TaskState
-from tasklease.store import KV, Store, StoreConfig
+from tasklease.store import KV, KVStore, Store, StoreConfig
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -110,13 +110,13 @@ async def connected(endpoints: str, namespace: str) -> AsyncIterator[Client]:
 
 
 # helpers ----------------------------------------------------------------------------------
-async def node_record(store: Store, keys: Keyspace, worker: str) -> tuple[KV, dict[str, Any]] | None:
+async def node_record(store: KVStore, keys: Keyspace, worker: str) -> tuple[KV, dict[str, Any]] | None:
     kv, _ = await store.get(keys.node(worker))
     return None if kv is None else (kv, codec.decode_obj(kv.key, kv.value))
 
 
 async def wait_registered(
-    store: Store, keys: Keyspace, worker: Proc, *, other_than_lease: int = 0, within_s: float = START_S
+    store: KVStore, keys: Keyspace, worker: Proc, *, other_than_lease: int = 0, within_s: float = START_S
 ) -> dict[str, Any]:
     """Wait for the worker's node record, published by this very process (under a new lease)."""
 
@@ -137,7 +137,7 @@ async def wait_registered(
     return node
 
 
-async def wait_leader(store: Store, keys: Keyspace, procs: Procs, name: str) -> KV:
+async def wait_leader(store: KVStore, keys: Keyspace, procs: Procs, name: str) -> KV:
     async def probe() -> KV | None:
         with contextlib.suppress(StoreUnavailable):
             kv, _ = await store.get(keys.leader)

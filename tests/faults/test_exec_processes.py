@@ -22,8 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from procs import Proc, Procs, pid_running, process_env, until
 
+from faults.procs import Proc, Procs, pid_running, process_env, until
 from tasklease import codec
 from tasklease.client import Client
 from tasklease.keys import Keyspace

@@ -22,11 +22,11 @@ import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
-from procs import POLL_S, Proc, Procs, pid_running, process_env, until
 
+from faults.procs import POLL_S, Proc, Procs, pid_running, process_env, until
 from tasklease import codec
 from tasklease.client import Client, TaskSpec
 from tasklease.errors import WaitTimeout
@@ -456,7 +456,7 @@ async def test_task_that_crashes_its_worker_fails_after_max_losses(
     assert done.state is TaskState.SUCCEEDED, procs.why(str(done))
     assert done.result == {"alongside": True}
     assert all(x.outcome is Outcome.LOST for x in done.attempts[:-1])
-    print(f"[measure] noop attempts: {[(x.worker, x.outcome.value) for x in done.attempts]}")
+    print(f"[measure] noop attempts: {[(x.worker, cast(Outcome, x.outcome).value) for x in done.attempts]}")
     assert sum(not w.alive for w in workers) == 3, procs.why("only the crasher's workers died")
 
 

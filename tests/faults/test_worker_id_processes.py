@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from procs import Proc, Procs, process_env, until
 
+from faults.procs import Proc, Procs, process_env, until
 from tasklease import codec
 from tasklease.keys import Keyspace
 from tasklease.store import Store

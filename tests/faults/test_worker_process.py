@@ -25,8 +25,8 @@ from typing import IO, Any
 
 import psutil
 import pytest
-from procs import POLL_S, pid_running, until
 
+from faults.procs import POLL_S, pid_running, until
 from tasklease import __version__, codec
 from tasklease.client import Client
 from tasklease.keys import Keyspace, prefix_end

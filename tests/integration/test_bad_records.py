@@ -21,7 +21,8 @@ from tasklease.worker import Worker, WorkerConfig
 
 @pytest.fixture
 async def system(store_config, keyspace):
-    stores, parts = [], []
+    stores: list[Store] = []
+    parts: list[Worker | Scheduler] = []
 
     async def start_worker(worker_id: str) -> Worker:
         s = Store(store_config)

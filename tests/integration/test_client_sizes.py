@@ -46,7 +46,7 @@ async def fill(client: Client, count: int, size: int, queue: str = "default") ->
 
 
 async def record_sizes(store: Store, keys: Keyspace) -> list[int]:
-    sizes = []
+    sizes: list[int] = []
     async for page in store.scan(keys.tasks, prefix_end(keys.tasks)):
         sizes.extend(len(kv.value) for kv in page.kvs)
     return sizes

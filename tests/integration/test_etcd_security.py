@@ -23,7 +23,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO
+from typing import IO, Any, cast
 
 import orjson
 import psutil
@@ -178,7 +178,7 @@ class SecureEtcd:
     def address(self) -> str:
         return f"127.0.0.1:{self.server.client_port}"
 
-    def config(self, **overrides: object) -> StoreConfig:
+    def config(self, **overrides: Any) -> StoreConfig:
         """A store config with the right password and the full client TLS set."""
         base = StoreConfig(
             endpoints=(self.address,),
@@ -222,7 +222,7 @@ async def enable_auth(address: str, pki: Pki) -> None:
     )
     await client.connect()
     try:
-        auth = client.auth
+        auth = cast(Any, client.auth)  # the etcd3aio AuthService (None only before connect)
         t = 10.0
         await auth.user_add("root", ROOT_PASSWORD, timeout=t)
         await auth.role_add("root", timeout=t)

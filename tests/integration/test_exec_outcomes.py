@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import cast
 
 import pytest
 
@@ -28,7 +29,7 @@ from tasklease.keys import Keyspace, prefix_end
 from tasklease.models import Outcome, TaskState
 from tasklease.queue import assign_next
 from tasklease.retry import RetryPolicy
-from tasklease.store import Store, StoreConfig
+from tasklease.store import KV, Store, StoreConfig
 from tasklease.worker import Worker, WorkerConfig
 
 NOSPACE = "etcd is out of space (txn refused: etcdserver: mvcc: database space exceeded)"
@@ -129,7 +130,7 @@ async def test_the_node_record_lists_exactly_the_types_the_worker_runs(
     store: Store, keyspace: Keyspace, worker
 ):
     kv, _ = await store.get(keyspace.node(worker.id))
-    node = codec.decode_obj(kv.key, kv.value)
+    node = codec.decode_obj(cast(KV, kv).key, cast(KV, kv).value)
     assert node["types"] == sorted({"noop", "sleep", *sample_tasks.registry.names})
     assert "shell" not in node["types"] and "http" not in node["types"]
 

@@ -76,7 +76,7 @@ async def test_disjoint_types_each_task_runs_where_its_type_is(balancer, client,
     done = await asyncio.gather(*(client.wait(t.id, timeout_s=180) for t in batch.tasks))
 
     # Then every task succeeded once, on a worker that has its type
-    where = Counter()
+    where: Counter[str] = Counter()
     for task in done:
         assert task.state is TaskState.SUCCEEDED, (task.type, task.error)
         right = "w-builtin" if task.type == "noop" else "w-app"

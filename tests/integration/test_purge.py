@@ -13,7 +13,7 @@ import json
 import subprocess
 import time
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -24,7 +24,7 @@ from tasklease.errors import InvalidOption, InvalidState, StoreNoSpace
 from tasklease.keys import Keyspace, prefix_end
 from tasklease.models import Task, TaskState
 from tasklease.purge import DELETES_PER_TXN
-from tasklease.store import Delete, Op, Store, StoreConfig
+from tasklease.store import KV, Delete, Op, Store, StoreConfig
 
 HANG_GUARD_S = 60
 
@@ -35,7 +35,7 @@ async def task_keys(store: Store, keys: Keyspace) -> set[str]:
 
 
 async def record_bytes(store: Store, keys: Keyspace, tasks: Sequence[Task]) -> int:
-    sizes = [len((await store.get(keys.task(t.id)))[0].value) for t in tasks]
+    sizes = [len(cast(KV, (await store.get(keys.task(t.id)))[0]).value) for t in tasks]
     return sum(sizes)
 
 
@@ -127,7 +127,7 @@ class RecordingStore(Store):
             if self.touch_before_delete is not None:
                 key, self.touch_before_delete = self.touch_before_delete, None
                 kv, _ = await self.get(key)
-                await self.put(key, kv.value)  # same record, new mod revision
+                await self.put(key, cast(KV, kv).value)  # same record, new mod revision
         return await super().txn(compares, success, failure, **kwargs)
 
 

@@ -12,7 +12,7 @@ import asyncio
 import json
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -317,7 +317,7 @@ async def test_a_corrupt_quota_record_refuses_submits_until_fixed(client, client
 def test_quota_values_are_checked():
     for bad in [{"max_queued": -1}, {"max_queued": 1.5}, {"max_queued_bytes": True}, {"max_retention_s": 0}]:
         with pytest.raises(InvalidOption):
-            Quota(**bad)
+            Quota(**cast(dict[str, Any], bad))
     with pytest.raises(InvalidOption):
         Quota(max_retention_s=float("nan"))
     assert Quota().empty and not Quota(max_queued=0).empty

@@ -84,7 +84,7 @@ def wait_for_line(proc: subprocess.Popen[str], stream: str, text: str, within_s:
     pipe = proc.stdout if stream == "stdout" else proc.stderr
     assert pipe is not None
     deadline = time.monotonic() + within_s
-    seen = []
+    seen: list[str] = []
     while time.monotonic() < deadline:
         line = pipe.readline()
         if not line:

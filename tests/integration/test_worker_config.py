@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+from typing import Any, cast
 
 import pytest
 
@@ -20,7 +21,7 @@ NON_FINITE = [float("nan"), float("inf"), float("-inf")]
 def test_every_float_option_refuses_nan_and_infinity(option: str, value: float) -> None:
     # `--grace nan` used to pass the `< 0` check (NaN fails every comparison)
     with pytest.raises(InvalidOption) as err:
-        WorkerConfig(worker_id="w", **{option: value})
+        WorkerConfig(worker_id="w", **cast(dict[str, Any], {option: value}))
     assert "finite" in str(err.value) or "must be" in str(err.value)
 
 

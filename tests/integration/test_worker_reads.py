@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -66,7 +66,9 @@ class LimitedStore(FaultyStore):
             raise StoreRequestTooLarge(f"simulated: a range response of {size} bytes")
         return result
 
-    async def watch(self, prefix: str, end: str, start_revision: int, **kwargs: Any) -> AsyncIterator[Any]:
+    async def watch(
+        self, prefix: str, end: str, start_revision: int, **kwargs: Any
+    ) -> AsyncGenerator[Any, None]:
         async with contextlib.aclosing(super().watch(prefix, end, start_revision, **kwargs)) as events:
             async for batch in events:
                 size = sum(len(ev.kv.value) for ev in batch)

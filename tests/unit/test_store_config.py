@@ -3,7 +3,7 @@
 import pytest
 
 from tasklease.errors import InvalidOption
-from tasklease.store import KV, Compare, Delete, Put, StoreConfig, parse_endpoints, txn_size
+from tasklease.store import KV, Compare, Delete, Op, Put, StoreConfig, parse_endpoints, txn_size
 
 
 @pytest.mark.parametrize(
@@ -104,7 +104,7 @@ def test_compare_helpers_build_the_expected_guards():
 
 def test_txn_size_counts_keys_and_put_values():
     # Given a put and a delete
-    ops = [Put("/a", b"12345"), Delete("/bb")]
+    ops: list[Op] = [Put("/a", b"12345"), Delete("/bb")]
 
     # When / Then the size is the keys, the value and a fixed overhead per op
     assert txn_size(ops) == (2 + 24 + 5) + (3 + 24)
@@ -120,7 +120,7 @@ def test_txn_size_is_an_upper_bound_of_the_encoded_request():
         Compare(f"/ns/queue/default/2/{i:020d}/01ARZ3NDEKTSV4RRFFQ69G5FAV", "mod", "=", 10**9)
         for i in range(20)
     ]
-    success = [Put(f"/ns/task/{i:026d}", b"x" * 70_000, lease=2**62) for i in range(20)]
+    success: list[Op] = [Put(f"/ns/task/{i:026d}", b"x" * 70_000, lease=2**62) for i in range(20)]
     success += [Delete(f"/ns/queue/default/2/{i:020d}/01ARZ3NDEKTSV4RRFFQ69G5FAV") for i in range(20)]
     failure = [Get(f"/ns/task/{i:026d}") for i in range(20)]
     store = Store()
