@@ -13,12 +13,14 @@ come in this order, each from the component that made the change:
 
 1. :class:`Submitted` (client), then for each attempt:
 2. :class:`Assigned` (scheduler), :class:`Started` (worker),
-3. how the attempt ended, exactly one of: :class:`Succeeded`,
-   :class:`Failed` (the task failed for good), :class:`Retried` (it failed and
-   will run again), :class:`HandedBack` (worker: a type it does not run),
-   :class:`Rejected` (worker: its outcome was fenced off, the task had been
-   cancelled or reassigned) — all from the worker; :class:`TimedOut`,
-   :class:`Lost` (scheduler repairs); :class:`Cancelled` (client).
+3. how the attempt ended (:class:`AttemptEnded`, :func:`attempt_ended` picks
+   the type), exactly one of: :class:`Succeeded`, :class:`Failed` (the task
+   failed for good), :class:`Retried` (it failed and will run again),
+   :class:`TimedOut` (``task.state`` says whether it runs again),
+   :class:`HandedBack` (a type the worker does not run), :class:`Rejected`
+   (its outcome was fenced off: the task had been cancelled or reassigned) —
+   from the worker; :class:`TimedOut`, :class:`Lost` from the scheduler's
+   repairs; :class:`Cancelled` from a client.
 
 A pending task's return to its queue is :class:`Promoted` (scheduler); a
 waiting task that no transaction can carry ends with :class:`Failed` from the
@@ -41,7 +43,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
-from tasklease.models import Outcome, Task
+from tasklease.models import Outcome, Task, TaskState
 
 log = logging.getLogger("tasklease.events")
 
@@ -130,7 +132,10 @@ class Retried(AttemptEnded):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TimedOut(AttemptEnded):
-    """The attempt ran past its deadline without a report (scheduler); ``task.state`` says what next."""
+    """The attempt ran past its timeout (worker) or its deadline without a report (scheduler).
+
+    ``task.state`` says what next (queued or pending again, or failed).
+    """
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -283,28 +288,28 @@ class LoggingHook:
     ordinary life of a task is debug, process life is info.
     """
 
-    # event type -> (logger name, level, message); message may use {state}, {outcome}, {error}
-    LINES: ClassVar[dict[type[Event], tuple[str, int, str]]] = {
-        Submitted: ("tasklease.client", logging.DEBUG, "submitted"),
-        Assigned: ("tasklease.scheduler", logging.DEBUG, "assigned to worker {worker}"),
-        Started: ("tasklease.worker", logging.DEBUG, "task started"),
-        Succeeded: ("tasklease.worker", logging.DEBUG, "outcome recorded: task {state}"),
-        Retried: ("tasklease.worker", logging.DEBUG, "outcome recorded: task {state}"),
-        HandedBack: ("tasklease.worker", logging.DEBUG, "outcome recorded: task {state}"),
-        Failed: ("tasklease.worker", logging.DEBUG, "outcome recorded: task {state}"),
-        Rejected: (
-            "tasklease.worker",
+    # (component, event type) -> (level, message); the logger is tasklease.{component}.
+    # Messages may use {state}, {outcome}, {error}, {priority}, {worker}, {count}, {kind}.
+    LINES: ClassVar[dict[tuple[str, type[Event]], tuple[int, str]]] = {
+        ("client", Submitted): (logging.DEBUG, "submitted"),
+        ("client", Cancelled): (logging.DEBUG, "cancelled"),
+        ("client", Reprioritised): (logging.DEBUG, "priority changed to {priority}"),
+        ("scheduler", Assigned): (logging.DEBUG, "assigned to worker {worker}"),
+        ("scheduler", TimedOut): (logging.WARNING, "attempt {outcome}: task {state}"),
+        ("scheduler", Lost): (logging.WARNING, "attempt {outcome}: task {state}"),
+        ("scheduler", Failed): (logging.ERROR, "task failed: {error}"),
+        ("scheduler", Promoted): (logging.DEBUG, "queued again after its delay"),
+        ("scheduler", RecoveryRan): (logging.DEBUG, "recovery: {count} {kind}"),
+        ("worker", Started): (logging.DEBUG, "task started"),
+        ("worker", Succeeded): (logging.DEBUG, "outcome recorded: task {state}"),
+        ("worker", Failed): (logging.DEBUG, "outcome recorded: task {state}"),
+        ("worker", Retried): (logging.DEBUG, "outcome recorded: task {state}"),
+        ("worker", TimedOut): (logging.DEBUG, "outcome recorded: task {state}"),
+        ("worker", HandedBack): (logging.DEBUG, "outcome recorded: task {state}"),
+        ("worker", Rejected): (
             logging.WARNING,
             "outcome rejected: the assignment was revoked (task cancelled or reassigned)",
         ),
-        TimedOut: ("tasklease.scheduler", logging.WARNING, "attempt {outcome}: task {state}"),
-        Lost: ("tasklease.scheduler", logging.WARNING, "attempt {outcome}: task {state}"),
-        Cancelled: ("tasklease.client", logging.DEBUG, "cancelled"),
-        Promoted: ("tasklease.scheduler", logging.DEBUG, "queued again after its delay"),
-        Reprioritised: ("tasklease.client", logging.DEBUG, "priority changed to {priority}"),
-        WorkerDraining: ("tasklease.worker", logging.INFO, "draining: no new assignments"),
-        WorkerLeaseLost: ("tasklease.worker", logging.ERROR, "lease lost: stopping every task"),
-        RecoveryRan: ("tasklease.scheduler", logging.DEBUG, "recovery: {count} {kind}"),
     }
 
     def __init__(self) -> None:
@@ -312,18 +317,38 @@ class LoggingHook:
 
     def on_event(self, event: Event) -> None:
         """Log ``event`` if it has a line (see :attr:`LINES`)."""
-        line = self.LINES.get(type(event))
+        line = self.LINES.get((event.component, type(event)))
         if line is None:
             return
-        name, level, message = line
-        if isinstance(event, Failed) and event.component == "scheduler":
-            name, level, message = "tasklease.scheduler", logging.ERROR, "task failed: {error}"
-        logger = self._loggers.get(name)
+        level, message = line
+        logger = self._loggers.get(event.component)
         if logger is None:
-            logger = self._loggers[name] = logging.getLogger(name)
+            logger = self._loggers[event.component] = logging.getLogger(f"tasklease.{event.component}")
         if not logger.isEnabledFor(level):
             return
         logger.log(level, "%s", message.format_map(_Fields(event)), extra=context(event))
+
+
+def attempt_ended(outcome: Outcome, new: Task) -> type[AttemptEnded]:
+    """The event type for an attempt that ended with ``outcome``, ``new`` being the record written.
+
+    One mapping for every component: succeeded, timed out, lost, cancelled and
+    handed back name the outcome (``new.state`` says whether the task runs
+    again); a failed attempt is :class:`Failed` if the task failed for good,
+    else :class:`Retried`.
+    """
+    match outcome:
+        case Outcome.SUCCEEDED:
+            return Succeeded if new.state is TaskState.SUCCEEDED else Failed
+        case Outcome.TIMEOUT:
+            return TimedOut
+        case Outcome.LOST:
+            return Lost
+        case Outcome.CANCELLED:
+            return Cancelled
+        case Outcome.HANDED_BACK:
+            return HandedBack
+    return Failed if new.state.terminal else Retried
 
 
 def context(event: Event) -> dict[str, Any]:

@@ -136,3 +136,22 @@ def test_attempt_events_expose_the_recorded_error(kind):
     )
     assert event.error == "bad <b>"
     assert event.task_id == task().id
+
+
+@pytest.mark.parametrize(
+    ("outcome", "state", "kind"),
+    [
+        (Outcome.SUCCEEDED, TaskState.SUCCEEDED, events.Succeeded),
+        (Outcome.SUCCEEDED, TaskState.FAILED, events.Failed),  # a result too large to record
+        (Outcome.FAILED, TaskState.FAILED, events.Failed),
+        (Outcome.FAILED, TaskState.QUEUED, events.Retried),
+        (Outcome.FAILED, TaskState.PENDING, events.Retried),
+        (Outcome.TIMEOUT, TaskState.PENDING, events.TimedOut),
+        (Outcome.TIMEOUT, TaskState.FAILED, events.TimedOut),
+        (Outcome.LOST, TaskState.QUEUED, events.Lost),
+        (Outcome.CANCELLED, TaskState.CANCELLED, events.Cancelled),
+        (Outcome.HANDED_BACK, TaskState.QUEUED, events.HandedBack),
+    ],
+)
+def test_one_mapping_from_an_attempts_end_to_its_event(outcome, state, kind):
+    assert events.attempt_ended(outcome, task(state)) is kind
