@@ -1,0 +1,410 @@
+"""The client's writes of new tasks: ``submit``, group commit, and ``submit_many``'s batches.
+
+Owns :class:`TaskSpec` (what a submit asks for), :class:`BatchResult`, how a
+batch is cut into etcd transactions (:func:`chunk`), the admission of new
+tasks against the namespace's quota, and the group commit of concurrent
+submits (one :class:`tasklease.groupcommit.GroupCommit`). Every transaction
+is :func:`tasklease.transitions.enqueue`'s; a :class:`tasklease.events.Submitted`
+is emitted for each task once its transaction landed.
+
+Sizes. Every write of many tasks (``submit_many``, and the group commit of
+concurrent submits) is cut into transactions of at most 64 tasks and
+``MAX_TXN_BYTES`` (1.4 MB): a task too large to share a transaction goes alone.
+
+Errors. Every submit gets the outcome of its own task: when a group
+transaction fails, each of its submits either receives the error (etcd refused
+the request: auth, permission, no space) or is sent again alone, which tells
+whether it was stored (no answer, request too large, a used id in the group).
+
+May import: codec, transitions, events, groupcommit, ids, keys, models,
+quotas, purge (the no-space hint), retry, routing, store, waiters, errors,
+inspector (:func:`stored_revision`). Nothing imports it but client.py and sync.py.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from tasklease import codec, transitions
+from tasklease.clock import Clock
+from tasklease.errors import (
+    BatchIncomplete,
+    InvalidOption,
+    PayloadTooLarge,
+    StoreAuthError,
+    StoreError,
+    StoreNoSpace,
+    StoreUnavailable,
+)
+from tasklease.events import Hooks, Submitted
+from tasklease.groupcommit import GroupCommit, Pending, first_group_len
+from tasklease.ids import IdGenerator, is_task_id
+from tasklease.inspector import stored_revision
+from tasklease.keys import Keyspace, check_name
+from tasklease.models import (
+    DEFAULT_PRIORITY,
+    DEFAULT_QUEUE,
+    DEFAULT_RETENTION_S,
+    DEFAULT_TIMEOUT_S,
+    JSON,
+    Task,
+    TaskState,
+    check_priority,
+    check_retention,
+    check_timeout,
+    check_type,
+)
+from tasklease.purge import explain_nospace
+from tasklease.quotas import QuotaGuard
+from tasklease.retry import RetryPolicy
+from tasklease.routing import Requires, check_requires
+from tasklease.store import MAX_TXN_BYTES, MAX_TXN_OPS, Compare, KVStore, Op
+from tasklease.waiters import ResultHub
+
+log = logging.getLogger("tasklease.client")
+
+# Each submitted task is one compare and two puts: 64 fill etcd's 128 ops.
+TASKS_PER_TXN = MAX_TXN_OPS // 2
+# Errors by which etcd refused a whole transaction: nothing was written, and each
+# of its tasks alone would be refused the same way.
+REFUSALS = (StoreAuthError, StoreNoSpace)
+
+# One submit in a group: the new task and its encoded record.
+Item = tuple[Task, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """What to run: everything a submit needs, validated on construction.
+
+    Attributes:
+        type: The executor name (task type).
+        payload: JSON arguments.
+        queue: Queue name.
+        priority: 0 (low) .. 3 (urgent).
+        timeout_s: Limit of one attempt.
+        retry: Retry policy.
+        task_id: An id to use instead of a new one (must be unused).
+        retention_s: How long the record is kept once the task has finished
+            (seconds; ``None``: 7 days, or the namespace's maximum retention
+            if that is lower, see quotas.py).
+        requires: Tags a worker must have (``{"zone": "eu"}``): only workers
+            started with matching ``--tags`` run it.
+    """
+
+    type: str
+    payload: JSON = None
+    queue: str = DEFAULT_QUEUE
+    priority: int = DEFAULT_PRIORITY
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    task_id: str | None = None
+    retention_s: float | None = None
+    requires: Mapping[str, str] | Requires | None = None
+
+    def __post_init__(self) -> None:
+        check_type(self.type)  # [A-Za-z0-9_.:-]{1,128}: a new type is plain text
+        if self.retention_s is not None:
+            check_retention(self.retention_s)
+        check_priority(self.priority)
+        check_name(self.queue)
+        check_timeout(self.timeout_s)
+        codec.encode_json(self.payload)
+        if self.task_id is not None and not is_task_id(self.task_id):
+            # A new id must be canonical (upper case): it is stored as given.
+            raise InvalidOption(f"bad task id {self.task_id!r}")
+        check_requires(self.requires)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """What ``submit_many`` wrote.
+
+    Attributes:
+        tasks: The submitted tasks, in the order given.
+        transactions: How many etcd transactions it took. With 1 the batch was
+            atomic; with more, each transaction was atomic on its own.
+    """
+
+    tasks: list[Task]
+    transactions: int
+
+    @property
+    def atomic(self) -> bool:
+        """Whether the whole batch was written by one transaction."""
+        return self.transactions <= 1
+
+
+class Submitter:
+    """Writes new tasks: one at a time (grouped when concurrent) or in batches.
+
+    Args:
+        store: The connection.
+        keys: The namespace.
+        clock: Time source (creation times, event times).
+        ids: Id and sequence generator.
+        quotas: The namespace's quota, checked before anything is written.
+        hub: The client's result hub, told the revision of each own submit.
+        hooks: Receive a :class:`Submitted` per task once it is stored.
+    """
+
+    def __init__(
+        self,
+        store: KVStore,
+        keys: Keyspace,
+        *,
+        clock: Clock,
+        ids: IdGenerator,
+        quotas: QuotaGuard,
+        hub: ResultHub,
+        hooks: Hooks,
+    ) -> None:
+        self.store = store
+        self.keys = keys
+        self.clock = clock
+        self.ids = ids
+        self.quotas = quotas
+        self.hub = hub
+        self.hooks = hooks
+        # Concurrent submits waiting for the next group transaction (its own state, loop only).
+        self.group: GroupCommit[Item, Task] = GroupCommit(
+            self._write_group,
+            cost=lambda item: txn_cost(*item),
+            max_items=TASKS_PER_TXN,
+            max_bytes=MAX_TXN_BYTES,
+            name="tasklease-submits",
+        )
+
+    async def close(self) -> None:
+        """Wait for the submits in flight (each caller gets its own answer)."""
+        await self.group.drain()
+
+    async def default_retention(self) -> float:
+        """The retention of a submit that gives none (the namespace's quota may lower it)."""
+        quota = await self.quotas.current()
+        return quota.default_retention_s() if quota is not None else DEFAULT_RETENTION_S
+
+    def new_task(self, spec: TaskSpec, default_retention_s: float = DEFAULT_RETENTION_S) -> Task:
+        """The queued record of a new task (its id, sequence and times are given here)."""
+        now = self.clock.now()
+        return Task(
+            id=spec.task_id or self.ids.task_id(),
+            type=spec.type,
+            payload=spec.payload,
+            queue=spec.queue,
+            priority=spec.priority,
+            timeout_s=float(spec.timeout_s),
+            retry=spec.retry,
+            state=TaskState.QUEUED,
+            seq=self.ids.sequence(),
+            created_at=now,
+            updated_at=now,
+            retention_s=float(spec.retention_s if spec.retention_s is not None else default_retention_s),
+            requires=check_requires(spec.requires),
+        )
+
+    def submit_ops(self, task: Task, data: bytes) -> tuple[Compare, list[Op]]:
+        """The compare and the puts that enqueue one task (``transitions.enqueue``)."""
+        txn = transitions.enqueue(self.keys, task, data)
+        return txn.compares[0], txn.ops
+
+    def _merged(self, items: Iterable[Item]) -> tuple[list[Compare], list[Op]]:
+        compares: list[Compare] = []
+        ops: list[Op] = []
+        for task, data in items:
+            compare, task_ops = self.submit_ops(task, data)
+            compares.append(compare)
+            ops.extend(task_ops)
+        return compares, ops
+
+    def _submitted(self, task: Task, revision: int) -> None:
+        """``task`` is stored at ``revision``: account for it and tell the hooks."""
+        self.quotas.landed(task.id, revision)
+        self.hooks.emit(Submitted(at=self.clock.now(), component="client", task=task))
+
+    # one task ---------------------------------------------------------------------------------
+    async def submit_spec(self, spec: TaskSpec) -> Task:
+        """Submit one validated :class:`TaskSpec` (see :meth:`tasklease.Client.submit_spec`)."""
+        task = self.new_task(spec, await self.default_retention())
+        data = encode_queued(task)
+        try:
+            await self.quotas.admit([(task, data)])
+            return await self.group.submit((task, data))
+        except StoreNoSpace as exc:
+            raise explain_nospace(exc, "the submit was") from exc
+        finally:
+            self.quotas.abandon([task.id])
+
+    async def _write_group(self, group: list[Pending[Item, Task]]) -> None:
+        """Write a group of submits in one transaction; settle every one of them."""
+        if len(group) > 1:
+            compares, ops = self._merged(p.item for p in group)
+            try:
+                result = await self.store.txn(compares, ops)
+            except REFUSALS as exc:
+                # Refused as a whole: nothing was written; every submit gets the error.
+                for pending in group:
+                    pending.fail(exc)
+                return
+            except StoreError as exc:
+                # No answer (it may have landed), too large, or another failure:
+                # one transaction each tells what became of every task.
+                log.debug("group submit of %d tasks failed (%s); sending them one by one", len(group), exc)
+                result = None
+            if result is not None and result.succeeded:
+                for pending in group:
+                    task = pending.item[0]
+                    self.hub.expect(task.id, result.revision)
+                    self._submitted(task, result.revision)
+                    pending.settle(task)
+                return
+        # Alone, or the group failed: one transaction each tells who is who.
+        for pending in group:
+            try:
+                stored = await self._submit_one(*pending.item)
+            except Exception as exc:
+                pending.fail(exc)
+            else:
+                pending.settle(stored)
+
+    async def _submit_one(self, task: Task, data: bytes) -> Task:
+        compare, ops = self.submit_ops(task, data)
+        try:
+            result = await self.store.txn([compare], ops)
+        except StoreUnavailable:
+            # The transaction may have committed before the answer was lost.
+            if (revision := await stored_revision(self.store, self.keys, task.id, data)) is not None:
+                self._submitted(task, revision)
+                return task
+            raise
+        if not result.succeeded:
+            if (revision := await stored_revision(self.store, self.keys, task.id, data)) is not None:
+                self._submitted(task, revision)
+                return task  # an earlier group transaction landed after all
+            raise InvalidOption(f"task id {task.id} is already used")
+        self.hub.expect(task.id, result.revision)
+        self._submitted(task, result.revision)
+        return task
+
+    # batches ----------------------------------------------------------------------------------
+    async def submit_many(self, specs: Iterable[TaskSpec]) -> BatchResult:
+        """Submit many tasks in as few transactions as etcd allows.
+
+        Every spec is validated and encoded before anything is written, so one
+        invalid task writes nothing. Up to 64 tasks (and 1.4 MB) go in one
+        transaction, which is all or nothing; a larger batch is split at that
+        limit, and :attr:`BatchResult.transactions` says into how many.
+
+        Raises:
+            ValidationError: Some spec is invalid (nothing written).
+            QuotaExceeded: The whole batch is over a quota (nothing written).
+            StoreNoSpace: etcd is out of space before anything was written.
+            BatchIncomplete: A later transaction failed after earlier ones were
+                committed; its ``written`` attribute lists the tasks that were.
+        """
+        tasks: list[Task] = []
+        encoded: list[bytes] = []
+        default_retention = await self.default_retention()
+        for spec in specs:
+            task = self.new_task(spec, default_retention)
+            tasks.append(task)
+            encoded.append(encode_queued(task))
+        if len({t.id for t in tasks}) != len(tasks):
+            raise InvalidOption("a batch holds the same task id twice")
+        try:
+            await self.quotas.admit(list(zip(tasks, encoded, strict=True)))
+            return await self._write_batch(tasks, encoded)
+        except StoreNoSpace as exc:
+            raise explain_nospace(exc, "the batch was") from exc
+        finally:
+            self.quotas.abandon([t.id for t in tasks])
+
+    async def _write_batch(self, tasks: list[Task], encoded: list[bytes]) -> BatchResult:
+        chunks = chunk(tasks, encoded)
+        if len(chunks) > 1:
+            log.info(
+                "batch of %d tasks split into %d transactions (etcd allows %d ops each)",
+                len(tasks),
+                len(chunks),
+                MAX_TXN_OPS,
+            )
+        written: list[Task] = []
+        for part in chunks:
+            revision = await self._write_chunk(part, written)
+            for task, _ in part:
+                self._submitted(task, revision)
+            written.extend(task for task, _ in part)
+        return BatchResult(tasks, len(chunks))
+
+    async def _write_chunk(self, part: list[Item], written: list[Task]) -> int:
+        """Write one transaction of a batch; the revision it landed at.
+
+        Raises:
+            BatchIncomplete: It failed after earlier parts (``written``) were committed.
+        """
+        compares, ops = self._merged(part)
+        try:
+            result = await self.store.txn(compares, ops)
+        except StoreUnavailable as exc:
+            first_task, first_data = part[0]
+            stored = await stored_revision(self.store, self.keys, first_task.id, first_data)
+            if stored is None:
+                if written:
+                    raise BatchIncomplete(written, str(exc)) from exc
+                raise
+            return stored
+        except StoreError as exc:
+            # Refused (auth, no space, too large, ...): this part was not written.
+            if written:
+                if isinstance(exc, StoreNoSpace):
+                    exc = explain_nospace(exc, "the rest of the batch was")
+                raise BatchIncomplete(written, str(exc)) from exc
+            raise
+        if not result.succeeded:
+            reason = "a task id in the batch is already used"
+            if written:
+                raise BatchIncomplete(written, reason)
+            raise InvalidOption(reason)
+        return result.revision
+
+
+def encode_queued(task: Task) -> bytes:
+    """A new task's record, refused if over the queued record limit.
+
+    Raises:
+        PayloadTooLarge: Over ``codec.MAX_QUEUED_RECORD_BYTES``.
+    """
+    data = codec.encode_task(task)
+    if len(data) > codec.MAX_QUEUED_RECORD_BYTES:
+        raise PayloadTooLarge(f"queued task record {task.id}", len(data), codec.MAX_QUEUED_RECORD_BYTES)
+    return data
+
+
+def txn_cost(task: Task, data: bytes) -> int:
+    """Request bytes one submitted task adds to a transaction (an upper bound)."""
+    # record + queue key (whose value is the record too) + the compare.
+    return 2 * len(data) + 4 * (len(task.id) + len(task.queue) + 100) + 64
+
+
+def chunk(tasks: Sequence[Task], encoded: Sequence[bytes]) -> list[list[Item]]:
+    """Cut tasks, in order, into transactions of at most 64 tasks and ``MAX_TXN_BYTES``."""
+    chunks: list[list[Item]] = []
+    current: list[Item] = []
+    size = 0
+    for task, data in zip(tasks, encoded, strict=True):
+        cost = txn_cost(task, data)
+        if current and (len(current) >= TASKS_PER_TXN or size + cost > MAX_TXN_BYTES):
+            chunks.append(current)
+            current, size = [], 0
+        current.append((task, data))
+        size += cost
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def first_chunk_len(items: Sequence[Item]) -> int:
+    """How many of ``items`` the first transaction of :func:`chunk` takes (at least 1)."""
+    return first_group_len([txn_cost(t, d) for t, d in items[:TASKS_PER_TXN]], TASKS_PER_TXN, MAX_TXN_BYTES)

@@ -1,0 +1,142 @@
+"""The blocking facade over the async client, for WSGI apps and scripts.
+
+:class:`SyncClient` runs one :class:`tasklease.client.Client` on an event loop
+in a background thread and waits for each call: it is a facade, never a second
+implementation (every method has the async client's meaning and errors).
+
+May import: client (at construction, since client.py re-exports this class),
+submitter, inspector's result types, models, nodes, purge, quotas, stats, store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import threading
+from collections.abc import Coroutine, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from tasklease.events import Hook, Hooks
+from tasklease.inspector import TaskPage
+from tasklease.models import JSON, Task
+from tasklease.nodes import NodeRecord
+from tasklease.purge import PurgeResult
+from tasklease.quotas import Quota
+from tasklease.stats import Stats
+from tasklease.store import StoreConfig
+from tasklease.submitter import BatchResult, TaskSpec
+
+if TYPE_CHECKING:
+    from tasklease.client import Client
+
+T = TypeVar("T")
+
+
+class SyncClient:
+    """A blocking facade over :class:`tasklease.Client` for WSGI apps and scripts.
+
+    It runs the async client on an event loop in a background thread; every
+    method has the async client's meaning and errors.
+
+    Args:
+        config: Where etcd is.
+        namespace: The deployment's namespace.
+        hooks: The client's hooks (see :mod:`tasklease.events`); they run on
+            the background thread's event loop.
+    """
+
+    def __init__(
+        self,
+        config: StoreConfig | None = None,
+        *,
+        namespace: str = "tasklease",
+        hooks: Hooks | Iterable[Hook] | None = None,
+    ) -> None:
+        # Imported here: client.py re-exports SyncClient, so it imports this module first.
+        from tasklease.client import Client
+
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        try:
+            self._client: Client = self._run(Client.connect(config, namespace=namespace, hooks=hooks))
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    def close(self) -> None:
+        """Close the connection and the background loop."""
+        if self._loop.is_closed():
+            return
+        self._run(self._client.close())
+        self._stop_loop()
+
+    def __enter__(self) -> SyncClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def submit(self, type: str, payload: JSON = None, **options: Any) -> Task:
+        """See :meth:`Client.submit`."""
+        return self._run(self._client.submit(type, payload, **options))
+
+    def submit_many(self, specs: Iterable[TaskSpec]) -> BatchResult:
+        """See :meth:`Client.submit_many`."""
+        return self._run(self._client.submit_many(builtins.list(specs)))
+
+    def get(self, task_id: str) -> Task:
+        """See :meth:`Client.get`."""
+        return self._run(self._client.get(task_id))
+
+    def list(self, **filters: Any) -> builtins.list[Task]:
+        """See :meth:`Client.list`."""
+        return self._run(self._client.list(**filters))
+
+    def list_page(self, **filters: Any) -> TaskPage:
+        """See :meth:`Client.list_page`."""
+        return self._run(self._client.list_page(**filters))
+
+    def stats(self, window_s: float = 60.0) -> Stats:
+        """See :meth:`Client.stats`."""
+        return self._run(self._client.stats(window_s))
+
+    def nodes(self) -> builtins.list[NodeRecord]:
+        """See :meth:`Client.nodes`."""
+        return self._run(self._client.nodes())
+
+    def cancel(self, task_id: str) -> Task:
+        """See :meth:`Client.cancel`."""
+        return self._run(self._client.cancel(task_id))
+
+    def set_priority(self, task_id: str, priority: int) -> Task:
+        """See :meth:`Client.set_priority`."""
+        return self._run(self._client.set_priority(task_id, priority))
+
+    def wait(self, task_id: str, timeout_s: float | None = None) -> Task:
+        """See :meth:`Client.wait`."""
+        return self._run(self._client.wait(task_id, timeout_s))
+
+    def result(self, task_id: str, timeout_s: float | None = None) -> JSON:
+        """See :meth:`Client.result`."""
+        return self._run(self._client.result(task_id, timeout_s))
+
+    def quota(self) -> Quota | None:
+        """See :meth:`Client.quota`."""
+        return self._run(self._client.quota())
+
+    def set_quota(self, quota: Quota | None) -> int:
+        """See :meth:`Client.set_quota`."""
+        return self._run(self._client.set_quota(quota))
+
+    def purge(self, older_than_s: float, **options: Any) -> PurgeResult:
+        """See :meth:`Client.purge`."""
+        return self._run(self._client.purge(older_than_s, **options))
