@@ -824,10 +824,9 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
 
 def cmd_nodes(args: argparse.Namespace) -> int:
     """``tasklease nodes``."""
-    from tasklease.nodes import list_nodes
 
     async def run(client: Client) -> int:
-        nodes = await list_nodes(client.store, client.keys)
+        nodes = await client.nodes()
         if args.json:
             _print_json([n.to_json() for n in nodes])
             return EXIT_OK
