@@ -36,7 +36,7 @@ def test_bulk_load_of_queue_keys_equals_applying_them_one_by_one():
 
 
 def test_values_are_kept_up_to_the_byte_budget_and_accounted_on_delete(monkeypatch):
-    import tasklease.scheduler as scheduler
+    import tasklease.mirror as scheduler
 
     monkeypatch.setattr(scheduler, "VALUE_BUDGET_BYTES", 100 * 1000)
     view = ClusterView(K)

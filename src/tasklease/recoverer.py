@@ -1,0 +1,553 @@
+"""The leader's repairs: lost and overdue attempts, due retries, tasks that cannot go on.
+
+Owns, while this scheduler leads:
+
+- :class:`Recoverer`: the timer loop (sleeps until the next deadline, due
+  retry, stale worker or unroutable group); ends lost attempts (assignment gone,
+  or a worker that stopped heartbeating, confirmed by a read: see
+  :meth:`Recoverer.confirm_stale`) and overdue ones;
+- :class:`Promoter`: queues again the pending tasks whose backoff has passed;
+- :class:`Failer`: fails the queued tasks that cannot go on, recording why:
+  one that no transaction can carry (unassignable: called by the assigner too)
+  and, with ``unroutable_after_s``, those no live worker may run; it logs
+  when a (queue, route) group starts and stops waiting for an eligible worker.
+
+Each repair is one fenced transaction built in transitions.py; what a repair
+reads (the running index) is in recovery.py. Events (events.py): ``Lost`` or
+``TimedOut`` per repaired attempt, ``Promoted`` per promoted task, ``Failed``
+per task failed here, ``RecoveryRan`` per pass that repaired something.
+
+May import: codec, errors, events, ids, keys, mirror, models, recovery,
+retention, store, transitions. Logs as ``tasklease.scheduler``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import random
+from collections.abc import Callable
+from typing import Any
+
+from tasklease import codec, transitions
+from tasklease.election import Election
+from tasklease.errors import CorruptRecord, PayloadTooLarge, StoreError, StoreRequestTooLarge
+from tasklease.events import Failed, Hooks, Promoted, RecoveryRan, attempt_ended
+from tasklease.ids import IdGenerator
+from tasklease.keys import Keyspace
+from tasklease.mirror import STALE_MARGIN_S, Group, Mirror
+from tasklease.models import Outcome, Task, TaskState
+from tasklease.recovery import RunningEntry, still_running
+from tasklease.retention import RetentionLeases
+from tasklease.store import KV, Get, KVStore, Put
+
+log = logging.getLogger("tasklease.scheduler")
+
+# Records read per transaction by recovery and promotion (each at most 1.3 MB:
+# the response stays far below the channel's receive limit).
+READ_GROUP = 16
+# Backoff of the assignment and timer loops after a store error.
+ERROR_BACKOFF_S = (0.2, 2.0)
+# Longest sleep of the timer loop: then it re-examines the mirror (and wakes the assigner).
+BACKSTOP_S = 5.0
+
+
+def _written(txn: transitions.Txn, key: str) -> Task:
+    """The task record ``txn`` puts at ``key`` (for the event of a rare repair: decoded, not rebuilt)."""
+    value = next(op.value for op in txn.ops if isinstance(op, Put) and op.key == key)
+    return codec.decode_task(key, value)
+
+
+async def _records(store: KVStore, keys: Keyspace, task_ids: list[str]) -> list[KV | None]:
+    """The records of ``task_ids`` (None for a missing one), in one read transaction."""
+    result = await store.txn([], [Get(keys.task(t)) for t in task_ids])
+    return [kvs[0] if kvs else None for kvs in result.reads]
+
+
+def _ran(hooks: Hooks, now: Callable[[], float], source: str, kind: str, count: int) -> None:
+    """Emit ``RecoveryRan`` for a pass that repaired ``count`` tasks (none if 0)."""
+    if count and hooks:
+        hooks.emit(RecoveryRan(at=now(), component="scheduler", source=source, kind=kind, count=count))
+
+
+class Failer:
+    """Fails queued tasks that cannot go on (unassignable, unroutable), saying why.
+
+    Args:
+        store: The etcd connection.
+        keys: The namespace.
+        election: The leadership (its fence guards every write).
+        mirror: The leader's mirror.
+        retention: Retention leases of failed records.
+        hooks: Where ``Failed`` events go.
+        scheduler_id: For log fields and events.
+        unroutable_after_s: Fail unroutable tasks after this long (None: never).
+    """
+
+    def __init__(
+        self,
+        store: KVStore,
+        keys: Keyspace,
+        election: Election,
+        mirror: Mirror,
+        retention: RetentionLeases,
+        hooks: Hooks,
+        scheduler_id: str,
+        unroutable_after_s: float | None,
+    ) -> None:
+        self.store = store
+        self.keys = keys
+        self.election = election
+        self.mirror = mirror
+        self.retention = retention
+        self.hooks = hooks
+        self.id = scheduler_id
+        self.unroutable_after_s = unroutable_after_s
+        # (queue, route) -> monotonic time since when no live worker may take its tasks;
+        # touched by the assigner's and the timer's passes (one event loop), reset per leadership
+        self.unroutable_since: dict[Group, float] = {}
+
+    def reset(self) -> None:
+        """Forget what an earlier leadership saw."""
+        self.unroutable_since = {}
+
+    def _ctx(self, **extra: Any) -> dict[str, Any]:
+        return {"component": "scheduler", "scheduler": self.id, **extra}
+
+    async def fail_unassignable(self, queue_kv: KV, record_kv: KV, reason: str) -> None:
+        """Fail a queued task that no transaction can carry, recording why (never a loop)."""
+        task_id = self.keys.parse_queue_entry(queue_kv.key).task_id
+        try:
+            task = codec.decode_task(record_kv.key, record_kv.value)
+        except CorruptRecord as exc:
+            log.error("skipping queued task: %s", exc, extra=self._ctx(task_id=task_id))
+            self.mirror.view.skipped.add(queue_kv.key)
+            return
+        now = self.mirror.clock.now()
+        lease = await self.retention.lease_for(task.retention_s)
+        txn = transitions.fail_waiting(self.election.fence(), queue_kv, record_kv, task, reason, now, lease)
+        result = await self.store.txn(txn.compares, txn.ops)
+        # Not picked again while the watch catches up (it deletes the key, or a new
+        # version of it clears the mark).
+        self.mirror.view.skipped.add(queue_kv.key)
+        if result.succeeded:
+            self.emit_failed(txn, record_kv.key, now)
+
+    def emit_failed(self, txn: transitions.Txn, record_key: str, now: float) -> None:
+        """Emit ``Failed`` for the record ``txn`` wrote (LoggingHook: "task failed: ...")."""
+        if self.hooks:
+            failed = _written(txn, record_key)
+            self.hooks.emit(Failed(at=now, component="scheduler", source=self.id, task=failed))
+
+    def check_routes(self) -> None:
+        """Log once per (queue, route) when its tasks start and stop waiting for an eligible worker."""
+        view = self.mirror.view
+        mono = view.clock.monotonic()
+        current = view.unroutable()
+        for group, count in current.items():
+            if group in self.unroutable_since:
+                continue
+            self.unroutable_since[group] = mono
+            route = view.route(group[1])
+            live = view.live_nodes()
+            types = sorted(set().union(*(n.types for n in live if group[0] in n.queues)))
+            log.warning(
+                "%d queued task(s) of %s in queue %s wait: no live worker may run them "
+                "(workers serving the queue run: %s)%s",
+                count,
+                route.describe() if route else "?",
+                group[0],
+                ", ".join(types[:20]) or "none",
+                f"; they fail after {self.unroutable_after_s:g} s" if self.unroutable_after_s else "",
+                extra=self._ctx(queue=group[0]),
+            )
+        for group in [g for g in self.unroutable_since if g not in current]:
+            del self.unroutable_since[group]
+            if group in view.queue_keys:
+                route = view.route(group[1])
+                log.info(
+                    "tasks of %s in queue %s have an eligible worker again",
+                    route.describe() if route else "?",
+                    group[0],
+                    extra=self._ctx(queue=group[0]),
+                )
+
+    def next_unroutable(self) -> float:
+        """Monotonic time when the next unroutable group is due to fail (inf if never)."""
+        after = self.unroutable_after_s
+        if after is None or not self.unroutable_since:
+            return float("inf")
+        return min(self.unroutable_since.values()) + after
+
+    async def fail_unroutable(self) -> None:
+        """Fail the tasks of groups that have had no eligible worker for ``unroutable_after_s``."""
+        after = self.unroutable_after_s
+        if after is None:
+            return
+        self.check_routes()
+        view = self.mirror.view
+        mono = view.clock.monotonic()
+        for group, since in list(self.unroutable_since.items()):
+            if mono - since < after:
+                continue
+            keys_list = view.queue_keys.get(group)
+            if not keys_list:
+                continue
+            route = view.route(group[1])
+            reason = (
+                f"no live worker may run {route.describe() if route else 'it'} in queue {group[0]} "
+                f"for {mono - since:.0f} s (--unroutable-after {after:g})"
+            )
+            # bounded per pass: the timer comes back at once while some are left
+            batch = [k for k in itertools.islice(keys_list, READ_GROUP * 4) if k not in view.skipped]
+            for start in range(0, len(batch), READ_GROUP):
+                chunk = batch[start : start + READ_GROUP]
+                result = await self.store.txn([], [Get(k) for k in chunk])
+                for read in result.reads:
+                    if read:
+                        qkv = read[0]
+                        record_kv = KV(
+                            self.keys.task(self.keys.parse_queue_entry(qkv.key).task_id),
+                            qkv.value,
+                            qkv.create_revision,
+                            qkv.mod_revision,
+                            0,
+                        )
+                        await self.fail_unassignable(qkv, record_kv, reason)
+            if batch:
+                self.mirror.timers_changed.set()
+
+
+class Recoverer:
+    """Ends lost and overdue attempts; its timer loop also runs promotions and unroutable failures.
+
+    Args:
+        store: The etcd connection.
+        keys: The namespace.
+        election: The leadership (its fence guards every write).
+        mirror: The leader's mirror.
+        failer: Fails what cannot go on (its unroutable pass runs in the timer loop).
+        promoter: Promotes due retries (in the timer loop).
+        retention: Retention leases of finished records.
+        hooks: Where events go.
+        scheduler_id: For log fields and events.
+        deadline_grace_s: How long past its deadline an attempt is ended.
+        ids: Sequence numbers of requeued tasks.
+        rng: Randomness of retry backoffs.
+    """
+
+    def __init__(
+        self,
+        store: KVStore,
+        keys: Keyspace,
+        election: Election,
+        mirror: Mirror,
+        failer: Failer,
+        promoter: Promoter,
+        retention: RetentionLeases,
+        hooks: Hooks,
+        scheduler_id: str,
+        deadline_grace_s: float,
+        ids: IdGenerator,
+        rng: random.Random,
+    ) -> None:
+        self.store = store
+        self.keys = keys
+        self.election = election
+        self.mirror = mirror
+        self.clock = mirror.clock
+        self.failer = failer
+        self.promoter = promoter
+        self.retention = retention
+        self.hooks = hooks
+        self.id = scheduler_id
+        self.grace_s = deadline_grace_s
+        self._ids = ids
+        self._rng = rng
+        # worker -> (node record mod revision, monotonic time) of the first read that found
+        # it unchanged although the mirror saw no heartbeat for its TTL (see confirm_stale);
+        # touched by the assigner's passes only, reset per leadership
+        self._silent: dict[str, tuple[int, float]] = {}
+
+    def reset(self) -> None:
+        """Forget what an earlier leadership saw."""
+        self._silent = {}
+
+    def _ctx(self, **extra: Any) -> dict[str, Any]:
+        return {"component": "scheduler", "scheduler": self.id, **extra}
+
+    async def run(self) -> None:
+        """Deadlines (F3) and retry backoffs (E3): sleep until the next one is due. Runs until cancelled."""
+        backoff = ERROR_BACKOFF_S[0]
+        while True:
+            now = self.clock.now()
+            try:
+                await self.end_overdue(now)
+                await self.promoter.promote_due(now)
+                await self.failer.fail_unroutable()
+                backoff = ERROR_BACKOFF_S[0]
+                view = self.mirror.view
+                mono = self.clock.monotonic()
+                delay = min(
+                    min(view.next_overdue(now, self.grace_s), view.next_due()) - self.clock.now(),
+                    view.next_stale() - mono,
+                    self.failer.next_unroutable() - mono,
+                )
+            except StoreError as exc:
+                log.warning("timers paused: %s; retrying in %.1f s", exc, backoff, extra=self._ctx())
+                delay = backoff
+                backoff = min(backoff * 2, ERROR_BACKOFF_S[1])
+            # Sleep until the earliest deadline or backoff; a new running or
+            # delayed key (which may be due sooner) wakes us early.
+            self.mirror.timers_changed.clear()
+            try:
+                async with asyncio.timeout(max(0.01, min(delay, BACKSTOP_S))):
+                    await self.mirror.timers_changed.wait()
+            except TimeoutError:
+                # Backstop: re-examine the mirror when nothing happened for a while
+                # (no etcd request: the assignment loop works from the mirror).
+                self.mirror.wake.set()
+
+    # lost attempts ---------------------------------------------------------------------------
+    async def recover_lost(self) -> None:
+        """End the attempts whose assignment is gone, or whose worker is confirmed silent."""
+        lost = self.mirror.view.lost_entries()
+        stale = self.mirror.view.stale_entries()
+        if stale:
+            confirmed = {w for w in {e.worker for e in stale} if await self.confirm_stale(w)}
+            lost += [e for e in stale if e.worker in confirmed]
+        repaired = 0
+        for start in range(0, len(lost), READ_GROUP):
+            repaired += await self._repair(lost[start : start + READ_GROUP], Outcome.LOST)
+        _ran(self.hooks, self.clock.now, self.id, "lost", repaired)
+
+    async def confirm_stale(self, worker: str) -> bool:
+        """Whether a worker the mirror has not seen heartbeat is really silent.
+
+        The mirror's clock is this process's: after a pause of this process or a
+        lagging watch every worker looks silent. So before ending anything, read
+        the node record: if it changed since the mirror's copy, the mirror lags
+        (not stale). It is stale only if it stays unchanged for another lease TTL
+        plus the margin, measured from a read that etcd answered.
+        """
+        node = self.mirror.view.nodes.get(worker)
+        if node is None:
+            return False
+        kv, _ = await self.store.get(self.keys.node(worker))
+        mono = self.clock.monotonic()
+        if kv is None or kv.mod_revision != node.mod_revision:
+            self._silent.pop(worker, None)
+            node.seen = mono  # alive (or gone: its lease ended, the watch will say so)
+            return False
+        since = self._silent.setdefault(worker, (kv.mod_revision, mono))
+        if since[0] != kv.mod_revision:
+            self._silent[worker] = (kv.mod_revision, mono)
+            return False
+        if mono - since[1] < node.ttl + STALE_MARGIN_S:
+            self.mirror.wake_later(node.ttl + STALE_MARGIN_S - (mono - since[1]) + 0.05)
+            return False
+        return True
+
+    # overdue attempts ------------------------------------------------------------------------
+    async def end_overdue(self, now: float) -> None:
+        """End the attempts past their deadline plus the grace (see the mirror's ``overdue``)."""
+        overdue = self.mirror.view.overdue(now, self.grace_s)
+        repaired = 0
+        for start in range(0, len(overdue), READ_GROUP):
+            repaired += await self._repair(overdue[start : start + READ_GROUP], Outcome.TIMEOUT)
+        _ran(self.hooks, self.clock.now, self.id, "overdue", repaired)
+
+    async def _repair(self, entries: list[RunningEntry], outcome: Outcome) -> int:
+        """End each entry's attempt with ``outcome``; returns how many were ended."""
+        records = await _records(self.store, self.keys, [e.task_id for e in entries])
+        repaired = 0
+        for entry, record_kv in zip(entries, records, strict=True):
+            extra = self._ctx(task_id=entry.task_id, attempt=entry.attempt, worker=entry.worker)
+            try:
+                repaired += await self._repair_one(entry, record_kv, outcome, extra)
+            except StoreRequestTooLarge as exc:
+                # A record no transaction can carry (planted or from an older version):
+                # leave it, but never let it stop the others.
+                log.error("cannot repair: %s", exc, extra=extra)
+        return repaired
+
+    async def _repair_one(
+        self, entry: RunningEntry, record_kv: KV | None, outcome: Outcome, extra: dict[str, Any]
+    ) -> bool:
+        task = None
+        if record_kv is None:
+            log.error("running task has no record (deleted by hand?): dropping its index entry", extra=extra)
+        else:
+            try:
+                task = codec.decode_task(record_kv.key, record_kv.value)
+            except CorruptRecord as exc:
+                log.error("cannot repair (%s): dropping its index entry", exc, extra=extra)
+        if task is None or record_kv is None or not still_running(task, entry):
+            # A stale or unrepairable index entry: drop it (and its assignment,
+            # which tells a worker still running it to stop), so that it is not
+            # examined again and again.
+            drop = transitions.drop_running_entry(
+                self.keys,
+                self.election.fence(),
+                entry.task_id,
+                entry.worker,
+                entry.mod_revision,
+                with_assignment=task is None,
+            )
+            await self.store.txn(drop.compares, drop.ops)
+            return False
+        view = self.mirror.view
+        assign_key = self.keys.assignment(entry.worker, entry.task_id)
+        if outcome is Outcome.LOST and assign_key in view.assignment_rev:
+            # its worker stopped heartbeating although its lease lives on: end the
+            # attempt and delete the assignment (tells the worker, if it lives, to stop)
+            node = view.nodes.get(entry.worker)
+            silent = self.clock.monotonic() - node.seen if node else 0.0
+            error = (
+                f"worker {entry.worker} stopped heartbeating ({silent:.0f} s without one) during the attempt"
+            )
+            assign_rev = view.assignment_rev[assign_key]
+        elif outcome is Outcome.LOST:
+            error = f"worker {entry.worker} vanished (lease ended) during the attempt"
+            assign_rev = 0
+        else:
+            error = f"no report from worker {entry.worker} within the timeout of {task.timeout_s:g} s"
+            assign_rev = view.assignment_rev.get(assign_key, 0)
+        now = self.clock.now()
+        new = transitions.end_attempt(task, outcome, error, now, self._rng, self._ids.sequence())
+        lease = await self.retention.lease_for(new.retention_s) if new.state.terminal else 0
+        txn = transitions.repair(
+            self.keys,
+            self.election.fence(),
+            entry.mod_revision,
+            entry.worker,
+            record_kv,
+            task,
+            new,
+            assignment_create_revision=assign_rev,
+            lease=lease,
+        )
+        result = await self.store.txn(txn.compares, txn.ops)
+        if not result.succeeded:
+            return False
+        if self.hooks:  # LoggingHook: "attempt {outcome}: task {state}"
+            event = attempt_ended(outcome, new)
+            self.hooks.emit(
+                event(
+                    at=now,
+                    component="scheduler",
+                    source=self.id,
+                    task=new,
+                    attempt=entry.attempt,
+                    worker=entry.worker,
+                    outcome=outcome,
+                )
+            )
+        return True
+
+
+class Promoter:
+    """Queues again the pending tasks whose retry backoff has passed (E3).
+
+    Args:
+        store: The etcd connection.
+        keys: The namespace.
+        election: The leadership (its fence guards every write).
+        mirror: The leader's mirror.
+        failer: Emits ``Failed`` for a task too large to queue again.
+        retention: Retention leases of failed records.
+        hooks: Where events go.
+        scheduler_id: For log fields and events.
+        ids: Sequence numbers of promoted tasks.
+    """
+
+    def __init__(
+        self,
+        store: KVStore,
+        keys: Keyspace,
+        election: Election,
+        mirror: Mirror,
+        failer: Failer,
+        retention: RetentionLeases,
+        hooks: Hooks,
+        scheduler_id: str,
+        ids: IdGenerator,
+    ) -> None:
+        self.store = store
+        self.keys = keys
+        self.election = election
+        self.mirror = mirror
+        self.clock = mirror.clock
+        self.failer = failer
+        self.retention = retention
+        self.hooks = hooks
+        self.id = scheduler_id
+        self._ids = ids
+
+    def _ctx(self, **extra: Any) -> dict[str, Any]:
+        return {"component": "scheduler", "scheduler": self.id, **extra}
+
+    async def promote_due(self, now: float) -> None:
+        """Queue again the pending tasks whose retry backoff has passed."""
+        due = self.mirror.view.due(now)
+        promoted = 0
+        for start in range(0, len(due), READ_GROUP):
+            chunk = due[start : start + READ_GROUP]
+            ids = [self.keys.parse_delayed(kv.key).task_id for kv in chunk]
+            records = await _records(self.store, self.keys, ids)
+            for delayed_kv, record_kv in zip(chunk, records, strict=True):
+                try:
+                    promoted += await self._promote_one(delayed_kv, record_kv, now)
+                except StoreRequestTooLarge as exc:
+                    log.error(
+                        "cannot promote: %s",
+                        exc,
+                        extra=self._ctx(task_id=self.keys.parse_delayed(delayed_kv.key).task_id),
+                    )
+        _ran(self.hooks, self.clock.now, self.id, "promoted", promoted)
+
+    async def _promote_one(self, delayed_kv: KV, record_kv: KV | None, now: float) -> bool:
+        task: Task | None = None
+        if record_kv is not None:
+            try:
+                task = codec.decode_task(record_kv.key, record_kv.value)
+            except CorruptRecord as exc:
+                log.error("delayed task has a corrupt record (%s): dropping its delayed key", exc)
+        if (
+            task is None
+            or record_kv is None
+            or task.state is not TaskState.PENDING
+            or task.not_before is None
+        ):
+            # Nothing to promote (the record is gone, corrupt, or no longer waiting):
+            # delete the key, or the timer would read it again and again.
+            drop = transitions.drop_delayed(self.election.fence(), delayed_kv)
+            await self.store.txn(drop.compares, drop.ops)
+            return False
+        try:
+            txn = transitions.promote(
+                self.keys, self.election.fence(), delayed_kv, record_kv, task, now, self._ids.sequence()
+            )
+        except PayloadTooLarge as exc:
+            lease = await self.retention.lease_for(task.retention_s)
+            txn = transitions.fail_waiting(
+                self.election.fence(),
+                delayed_kv,
+                record_kv,
+                task,
+                f"cannot be queued again: {exc}",
+                now,
+                lease,
+            )
+            result = await self.store.txn(txn.compares, txn.ops)
+            if result.succeeded:
+                self.failer.emit_failed(txn, record_kv.key, now)
+            return False
+        result = await self.store.txn(txn.compares, txn.ops)
+        if not result.succeeded:
+            return False
+        if self.hooks:
+            queued = _written(txn, record_kv.key)
+            self.hooks.emit(Promoted(at=now, component="scheduler", source=self.id, task=queued))
+        return True
