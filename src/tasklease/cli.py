@@ -393,6 +393,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CIDR",
         help="never let http tasks reach this network; repeatable",
     )
+    p.add_argument(
+        "--burst",
+        action="store_true",
+        help="run until its queues hold no task it may run and it runs nothing, then drain and "
+        "exit 0 (batch jobs, CI); pending retries waiting for their backoff do not keep it",
+    )
     p.add_argument("--log-format", choices=["json", "text"], default="json")
 
     p = cmd("nodes", "list live workers and their load")
@@ -774,7 +780,10 @@ def _parse_tags(text: str) -> dict[str, str]:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    """``tasklease worker``: serve until SIGTERM/SIGINT (graceful), a second one stops at once."""
+    """``tasklease worker``: serve until SIGTERM/SIGINT (graceful), a second one stops at once.
+
+    With ``--burst`` it also stops by itself (exit 0) once nothing is left for it.
+    """
     from tasklease.keys import Keyspace
     from tasklease.logs import setup_logging
     from tasklease.runners import load_registry, run_worker, tune_gc
@@ -798,6 +807,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         pass_env=tuple(args.pass_env),
         http_allow_nets=tuple(args.http_allow_nets),
         http_deny_nets=tuple(args.http_deny_nets),
+        burst=args.burst,
     )
     keys = Keyspace(args.namespace)
     return run_worker(store_config(args), keys, registry, config)

@@ -9,6 +9,8 @@ Signals:
 
 - worker: the first SIGTERM/SIGINT drains (running tasks get the grace period),
   a second one stops at once (:meth:`Worker.stop`, then :meth:`Worker.kill`);
+  a burst worker (``--burst``) also drains and stops by itself once nothing is
+  left for it (exit 0);
 - scheduler: either signal resigns and stops at once;
 - etcd, dev: either signal stops the processes started.
 """
@@ -79,7 +81,7 @@ def load_registry(imports: Sequence[str], allow: frozenset[str]) -> Registry:
 
 
 def run_worker(store_config: StoreConfig, keys: Keyspace, registry: Registry, config: WorkerConfig) -> int:
-    """Serve until SIGTERM/SIGINT (graceful); a second signal stops at once."""
+    """Serve until SIGTERM/SIGINT (graceful), or a burst worker's end; a second signal stops at once."""
     return asyncio.run(_serve_worker(store_config, keys, registry, config))
 
 

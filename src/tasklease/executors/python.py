@@ -3,7 +3,7 @@
 Async functions run on the worker's event loop and are cancelled at their
 deadline; they must not block (CPU-bound work belongs in a sync function).
 One that raises ``CancelledError`` itself, when the worker did not cancel it,
-fails its attempt (the worker tells the two apart: see worker.py, "Runs").
+fails its attempt (the worker tells the two apart: see execution.py, "Runs").
 
 Sync functions run in child processes (``tasklease.executors.child``, started
 in isolated mode with the worker's import path and a minimal environment),
