@@ -39,6 +39,7 @@ import socket
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import psutil
 
@@ -367,7 +368,7 @@ class Worker:
             completed=self.recorder.completed,
         )
 
-    def node_record(self) -> dict[str, object]:
+    def node_record(self) -> dict[str, Any]:
         """The record published at ``node/{id}``, as the JSON object written."""
         return self.node().to_json()
 
