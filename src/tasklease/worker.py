@@ -22,7 +22,10 @@ keep-alive.
 Events (``hooks=``, events.py): WorkerRegistered, then per attempt Started and
 its end (Succeeded, Failed, Retried, TimedOut, HandedBack) once its outcome
 transaction succeeded, or Rejected if it was fenced off; WorkerDraining,
-WorkerLeaseLost, WorkerStopped. The default hook logs them.
+WorkerLeaseLost, WorkerStopped. The default hook (LoggingHook) writes the
+per-task lines ("task started", "outcome recorded: task ...", "outcome
+rejected: ..."); the process lines ("worker registered", "worker stopped",
+"lease lost: ...") are still written where they happen.
 
 May import: burst, execution, membership, recorder, events, and what they do.
 """
