@@ -24,8 +24,8 @@ inspector (:func:`stored_revision`). Nothing imports it but client.py and sync.p
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from tasklease import codec, transitions
 from tasklease.clock import Clock
@@ -40,26 +40,18 @@ from tasklease.errors import (
 )
 from tasklease.events import Hooks, Submitted
 from tasklease.groupcommit import GroupCommit, Pending, first_group_len
-from tasklease.ids import IdGenerator, is_task_id
+from tasklease.ids import IdGenerator
 from tasklease.inspector import stored_revision
-from tasklease.keys import Keyspace, check_name
+from tasklease.keys import Keyspace
 from tasklease.models import (
-    DEFAULT_PRIORITY,
-    DEFAULT_QUEUE,
     DEFAULT_RETENTION_S,
-    DEFAULT_TIMEOUT_S,
-    JSON,
     Task,
     TaskState,
-    check_priority,
-    check_retention,
-    check_timeout,
-    check_type,
 )
 from tasklease.purge import explain_nospace
 from tasklease.quotas import QuotaGuard
-from tasklease.retry import RetryPolicy
-from tasklease.routing import Requires, check_requires
+from tasklease.routing import check_requires
+from tasklease.spec import TaskSpec as TaskSpec  # noqa: PLC0414 (re-exported)
 from tasklease.store import MAX_TXN_BYTES, MAX_TXN_OPS, Compare, KVStore, Op
 from tasklease.waiters import ResultHub
 
@@ -73,49 +65,6 @@ REFUSALS = (StoreAuthError, StoreNoSpace)
 
 # One submit in a group: the new task and its encoded record.
 Item = tuple[Task, bytes]
-
-
-@dataclass(frozen=True, slots=True)
-class TaskSpec:
-    """What to run: everything a submit needs, validated on construction.
-
-    Attributes:
-        type: The executor name (task type).
-        payload: JSON arguments.
-        queue: Queue name.
-        priority: 0 (low) .. 3 (urgent).
-        timeout_s: Limit of one attempt.
-        retry: Retry policy.
-        task_id: An id to use instead of a new one (must be unused).
-        retention_s: How long the record is kept once the task has finished
-            (seconds; ``None``: 7 days, or the namespace's maximum retention
-            if that is lower, see quotas.py).
-        requires: Tags a worker must have (``{"zone": "eu"}``): only workers
-            started with matching ``--tags`` run it.
-    """
-
-    type: str
-    payload: JSON = None
-    queue: str = DEFAULT_QUEUE
-    priority: int = DEFAULT_PRIORITY
-    timeout_s: float = DEFAULT_TIMEOUT_S
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    task_id: str | None = None
-    retention_s: float | None = None
-    requires: Mapping[str, str] | Requires | None = None
-
-    def __post_init__(self) -> None:
-        check_type(self.type)  # [A-Za-z0-9_.:-]{1,128}: a new type is plain text
-        if self.retention_s is not None:
-            check_retention(self.retention_s)
-        check_priority(self.priority)
-        check_name(self.queue)
-        check_timeout(self.timeout_s)
-        codec.encode_json(self.payload)
-        if self.task_id is not None and not is_task_id(self.task_id):
-            # A new id must be canonical (upper case): it is stored as given.
-            raise InvalidOption(f"bad task id {self.task_id!r}")
-        check_requires(self.requires)
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, overload, runtime_checkable
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar, overload, runtime_checkable
 
 from tasklease.errors import InvalidOption
 from tasklease.errors import PermanentError as PermanentError  # noqa: PLC0414 (moved to errors.py; re-exported here)
@@ -32,9 +32,7 @@ from tasklease.errors import TaskError as TaskError  # noqa: PLC0414 (moved to e
 from tasklease.executors.netpolicy import NetworkPolicy
 from tasklease.models import DEFAULT_PRIORITY, DEFAULT_QUEUE, DEFAULT_TIMEOUT_S, JSON, check_type
 from tasklease.retry import RetryPolicy
-
-if TYPE_CHECKING:  # client.py imports this module
-    from tasklease.client import TaskSpec
+from tasklease.spec import TaskSpec
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -156,8 +154,6 @@ class TaskFunction(Generic[P, R]):
         timeout_s: float = DEFAULT_TIMEOUT_S,
         retry: RetryPolicy | None = None,
     ) -> None:
-        from tasklease.client import TaskSpec
-
         self.fn = fn
         self.name = name
         self.is_async = inspect.iscoroutinefunction(fn)
@@ -176,7 +172,7 @@ class TaskFunction(Generic[P, R]):
         return self.fn(*args, **kwargs)
 
     def spec(self, *args: P.args, **kwargs: P.kwargs) -> TaskSpec:
-        """A :class:`~tasklease.client.TaskSpec` running this function with these arguments.
+        """A :class:`~tasklease.spec.TaskSpec` running this function with these arguments.
 
         Give either positional or keyword arguments, not both.
         """
