@@ -10,8 +10,8 @@ clock): which heads go to which workers and the one transaction that does it.
 Events (events.py): ``Assigned`` per task once the batch's transaction has
 succeeded (``task`` is the running record).
 
-May import: balancers (protocol), codec, errors, events, keys, mirror, models,
-recoverer, routing, store, transitions. Logs as ``tasklease.scheduler``.
+May import: balancers (protocol), codec, election, errors, events, keys, mirror,
+models, recoverer, routing, store, transitions. Logs as ``tasklease.scheduler``.
 """
 
 from __future__ import annotations

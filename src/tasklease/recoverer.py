@@ -17,8 +17,8 @@ reads (the running index) is in recovery.py. Events (events.py): ``Lost`` or
 ``TimedOut`` per repaired attempt, ``Promoted`` per promoted task, ``Failed``
 per task failed here, ``RecoveryRan`` per pass that repaired something.
 
-May import: codec, errors, events, ids, keys, mirror, models, recovery,
-retention, store, transitions. Logs as ``tasklease.scheduler``.
+May import: codec, election, errors, events, ids, keys, mirror, models,
+recovery, retention, store, transitions. Logs as ``tasklease.scheduler``.
 """
 
 from __future__ import annotations

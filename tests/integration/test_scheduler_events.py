@@ -13,6 +13,7 @@ from tasklease.client import Client, TaskSpec
 from tasklease.events import (
     Assigned,
     Event,
+    Failed,
     LeaderElected,
     LeaderResigned,
     Lost,
@@ -21,6 +22,8 @@ from tasklease.events import (
     RecoveryRan,
     default_hooks,
 )
+from tasklease.executors.base import Registry
+from tasklease.executors.builtin import builtin_registry
 from tasklease.keys import Keyspace
 from tasklease.models import Outcome, TaskState
 from tasklease.retry import RetryPolicy
@@ -66,9 +69,11 @@ def of(rec: RecordingHook, kind: type[E], task_id: str | None = None) -> list[E]
     return [e for e in rec.of(kind, task_id=task_id) if isinstance(e, kind)]
 
 
-async def until_event(rec: RecordingHook, kind: type[Event], within_s: float = 10) -> None:
+async def until_event(rec: RecordingHook, kind: type[Event], count: int = 1, within_s: float = 10) -> None:
+    """Wait until the hook saw ``count`` events of ``kind`` (the scheduler emits an event
+    once its transaction's answer is back, which may come after a client saw the change)."""
     async with asyncio.timeout(within_s):
-        while not rec.of(kind):
+        while len(rec.of(kind)) < count:
             await asyncio.sleep(0.02)
 
 
@@ -82,6 +87,7 @@ async def test_leader_elected_then_one_assigned_per_task(client, cluster, hooked
     batch = await client.submit_many(TaskSpec("noop", PAYLOAD) for _ in range(40))
     finals = await wait_all(client, [t.id for t in batch.tasks])
     assert all(f.state is TaskState.SUCCEEDED for f in finals)
+    await until_event(rec, Assigned, count=40)
 
     # Then the scheduler said it leads (with its fencing token), then assigned each task once
     assert isinstance(rec.events[0], LeaderElected)
@@ -161,6 +167,7 @@ async def test_a_raising_hook_does_not_stop_assignment(client, cluster, hooked, 
     with caplog.at_level(logging.ERROR, logger="tasklease.events"):
         batch = await client.submit_many(TaskSpec("noop", PAYLOAD) for _ in range(20))
         finals = await wait_all(client, [t.id for t in batch.tasks])
+        await until_event(rec, Assigned, count=20)
 
     # Then every task is assigned and runs; the hooks after it see every event
     assert all(f.state is TaskState.SUCCEEDED for f in finals)
@@ -188,3 +195,28 @@ async def test_a_standby_reports_its_own_election_after_the_leader_resigns(clien
     assert first.kinds() == ["LeaderElected", "LeaderResigned"]
     old, new = of(first, LeaderElected)[0], of(second, LeaderElected)[0]
     assert new.token > old.token
+
+
+async def test_a_task_no_live_worker_may_run_fails_with_one_failed_event(client, cluster, hooked, caplog):
+    # Given a scheduler that fails unroutable tasks after 1 s, and a worker that runs noop only
+    noop = builtin_registry().get("noop")
+    assert noop is not None
+    noop_only = Registry()
+    noop_only.register("noop", noop)
+    await cluster.worker(worker_id="w-noop", types=noop_only)
+    rec = RecordingHook()
+    with caplog.at_level(logging.ERROR, logger="tasklease.scheduler"):
+        await hooked(rec, unroutable_after_s=1.0)
+
+        # When a task of a type nobody runs is submitted
+        task = await client.submit("async_add", {"a": 1, "b": 2})
+        final = await client.wait(task.id, timeout_s=30)
+
+    # Then it fails, and the scheduler says so once: one Failed event, one error line
+    assert final.state is TaskState.FAILED
+    await until_event(rec, Failed)
+    (failed,) = of(rec, Failed, task_id=task.id)
+    assert failed.task.state is TaskState.FAILED and failed.outcome is None
+    assert "no live worker may run type async_add" in (failed.error or "")
+    lines = [r for r in caplog.records if r.getMessage().startswith("task failed: ")]
+    assert len(lines) == 1 and lines[0].getMessage() == f"task failed: {final.error}"
