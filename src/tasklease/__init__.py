@@ -33,8 +33,7 @@ from tasklease.quotas import Quota
 from tasklease.retry import RetryPolicy
 from tasklease.stats import Stats
 from tasklease.store import StoreConfig
-
-__version__ = "0.1.0"
+from tasklease.version import __version__
 
 __all__ = [
     "Attempt",

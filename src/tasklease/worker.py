@@ -46,7 +46,6 @@ from typing import Any
 
 import psutil
 
-from tasklease import __version__
 from tasklease.burst import Burst
 from tasklease.clock import Clock, SystemClock
 from tasklease.errors import (
@@ -72,6 +71,7 @@ from tasklease.recorder import (
 )
 from tasklease.retention import RetentionLeases
 from tasklease.store import KVStore
+from tasklease.version import __version__
 
 __all__ = [
     # The outcome bounds and deadlines live in recorder.py; their old home still names them.

@@ -31,9 +31,9 @@ import ssl
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
-from tasklease import __version__
 from tasklease.executors.base import PermanentError, TaskError
 from tasklease.executors.netpolicy import NetworkPolicy
+from tasklease.version import __version__
 
 MAX_HEAD_LINE = 64 * 1024  # one status or header line (the stream's buffer limit)
 MAX_HEAD_BYTES = 256 * 1024  # status line and headers together
