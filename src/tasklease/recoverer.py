@@ -40,7 +40,7 @@ from tasklease.mirror import STALE_MARGIN_S, Group, Mirror
 from tasklease.models import Outcome, Task, TaskState
 from tasklease.recovery import RunningEntry, still_running
 from tasklease.retention import RetentionLeases
-from tasklease.store import KV, Get, KVStore, Put
+from tasklease.store import KV, Get, KVStore
 
 log = logging.getLogger("tasklease.scheduler")
 
@@ -51,12 +51,6 @@ READ_GROUP = 16
 ERROR_BACKOFF_S = (0.2, 2.0)
 # Longest sleep of the timer loop: then it re-examines the mirror (and wakes the assigner).
 BACKSTOP_S = 5.0
-
-
-def _written(txn: transitions.Txn, key: str) -> Task:
-    """The task record ``txn`` puts at ``key`` (for the event of a rare repair: decoded, not rebuilt)."""
-    value = next(op.value for op in txn.ops if isinstance(op, Put) and op.key == key)
-    return codec.decode_task(key, value)
 
 
 async def _records(store: KVStore, keys: Keyspace, task_ids: list[str]) -> list[KV | None]:
@@ -126,18 +120,19 @@ class Failer:
             return
         now = self.mirror.clock.now()
         lease = await self.retention.lease_for(task.retention_s)
-        txn = transitions.fail_waiting(self.election.fence(), queue_kv, record_kv, task, reason, now, lease)
+        txn, failed = transitions.fail_waiting(
+            self.election.fence(), queue_kv, record_kv, task, reason, now, lease
+        )
         result = await self.store.txn(txn.compares, txn.ops)
         # Not picked again while the watch catches up (it deletes the key, or a new
         # version of it clears the mark).
         self.mirror.view.skipped.add(queue_kv.key)
         if result.succeeded:
-            self.emit_failed(txn, record_kv.key, now)
+            self.emit_failed(failed, now)
 
-    def emit_failed(self, txn: transitions.Txn, record_key: str, now: float) -> None:
-        """Emit ``Failed`` for the record ``txn`` wrote (LoggingHook: "task failed: ...")."""
+    def emit_failed(self, failed: Task, now: float) -> None:
+        """Emit ``Failed`` for the failed record written (LoggingHook: "task failed: ...")."""
         if self.hooks:
-            failed = _written(txn, record_key)
             self.hooks.emit(Failed(at=now, component="scheduler", source=self.id, task=failed))
 
     def check_routes(self) -> None:
@@ -526,12 +521,12 @@ class Promoter:
             await self.store.txn(drop.compares, drop.ops)
             return False
         try:
-            txn = transitions.promote(
+            txn, queued = transitions.promote(
                 self.keys, self.election.fence(), delayed_kv, record_kv, task, now, self._ids.sequence()
             )
         except PayloadTooLarge as exc:
             lease = await self.retention.lease_for(task.retention_s)
-            txn = transitions.fail_waiting(
+            txn, failed = transitions.fail_waiting(
                 self.election.fence(),
                 delayed_kv,
                 record_kv,
@@ -542,12 +537,11 @@ class Promoter:
             )
             result = await self.store.txn(txn.compares, txn.ops)
             if result.succeeded:
-                self.failer.emit_failed(txn, record_kv.key, now)
+                self.failer.emit_failed(failed, now)
             return False
         result = await self.store.txn(txn.compares, txn.ops)
         if not result.succeeded:
             return False
         if self.hooks:
-            queued = _written(txn, record_kv.key)
             self.hooks.emit(Promoted(at=now, component="scheduler", source=self.id, task=queued))
         return True

@@ -446,8 +446,11 @@ def rewrite(keys: Keyspace, record_kv: KV, old: Task, new: Task, lease: int = 0)
 # scheduler: promote, fail what waits ----------------------------------------------------------
 def promote(
     keys: Keyspace, fence: Compare, delayed_kv: KV, record_kv: KV, task: Task, now: float, new_seq: int
-) -> Txn:
+) -> tuple[Txn, Task]:
     """Move a pending task whose delay has passed into its queue (at the back of its band).
+
+    Returns:
+        The transaction and the queued record it writes.
 
     Raises:
         InvalidTransition: It is not pending.
@@ -459,7 +462,7 @@ def promote(
     data = codec.encode_for_write(queued)
     compares = [fence, Compare.unchanged(delayed_kv), Compare.unchanged(record_kv)]
     ops: list[Op] = [Delete(delayed_kv.key), Put(record_kv.key, data), *place_ops(keys, queued, data)]
-    return Txn(compares, ops)
+    return Txn(compares, ops), queued
 
 
 def drop_delayed(fence: Compare, delayed_kv: KV) -> Txn:
@@ -469,12 +472,15 @@ def drop_delayed(fence: Compare, delayed_kv: KV) -> Txn:
 
 def fail_waiting(
     fence: Compare, index_kv: KV, record_kv: KV, task: Task, reason: str, now: float, lease: int
-) -> Txn:
+) -> tuple[Txn, Task]:
     """Fail a waiting (queued or pending) task that no transaction can carry.
 
     ``index_kv`` is its queue or delayed key. If even the failed record is too
     large to write (a record from an older version, or planted), its payload
     is left out, and the error says so.
+
+    Returns:
+        The transaction and the failed record it writes.
     """
     failed = transition(task, TaskState.FAILED, now=now, error=reason)
     try:
@@ -487,7 +493,7 @@ def fail_waiting(
         Compare.unchanged(index_kv),
         Compare(record_kv.key, "mod", "=", record_kv.mod_revision),
     ]
-    return Txn(compares, [Delete(index_kv.key), Put(record_kv.key, data, lease=lease)])
+    return Txn(compares, [Delete(index_kv.key), Put(record_kv.key, data, lease=lease)]), failed
 
 
 def merged(parts: Sequence[Txn]) -> Txn:

@@ -204,7 +204,8 @@ def test_reprioritise_moves_a_queue_key_and_leaves_a_delayed_key_alone():
 def test_promote_requires_a_pending_task_and_places_it_at_the_back_of_its_queue():
     task = queued(state=TaskState.PENDING, not_before=NOW - 1)
     delayed_kv = KV(K.delayed_entry(NOW - 1, TASK_ID), TASK_ID.encode(), 3, 3, 0)
-    txn = transitions.promote(K, FENCE, delayed_kv, kv(K.task(TASK_ID), task), task, NOW, 123)
+    txn, queued_record = transitions.promote(K, FENCE, delayed_kv, kv(K.task(TASK_ID), task), task, NOW, 123)
+    assert queued_record.state is TaskState.QUEUED and queued_record.seq == 123
     assert keys_of(txn.ops)[0] == ("Delete", delayed_kv.key)
     assert keys_of(txn.ops)[2][1].startswith(K.queue(task.queue))
     with pytest.raises(InvalidTransition):
@@ -214,7 +215,9 @@ def test_promote_requires_a_pending_task_and_places_it_at_the_back_of_its_queue(
 def test_fail_waiting_drops_a_payload_too_large_to_record():
     task = queued(payload="x" * (codec.MAX_RECORD_BYTES + 10))
     index_kv = KV(transitions.queue_key(K, task), b"", 4, 4, 0)
-    txn = transitions.fail_waiting(FENCE, index_kv, KV(K.task(TASK_ID), b"", 4, 4, 0), task, "why", NOW, 0)
+    txn, written = transitions.fail_waiting(
+        FENCE, index_kv, KV(K.task(TASK_ID), b"", 4, 4, 0), task, "why", NOW, 0
+    )
     put = txn.ops[1]
     assert isinstance(put, Put)
     failed = codec.decode_task(put.key, put.value)
@@ -224,6 +227,7 @@ def test_fail_waiting_drops_a_payload_too_large_to_record():
         and "payload dropped" in (failed.error or "")
     )
     assert isinstance(txn.ops[0], Delete)
+    assert written == failed
 
 
 def test_fit_record_turns_an_oversized_retry_into_a_bounded_failure():
