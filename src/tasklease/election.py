@@ -276,11 +276,6 @@ class Election:
             await self.session.close()
             self.session = None
 
-    async def leader(self) -> str | None:
-        """The current leader's id, if any."""
-        kv, _ = await self.store.get(self.keys.leader)
-        return kv.value.decode() if kv else None
-
 
 def _holder_info(kv: KV) -> dict[str, object]:
     """What another process registered (empty if unreadable)."""
