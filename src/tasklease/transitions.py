@@ -31,7 +31,6 @@ table. docs/architecture.md lists every transaction with its keys.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from tasklease import codec
@@ -494,11 +493,3 @@ def fail_waiting(
         Compare(record_kv.key, "mod", "=", record_kv.mod_revision),
     ]
     return Txn(compares, [Delete(index_kv.key), Put(record_kv.key, data, lease=lease)]), failed
-
-
-def merged(parts: Sequence[Txn]) -> Txn:
-    """One transaction of all ``parts`` (all or nothing)."""
-    txn = Txn()
-    for part in parts:
-        txn.extend(part)
-    return txn
