@@ -1,4 +1,4 @@
-"""The only module that talks to etcd (through the pinned ``etcd3aio`` client).
+"""The store: the one way to etcd (through the pinned ``etcd3aio`` client).
 
 Everything above it speaks in :class:`KV`, :class:`Compare`, :class:`Put`,
 :class:`Delete` and :class:`Get`, and sees only :mod:`tasklease.errors`
@@ -19,56 +19,84 @@ then watch again. Transactions are sent once (no client-side retry): a transacti
 that committed but whose answer was lost would otherwise be sent again and
 come back ``succeeded=False`` (ETCD-NOTES pitfall 3). Callers that need to
 know re-read after :class:`~tasklease.errors.StoreUnavailable`.
+
+Owns :class:`StoreConfig`, the :class:`KVStore` protocol and :class:`Store`,
+which delegates to the ``store_*`` helpers: :mod:`~tasklease.store_types` (the
+values and limits, re-exported here), :mod:`~tasklease.store_channel` (the
+client, its connection and messages), :mod:`~tasklease.store_errors` (error
+translation), :mod:`~tasklease.store_paging` (the pages of ``scan``),
+:mod:`~tasklease.store_leases` and :mod:`~tasklease.store_watch`.
+Only ``store*.py`` modules import the etcd client.
+
+Imports: :mod:`tasklease.errors` and the ``store_*`` helpers;
+:mod:`tasklease.etcd_server` inside :meth:`StoreConfig.from_options` (a local
+etcd's credentials).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 import math
 import os
-import re
-import socket
-import ssl
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Protocol, Self
+from typing import Any, Protocol, Self
 from urllib.parse import urlsplit
 
-from tasklease.errors import (
-    InvalidOption,
-    StoreAuthError,
-    StoreAuthRequired,
-    StoreCompacted,
-    StoreError,
-    StoreLeaseNotFound,
-    StoreNoSpace,
-    StoreRequestTooLarge,
-    StoreUnavailable,
-    WatchCompacted,
-    WatchTooLarge,
+from tasklease.errors import InvalidOption
+from tasklease.store_channel import Channel, decode_kv, encode_compare, encode_op, read_password_file
+from tasklease.store_errors import auth_error, refused
+from tasklease.store_leases import Leases
+from tasklease.store_paging import FIRST_PAGE, MAX_PAGE, READ_BUDGET_BYTES, next_page_limit, scan_pages
+from tasklease.store_types import (
+    KV,
+    MAX_RECEIVE_BYTES,
+    MAX_REQUEST_BYTES,
+    MAX_TXN_BYTES,
+    MAX_TXN_OPS,
+    Compare,
+    Delete,
+    Event,
+    Get,
+    Op,
+    Put,
+    RangeResult,
+    TxnResult,
+    check_txn_size,
+    txn_size,
 )
+from tasklease.store_watch import watch_changes
 
-log = logging.getLogger("tasklease.store")
+__all__ = [
+    "DEFAULT_ENDPOINT",
+    "FIRST_PAGE",
+    "KV",
+    "MAX_PAGE",
+    "MAX_RECEIVE_BYTES",
+    "MAX_REQUEST_BYTES",
+    "MAX_TXN_BYTES",
+    "MAX_TXN_OPS",
+    "READ_BUDGET_BYTES",
+    "Compare",
+    "Delete",
+    "Event",
+    "Get",
+    "KVStore",
+    "Op",
+    "Put",
+    "RangeResult",
+    "Store",
+    "StoreConfig",
+    "TxnResult",
+    "next_page_limit",
+    "parse_endpoints",
+    "read_password_file",
+    "txn_size",
+]
 
-# etcd's default --max-txn-ops: each of compare/success/failure may hold this many.
-MAX_TXN_OPS = 128
-# etcd's default --max-request-bytes is 1.5 MiB; stay below with a margin.
-MAX_REQUEST_BYTES = 1_572_864
-MAX_TXN_BYTES = 1_400_000
-# What the channel accepts in one message (gRPC's default is 4 MiB). A read is
-# paged to READ_BUDGET_BYTES, so only a watch catch-up can come near this.
-MAX_RECEIVE_BYTES = 128 * 1024 * 1024
-# Target size of one page of a scan: pages are sized from the largest value seen.
-READ_BUDGET_BYTES = 4 * 1024 * 1024
-# First page of a scan with values, before any size is known: even records of
-# the 1 MiB maximum stay under the receive limit.
-FIRST_PAGE = 64
-# Most keys per page (etcd answers faster in moderate pages).
-MAX_PAGE = 1000
+# Their former names here (tests/unit/test_errors.py imports them).
+_auth_error = auth_error
+_refused = refused
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:2379"
 
@@ -97,24 +125,6 @@ def parse_endpoints(text: str) -> list[str]:
     if not result:
         raise InvalidOption("no etcd endpoint given")
     return result
-
-
-def read_password_file(path: str) -> str:
-    """The password in ``path``: its first line, without the line break.
-
-    Raises:
-        InvalidOption: If the file cannot be read or its first line is empty.
-    """
-    try:
-        with open(path, encoding="utf-8") as f:
-            line = f.readline()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise InvalidOption(f"cannot read the etcd password file {path}: {reason}") from None
-    password = line.rstrip("\r\n")
-    if not password:
-        raise InvalidOption(f"the etcd password file {path} is empty (the password is its first line)")
-    return password
 
 
 def _endpoint_host(endpoint: str) -> str:
@@ -274,151 +284,6 @@ class StoreConfig:
         return _endpoint_host(self.endpoints[0])
 
 
-@dataclass(frozen=True, slots=True)
-class KV:
-    """One key as etcd returned it."""
-
-    key: str
-    value: bytes
-    create_revision: int
-    mod_revision: int
-    version: int
-    lease: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Compare:
-    """A transaction guard: ``target(key) op value``.
-
-    ``target`` is ``create`` (create revision, 0 = absent), ``mod`` (mod
-    revision), ``version`` (0 = absent) or ``value``.
-    """
-
-    key: str
-    target: Literal["create", "mod", "version", "value"]
-    op: Literal["=", "!=", "<", ">"]
-    value: int | bytes
-
-    @classmethod
-    def absent(cls, key: str) -> Compare:
-        """The key does not exist."""
-        return cls(key, "create", "=", 0)
-
-    @classmethod
-    def exists(cls, key: str) -> Compare:
-        """The key exists."""
-        return cls(key, "create", ">", 0)
-
-    @classmethod
-    def unchanged(cls, kv: KV) -> Compare:
-        """The key is exactly as ``kv`` was read (same mod revision)."""
-        return cls(kv.key, "mod", "=", kv.mod_revision)
-
-    @classmethod
-    def created_at(cls, key: str, revision: int) -> Compare:
-        """The key is the incarnation created at ``revision`` (a fencing token)."""
-        return cls(key, "create", "=", revision)
-
-
-@dataclass(frozen=True, slots=True)
-class Put:
-    """Write ``value`` at ``key`` (under ``lease`` if not 0)."""
-
-    key: str
-    value: bytes
-    lease: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Delete:
-    """Delete ``key`` (or ``[key, range_end)``)."""
-
-    key: str
-    range_end: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Get:
-    """Read ``key`` (or ``[key, range_end)``) inside a transaction."""
-
-    key: str
-    range_end: str | None = None
-
-
-Op = Put | Delete | Get
-
-
-@dataclass(frozen=True, slots=True)
-class TxnResult:
-    """What a transaction did.
-
-    Attributes:
-        succeeded: Whether every compare held (the success branch ran).
-        revision: The store revision after the transaction.
-        reads: For each :class:`Get` of the branch that ran, in order, the keys read.
-    """
-
-    succeeded: bool
-    revision: int
-    reads: list[list[KV]] = field(default_factory=list)
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One watch event."""
-
-    type: Literal["put", "delete"]
-    kv: KV
-    prev: KV | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class RangeResult:
-    """A range read.
-
-    Attributes:
-        kvs: The keys, in ascending key order.
-        revision: The store revision the read saw (start watches at ``revision + 1``).
-        more: Whether ``limit`` cut the result short.
-        count: How many keys the whole range holds.
-    """
-
-    kvs: list[KV]
-    revision: int
-    more: bool
-    count: int
-
-
-def txn_size(ops: Sequence[Op | Compare]) -> int:
-    """Request size of ``ops`` in bytes (an upper bound of their protobuf encoding)."""
-    size = 0
-    for op in ops:
-        size += len(op.key) + 24
-        if isinstance(op, Put):
-            size += len(op.value)
-        elif isinstance(op, Delete | Get) and op.range_end:
-            size += len(op.range_end)
-        elif isinstance(op, Compare) and isinstance(op.value, bytes):
-            size += len(op.value)
-    return size
-
-
-def next_page_limit(largest_value: int, budget: int = READ_BUDGET_BYTES) -> int:
-    """How many keys the next page may hold so that it stays near ``budget`` bytes."""
-    return max(1, min(MAX_PAGE, budget // max(1, largest_value + 128)))
-
-
-def _kv(pb: Any) -> KV:
-    return KV(
-        key=pb.key.decode(),
-        value=bytes(pb.value),
-        create_revision=pb.create_revision,
-        mod_revision=pb.mod_revision,
-        version=pb.version,
-        lease=pb.lease,
-    )
-
-
 class KVStore(Protocol):
     """What components need of etcd: the methods of :class:`Store`, the real one.
 
@@ -521,7 +386,10 @@ class Store:
     """An async connection to etcd.
 
     Use as ``async with Store(config) as store:``. Safe to share between the
-    tasks of one event loop; not thread-safe.
+    tasks of one event loop; not thread-safe. Reads and writes are sent
+    here; the connection (:class:`~tasklease.store_channel.Channel`), leases
+    (:class:`~tasklease.store_leases.Leases`) and watches
+    (:func:`~tasklease.store_watch.watch_changes`) are the helpers'.
 
     Args:
         config: Where etcd is and how to authenticate.
@@ -529,9 +397,9 @@ class Store:
 
     def __init__(self, config: StoreConfig | None = None) -> None:
         self.config = config or StoreConfig()
-        self._client: Any = None
-        self._refresher: Any = None
-        self._pb: Any = None
+        self._channel = Channel(self.config)
+        self._leases = Leases(self._channel)
+        self._pb: Any = None  # etcd3aio's protobuf module: set by connect(), read by txn()
 
     async def __aenter__(self) -> Self:
         await self.connect()
@@ -553,123 +421,17 @@ class Store:
             StoreUnavailable: etcd cannot be reached (auth only; otherwise
                 the first request tells).
         """
-        # Imported here so the rest of the package imports without gRPC loaded;
-        # etcd3aio also puts its proto folder on sys.path (ETCD-NOTES pitfall 7).
-        # gRPC core otherwise logs INFO lines (a failed TLS handshake) to stderr.
-        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-        import etcd3aio
-        from etcd3aio import _protobuf
-
-        self._pb = _protobuf
-        cfg = self.config
-        tls: dict[str, Any] = {}
-        if cfg.ca_file:
-            tls["ca_cert"] = _read_pem(cfg.ca_file, "CA")
-        elif cfg.tls:
-            bundle = ssl.get_default_verify_paths().cafile or "/etc/ssl/certs/ca-certificates.crt"
-            tls["ca_cert"] = _read_pem(bundle, "system CA bundle")
-        if tls and cfg.cert_file and cfg.key_file:
-            tls["cert_chain"] = _read_pem(cfg.cert_file, "client certificate")
-            tls["cert_key"] = _read_pem(cfg.key_file, "client key")
-        password = cfg.password
-        if cfg.password_file is not None:
-            password = read_password_file(cfg.password_file)
-        # Endpoints are dialled by address (ipv4:), so the name to verify is given
-        # explicitly: the host the endpoints name (all the same, StoreConfig checks),
-        # or tls_server_name. Never a name the user did not give.
-        server_name = cfg.server_name
-        self._client = etcd3aio.Etcd3Client(
-            [_ipv4_endpoint(e) for e in cfg.endpoints],
-            rpc_max_attempts=3,
-            watch_reconnect_backoff_seconds=0.1,
-            watch_max_reconnect_backoff_seconds=1.0,
-            tls_server_name=server_name,
-            **tls,
-        )
-        # etcd3aio sets no message limits: gRPC's 4 MiB receive default is less than
-        # one page of 1,000 records of 4.5 KB. Requests are checked by txn() first.
-        self._client._manager.grpc_options.extend(
-            [
-                ("grpc.max_receive_message_length", cfg.max_receive_bytes),
-                ("grpc.max_send_message_length", MAX_REQUEST_BYTES + 64 * 1024),
-            ]
-        )
-        await self._client.connect()
-        if cfg.user is not None and password is not None:
-            refresher = self._client.token_refresher(cfg.user, password, interval=120.0)
-            try:
-                async with asyncio.timeout(cfg.timeout_s):
-                    await refresher.__aenter__()
-            except BaseException as exc:
-                await self._client.close()
-                self._client = None
-                raise self._wrap(exc, "authenticate") from exc
-            self._refresher = refresher
+        try:
+            await self._channel.open()
+        finally:
+            self._pb = self._channel.pb
 
     async def close(self) -> None:
         """Close the channel. Idempotent."""
-        if self._refresher is not None:
-            with contextlib.suppress(Exception):
-                await self._refresher.__aexit__(None, None, None)
-            self._refresher = None
-        if self._client is not None:
-            client, self._client = self._client, None
-            with contextlib.suppress(Exception):
-                await client.close()
-
-    # error mapping --------------------------------------------------------------------
-    def _wrap(self, exc: BaseException, what: str) -> StoreError:
-        import etcd3aio
-        import grpc
-
-        endpoints = ",".join(self.config.endpoints)
-        if isinstance(exc, etcd3aio.EtcdUnauthenticatedError | etcd3aio.EtcdPermissionDeniedError):
-            return _auth_error(f"etcd refused {what}: {exc}")
-        if isinstance(exc, etcd3aio.EtcdConnectionError):
-            return StoreUnavailable(f"cannot reach etcd at {endpoints} ({what}){_tls_hint(str(exc))}")
-        if isinstance(exc, etcd3aio.EtcdTransientError | TimeoutError):
-            return StoreUnavailable(
-                f"etcd at {endpoints} did not answer {what} within {self.config.timeout_s:g} s"
-            )
-        if isinstance(exc, grpc.aio.AioRpcError):
-            code = exc.code()
-            details = exc.details() or ""
-            if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED) or any(
-                m in details for m in _AUTH_FAILURES
-            ):
-                return _auth_error(f"etcd refused {what}: {details}")
-            if code is grpc.StatusCode.RESOURCE_EXHAUSTED or "too large" in details:
-                return _size_or_space(what, details)
-            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                return StoreUnavailable(f"cannot reach etcd at {endpoints} ({what}){_tls_hint(details)}")
-            if code in (
-                grpc.StatusCode.INTERNAL,
-                grpc.StatusCode.UNKNOWN,
-                grpc.StatusCode.UNIMPLEMENTED,
-            ):
-                return StoreUnavailable(
-                    f"{endpoints} did not answer {what} like etcd: {code.name} {exc.details()}"
-                )
-            return _refused(f"etcd {what} failed: {code.name} {exc.details()}")
-        if isinstance(exc, etcd3aio.EtcdError):
-            if "space exceeded" in str(exc) or "too large" in str(exc):
-                return _size_or_space(what, str(exc))
-            return _refused(f"etcd {what} failed: {exc}")
-        return _refused(f"etcd {what} failed: {type(exc).__name__}: {exc}")
+        await self._channel.close()
 
     def _svc(self) -> Any:
-        if self._client is None:
-            raise StoreError("store is not connected")
-        return self._client
-
-    async def _call(self, what: str, coro: Any, timeout_s: float | None = None) -> Any:
-        try:
-            async with asyncio.timeout(timeout_s or self.config.timeout_s):
-                return await coro
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            raise self._wrap(exc, what) from exc
+        return self._channel.svc()
 
     # KV ----------------------------------------------------------------------------------
     async def get(self, key: str) -> tuple[KV | None, int]:
@@ -678,9 +440,9 @@ class Store:
         Returns:
             The key (or None) and the revision of the read.
         """
-        client = self._svc()
-        resp = await self._call("get", client.kv.get(key, timeout=self.config.timeout_s))
-        kv = _kv(resp.kvs[0]) if resp.kvs else None
+        client = self._channel.svc()
+        resp = await self._channel.call("get", client.kv.get(key, timeout=self.config.timeout_s))
+        kv = decode_kv(resp.kvs[0]) if resp.kvs else None
         return kv, resp.header.revision
 
     async def range(
@@ -703,8 +465,8 @@ class Store:
             count_only: Only count.
             revision: Read as of this revision (0 = now); pages of one snapshot.
         """
-        client = self._svc()
-        resp = await self._call(
+        client = self._channel.svc()
+        resp = await self._channel.call(
             "range",
             client.kv.get(
                 prefix,
@@ -716,9 +478,9 @@ class Store:
                 timeout=self.config.timeout_s,
             ),
         )
-        return RangeResult([_kv(k) for k in resp.kvs], resp.header.revision, resp.more, resp.count)
+        return RangeResult([decode_kv(k) for k in resp.kvs], resp.header.revision, resp.more, resp.count)
 
-    async def scan(
+    def scan(
         self,
         prefix: str,
         end: str,
@@ -738,63 +500,26 @@ class Store:
         quarter of the receive limit). A page refused for its size is read
         again at a quarter of the count (down to one key).
 
-        Yields:
-            The pages (their ``revision`` is the snapshot's).
+        Returns:
+            An async generator of the pages (their ``revision`` is the snapshot's).
         """
         if budget_bytes is None:
             budget_bytes = min(READ_BUDGET_BYTES, self.config.max_receive_bytes // 4)
-        limit = MAX_PAGE if keys_only else max(1, min(first_page, MAX_PAGE))
-        start = prefix
-        largest = 0
-        while True:
-            try:
-                page = await self.range(start, end, limit=limit, keys_only=keys_only, revision=revision)
-            except StoreRequestTooLarge:
-                if limit == 1:
-                    raise
-                limit = max(1, limit // 4)
-                continue
-            revision = page.revision
-            if not page.kvs:
-                return
-            yield page
-            if not page.more:
-                return
-            start = page.kvs[-1].key + "\0"
-            if not keys_only:
-                largest = max(largest, *(len(kv.value) for kv in page.kvs))
-                limit = next_page_limit(largest, budget_bytes)
+        return scan_pages(
+            self.range,
+            prefix,
+            end,
+            revision=revision,
+            keys_only=keys_only,
+            budget_bytes=budget_bytes,
+            first_page=first_page,
+        )
 
     def _compare(self, c: Compare) -> Any:
-        pb = self._pb.Compare
-        ops = {"=": pb.EQUAL, "!=": pb.NOT_EQUAL, "<": pb.LESS, ">": pb.GREATER}
-        msg = pb(result=ops[c.op], key=c.key.encode())
-        if c.target == "create":
-            msg.target = pb.CREATE
-            msg.create_revision = int(c.value)
-        elif c.target == "mod":
-            msg.target = pb.MOD
-            msg.mod_revision = int(c.value)
-        elif c.target == "version":
-            msg.target = pb.VERSION
-            msg.version = int(c.value)
-        else:
-            msg.target = pb.VALUE
-            msg.value = c.value if isinstance(c.value, bytes) else str(c.value).encode()
-        return msg
+        return encode_compare(self._pb, c)
 
     def _op(self, op: Op) -> Any:
-        pb = self._pb
-        if isinstance(op, Put):
-            return pb.RequestOp(
-                request_put=pb.PutRequest(key=op.key.encode(), value=op.value, lease=op.lease)
-            )
-        end = op.range_end.encode() if op.range_end else b""
-        if isinstance(op, Delete):
-            return pb.RequestOp(
-                request_delete_range=pb.DeleteRangeRequest(key=op.key.encode(), range_end=end)
-            )
-        return pb.RequestOp(request_range=pb.RangeRequest(key=op.key.encode(), range_end=end))
+        return encode_op(self._pb, op)
 
     async def txn(
         self,
@@ -821,27 +546,21 @@ class Store:
             StoreCompacted: A read names a revision etcd has compacted away.
             StoreError: etcd rejected it for another reason.
         """
-        if max(len(compares), len(success), len(failure)) > MAX_TXN_OPS:
-            raise StoreRequestTooLarge(f"transaction over etcd's {MAX_TXN_OPS} operations")
-        size = txn_size(compares) + txn_size(success) + txn_size(failure)
-        if size > MAX_REQUEST_BYTES - 16 * 1024:
-            raise StoreRequestTooLarge(
-                f"transaction of {size} bytes is over etcd's request limit ({MAX_REQUEST_BYTES} bytes)"
-            )
-        client = self._svc()
-        resp = await self._call(
+        check_txn_size(compares, success, failure)
+        client = self._channel.svc()
+        resp = await self._channel.call(
             "txn",
             client.kv.txn(
-                [self._compare(c) for c in compares],
-                [self._op(o) for o in success],
-                [self._op(o) for o in failure],
+                [encode_compare(self._pb, c) for c in compares],
+                [encode_op(self._pb, o) for o in success],
+                [encode_op(self._pb, o) for o in failure],
                 timeout=timeout_s or self.config.timeout_s,
                 max_attempts=1,
             ),
             timeout_s,
         )
         reads = [
-            [_kv(k) for k in r.response_range.kvs]
+            [decode_kv(k) for k in r.response_range.kvs]
             for r in resp.responses
             if r.WhichOneof("response") == "response_range"
         ]
@@ -853,8 +572,10 @@ class Store:
         Returns:
             The revision of the write.
         """
-        client = self._svc()
-        resp = await self._call("put", client.kv.put(key, value, lease=lease, timeout=self.config.timeout_s))
+        client = self._channel.svc()
+        resp = await self._channel.call(
+            "put", client.kv.put(key, value, lease=lease, timeout=self.config.timeout_s)
+        )
         return int(resp.header.revision)
 
     async def delete(self, key: str, range_end: str | None = None) -> int:
@@ -863,49 +584,27 @@ class Store:
         Returns:
             How many keys were deleted.
         """
-        client = self._svc()
-        resp = await self._call("delete", client.kv.delete(key, range_end, timeout=self.config.timeout_s))
+        client = self._channel.svc()
+        resp = await self._channel.call(
+            "delete", client.kv.delete(key, range_end, timeout=self.config.timeout_s)
+        )
         return int(resp.deleted)
 
-    # leases ------------------------------------------------------------------------------
+    # leases (store_leases.py) -------------------------------------------------------------
     async def grant(self, ttl_s: int) -> int:
-        """Grant a lease.
-
-        Returns:
-            The lease id.
-        """
-        client = self._svc()
-        resp = await self._call("lease grant", client.lease.grant(ttl_s, timeout=self.config.timeout_s))
-        return int(resp.ID)
+        """Grant a lease; its id."""
+        return await self._leases.grant(ttl_s)
 
     async def keepalive(self, lease_id: int) -> int:
-        """Refresh a lease once.
-
-        Returns:
-            The remaining TTL in seconds; 0 or less if the lease is gone.
-        """
-        client = self._svc()
-
-        async def once() -> int:
-            stream = client.lease.keep_alive(lease_id)
-            try:
-                async for resp in stream:
-                    return int(resp.TTL)
-                return 0
-            finally:
-                stream.cancel()
-
-        result: int = await self._call("lease keep-alive", once())
-        return result
+        """Refresh a lease once; the remaining TTL in seconds (0 or less: the lease is gone)."""
+        return await self._leases.keepalive(lease_id)
 
     async def revoke(self, lease_id: int) -> None:
         """Revoke a lease, deleting every key under it. A lease already gone is fine."""
-        client = self._svc()
-        with contextlib.suppress(StoreLeaseNotFound):
-            await self._call("lease revoke", client.lease.revoke(lease_id, timeout=self.config.timeout_s))
+        await self._leases.revoke(lease_id)
 
-    # watch -------------------------------------------------------------------------------
-    async def watch(
+    # watch (store_watch.py) ---------------------------------------------------------------
+    def watch(
         self, prefix: str, end: str, start_revision: int, *, prev_kv: bool = False
     ) -> AsyncGenerator[list[Event], None]:
         """Stream the changes of ``[prefix, end)`` from ``start_revision`` on.
@@ -913,12 +612,11 @@ class Store:
         Start at the header revision of a read plus one, so that nothing falls
         between the read and the watch. The stream survives etcd restarts and
         fail-overs: it reconnects and resumes right after the last event it
-        delivered. (The client library's own watch resumes after the *header*
-        revision of the last response, which skips events if the connection
-        drops while a watch is catching up; so we drive the gRPC stream here.)
+        delivered (store_watch.py drives the gRPC stream: the client library's
+        own watch skips events if the connection drops while it catches up).
 
-        Yields:
-            The events of one etcd response (never empty).
+        Returns:
+            An async generator of the events of one etcd response each (never empty).
 
         Raises:
             WatchCompacted: ``start_revision`` (or the resume point) was
@@ -927,145 +625,10 @@ class Store:
                 of WatchCompacted, handled the same way).
             StoreError: The watch failed for good.
         """
-        import grpc
-        from etcd3aio._protobuf import WatchCreateRequest, WatchRequest
-
-        service = self._svc().watch
-        next_revision = start_revision
-        backoff = 0.1
-        while True:
-            create = WatchCreateRequest(
-                key=prefix.encode(), range_end=end.encode(), start_revision=next_revision, prev_kv=prev_kv
-            )
-
-            async def requests(create: Any = create) -> AsyncIterator[Any]:
-                yield WatchRequest(create_request=create)
-                await asyncio.Event().wait()  # keep the request side open
-
-            call = service._stub.Watch(requests(), metadata=service._metadata or None)
-            try:
-                async for resp in call:
-                    backoff = 0.1
-                    if resp.compact_revision > 0:
-                        raise WatchCompacted(
-                            f"watch of {prefix} from revision {next_revision} was compacted "
-                            f"(oldest is {resp.compact_revision})"
-                        )
-                    if resp.canceled:
-                        raise StoreError(f"etcd cancelled the watch of {prefix}: {resp.cancel_reason}")
-                    if not resp.events:
-                        continue
-                    events = [
-                        Event(
-                            "put" if ev.type == 0 else "delete",
-                            _kv(ev.kv),
-                            _kv(ev.prev_kv) if ev.HasField("prev_kv") else None,
-                        )
-                        for ev in resp.events
-                    ]
-                    next_revision = events[-1].kv.mod_revision + 1
-                    yield events
-                log.warning("watch of %s ended; watching again from revision %d", prefix, next_revision)
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in (
-                    exc.details() or ""
-                ):
-                    raise WatchTooLarge(
-                        f"watch of {prefix} from revision {next_revision}: a response was over "
-                        f"{self.config.max_receive_bytes} bytes ({exc.details()}); re-read and watch again"
-                    ) from exc
-                if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                    raise self._wrap(exc, "watch") from exc
-                log.warning(
-                    "watch of %s interrupted (%s); resuming from revision %d in %.1f s",
-                    prefix,
-                    exc.code().name,
-                    next_revision,
-                    backoff,
-                )
-            finally:
-                call.cancel()
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 1.0)
+        return watch_changes(self._channel, prefix, end, start_revision, prev_kv=prev_kv)
 
     async def status(self) -> dict[str, Any]:
         """Ask the endpoints for their status (a health check)."""
-        client = self._svc()
-        resp = await self._call("status", client.maintenance.status(timeout=self.config.timeout_s))
+        client = self._channel.svc()
+        resp = await self._channel.call("status", client.maintenance.status(timeout=self.config.timeout_s))
         return {"version": resp.version, "leader": resp.leader, "db_size": resp.dbSize}
-
-
-# Auth failures that etcd reports with other codes than UNAUTHENTICATED/PERMISSION_DENIED
-# (a wrong user or password is INVALID_ARGUMENT), so etcd3aio passes them through raw.
-_AUTH_FAILURES = ("authentication failed", "user name is empty", "user name not found")
-
-
-def _auth_error(message: str) -> StoreAuthError:
-    """An auth refusal; :class:`StoreAuthRequired` when etcd wanted a user and got none."""
-    if "user name is empty" in message:
-        return StoreAuthRequired(message)
-    return StoreAuthError(message)
-
-
-def _refused(message: str) -> StoreError:
-    """Any other refusal, typed by etcd's text for the cases callers handle.
-
-    etcd tells these apart only by its message (a missing lease is NOT_FOUND
-    "requested lease not found"; a compacted read is OUT_OF_RANGE "required
-    revision has been compacted"), so this is the one place that reads it.
-    """
-    if "lease not found" in message:
-        return StoreLeaseNotFound(message)
-    if "compacted" in message:
-        return StoreCompacted(message)
-    return StoreError(message)
-
-
-def _size_or_space(what: str, details: str) -> StoreError:
-    """Name a size refusal or etcd's NOSPACE alarm (both RESOURCE_EXHAUSTED or INVALID_ARGUMENT)."""
-    low = details.lower()
-    if "space exceeded" in low or "nospace" in low:
-        return StoreNoSpace(
-            f"etcd is out of space ({what} refused: {details}); compact and defragment etcd, "
-            "disarm the NOSPACE alarm and purge old tasks (docs/operations.md)"
-        )
-    if "too many requests" in low:
-        return StoreUnavailable(f"etcd is overloaded ({what}: {details}); try again")
-    return StoreRequestTooLarge(f"etcd {what} too large: {details}")
-
-
-def _tls_hint(detail: str) -> str:
-    """Say so when "cannot reach" was in fact a failed TLS handshake."""
-    if "handshake" not in detail.lower():
-        return ""
-    reason = re.search(r"OPENSSL_internal:([A-Z0-9_]+)", detail)
-    return (
-        f": TLS handshake failed{f' ({reason.group(1)})' if reason else ''}; "
-        "check the etcd CA file and the client certificate and key"
-    )
-
-
-def _ipv4_endpoint(endpoint: str) -> str:
-    """Resolve a host name to an IPv4 address: the client dials ``ipv4:`` targets only.
-
-    Raises:
-        StoreUnavailable: If the name does not resolve.
-    """
-    host, _, port = endpoint.rpartition(":")
-    try:
-        socket.inet_aton(host)
-        return endpoint
-    except OSError:
-        pass
-    try:
-        infos = socket.getaddrinfo(host, int(port), socket.AF_INET, socket.SOCK_STREAM)
-    except OSError as exc:
-        raise StoreUnavailable(f"cannot resolve etcd host {host!r}: {exc}") from None
-    return f"{infos[0][4][0]}:{port}"
-
-
-def _read_pem(path: str, what: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise InvalidOption(f"cannot read the etcd {what} file {path}: {exc.strerror}") from None

@@ -21,9 +21,12 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "tasklease"
 BASE = {"errors", "clock", "ids", "keys", "retry", "routing", "models", "codec", "logs", "spec"}
 BASE |= {"groupcommit", "version"}
 STORE = {"store", "etcd_server"}
+STORE |= {"store_types", "store_errors", "store_channel", "store_paging", "store_leases", "store_watch"}
+STORE |= {"etcd_auth"}
 SEAMS = {"events", "transitions"}
 SHARED = {"session", "election", "retention", "waiters", "queue", "recovery", "nodes", "fleet"}
 SHARED |= {"quotas", "purge", "stats"}
+SHARED |= {"quota_usage"}
 FAMILIES = {
     "worker": {"worker", "membership", "execution", "recorder", "burst"},
     "scheduler": {"scheduler", "mirror", "assigner", "recoverer"},

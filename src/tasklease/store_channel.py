@@ -1,0 +1,232 @@
+"""The store's connection to etcd: one ``etcd3aio`` client, and the messages it carries.
+
+Owns :class:`Channel` (opening the client: TLS material, the password file,
+endpoints dialled by IPv4 address, message limits, authentication; every
+request's deadline and error translation; closing) and the conversions between
+the client's protobuf messages and :mod:`tasklease.store_types` values
+(:func:`decode_kv`, :func:`encode_compare`, :func:`encode_op`).
+
+Imports: :mod:`tasklease.errors`, :mod:`tasklease.store_types`,
+:mod:`tasklease.store_errors`; the etcd client inside :meth:`Channel.open`
+(so the package imports without gRPC loaded). Only ``store*.py`` modules import
+the etcd client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import ssl
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tasklease.errors import InvalidOption, StoreError, StoreUnavailable
+from tasklease.store_errors import wrap_error
+from tasklease.store_types import KV, MAX_REQUEST_BYTES, Compare, Delete, Op, Put
+
+if TYPE_CHECKING:
+    from tasklease.store import StoreConfig
+
+
+def read_password_file(path: str) -> str:
+    """The password in ``path``: its first line, without the line break.
+
+    Raises:
+        InvalidOption: If the file cannot be read or its first line is empty.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            line = f.readline()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise InvalidOption(f"cannot read the etcd password file {path}: {reason}") from None
+    password = line.rstrip("\r\n")
+    if not password:
+        raise InvalidOption(f"the etcd password file {path} is empty (the password is its first line)")
+    return password
+
+
+class Channel:
+    """The ``etcd3aio`` client of one :class:`~tasklease.store.Store`.
+
+    Args:
+        config: Where etcd is and how to authenticate.
+    """
+
+    def __init__(self, config: StoreConfig) -> None:
+        self.config = config
+        # Set by open(), cleared by close(); the store's requests only read them.
+        self.client: Any = None
+        self.refresher: Any = None
+        self.pb: Any = None  # etcd3aio's protobuf module (request and response messages)
+
+    async def open(self) -> None:
+        """Create the client, connect it and authenticate (if a user is configured).
+
+        Raises:
+            InvalidOption: A TLS or password file cannot be read.
+            StoreAuthError: Wrong user or password.
+            StoreUnavailable: etcd cannot be reached (auth only; otherwise
+                the first request tells), or a host name does not resolve.
+        """
+        # Imported here so the rest of the package imports without gRPC loaded;
+        # etcd3aio also puts its proto folder on sys.path (ETCD-NOTES pitfall 7).
+        # gRPC core otherwise logs INFO lines (a failed TLS handshake) to stderr.
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+        import etcd3aio
+        from etcd3aio import _protobuf
+
+        self.pb = _protobuf
+        cfg = self.config
+        tls: dict[str, Any] = {}
+        if cfg.ca_file:
+            tls["ca_cert"] = _read_pem(cfg.ca_file, "CA")
+        elif cfg.tls:
+            bundle = ssl.get_default_verify_paths().cafile or "/etc/ssl/certs/ca-certificates.crt"
+            tls["ca_cert"] = _read_pem(bundle, "system CA bundle")
+        if tls and cfg.cert_file and cfg.key_file:
+            tls["cert_chain"] = _read_pem(cfg.cert_file, "client certificate")
+            tls["cert_key"] = _read_pem(cfg.key_file, "client key")
+        password = cfg.password
+        if cfg.password_file is not None:
+            password = read_password_file(cfg.password_file)
+        # Endpoints are dialled by address (ipv4:), so the name to verify is given
+        # explicitly: the host the endpoints name (all the same, StoreConfig checks),
+        # or tls_server_name. Never a name the user did not give.
+        server_name = cfg.server_name
+        self.client = etcd3aio.Etcd3Client(
+            [_ipv4_endpoint(e) for e in cfg.endpoints],
+            rpc_max_attempts=3,
+            watch_reconnect_backoff_seconds=0.1,
+            watch_max_reconnect_backoff_seconds=1.0,
+            tls_server_name=server_name,
+            **tls,
+        )
+        # etcd3aio sets no message limits: gRPC's 4 MiB receive default is less than
+        # one page of 1,000 records of 4.5 KB. Requests are checked by txn() first.
+        self.client._manager.grpc_options.extend(
+            [
+                ("grpc.max_receive_message_length", cfg.max_receive_bytes),
+                ("grpc.max_send_message_length", MAX_REQUEST_BYTES + 64 * 1024),
+            ]
+        )
+        await self.client.connect()
+        if cfg.user is not None and password is not None:
+            refresher = self.client.token_refresher(cfg.user, password, interval=120.0)
+            try:
+                async with asyncio.timeout(cfg.timeout_s):
+                    await refresher.__aenter__()
+            except BaseException as exc:
+                await self.client.close()
+                self.client = None
+                raise wrap_error(exc, "authenticate", cfg) from exc
+            self.refresher = refresher
+
+    async def close(self) -> None:
+        """Stop the token refresher and close the client. Idempotent."""
+        if self.refresher is not None:
+            with contextlib.suppress(Exception):
+                await self.refresher.__aexit__(None, None, None)
+            self.refresher = None
+        if self.client is not None:
+            client, self.client = self.client, None
+            with contextlib.suppress(Exception):
+                await client.close()
+
+    def svc(self) -> Any:
+        """The client.
+
+        Raises:
+            StoreError: The channel is not open.
+        """
+        if self.client is None:
+            raise StoreError("store is not connected")
+        return self.client
+
+    async def call(self, what: str, coro: Any, timeout_s: float | None = None) -> Any:
+        """Await one request within its deadline; its errors become :mod:`tasklease.errors` ones.
+
+        Args:
+            what: The request, as error messages name it.
+            coro: The client's coroutine.
+            timeout_s: The deadline (default: the configured one).
+        """
+        try:
+            async with asyncio.timeout(timeout_s or self.config.timeout_s):
+                return await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise wrap_error(exc, what, self.config) from exc
+
+
+# messages -----------------------------------------------------------------------------
+def decode_kv(pb: Any) -> KV:
+    """A :class:`KV` from etcd's ``KeyValue`` message."""
+    return KV(
+        key=pb.key.decode(),
+        value=bytes(pb.value),
+        create_revision=pb.create_revision,
+        mod_revision=pb.mod_revision,
+        version=pb.version,
+        lease=pb.lease,
+    )
+
+
+def encode_compare(pb: Any, c: Compare) -> Any:
+    """The ``Compare`` request message for ``c`` (``pb``: etcd3aio's protobuf module)."""
+    msg_type = pb.Compare
+    ops = {"=": msg_type.EQUAL, "!=": msg_type.NOT_EQUAL, "<": msg_type.LESS, ">": msg_type.GREATER}
+    msg = msg_type(result=ops[c.op], key=c.key.encode())
+    if c.target == "create":
+        msg.target = msg_type.CREATE
+        msg.create_revision = int(c.value)
+    elif c.target == "mod":
+        msg.target = msg_type.MOD
+        msg.mod_revision = int(c.value)
+    elif c.target == "version":
+        msg.target = msg_type.VERSION
+        msg.version = int(c.value)
+    else:
+        msg.target = msg_type.VALUE
+        msg.value = c.value if isinstance(c.value, bytes) else str(c.value).encode()
+    return msg
+
+
+def encode_op(pb: Any, op: Op) -> Any:
+    """The ``RequestOp`` request message for ``op`` (``pb``: etcd3aio's protobuf module)."""
+    if isinstance(op, Put):
+        return pb.RequestOp(request_put=pb.PutRequest(key=op.key.encode(), value=op.value, lease=op.lease))
+    end = op.range_end.encode() if op.range_end else b""
+    if isinstance(op, Delete):
+        return pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=op.key.encode(), range_end=end))
+    return pb.RequestOp(request_range=pb.RangeRequest(key=op.key.encode(), range_end=end))
+
+
+# connecting ---------------------------------------------------------------------------
+def _ipv4_endpoint(endpoint: str) -> str:
+    """Resolve a host name to an IPv4 address: the client dials ``ipv4:`` targets only.
+
+    Raises:
+        StoreUnavailable: If the name does not resolve.
+    """
+    host, _, port = endpoint.rpartition(":")
+    try:
+        socket.inet_aton(host)
+        return endpoint
+    except OSError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, int(port), socket.AF_INET, socket.SOCK_STREAM)
+    except OSError as exc:
+        raise StoreUnavailable(f"cannot resolve etcd host {host!r}: {exc}") from None
+    return f"{infos[0][4][0]}:{port}"
+
+
+def _read_pem(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise InvalidOption(f"cannot read the etcd {what} file {path}: {exc.strerror}") from None
