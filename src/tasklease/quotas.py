@@ -62,9 +62,11 @@ from tasklease import codec
 from tasklease.clock import Clock, SystemClock
 from tasklease.errors import CorruptRecord, InvalidOption, StoreError, WatchCompacted
 from tasklease.errors import QuotaExceeded as QuotaExceeded  # noqa: PLC0414 (moved to errors.py; re-exported here)
-from tasklease.keys import Keyspace, prefix_end
+from tasklease.keys import Keyspace
 from tasklease.models import DEFAULT_RETENTION_S, MAX_RETENTION_S, Task
-from tasklease.store import KV, Compare, Delete, Get, KVStore, Put
+from tasklease.quota_usage import Usage as Usage  # noqa: PLC0414 (moved to quota_usage.py; re-exported here)
+from tasklease.quota_usage import UsageMeter, consume_outcome
+from tasklease.store import KV, Compare, Delete, KVStore, Put
 from tasklease.transitions import queue_key
 
 log = logging.getLogger("tasklease.quotas")
@@ -72,12 +74,6 @@ log = logging.getLogger("tasklease.quotas")
 QUOTA_VERSION = 1
 # A waiting-task count is reused for this long (seconds).
 REFRESH_S = 1.0
-# The byte measurement reads about this many waiting keys per second at most.
-BYTES_KEYS_PER_S = 10_000
-# Records of unmeasured keys are read this many per transaction...
-GETS_PER_TXN = 16
-# ...unless more than this many are new: then the whole queue prefix is read in pages.
-FULL_READ_OVER = 256
 
 
 # units ----------------------------------------------------------------------------------
@@ -297,29 +293,7 @@ async def change_quota(
     return (None if quota.empty else quota), revision
 
 
-# usage ----------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class Usage:
-    """What waits in a namespace, as measured.
-
-    Attributes:
-        waiting: Queued + pending tasks.
-        waiting_bytes: Bytes of their records (``None``: not measured).
-        revision: The etcd revision of the measurement.
-    """
-
-    waiting: int
-    waiting_bytes: int | None
-    revision: int
-
-
-@dataclass(slots=True)
-class _Measure:
-    value: int
-    revision: int
-    at: float  # monotonic
-
-
+# admission ------------------------------------------------------------------------------
 @dataclass(slots=True)
 class _Submit:
     """A task this client is submitting (revision None) or submitted (at revision)."""
@@ -330,7 +304,11 @@ class _Submit:
 
 
 class QuotaGuard:
-    """Caches a namespace's quota and usage for one client, and admits submits.
+    """Caches a namespace's quota for one client, and admits its submits.
+
+    Usage is measured by its :class:`~tasklease.quota_usage.UsageMeter`
+    (``meter``); the guard adds this client's submits that a measurement does
+    not hold yet.
 
     Args:
         store: The client's connection.
@@ -345,7 +323,7 @@ class QuotaGuard:
         self.store = store
         self.keys = keys
         self.clock = clock or SystemClock()
-        self.refresh_s = refresh_s
+        self.meter = UsageMeter(store, keys, clock=self.clock, refresh_s=refresh_s, on_measured=self._forget)
         self._quota: Quota | None = None
         self._error: CorruptRecord | None = None
         self._loaded = False
@@ -353,13 +331,21 @@ class QuotaGuard:
         self._bumped: asyncio.Event | None = None  # set (and replaced) when the record changes
         self._loading: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
-        self._count: _Measure | None = None
-        self._bytes: _Measure | None = None
-        self._sizes: dict[str, tuple[int, int]] = {}  # waiting key -> (mod revision, record size)
-        self._refreshing: asyncio.Task[None] | None = None
-        self._refreshing_bytes = False
-        self._submits: dict[str, _Submit] = {}
-        self.measurements = 0  # how many times usage was measured (tests, metrics)
+        self._submits: dict[str, _Submit] = {}  # admitted tasks, by id: admit/landed/abandon and _forget
+
+    @property
+    def refresh_s(self) -> float:
+        """How long a waiting-task count is reused (tests set it)."""
+        return self.meter.refresh_s
+
+    @refresh_s.setter
+    def refresh_s(self, value: float) -> None:
+        self.meter.refresh_s = value
+
+    @property
+    def measurements(self) -> int:
+        """How many times usage was measured (tests, metrics)."""
+        return self.meter.measurements
 
     # the record ----------------------------------------------------------------------------
     async def current(self) -> Quota | None:
@@ -374,7 +360,7 @@ class QuotaGuard:
             # concurrent submits still goes out as one group transaction.
             if self._loading is None or self._loading.done():
                 self._loading = asyncio.create_task(self._load(), name="tasklease-quota-read")
-                self._loading.add_done_callback(_consume)
+                self._loading.add_done_callback(consume_outcome)
             await asyncio.shield(self._loading)
         if self._error is not None:
             raise self._error
@@ -406,8 +392,7 @@ class QuotaGuard:
             return
         self._quota, self._error, self._seen = quota, error, revision
         if quota is None or quota.max_queued_bytes is None:
-            self._sizes.clear()
-            self._bytes = None
+            self.meter.forget_bytes()
         if self._bumped is not None:
             self._bumped.set()
             self._bumped = None
@@ -462,11 +447,12 @@ class QuotaGuard:
 
     async def close(self) -> None:
         """Stop the watch and any measurement in flight."""
-        for task in (self._loading, self._watcher, self._refreshing):
+        for task in (self._loading, self._watcher):
             if task is not None and not task.done():
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task
+        await self.meter.close()
         self._watcher = None
 
     # admission -----------------------------------------------------------------------------
@@ -496,12 +482,13 @@ class QuotaGuard:
                 )
         if not quota.limits_waiting:
             return
-        await self._fresh(quota)
+        await self.meter.fresh(quota.max_queued_bytes is not None)
         waiting, waiting_bytes = self._usage()
         adding, adding_bytes = len(items), sum(len(d) for _, d in items)
-        assert self._count is not None
+        counted = self.meter.waiting
+        assert counted is not None
         if quota.max_queued is not None and waiting + adding > quota.max_queued:
-            age = self.clock.monotonic() - self._count.at
+            age = self.clock.monotonic() - counted.at
             raise QuotaExceeded(
                 f"quota of namespace {ns!r}: at most {quota.max_queued} waiting tasks (queued + pending); "
                 f"{waiting} are waiting (counted {age:.1f} s ago) and this submit adds {adding}",
@@ -511,8 +498,9 @@ class QuotaGuard:
                 adding=adding,
             )
         if quota.max_queued_bytes is not None and waiting_bytes + adding_bytes > quota.max_queued_bytes:
-            assert self._bytes is not None
-            age = self.clock.monotonic() - self._bytes.at
+            measured = self.meter.waiting_bytes
+            assert measured is not None
+            age = self.clock.monotonic() - measured.at
             raise QuotaExceeded(
                 f"quota of namespace {ns!r}: at most {format_size(quota.max_queued_bytes)} of waiting task "
                 f"records; {format_size(waiting_bytes)} are waiting (measured {age:.1f} s ago) and this "
@@ -532,7 +520,7 @@ class QuotaGuard:
             submit.revision = revision
             if self._quota is not None and self._quota.max_queued_bytes is not None:
                 # Its queue key was written by that transaction: no need to read its size.
-                self._sizes[submit.key] = (revision, submit.size)
+                self.meter.note_size(submit.key, revision, submit.size)
 
     def abandon(self, task_ids: Sequence[str]) -> None:
         """Admitted tasks that were not written (or are settled): drop those not landed."""
@@ -543,11 +531,12 @@ class QuotaGuard:
 
     def _usage(self) -> tuple[int, int]:
         """Waiting tasks and bytes: the measurements plus this client's submits they do not hold."""
-        assert self._count is not None
-        count_rev = self._count.revision
-        bytes_rev = self._bytes.revision if self._bytes is not None else 0
-        waiting = self._count.value
-        waiting_bytes = self._bytes.value if self._bytes is not None else 0
+        counted, measured = self.meter.waiting, self.meter.waiting_bytes
+        assert counted is not None
+        count_rev = counted.revision
+        bytes_rev = measured.revision if measured is not None else 0
+        waiting = counted.value
+        waiting_bytes = measured.value if measured is not None else 0
         for submit in self._submits.values():
             if submit.revision is None or submit.revision > count_rev:
                 waiting += 1
@@ -555,109 +544,12 @@ class QuotaGuard:
                 waiting_bytes += submit.size
         return waiting, waiting_bytes
 
-    def _needs(self, quota: Quota) -> str | None:
-        now = self.clock.monotonic()
-        if quota.max_queued_bytes is not None:
-            interval = max(self.refresh_s, len(self._sizes) / BYTES_KEYS_PER_S)
-            if self._bytes is None or now - self._bytes.at >= interval:
-                return "bytes"
-        if self._count is None or now - self._count.at >= self.refresh_s:
-            return "count"
-        return None
-
-    async def _fresh(self, quota: Quota) -> None:
-        """Measure usage if it is older than allowed; concurrent callers share one measurement."""
-        while (need := self._needs(quota)) is not None:
-            task = self._refreshing
-            if task is not None and not task.done():
-                covers = self._refreshing_bytes or need == "count"
-                await asyncio.shield(task)
-                if covers:
-                    return
-                continue  # a count landed; bytes are still needed
-            task = self._refreshing = asyncio.create_task(self._refresh(need == "bytes"))
-            self._refreshing_bytes = need == "bytes"
-            task.add_done_callback(_consume)
-            await asyncio.shield(task)
-            return
-
-    async def _refresh(self, with_bytes: bool) -> None:
-        usage = await self.measure(with_bytes=with_bytes)
-        now = self.clock.monotonic()
-        self._count = _Measure(usage.waiting, usage.revision, now)
-        if usage.waiting_bytes is not None:
-            self._bytes = _Measure(usage.waiting_bytes, usage.revision, now)
-        floor = min(m.revision for m in (self._count, self._bytes) if m is not None)
-        self._submits = {k: s for k, s in self._submits.items() if s.revision is None or s.revision > floor}
-
-    # measuring -----------------------------------------------------------------------------
-    async def measure(self, *, with_bytes: bool) -> Usage:
-        """Measure what waits now (the costs are in the module docstring)."""
-        self.measurements += 1
-        if not with_bytes:
-            queued = await self.store.range(self.keys.queues, prefix_end(self.keys.queues), count_only=True)
-            pending = await self.store.range(
-                self.keys.delayed, prefix_end(self.keys.delayed), count_only=True
-            )
-            return Usage(queued.count + pending.count, None, queued.revision)
-        queued_index, revision = await self._index(self.keys.queues)
-        new = [k for k, mod in queued_index.items() if self._sizes.get(k, (0, 0))[0] != mod]
-        sizes: dict[str, tuple[int, int]] = {}
-        if len(new) > FULL_READ_OVER:
-            sizes, revision = await self._read_prefix(self.keys.queues)
-        else:
-            sizes = {k: self._sizes[k] for k in queued_index if k in self._sizes and k not in new}
-            sizes.update(await self._read_sizes({k: k for k in new}))
-        pending_index, _ = await self._index(self.keys.delayed)
-        for key, mod in pending_index.items():
-            known = self._sizes.get(key)
-            if known is not None and known[0] == mod:
-                sizes[key] = known
-        unknown = {
-            k: self.keys.task(self.keys.parse_delayed(k).task_id) for k in pending_index if k not in sizes
+    def _forget(self, revision: int) -> None:
+        """Drop the submits landed at or before ``revision``: every kept measurement holds them."""
+        self._submits = {
+            k: s for k, s in self._submits.items() if s.revision is None or s.revision > revision
         }
-        for key, (_, size) in (await self._read_sizes(unknown)).items():
-            sizes[key] = (pending_index[key], size)
-        self._sizes = sizes
-        return Usage(len(queued_index) + len(pending_index), sum(s for _, s in sizes.values()), revision)
 
-    async def _index(self, prefix: str) -> tuple[dict[str, int], int]:
-        """Keys under ``prefix`` with their mod revisions (keys-only pages), and the read's revision."""
-        index: dict[str, int] = {}
-        revision = 0
-        async with contextlib.aclosing(self.store.scan(prefix, prefix_end(prefix), keys_only=True)) as pages:
-            async for page in pages:
-                revision = page.revision
-                index.update((kv.key, kv.mod_revision) for kv in page.kvs)
-        if not revision:
-            _, revision = await self.store.get(prefix)
-        return index, revision
-
-    async def _read_prefix(self, prefix: str) -> tuple[dict[str, tuple[int, int]], int]:
-        sizes: dict[str, tuple[int, int]] = {}
-        revision = 0
-        async with contextlib.aclosing(self.store.scan(prefix, prefix_end(prefix))) as pages:
-            async for page in pages:
-                revision = page.revision
-                sizes.update((kv.key, (kv.mod_revision, len(kv.value))) for kv in page.kvs)
-        if not revision:
-            _, revision = await self.store.get(prefix)
-        return sizes, revision
-
-    async def _read_sizes(self, where: dict[str, str]) -> dict[str, tuple[int, int]]:
-        """For each ``index key -> record key``, the record's (mod revision, size); gone keys left out."""
-        found: dict[str, tuple[int, int]] = {}
-        items = list(where.items())
-        for start in range(0, len(items), GETS_PER_TXN):
-            group = items[start : start + GETS_PER_TXN]
-            result = await self.store.txn([], [Get(record) for _, record in group])
-            for (index_key, _), kvs in zip(group, result.reads, strict=True):
-                if kvs:
-                    found[index_key] = (kvs[0].mod_revision, len(kvs[0].value))
-        return found
-
-
-def _consume(task: asyncio.Task[None]) -> None:
-    # A measurement whose waiters were all cancelled: its error is not "never retrieved".
-    if not task.cancelled():
-        task.exception()
+    async def measure(self, *, with_bytes: bool) -> Usage:
+        """Measure what waits now (:meth:`UsageMeter.measure`; the costs are in the module docstring)."""
+        return await self.meter.measure(with_bytes=with_bytes)
