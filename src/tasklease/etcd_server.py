@@ -31,13 +31,13 @@ With ``auth=True`` (``tasklease etcd``, ``dev`` and ``demo``) it also turns
 etcd authentication on: at the first start a random root password is
 written to a 0600 file (``password_file``, by default ``DATA_DIR/root-password``),
 the ``root`` user and role are created with it and auth is enabled; later
-starts reuse the file. Local tasklease commands find it through
+starts reuse the file (:class:`~tasklease.etcd_auth.RootAuth` sets auth up
+and checks it). Local tasklease commands find it through
 :func:`publish_local` / :func:`find_local_credentials`.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import os
@@ -52,12 +52,13 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from tasklease.errors import EtcdBinaryNotFound, EtcdStartError
+from tasklease.etcd_auth import ROOT_USER as ROOT_USER  # noqa: PLC0414 (moved to etcd_auth.py; re-exported here)
+from tasklease.etcd_auth import RootAuth
 from tasklease.store import parse_endpoints, read_password_file
 
-ROOT_USER = "root"
 PASSWORD_FILE_NAME = "root-password"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 AUTO_COMPACTION = ("--auto-compaction-mode", "periodic", "--auto-compaction-retention", "1h")
@@ -270,12 +271,15 @@ class EtcdServer:
             try:
                 self.wait_healthy(timeout_s)
                 if password is not None:
-                    self._set_up_auth(password, fresh)
+                    members = 1 if not self.initial_cluster else len(self.initial_cluster.split(","))
+                    RootAuth(self.endpoint, self.data_dir, self.password_file, members).set_up(
+                        password, fresh
+                    )
             except BaseException:
                 self.stop()
                 raise
 
-    # auth -------------------------------------------------------------------------------
+    # auth (etcd_auth.py) ------------------------------------------------------------------
     def _password(self) -> str:
         """The root password: read from its file, or generated into a new 0600 file."""
         path = self.password_file
@@ -295,85 +299,6 @@ class EtcdServer:
         with os.fdopen(fd, "w") as f:
             f.write(password + "\n")
         return password
-
-    def _gateway(self, call: str, body: dict[str, Any], token: str | None = None) -> dict[str, Any]:
-        """One request to etcd's JSON gateway (``/v3/...``); an error answer is returned, not raised."""
-        headers = {"Content-Type": "application/json"}
-        if token:
-            headers["Authorization"] = token
-        request = urllib.request.Request(
-            f"{self.endpoint}/v3/{call}", data=json.dumps(body).encode(), headers=headers, method="POST"
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=10.0) as resp:
-                answer = json.loads(resp.read() or b"{}")
-        except urllib.error.HTTPError as exc:
-            try:
-                answer = json.loads(exc.read() or b"{}")
-            except ValueError:
-                answer = {"error": f"HTTP {exc.code}"}
-        except (OSError, ValueError) as exc:
-            raise EtcdStartError(f"etcd at {self.endpoint} did not answer {call}: {exc}") from None
-        return answer if isinstance(answer, dict) else {"error": "not a JSON object"}
-
-    def _checked(
-        self, call: str, body: dict[str, Any], token: str | None = None, ok: str = ""
-    ) -> dict[str, Any]:
-        answer = self._gateway(call, body, token)
-        message = str(answer.get("message") or answer.get("error") or "")
-        if message and not (ok and ok in message):
-            raise EtcdStartError(f"cannot set up etcd auth in {self.data_dir} ({call}): {message}")
-        return answer
-
-    def _set_up_auth(self, password: str, fresh: bool) -> None:
-        """Enable auth with ``root`` and ``password`` unless it is on; check the password opens it."""
-        answer = self._gateway("auth/authenticate", {"name": ROOT_USER, "password": password})
-        if answer.get("token"):
-            return
-        message = str(answer.get("message") or answer.get("error") or "")
-        if "authentication failed" in message:
-            raise EtcdStartError(
-                f"the etcd in {self.data_dir} has auth on, and the password in {self.password_file} "
-                "does not open its root user (restore the file, or start from an empty data directory)"
-            )
-        if "not enabled" not in message:
-            raise EtcdStartError(f"cannot set up etcd auth in {self.data_dir}: {message}")
-        # First start (or a data directory from before auth): root user and role, then enable.
-        answer = self._checked(
-            "auth/user/add", {"name": ROOT_USER, "password": password}, ok="already exists"
-        )
-        if answer.get("message") or answer.get("error"):
-            self._checked("auth/user/changepw", {"name": ROOT_USER, "password": password})
-        self._checked("auth/role/add", {"name": ROOT_USER}, ok="already exists")
-        self._checked("auth/user/grant", {"user": ROOT_USER, "role": ROOT_USER})
-        self._checked("auth/enable", {})
-        token = str(self._checked("auth/authenticate", {"name": ROOT_USER, "password": password})["token"])
-        self._check_untouched(token, fresh)
-
-    def _check_untouched(self, token: str, fresh: bool) -> None:
-        """Refuse an etcd that someone changed before auth was on; empty a fresh one.
-
-        Until ``auth/enable`` anyone on this machine could reach the new etcd:
-        a user or role added then would keep its rights. Keys written then into a
-        fresh data directory are deleted.
-        """
-        users = self._checked("auth/user/list", {}, token).get("users", [])
-        roles = self._checked("auth/role/list", {}, token).get("roles", [])
-        granted = self._checked("auth/user/get", {"name": ROOT_USER}, token).get("roles", [])
-        members = self._checked("cluster/member/list", {}, token).get("members", [])
-        expected_members = 1 if not self.initial_cluster else len(self.initial_cluster.split(","))
-        if users != [ROOT_USER] or roles != [ROOT_USER] or granted != [ROOT_USER]:
-            raise EtcdStartError(
-                f"the etcd in {self.data_dir} has users {users} and roles {roles} besides root "
-                "(created before auth was on?): not starting it; inspect it, or remove the data directory"
-            )
-        if len(members) != expected_members:
-            raise EtcdStartError(
-                f"the etcd in {self.data_dir} has {len(members)} members, expected {expected_members}"
-            )
-        if fresh:
-            everything = base64.b64encode(b"\0").decode()
-            self._checked("kv/deleterange", {"key": everything, "range_end": everything}, token)
 
     def healthy(self) -> bool:
         """Whether ``/health`` says ok right now."""
