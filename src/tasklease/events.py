@@ -91,7 +91,25 @@ class Submitted(TaskEvent):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Assigned(TaskEvent):
-    """A queued task was given to a worker (scheduler); ``task`` is the running record."""
+    """A queued task was given to a worker (scheduler); ``task`` is the running record.
+
+    Attributes:
+        queued_at: When it entered its queue this time (the queued record's
+            ``updated_at``): ``at - queued_at`` is its queue wait. None if unknown.
+    """
+
+    queued_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchAssigned(Event):
+    """One assignment transaction landed (scheduler), after the ``Assigned`` of its tasks.
+
+    Attributes:
+        size: How many tasks it assigned.
+    """
+
+    size: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -180,6 +198,17 @@ class WorkerRegistered(Event):
     """
 
     lease: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LeaseRefreshed(Event):
+    """A worker's lease keep-alive was answered (worker, every heartbeat).
+
+    Attributes:
+        latency_s: How long the keep-alive took.
+    """
+
+    latency_s: float
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
