@@ -61,6 +61,7 @@ from tasklease.store_types import (
     Op,
     Put,
     RangeResult,
+    StoreObserver,
     TxnResult,
     check_txn_size,
     txn_size,
@@ -87,6 +88,7 @@ __all__ = [
     "RangeResult",
     "Store",
     "StoreConfig",
+    "StoreObserver",
     "TxnResult",
     "next_page_limit",
     "parse_endpoints",
@@ -393,11 +395,15 @@ class Store:
 
     Args:
         config: Where etcd is and how to authenticate.
+        observer: Told of every request's operation, latency and error kind,
+            and of every watch restart (metrics.py's ``Metrics.store_observer()``);
+            None: nobody (and no timing).
     """
 
-    def __init__(self, config: StoreConfig | None = None) -> None:
+    def __init__(self, config: StoreConfig | None = None, observer: StoreObserver | None = None) -> None:
         self.config = config or StoreConfig()
-        self._channel = Channel(self.config)
+        self.observer = observer
+        self._channel = Channel(self.config, observer)
         self._leases = Leases(self._channel)
         self._pb: Any = None  # etcd3aio's protobuf module: set by connect(), read by txn()
 

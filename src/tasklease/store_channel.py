@@ -19,12 +19,13 @@ import contextlib
 import os
 import socket
 import ssl
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tasklease.errors import InvalidOption, StoreError, StoreUnavailable
 from tasklease.store_errors import wrap_error
-from tasklease.store_types import KV, MAX_REQUEST_BYTES, Compare, Delete, Op, Put
+from tasklease.store_types import KV, MAX_REQUEST_BYTES, Compare, Delete, Op, Put, StoreObserver, error_kind
 
 if TYPE_CHECKING:
     from tasklease.store import StoreConfig
@@ -48,15 +49,29 @@ def read_password_file(path: str) -> str:
     return password
 
 
+# A request as error messages name it -> its ``operation`` for a StoreObserver.
+OPERATIONS = {
+    "lease grant": "grant",
+    "lease keep-alive": "keepalive",
+    "lease revoke": "revoke",
+}
+
+
 class Channel:
     """The ``etcd3aio`` client of one :class:`~tasklease.store.Store`.
 
+    Every request goes through :meth:`call`, the one place that sees them all:
+    its deadline, its error translation, and what ``observer`` is told.
+
     Args:
         config: Where etcd is and how to authenticate.
+        observer: Told of every request (operation, seconds, error kind) and
+            watch restart; None (the default) costs one attribute test per request.
     """
 
-    def __init__(self, config: StoreConfig) -> None:
+    def __init__(self, config: StoreConfig, observer: StoreObserver | None = None) -> None:
         self.config = config
+        self.observer = observer
         # Set by open(), cleared by close(); the store's requests only read them.
         self.client: Any = None
         self.refresher: Any = None
@@ -153,13 +168,28 @@ class Channel:
             coro: The client's coroutine.
             timeout_s: The deadline (default: the configured one).
         """
+        observer = self.observer
+        if observer is None:
+            try:
+                async with asyncio.timeout(timeout_s or self.config.timeout_s):
+                    return await coro
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                raise wrap_error(exc, what, self.config) from exc
+        operation = OPERATIONS.get(what, what)
+        start = time.perf_counter()
         try:
             async with asyncio.timeout(timeout_s or self.config.timeout_s):
-                return await coro
+                result = await coro
         except asyncio.CancelledError:
-            raise
+            raise  # the caller gave up: neither an answer nor an etcd error
         except Exception as exc:
-            raise wrap_error(exc, what, self.config) from exc
+            error = wrap_error(exc, what, self.config)
+            observer.request(operation, time.perf_counter() - start, error_kind(error))
+            raise error from exc
+        observer.request(operation, time.perf_counter() - start, None)
+        return result
 
 
 # messages -----------------------------------------------------------------------------

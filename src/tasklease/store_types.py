@@ -3,7 +3,9 @@
 Owns :class:`KV`, :class:`Compare`, :class:`Put`, :class:`Delete`, :class:`Get`
 (``Op``), :class:`TxnResult`, :class:`Event`, :class:`RangeResult`, etcd's
 request limits and the channel's receive limit, :func:`txn_size` (an upper
-bound of a transaction's request size) and :func:`check_txn_size`. Everything
+bound of a transaction's request size) and :func:`check_txn_size`; and the
+observer seam: :class:`StoreObserver` (what a ``Store`` reports of its requests
+and watches, e.g. to metrics.py) and :func:`error_kind`. Everything
 above the store imports these names from :mod:`tasklease.store`, which
 re-exports them; the ``store_*`` helpers import them from here.
 
@@ -14,9 +16,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
-from tasklease.errors import StoreRequestTooLarge
+from tasklease.errors import (
+    StoreAuthError,
+    StoreCompacted,
+    StoreLeaseNotFound,
+    StoreNoSpace,
+    StoreRequestTooLarge,
+    StoreUnavailable,
+    WatchCompacted,
+)
 
 # etcd's default --max-txn-ops: each of compare/success/failure may hold this many.
 MAX_TXN_OPS = 128
@@ -170,3 +180,45 @@ def check_txn_size(compares: Sequence[Compare], success: Sequence[Op], failure: 
         raise StoreRequestTooLarge(
             f"transaction of {size} bytes is over etcd's request limit ({MAX_REQUEST_BYTES} bytes)"
         )
+
+
+# observer -------------------------------------------------------------------------------
+class StoreObserver(Protocol):
+    """Sees a store's requests and watch restarts (``Store(config, observer=...)``).
+
+    Called on the store's event loop, once per request, after it ended: must
+    not block and must not raise (metrics.py's observer only counts).
+    """
+
+    def request(self, operation: str, seconds: float, error_kind: str | None) -> None:
+        """One etcd request ended.
+
+        Args:
+            operation: ``get``, ``range``, ``txn``, ``put``, ``delete``, ``grant``,
+                ``keepalive``, ``revoke``, ``status`` or ``authenticate``.
+            seconds: How long it took (sent to answered, or to its error).
+            error_kind: None if it succeeded, else :func:`error_kind` of its error.
+        """
+
+    def watch_restarted(self) -> None:
+        """A watch started over: its stream was lost and resumed, or it must re-read (compacted)."""
+
+
+# The typed store errors by kind, most specific first (subclasses before their bases).
+ERROR_KINDS: tuple[tuple[type[Exception], str], ...] = (
+    (StoreUnavailable, "unavailable"),
+    (StoreAuthError, "auth"),
+    (StoreRequestTooLarge, "too_large"),
+    (StoreNoSpace, "no_space"),
+    (StoreCompacted, "compacted"),
+    (WatchCompacted, "compacted"),
+    (StoreLeaseNotFound, "lease_not_found"),
+)
+
+
+def error_kind(exc: BaseException) -> str:
+    """The kind of a store error, as :class:`StoreObserver` reports it (``other`` if none fits)."""
+    for kind_type, kind in ERROR_KINDS:
+        if isinstance(exc, kind_type):
+            return kind
+    return "other"

@@ -1,6 +1,8 @@
 """The store's watch stream: one gRPC watch, resumed across etcd restarts and fail-overs.
 
 Owns :func:`watch_changes`, which :meth:`tasklease.store.Store.watch` returns.
+Each restart (a stream resumed, or a compaction that makes the caller re-read)
+is reported to the store's observer, if it has one.
 The client library's own watch resumes after the *header* revision of the
 last response, which skips events if the connection drops while a watch is
 catching up; so the gRPC stream is driven here, and resumed right after the
@@ -59,6 +61,7 @@ async def watch_changes(
             async for resp in call:
                 backoff = 0.1
                 if resp.compact_revision > 0:
+                    _restarted(channel)  # the caller re-reads and watches again
                     raise WatchCompacted(
                         f"watch of {prefix} from revision {next_revision} was compacted "
                         f"(oldest is {resp.compact_revision})"
@@ -80,6 +83,7 @@ async def watch_changes(
             log.warning("watch of %s ended; watching again from revision %d", prefix, next_revision)
         except grpc.aio.AioRpcError as exc:
             if over_receive_limit(exc):
+                _restarted(channel)  # the caller re-reads and watches again
                 raise WatchTooLarge(
                     f"watch of {prefix} from revision {next_revision}: a response was over "
                     f"{channel.config.max_receive_bytes} bytes ({exc.details()}); re-read and watch again"
@@ -95,5 +99,12 @@ async def watch_changes(
             )
         finally:
             call.cancel()
+        _restarted(channel)  # the stream ended or was interrupted: resumed below
         await asyncio.sleep(backoff)
         backoff = min(backoff * 2, 1.0)
+
+
+def _restarted(channel: Channel) -> None:
+    """Tell the store's observer (if any) that a watch starts over."""
+    if channel.observer is not None:
+        channel.observer.watch_restarted()
