@@ -8,7 +8,8 @@ clock): which heads go to which workers and the one transaction that does it.
 :class:`Assigner` sends the plan and handles its failures.
 
 Events (events.py): ``Assigned`` per task once the batch's transaction has
-succeeded (``task`` is the running record).
+succeeded (``task`` is the running record, ``queued_at`` the queued record's
+``updated_at``), then one ``BatchAssigned`` with the batch's size.
 
 May import: balancers (protocol), codec, election, errors, events, keys, mirror,
 models, recoverer, routing, store, transitions. Logs as ``tasklease.scheduler``.
@@ -33,7 +34,7 @@ from tasklease.errors import (
     StoreRequestTooLarge,
     TaskleaseError,
 )
-from tasklease.events import Assigned, Hooks
+from tasklease.events import Assigned, BatchAssigned, Hooks
 from tasklease.keys import Keyspace, prefix_end
 from tasklease.mirror import Mirror, MirroredNode
 from tasklease.models import Task
@@ -55,6 +56,8 @@ class BatchPlan:
     Attributes:
         picks: The tasks assigned, each with its worker, in dequeue order.
         running: The running record of each pick (same order).
+        queued_at: When each pick entered its queue this time (the queued
+            record's ``updated_at``; same order).
         txn: ONE transaction for all picks: the fence first, then each pick's
             compares and writes; its failure branch reads the leader key and
             each pick's record and queue key (empty if there are no picks).
@@ -68,6 +71,7 @@ class BatchPlan:
 
     picks: list[Pick] = field(default_factory=list)
     running: list[Task] = field(default_factory=list)
+    queued_at: list[float] = field(default_factory=list)
     txn: Txn = field(default_factory=Txn)
     per_worker: dict[str, int] = field(default_factory=dict)
     skipped: list[tuple[KV, str, TaskleaseError]] = field(default_factory=list)
@@ -127,13 +131,14 @@ def plan_batch(
         # mod revision (transitions.place_ops). No read needed.
         record_kv = KV(keys.task(task_id), qkv.value, qkv.create_revision, qkv.mod_revision, 0)
         task_route = route(entry.route or "")
+        queued: Task | None = None  # decoded once a worker may take it (or to learn its route)
         if task_route is None:  # a key of an older version: the route is in the record
             try:
-                task = codec.decode_task(record_kv.key, record_kv.value)
+                queued = codec.decode_task(record_kv.key, record_kv.value)
             except CorruptRecord as exc:
                 skipped.append((qkv, task_id, exc))
                 continue
-            task_route = Route(task.type, task.requires)
+            task_route = Route(queued.type, queued.requires)
         group = (entry.queue, task_route)
         takers = eligible_by_group.get(group)
         if takers is None:  # once per (queue, route) per batch, not per task
@@ -145,7 +150,9 @@ def plan_batch(
         node = next(n for n in candidates if n.view is view)
         pick = Pick(qkv, record_kv, node.view.id, node.lease)
         try:
-            part, record = transitions.assign(keys, pick, now)
+            if queued is None:
+                queued = codec.decode_task(record_kv.key, record_kv.value)
+            part, record = transitions.assign_task(keys, pick, queued, now)
         except PayloadTooLarge as exc:
             plan.unassignable.append((qkv, record_kv, f"cannot be assigned: {exc}"))
             continue
@@ -158,6 +165,7 @@ def plan_batch(
         node.view.assigned += 1
         picks.append(pick)
         running.append(record)
+        plan.queued_at.append(queued.updated_at)
         compares.extend(part.compares)
         ops.extend(part.ops)
         size += pick_size
@@ -343,7 +351,7 @@ class Assigner:
         hooks = self.hooks
         if hooks:  # one event per task (LoggingHook: a debug line, skipped when debug is off)
             source = self.id
-            for pick, record in zip(picks, plan.running, strict=True):
+            for pick, record, queued_at in zip(picks, plan.running, plan.queued_at, strict=True):
                 hooks.emit(
                     Assigned(
                         at=now,
@@ -352,8 +360,10 @@ class Assigner:
                         task=record,
                         attempt=record.attempts[-1].number,
                         worker=pick.worker,
+                        queued_at=queued_at,
                     )
                 )
+            hooks.emit(BatchAssigned(at=now, component="scheduler", source=source, size=len(picks)))
         return True
 
     def _explain_failure(self, picks: list[Pick], reads: list[list[KV]]) -> None:

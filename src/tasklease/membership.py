@@ -44,7 +44,7 @@ from tasklease.errors import (
     WatchCompacted,
     WorkerIdInUse,
 )
-from tasklease.events import Hooks, WorkerLeaseLost, WorkerRegistered
+from tasklease.events import Hooks, LeaseRefreshed, WorkerLeaseLost, WorkerRegistered
 from tasklease.keys import Keyspace, prefix_end
 from tasklease.nodes import NodeRecord
 from tasklease.recorder import NOSPACE_REMEDY
@@ -234,7 +234,8 @@ class Membership:
         lease_ttl_s: Its lease TTL.
         heartbeat_s: Lease refresh and node record interval.
         clock: Time source.
-        hooks: Receive WorkerRegistered and WorkerLeaseLost.
+        hooks: Receive WorkerRegistered, LeaseRefreshed (each answered
+            keep-alive, with its latency) and WorkerLeaseLost.
         node: Builds the node record.
         intake: Where assignments go.
         stopped: Set by the worker's shutdown only: serve no more.
@@ -351,7 +352,7 @@ class Membership:
             self.store,
             ttl_s=self._ttl_s,
             heartbeat_s=self._heartbeat_s,
-            on_beat=self.registration.put,
+            on_beat=lambda: self._beat(session),
             clock=self._clock,
         )
         self.registration.reset()
@@ -376,6 +377,16 @@ class Membership:
                 # revoke the lease, so that recovery re-queues them at once.
                 await self._intake.lease_lost()
                 await session.close()
+
+    async def _beat(self, session: Session) -> None:
+        """A keep-alive of ``session`` was answered: tell the hooks, then put the node record."""
+        if self._hooks:
+            self._hooks.emit(
+                LeaseRefreshed(
+                    at=self._clock.now(), component="worker", source=self.id, latency_s=session.refresh_s
+                )
+            )
+        await self.registration.put()
 
     async def _serve_registered(self, session: Session) -> None:
         """Read our assignments, then watch them until the lease is lost or the id taken over."""

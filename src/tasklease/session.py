@@ -32,7 +32,8 @@ class Session:
         store: The connection.
         ttl_s: Lease TTL in seconds (>= 2).
         heartbeat_s: Refresh interval (< ttl_s).
-        on_beat: Called after each successful refresh (e.g. publish load).
+        on_beat: Called after each successful refresh (e.g. publish load);
+            :attr:`refresh_s` is that refresh's latency.
         clock: Time source.
     """
 
@@ -59,6 +60,8 @@ class Session:
         self.lost = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._last_ok = 0.0
+        # How long the last answered keep-alive took (set by the keep-alive task only).
+        self.refresh_s = 0.0
 
     async def start(self) -> int:
         """Grant the lease and start refreshing it.
@@ -74,6 +77,7 @@ class Session:
     async def _keepalive(self) -> None:
         while True:
             await asyncio.sleep(self.heartbeat_s)
+            sent = self._clock.monotonic()
             try:
                 ttl = await self.store.keepalive(self.lease_id)
             except StoreError as exc:
@@ -89,6 +93,7 @@ class Session:
                 self.lost.set()
                 return
             self._last_ok = self._clock.monotonic()
+            self.refresh_s = self._last_ok - sent
             if self._on_beat is not None:
                 try:
                     await self._on_beat()

@@ -152,7 +152,19 @@ def assign(keys: Keyspace, pick: Pick, now: float) -> tuple[Txn, Task]:
         InvalidTransition: The record is not queued.
         PayloadTooLarge: The running record would be over its limit.
     """
-    task = codec.decode_task(pick.record_kv.key, pick.record_kv.value)
+    return assign_task(keys, pick, codec.decode_task(pick.record_kv.key, pick.record_kv.value), now)
+
+
+def assign_task(keys: Keyspace, pick: Pick, task: Task, now: float) -> tuple[Txn, Task]:
+    """:func:`assign` of a record already decoded (``task``: ``pick.record_kv``'s value, decoded).
+
+    The assigner decodes the queued record itself: it needs its ``updated_at``
+    (when the task entered its queue) for the ``Assigned`` event's queue wait.
+
+    Raises:
+        InvalidTransition: The record is not queued.
+        PayloadTooLarge: The running record would be over its limit.
+    """
     attempt = Attempt(number=task.next_attempt_number, worker=pick.worker, started_at=now)
     running = transition(task, TaskState.RUNNING, now=now, attempts=(*task.attempts, attempt))
     data = codec.encode_for_write(running)  # written twice: the record and the assignment
