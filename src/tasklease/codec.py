@@ -9,8 +9,14 @@ too (the record and the worker's assignment), at most
 ``MAX_RUNNING_RECORD_BYTES``; a finished record is written once, at most
 ``MAX_RECORD_BYTES`` (1.3 MB: a maximal payload and a maximal result fit). A
 payload within its limit always fits, because what accumulates in a record is
-bounded too: error texts (4 KiB each) and attempts (the first 3 and last 20).
-:func:`encode_for_write` checks the limit of the record's state.
+bounded too: error texts (4 KiB each), attempts (the first 3 and last 20)
+and trace context (``models.MAX_TRACE_BYTES``, 1 KiB). :func:`encode_for_write`
+checks the limit of the record's state.
+
+Compatibility. Optional fields (``requires``, ``dropped``, ``trace``) are
+written only when set, and readers ignore keys they do not know, so a record
+with a ``trace`` decodes in a version that predates it (which drops the trace
+if it rewrites the record) and ``SCHEMA_VERSION`` stays 1.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from tasklease.models import (
     Outcome,
     Task,
     TaskState,
+    bound_trace,
 )
 from tasklease.retry import RetryPolicy
 
@@ -155,6 +162,8 @@ def task_to_dict(task: Task) -> dict[str, Any]:
     if task.dropped.attempts:
         x = task.dropped
         d["dropped"] = {"attempts": x.attempts, "failures": x.failures, "losses": x.losses}
+    if task.trace:
+        d["trace"] = dict(task.trace)
     return d
 
 
@@ -227,6 +236,8 @@ def task_from_dict(d: dict[str, Any]) -> Task:
         retention_s=float(d.get("retention_s", DEFAULT_RETENTION_S)),
         dropped=_dropped_from_dict(d.get("dropped")),
         requires=_requires_from_dict(d.get("requires")),
+        # Optional and untrusted: a malformed trace is dropped, never a corrupt record.
+        trace=bound_trace(d.get("trace")),
     )
 
 

@@ -34,16 +34,29 @@ component goes on: a hook never breaks the component that calls it.
 **Defaults.** :func:`default_hooks` is the explicit default list (logging
 only). Components take ``hooks=`` as the whole list: pass
 ``[*default_hooks(), mine]`` to keep logging and add yours.
+
+**Carrying trace context (optional).** A hook given to a ``Client`` may also
+have the methods of :class:`TraceCarrier` (looked up once, when the
+:class:`Hooks` are built): ``trace_context(task)`` is called as each new
+task's record is built, in the submitting caller's context (so a tracer sees
+the caller's current span), and what it returns is carried in the record's
+``trace`` field, bounded by ``models.bound_trace``; the scheduler copies the
+record as is, so each attempt's :class:`Started` has it. Then exactly one of
+:class:`Submitted` or ``submit_failed(task_ids, error)`` follows for each such
+task. Without such a hook (the default) nothing is called and no record gets
+a ``trace``. The same rules hold: never block, never raise (an error is logged
+once and the record carries nothing from that hook). ``tracing.TracingHook``
+is the OpenTelemetry one.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
-from tasklease.models import Outcome, Task, TaskState
+from tasklease.models import Outcome, Task, TaskState, TraceContext, bound_trace
 
 log = logging.getLogger("tasklease.events")
 
@@ -269,16 +282,37 @@ class Hook(Protocol):
         """Handle one event."""
 
 
+@runtime_checkable
+class TraceCarrier(Protocol):
+    """The optional methods of a hook that carries trace context in new records (module docstring)."""
+
+    def trace_context(self, task: Task) -> Mapping[str, str] | None:
+        """What to carry in the record of ``task``, as a propagator's carrier (None: nothing).
+
+        ``task`` is the new record being built by a submit; its ``trace`` is the
+        submit's own (``TaskSpec.trace``), if it gave one.
+        """
+
+    def submit_failed(self, task_ids: Sequence[str], error: BaseException) -> None:
+        """The submit of these tasks raised ``error``: those without a :class:`Submitted` were not stored."""
+
+
 class Hooks:
     """An ordered list of hooks, called one after the other for each event.
 
     A hook that raises is logged (once per hook and event type) and skipped;
     the next hooks still see the event and the component goes on.
+
+    Attributes:
+        carriers: The hooks that carry trace context (:class:`TraceCarrier`);
+            empty unless one was given, and then a submit asks nothing.
     """
 
     def __init__(self, hooks: Iterable[Hook] | None = None) -> None:
         self.hooks: tuple[Hook, ...] = tuple(default_hooks() if hooks is None else hooks)
+        self.carriers: tuple[TraceCarrier, ...] = tuple(h for h in self.hooks if isinstance(h, TraceCarrier))
         self._reported: set[tuple[int, type[Event]]] = set()  # touched only by emit()
+        self._reported_calls: set[tuple[int, str]] = set()  # touched only by _report()
 
     def emit(self, event: Event) -> None:
         """Give ``event`` to every hook, in order."""
@@ -294,6 +328,38 @@ class Hooks:
                         type(hook).__name__,
                         type(event).__name__,
                     )
+
+    def trace_context(self, task: Task) -> TraceContext:
+        """The trace context the carriers give for ``task``, bounded (``models.bound_trace``).
+
+        Carriers are asked in list order; a key given by an earlier one is
+        kept. ``()`` if none gives anything (the record keeps its own).
+        """
+        carried: dict[str, str] = {}
+        for carrier in self.carriers:
+            try:
+                given = carrier.trace_context(task)
+            except Exception:
+                self._report(carrier, "trace_context")
+                continue
+            if given:
+                for key, value in given.items():
+                    carried.setdefault(key, value)
+        return bound_trace(carried)
+
+    def submit_failed(self, task_ids: Sequence[str], error: BaseException) -> None:
+        """Tell the carriers that the submit of ``task_ids`` raised ``error``."""
+        for carrier in self.carriers:
+            try:
+                carrier.submit_failed(task_ids, error)
+            except Exception:
+                self._report(carrier, "submit_failed")
+
+    def _report(self, hook: object, what: str) -> None:
+        mark = (id(hook), what)
+        if mark not in self._reported_calls:
+            self._reported_calls.add(mark)
+            log.exception("hook %s raised in %s (ignored; reported once)", type(hook).__name__, what)
 
     def __bool__(self) -> bool:
         return bool(self.hooks)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import enum
 import random
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
@@ -33,6 +34,9 @@ from tasklease.routing import Requires, check_requires, route
 
 JSON = Any
 """A value that ``json`` can encode: dict, list, str, int, float, bool or None."""
+
+TraceContext = tuple[tuple[str, str], ...]
+"""Trace context as ``(key, value)`` pairs in the order given (a propagator's carrier)."""
 
 SCHEMA_VERSION = 1
 DEFAULT_QUEUE = "default"
@@ -186,6 +190,9 @@ class Task:
         retention_s: How long the record is kept once the task is finished.
         dropped: The attempts no longer kept, counted.
         requires: Tags a worker must have to run it (sorted ``(key, value)`` pairs).
+        trace: Trace context carried from the submit to each attempt (e.g. a W3C
+            ``traceparent``), as ``(key, value)`` pairs bounded by :func:`bound_trace`;
+            empty unless a hook or the submit gave one (see tracing.py).
     """
 
     id: str
@@ -206,6 +213,7 @@ class Task:
     retention_s: float = DEFAULT_RETENTION_S
     dropped: Dropped = field(default_factory=Dropped)
     requires: Requires = ()
+    trace: TraceContext = ()
 
     def __post_init__(self) -> None:
         if len(self.attempts) > FIRST_ATTEMPTS_KEPT + LAST_ATTEMPTS_KEPT:
@@ -264,6 +272,61 @@ def _trim_attempts(task: Task) -> None:
         task, "attempts", attempts[:FIRST_ATTEMPTS_KEPT] + attempts[len(attempts) - LAST_ATTEMPTS_KEPT :]
     )
     object.__setattr__(task, "dropped", dropped)
+
+
+MAX_TRACE_ENTRIES = 8
+MAX_TRACE_BYTES = 1024
+"""A record carries at most 8 trace entries of 1 KiB in all (a ``traceparent`` is 55 bytes)."""
+_TRACE_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_TRACE_VALUE_RE = re.compile(r"[\x20-\x7e]{1,512}")
+
+
+def bound_trace(carrier: object) -> TraceContext:
+    """The well-formed entries of a trace carrier, in order, as many as fit.
+
+    Trace context is untrusted input (a hook's output, a record read from
+    etcd): only a mapping of string keys ``[A-Za-z0-9][A-Za-z0-9_.-]{0,63}`` to
+    printable-ASCII values of 1 to 512 characters is kept, at most
+    ``MAX_TRACE_ENTRIES`` entries and ``MAX_TRACE_BYTES`` of keys and values
+    in all. Entries that are malformed or do not fit are dropped (a long
+    ``baggage`` rather than the ``traceparent`` before it); anything but a
+    mapping gives ``()``. Never raises.
+    """
+    if not isinstance(carrier, Mapping) or not carrier:
+        return ()
+    kept: list[tuple[str, str]] = []
+    budget = MAX_TRACE_BYTES
+    for key, value in carrier.items():
+        if len(kept) == MAX_TRACE_ENTRIES:
+            break
+        if not (isinstance(key, str) and isinstance(value, str)):
+            continue
+        size = len(key) + len(value)
+        if size > budget or _TRACE_KEY_RE.fullmatch(key) is None or _TRACE_VALUE_RE.fullmatch(value) is None:
+            continue
+        kept.append((key, value))
+        budget -= size
+    return tuple(kept)
+
+
+def check_trace(carrier: Mapping[str, str] | None) -> TraceContext:
+    """Validate trace context given with a submit (``TaskSpec.trace``).
+
+    Returns:
+        Its entries, as :func:`bound_trace` keeps them.
+
+    Raises:
+        InvalidOption: If :func:`bound_trace` would drop any of it.
+    """
+    if carrier is None:
+        return ()
+    kept = bound_trace(carrier)
+    if not isinstance(carrier, Mapping) or len(kept) != len(carrier):
+        raise InvalidOption(
+            f"trace context must map at most {MAX_TRACE_ENTRIES} keys [A-Za-z0-9_.-] to printable"
+            f" ASCII values, {MAX_TRACE_BYTES} bytes in all"
+        )
+    return kept
 
 
 TYPE_RE = re.compile(r"[A-Za-z0-9_.:-]{1,128}")

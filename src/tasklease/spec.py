@@ -23,6 +23,7 @@ from tasklease.models import (
     check_priority,
     check_retention,
     check_timeout,
+    check_trace,
     check_type,
 )
 from tasklease.retry import RetryPolicy
@@ -46,6 +47,10 @@ class TaskSpec:
             if that is lower, see quotas.py).
         requires: Tags a worker must have (``{"zone": "eu"}``): only workers
             started with matching ``--tags`` run it.
+        trace: Trace context to carry to the task's attempts, as a propagator's
+            carrier (``{"traceparent": "00-..."}``): at most 8 entries of
+            printable ASCII, 1 KiB in all. A hook that carries trace context
+            (``tracing.TracingHook``) takes it as the parent of its submit span.
     """
 
     type: str
@@ -57,6 +62,7 @@ class TaskSpec:
     task_id: str | None = None
     retention_s: float | None = None
     requires: Mapping[str, str] | Requires | None = None
+    trace: Mapping[str, str] | None = None
 
     def __post_init__(self) -> None:
         check_type(self.type)  # [A-Za-z0-9_.:-]{1,128}: a new type is plain text
@@ -70,3 +76,4 @@ class TaskSpec:
             # A new id must be canonical (upper case): it is stored as given.
             raise InvalidOption(f"bad task id {self.task_id!r}")
         check_requires(self.requires)
+        check_trace(self.trace)

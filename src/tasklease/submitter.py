@@ -47,6 +47,8 @@ from tasklease.models import (
     DEFAULT_RETENTION_S,
     Task,
     TaskState,
+    bound_trace,
+    evolve,
 )
 from tasklease.purge import explain_nospace
 from tasklease.quotas import QuotaGuard
@@ -136,9 +138,13 @@ class Submitter:
         return quota.default_retention_s() if quota is not None else DEFAULT_RETENTION_S
 
     def new_task(self, spec: TaskSpec, default_retention_s: float = DEFAULT_RETENTION_S) -> Task:
-        """The queued record of a new task (its id, sequence and times are given here)."""
+        """The queued record of a new task (its id, sequence and times are given here).
+
+        Its ``trace`` is what the hooks that carry trace context give (events.py),
+        else the spec's own; without such hooks nothing is asked.
+        """
         now = self.clock.now()
-        return Task(
+        task = Task(
             id=spec.task_id or self.ids.task_id(),
             type=spec.type,
             payload=spec.payload,
@@ -152,7 +158,11 @@ class Submitter:
             updated_at=now,
             retention_s=float(spec.retention_s if spec.retention_s is not None else default_retention_s),
             requires=check_requires(spec.requires),
+            trace=bound_trace(spec.trace),
         )
+        if self.hooks.carriers and (trace := self.hooks.trace_context(task)):
+            task = evolve(task, trace=trace)
+        return task
 
     def submit_ops(self, task: Task, data: bytes) -> tuple[Compare, list[Op]]:
         """The compare and the puts that enqueue one task (``transitions.enqueue``)."""
@@ -177,14 +187,19 @@ class Submitter:
     async def submit_spec(self, spec: TaskSpec) -> Task:
         """Submit one validated :class:`TaskSpec` (see :meth:`tasklease.Client.submit_spec`)."""
         task = self.new_task(spec, await self.default_retention())
-        data = encode_queued(task)
         try:
-            await self.quotas.admit([(task, data)])
-            return await self.group.submit((task, data))
-        except StoreNoSpace as exc:
-            raise explain_nospace(exc, "the submit was") from exc
-        finally:
-            self.quotas.abandon([task.id])
+            data = encode_queued(task)
+            try:
+                await self.quotas.admit([(task, data)])
+                return await self.group.submit((task, data))
+            except StoreNoSpace as exc:
+                raise explain_nospace(exc, "the submit was") from exc
+            finally:
+                self.quotas.abandon([task.id])
+        except BaseException as exc:
+            if self.hooks.carriers:
+                self.hooks.submit_failed([task.id], exc)
+            raise
 
     async def _write_group(self, group: list[Pending[Item, Task]]) -> None:
         """Write a group of submits in one transaction; settle every one of them."""
@@ -256,19 +271,24 @@ class Submitter:
         tasks: list[Task] = []
         encoded: list[bytes] = []
         default_retention = await self.default_retention()
-        for spec in specs:
-            task = self.new_task(spec, default_retention)
-            tasks.append(task)
-            encoded.append(encode_queued(task))
-        if len({t.id for t in tasks}) != len(tasks):
-            raise InvalidOption("a batch holds the same task id twice")
         try:
-            await self.quotas.admit(list(zip(tasks, encoded, strict=True)))
-            return await self._write_batch(tasks, encoded)
-        except StoreNoSpace as exc:
-            raise explain_nospace(exc, "the batch was") from exc
-        finally:
-            self.quotas.abandon([t.id for t in tasks])
+            for spec in specs:
+                task = self.new_task(spec, default_retention)
+                tasks.append(task)
+                encoded.append(encode_queued(task))
+            if len({t.id for t in tasks}) != len(tasks):
+                raise InvalidOption("a batch holds the same task id twice")
+            try:
+                await self.quotas.admit(list(zip(tasks, encoded, strict=True)))
+                return await self._write_batch(tasks, encoded)
+            except StoreNoSpace as exc:
+                raise explain_nospace(exc, "the batch was") from exc
+            finally:
+                self.quotas.abandon([t.id for t in tasks])
+        except BaseException as exc:
+            if self.hooks.carriers:  # those written had their Submitted: a carrier ends the others
+                self.hooks.submit_failed([t.id for t in tasks], exc)
+            raise
 
     async def _write_batch(self, tasks: list[Task], encoded: list[bytes]) -> BatchResult:
         chunks = chunk(tasks, encoded)
