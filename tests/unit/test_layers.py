@@ -27,6 +27,7 @@ SEAMS = {"events", "transitions"}
 SHARED = {"session", "election", "retention", "waiters", "queue", "recovery", "nodes", "fleet"}
 SHARED |= {"quotas", "purge", "stats"}
 SHARED |= {"quota_usage"}
+SHARED |= {"tracing"}  # the OpenTelemetry hook: events and models only
 SHARED |= {"metrics"}  # observability: reads no component (protocols), fed by events
 FAMILIES = {
     "worker": {"worker", "membership", "execution", "recorder", "burst"},
