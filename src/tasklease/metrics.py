@@ -21,10 +21,10 @@ The names, types and labels are the contract in docs/observability.md
 outcome, reason, operation, kind, state): never a task id or a worker id.
 
 Cost. The hook is on every component's hot path: it dispatches on the event's
-type through one dict, keeps the labelled children it has made (no
-``labels()`` call after the first of each label set), and takes no lock of its
-own (prometheus_client's values have theirs). ``bench/metrics_bench.py``
-measures it (docs/benchmarks.md).
+type through one dict, keeps the labelled children it has made (one dict
+lookup per label set), and updates plain accumulators on the event loop, no
+lock (:class:`CounterFamily` says why and how a scrape reads them safely).
+``bench/metrics_bench.py`` measures it (docs/benchmarks.md).
 
 May import: events, keys, models, store_types, version (it reads no component:
 the gauges' sources are the small protocols :class:`WorkerGauges` and
@@ -33,11 +33,13 @@ the gauges' sources are the small protocols :class:`WorkerGauges` and
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from itertools import accumulate
 from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from tasklease.events import (
     Assigned,
@@ -236,6 +238,10 @@ class SchedulerGauges(Protocol):
 class Metrics:
     """One per process; holds a ``prometheus_client.CollectorRegistry`` (what ``/metrics`` serves).
 
+    The counters and histograms fed by the hook and the store observer are
+    plain accumulators updated on the event loop (see :class:`CounterFamily`),
+    exposed through ``prometheus_client`` metric families when scraped.
+
     Args:
         component: What the process is (``worker``, ``scheduler``, ``dev``...):
             the ``component`` label of ``tasklease_build_info``.
@@ -247,74 +253,61 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         # worker
-        self.worker_attempts = Counter(
-            "tasklease_worker_attempts",
-            "Attempts this worker ended, by how",
-            ["queue", "type", "outcome"],
-            registry=r,
+        self.worker_attempts = CounterFamily(
+            r, "tasklease_worker_attempts", "Attempts this worker ended, by how", ("queue", "type", "outcome")
         )
-        self.worker_execution = Histogram(
+        self.worker_execution = HistogramFamily(
+            r,
             "tasklease_worker_execution_seconds",
             "Time from an attempt's start to its end on this worker",
-            ["type"],
-            buckets=EXECUTION_BUCKETS,
-            registry=r,
+            ("type",),
+            EXECUTION_BUCKETS,
         )
-        self.lease_refresh = Histogram(
-            "tasklease_worker_lease_refresh_seconds",
-            "Lease keep-alive latency",
-            buckets=LEASE_REFRESH_BUCKETS,
-            registry=r,
+        self.lease_refresh = HistogramFamily(
+            r, "tasklease_worker_lease_refresh_seconds", "Lease keep-alive latency", (), LEASE_REFRESH_BUCKETS
+        ).labels()
+        self.leases_lost = CounterFamily(
+            r, "tasklease_worker_leases_lost", "Leases that ended under this worker", ()
+        ).labels()
+        self.handed_back = CounterFamily(
+            r, "tasklease_worker_handed_back", "Tasks handed back (a type it does not run)", ("queue", "type")
         )
-        self.leases_lost = Counter(
-            "tasklease_worker_leases_lost", "Leases that ended under this worker", registry=r
-        )
-        self.handed_back = Counter(
-            "tasklease_worker_handed_back",
-            "Tasks handed back (a type it does not run)",
-            ["queue", "type"],
-            registry=r,
-        )
-        self.end_to_end = Histogram(
+        self.end_to_end = HistogramFamily(
+            r,
             "tasklease_task_end_to_end_seconds",
             "Created to finished, observed where the task finished",
-            ["queue", "type", "state"],
-            buckets=END_TO_END_BUCKETS,
-            registry=r,
+            ("queue", "type", "state"),
+            END_TO_END_BUCKETS,
         )
         # scheduler
-        self.leader_changes = Counter(
+        self.leader_changes = CounterFamily(
+            r,
             "tasklease_scheduler_leader_changes",
             "Times this scheduler became leader or stopped leading",
-            registry=r,
-        )
-        self.assignments = Counter("tasklease_scheduler_assignments", "Tasks assigned", ["queue"], registry=r)
-        self.batch_size = Histogram(
-            "tasklease_scheduler_batch_size",
-            "Tasks per assignment transaction",
-            buckets=BATCH_BUCKETS,
-            registry=r,
-        )
-        self.queue_wait = Histogram(
+            (),
+        ).labels()
+        self.assignments = CounterFamily(r, "tasklease_scheduler_assignments", "Tasks assigned", ("queue",))
+        self.batch_size = HistogramFamily(
+            r, "tasklease_scheduler_batch_size", "Tasks per assignment transaction", (), BATCH_BUCKETS
+        ).labels()
+        self.queue_wait = HistogramFamily(
+            r,
             "tasklease_scheduler_queue_wait_seconds",
             "Time in the queue before assignment (submit or requeue to assignment)",
-            ["queue", "priority"],
-            buckets=QUEUE_WAIT_BUCKETS,
-            registry=r,
+            ("queue", "priority"),
+            QUEUE_WAIT_BUCKETS,
         )
-        self.recoveries = Counter(
-            "tasklease_scheduler_recoveries", "Repairs: lost, overdue, promoted", ["reason"], registry=r
+        self.recoveries = CounterFamily(
+            r, "tasklease_scheduler_recoveries", "Repairs: lost, overdue, promoted", ("reason",)
         )
         # every process
-        self.etcd_requests = Histogram(
-            "tasklease_etcd_request_seconds",
-            "etcd request latency",
-            ["operation"],
-            buckets=ETCD_BUCKETS,
-            registry=r,
+        self.etcd_requests = HistogramFamily(
+            r, "tasklease_etcd_request_seconds", "etcd request latency", ("operation",), ETCD_BUCKETS
         )
-        self.etcd_errors = Counter("tasklease_etcd_errors", "etcd errors", ["kind"], registry=r)
-        self.watch_restarts = Counter("tasklease_watch_restarts", "Watches started over", registry=r)
+        self.etcd_errors = CounterFamily(r, "tasklease_etcd_errors", "etcd errors", ("kind",))
+        self.watch_restarts = CounterFamily(
+            r, "tasklease_watch_restarts", "Watches started over", ()
+        ).labels()
         self.build_info = Gauge(
             "tasklease_build_info", "1, labelled with the version", ["version", "component"], registry=r
         )
@@ -330,7 +323,8 @@ class Metrics:
     def hook(self) -> Hook:
         """The hook to add to a component: ``hooks=[*default_hooks(), metrics.hook()]``.
 
-        The same hook may be given to several components of the process.
+        The same hook may be given to several components of the process (on
+        its one event loop).
         """
         return self._hook
 
@@ -345,6 +339,131 @@ class Metrics:
     def track_scheduler(self, scheduler: SchedulerGauges) -> None:
         """Export whether ``scheduler`` leads and, while it does, the cluster gauges from its mirror."""
         self._schedulers.schedulers.append(scheduler)
+
+
+# accumulators -------------------------------------------------------------------------------
+class CounterChild:
+    """One labelled counter: a float, incremented on the event loop."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        """Add ``amount`` (>= 0)."""
+        self.value += amount
+
+
+class HistogramChild:
+    """One labelled histogram: a count per bucket (not cumulative) and the sum, on the event loop."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, amount: float) -> None:
+        """Count ``amount`` in the first bucket whose bound is >= it (``le``), and in the sum."""
+        self.counts[bisect_left(self.bounds, amount)] += 1
+        self.sum += amount
+
+
+class CounterFamily:
+    """A counter family: its children by label values; a ``prometheus_client`` collector.
+
+    Why not ``prometheus_client.Counter``: its ``inc`` and ``Histogram.observe``
+    take a lock per value (two and more per observation) and check their state
+    each time, some microseconds per call; these are bare attribute updates
+    (~0.2 µs), which matters on a path taken several times per task. They are
+    updated only on the event loop that runs the components (one thread); a
+    scrape (on that loop or on another thread) copies a family's children and a
+    histogram's counts before reading them, each copy atomic under the GIL, so
+    it never sees a half-made child (at worst an observation's count without
+    its sum, which the next scrape corrects).
+
+    Args:
+        registry: Where it is registered.
+        name: Its name without ``_total``.
+        documentation: Its help text.
+        labelnames: Its labels.
+    """
+
+    kind = "counter"
+
+    def __init__(
+        self, registry: CollectorRegistry, name: str, documentation: str, labelnames: tuple[str, ...]
+    ):
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = labelnames
+        self.children: dict[tuple[str, ...], Any] = {}  # added on the event loop, copied by scrapes
+        if not labelnames:
+            self.labels()  # an unlabelled metric exists (at 0) from the start
+        registry.register(self)
+
+    def _child(self) -> Any:
+        return CounterChild()
+
+    def labels(self, *values: str) -> Any:
+        """The child of these label values (made on first use; keep it: this is a dict lookup)."""
+        child = self.children.get(values)
+        if child is None:
+            if len(values) != len(self.labelnames):
+                raise ValueError(f"{self.name} has labels {self.labelnames}, got {values}")
+            child = self.children[values] = self._child()
+        return child
+
+    def describe(self) -> Iterable[Metric]:
+        """The family, without samples (the registry checks names with it)."""
+        return [Metric(self.name, self.documentation, self.kind)]
+
+    def collect(self) -> Iterable[Metric]:
+        """The family with a sample per child."""
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, child in list(self.children.items()):
+            family.add_metric(values, child.value)
+        return [family]
+
+
+class HistogramFamily(CounterFamily):
+    """A histogram family (see :class:`CounterFamily`): bucket bounds in the metric's unit.
+
+    Args:
+        registry: Where it is registered.
+        name: Its name.
+        documentation: Its help text.
+        labelnames: Its labels (never ``le``).
+        bounds: The buckets' upper bounds, ascending (``+Inf`` is added).
+    """
+
+    kind = "histogram"
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        name: str,
+        documentation: str,
+        labelnames: tuple[str, ...],
+        bounds: tuple[float, ...],
+    ) -> None:
+        self.bounds = tuple(float(b) for b in bounds)
+        # as prometheus_client writes them (repr of the float: 0.005, 1.0, 86400.0)
+        self._le = [repr(b) for b in self.bounds] + ["+Inf"]
+        super().__init__(registry, name, documentation, labelnames)
+
+    def _child(self) -> Any:
+        return HistogramChild(self.bounds)
+
+    def collect(self) -> Iterable[Metric]:
+        """The family with the cumulative buckets, count and sum of each child."""
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, child in list(self.children.items()):
+            counts, total = list(child.counts), child.sum
+            family.add_metric(values, list(zip(self._le, accumulate(counts), strict=True)), total)
+        return [family]
 
 
 class MetricsHook:

@@ -195,7 +195,7 @@ class StoreObserver(Protocol):
 
         Args:
             operation: ``get``, ``range``, ``txn``, ``put``, ``delete``, ``grant``,
-                ``keepalive``, ``revoke``, ``status`` or ``authenticate``.
+                ``keepalive``, ``revoke`` or ``status``.
             seconds: How long it took (sent to answered, or to its error).
             error_kind: None if it succeeded, else :func:`error_kind` of its error.
         """

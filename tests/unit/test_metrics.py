@@ -498,3 +498,34 @@ def test_every_documented_metric_is_exported_with_its_type_and_labels():
     # and nothing is exported under our prefix that the table does not document
     ours = {n for n in families if n.startswith("tasklease_")}
     assert ours <= {n.removesuffix("_total") for n in documented()}
+
+
+def test_histogram_buckets_are_cumulative_and_a_bound_is_in_its_own_bucket():
+    m = Metrics("worker")
+    observer = m.store_observer()
+    for seconds in (0.005, 0.0051, 10.0):  # on a bound, just above it, above the last bound
+        observer.request("get", seconds, None)
+    assert value(m, "tasklease_etcd_request_seconds_bucket", operation="get", le="0.0025") == 0
+    assert value(m, "tasklease_etcd_request_seconds_bucket", operation="get", le="0.005") == 1
+    assert value(m, "tasklease_etcd_request_seconds_bucket", operation="get", le="0.01") == 2
+    assert value(m, "tasklease_etcd_request_seconds_bucket", operation="get", le="5.0") == 2
+    assert value(m, "tasklease_etcd_request_seconds_bucket", operation="get", le="+Inf") == 3
+    assert value(m, "tasklease_etcd_request_seconds_count", operation="get") == 3
+    assert value(m, "tasklease_etcd_request_seconds_sum", operation="get") == pytest.approx(10.0101)
+
+
+def test_the_text_exposition_parses_back_to_the_same_values():
+    from prometheus_client.parser import text_string_to_metric_families
+
+    m = Metrics("worker")
+    m.store_observer().request("txn", 0.002, "unavailable")
+    m.hook().on_event(LeaseRefreshed(at=1.0, component="worker", source="w1", latency_s=0.01))
+    text = generate_latest(m.registry).decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert families["tasklease_etcd_errors"].type == "counter"
+    assert families["tasklease_etcd_request_seconds"].type == "histogram"
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples
+    }
+    assert samples[("tasklease_etcd_errors_total", (("kind", "unavailable"),))] == 1
+    assert samples[("tasklease_worker_lease_refresh_seconds_count", ())] == 1
