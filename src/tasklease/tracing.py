@@ -28,7 +28,7 @@ the attempt's span under it. The submit span ends at
 
 Spans and attributes (never the payload, the result or the worker's environment):
 
-- every span: ``tasklease.task_id``, ``tasklease.type``, ``tasklease.queue``,
+- ``submit``, ``run``: ``tasklease.task_id``, ``tasklease.type``, ``tasklease.queue``,
   ``tasklease.priority``;
 - ``queued``, ``run``: ``tasklease.attempt``; ``run`` also ``tasklease.worker``,
   ``tasklease.outcome`` (``succeeded``, ``failed``, ``retried``, ``timed_out``,
@@ -220,7 +220,7 @@ class TracingHook:
                 wait = self._tracer.start_span(
                     f"queued {task.type}",
                     context=parent,
-                    attributes={**_task_attributes(task), "tasklease.attempt": number},
+                    attributes={"tasklease.attempt": number},  # the rest is on its siblings
                     start_time=_ns(queued_at),
                 )
                 wait.end(end_time=_ns(max(queued_at, attempt.started_at)))
