@@ -138,6 +138,46 @@ def _limit(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     return limit
 
 
+def _http_address(text: str) -> Any:
+    """``HOST:PORT``, ``[IPv6]:PORT`` or a bare port (``127.0.0.1:PORT``), for ``--http``."""
+    from tasklease.httpserver import HttpAddress
+
+    try:
+        return HttpAddress.parse(text)
+    except ValidationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+HTTP_VARIABLE = "TASKLEASE_HTTP"
+
+
+def _http_option(args: argparse.Namespace, environ: Any = None) -> Any:
+    """``--http``, else ``TASKLEASE_HTTP`` (an empty value is off), else None (no HTTP endpoint).
+
+    Raises:
+        UsageError: ``TASKLEASE_HTTP`` is not an address (named in the message).
+    """
+    if args.http is not None:
+        return args.http
+    raw = (os.environ if environ is None else environ).get(HTTP_VARIABLE, "").strip()
+    if not raw:
+        return None
+    try:
+        return _http_address(raw)
+    except argparse.ArgumentTypeError as exc:
+        raise UsageError(f"environment variable {HTTP_VARIABLE}: {exc}") from None
+
+
+def _add_http(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--http",
+        type=_http_address,
+        default=None,
+        metavar="HOST:PORT",
+        help=f"{what} (env {HTTP_VARIABLE}; a bare PORT is 127.0.0.1:PORT; off unless given)",
+    )
+
+
 def _size(text: str) -> int:
     from tasklease.quotas import parse_size
 
@@ -399,6 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run until its queues hold no task it may run and it runs nothing, then drain and "
         "exit 0 (batch jobs, CI); pending retries waiting for their backoff do not keep it",
     )
+    _add_http(p, "serve /metrics, /healthz and /readyz on this address")
     p.add_argument("--log-format", choices=["json", "text"], default="json")
 
     p = cmd("nodes", "list live workers and their load")
@@ -428,6 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="fail queued tasks no live worker may run (type or tags) after S s (default: wait forever)",
     )
+    _add_http(p, "serve /metrics, /healthz and /readyz on this address")
     p.add_argument("--log-format", choices=["json", "text"], default="json")
 
     p = cmd("dev", "run a local etcd, a scheduler and workers in the foreground until Ctrl-C")
@@ -457,6 +499,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="run etcd without authentication (refused with --allow shell or http)",
     )
     p.add_argument("--concurrency", type=_int, default=4, help="per worker (default 4)")
+    p.add_argument(
+        "--http",
+        type=_http_address,
+        nargs="?",
+        const=_http_address("127.0.0.1:0"),
+        default=None,
+        metavar="HOST:PORT",
+        help="one HTTP endpoint (/metrics, /healthz, /readyz) per process: the scheduler on PORT, "
+        f"worker i on PORT+i; without a value (or port 0), free ports; printed at start (env {HTTP_VARIABLE})",
+    )
 
     p = cmd("soak", "run a workload under chaos (killed workers and leaders), then check every invariant")
     p.add_argument("--tasks", type=_int, default=2000)
@@ -475,6 +527,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = cmd("demo", "start etcd, a scheduler and 2 workers, run a mixed workload, print a summary, stop")
     p.add_argument("--data-dir", type=Path, default=None, help="keep etcd's data and the logs here")
     p.add_argument("--workers", type=_int, default=2, help="worker processes (default 2)")
+    p.add_argument(
+        "--http",
+        action="store_true",
+        help="give each process an HTTP endpoint (/metrics, /healthz, /readyz) on a free port; printed",
+    )
+
+    p = cmd("health", "check a process's HTTP endpoint (/readyz unless the URL has a path): exit 0 if 200")
+    p.add_argument(
+        "url",
+        nargs="?",
+        default=None,
+        metavar="URL",
+        help=f"http://HOST:PORT[/PATH], HOST:PORT or PORT (default: env {HTTP_VARIABLE})",
+    )
+    p.add_argument("--timeout", type=_positive_float, default=5.0, help="seconds to wait (default 5)")
 
     p = cmd("purge", "delete finished tasks older than an age (a dry run unless --yes)")
     p.add_argument(
@@ -810,7 +877,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         burst=args.burst,
     )
     keys = Keyspace(args.namespace)
-    return run_worker(store_config(args), keys, registry, config)
+    return run_worker(store_config(args), keys, registry, config, http=_http_option(args))
 
 
 def cmd_scheduler(args: argparse.Namespace) -> int:
@@ -829,7 +896,7 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
         deadline_grace_s=args.deadline_grace,
         unroutable_after_s=args.unroutable_after,
     )
-    return run_scheduler(store_config(args), args.namespace, config)
+    return run_scheduler(store_config(args), args.namespace, config, http=_http_option(args))
 
 
 def cmd_nodes(args: argparse.Namespace) -> int:
@@ -867,7 +934,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise UsageError("the demo needs at least one worker")
-    return run_demo(args.data_dir, args.workers)
+    return run_demo(args.data_dir, args.workers, http=args.http)
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    """``tasklease health [URL]``: GET the URL (``/readyz`` by default), print the answer's body.
+
+    Exit 0 for a 200, 1 for any other status or no answer, 2 for a bad URL.
+    """
+    from tasklease.health import check, health_url
+
+    given = args.url if args.url is not None else os.environ.get(HTTP_VARIABLE, "").strip()
+    if not given:
+        raise UsageError(f"give the URL to check (or set {HTTP_VARIABLE})")
+    url = health_url(given)  # InvalidOption: exit 2
+    try:
+        status, body = check(url, timeout_s=args.timeout)
+    except OSError as exc:
+        _fail(f"{url}: no answer: {exc}", EXIT_RUNTIME)
+    _say(body.splitlines()[0] if body else f"HTTP {status}")
+    return EXIT_OK if status == 200 else EXIT_RUNTIME
 
 
 def cmd_soak(args: argparse.Namespace) -> int:
@@ -906,6 +992,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         namespace=args.namespace,
         worker_args=worker_args,
         auth=not args.no_auth,
+        http=_http_option(args),
     )
 
     def ready() -> None:
@@ -918,6 +1005,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
             f"{args.workers} workers; namespace {args.namespace}. Ctrl-C stops everything.",
             file=sys.stderr,
         )
+        for name, url in stack.http_urls.items():
+            _say(f"tasklease dev: {name} serves {url}/metrics, /healthz, /readyz", file=sys.stderr)
 
     return run_dev(stack, on_ready=ready)
 
@@ -1015,6 +1104,7 @@ def cmd_quota(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": cmd_demo,
+    "health": cmd_health,
     "dev": cmd_dev,
     "soak": cmd_soak,
     "worker": cmd_worker,

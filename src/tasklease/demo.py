@@ -12,6 +12,7 @@ task that times out.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import statistics
 import sys
 import tempfile
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from tasklease.client import Client, TaskSpec
 from tasklease.dev import Stack
+from tasklease.httpserver import HttpAddress
 from tasklease.logs import escape_text
 from tasklease.models import Outcome, Task, TaskState
 from tasklease.nodes import list_nodes
@@ -145,8 +147,14 @@ def _summary(finals: list[Task], elapsed: float, latencies: list[float]) -> int:
     return 0 if expected else 1
 
 
-def run_demo(data_dir: Path | None = None, workers: int = 2) -> int:
-    """Start the stack, run the workload, stop everything; return the exit code."""
+def run_demo(data_dir: Path | None = None, workers: int = 2, *, http: bool = False) -> int:
+    """Start the stack, run the workload, stop everything; return the exit code.
+
+    Args:
+        data_dir: Keep etcd's data and the logs here (default: a temporary directory).
+        workers: Worker processes.
+        http: Give each process an HTTP endpoint on a free port (printed).
+    """
     with tempfile.TemporaryDirectory(prefix="tasklease-demo-") as tmp_name:
         tmp = Path(tmp_name)
         base = data_dir or tmp
@@ -157,11 +165,14 @@ def run_demo(data_dir: Path | None = None, workers: int = 2) -> int:
             worker_args=["--import", "tasklease.demo_tasks", "--concurrency", "8"],
             log_dir=base / "logs",
             auth=True,
+            http=HttpAddress("127.0.0.1", 0) if http else None,
         )
         _say(f"starting etcd ({stack.etcd.binary}), a scheduler and {workers} workers ...")
         try:
             stack.start()
             _say(f"etcd ready at {stack.endpoint} (auth on); process logs in {base / 'logs'}")
+            for name, url in stack.http_urls.items():
+                _say(f"{name} serves {url}/metrics, /healthz, /readyz")
             code = asyncio.run(_workload(stack.store_config(), tmp, workers))
         except KeyboardInterrupt:
             code = 130
@@ -169,6 +180,8 @@ def run_demo(data_dir: Path | None = None, workers: int = 2) -> int:
             print(f"demo failed: {exc}", file=sys.stderr)
             code = 1
         finally:
-            _say("stopping ...")
+            # stdout may be a closed pipe (`tasklease demo | head`): stop the processes all the same
+            with contextlib.suppress(OSError):
+                _say("stopping ...")
             stack.stop()
         return code

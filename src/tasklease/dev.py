@@ -11,12 +11,20 @@ With ``auth`` (``dev`` and ``demo``), etcd runs with authentication on (see
 ``DATA_DIR/root-password`` (0600). The processes get the user and the file's
 path in ``TASKLEASE_ETCD_USER`` / ``TASKLEASE_ETCD_PASSWORD_FILE``: the
 password is never on a command line or in an environment.
+
+With ``http`` (``dev --http``, ``demo --http``), each process it starts serves
+its own ``/metrics``, ``/healthz`` and ``/readyz`` (one endpoint per process,
+as in production, so a Prometheus pointed at them sees the same series as it
+would from a real cluster): on free ports when the address's port is 0, else
+the scheduler on PORT and ``worker-i`` on PORT+i. :attr:`Stack.http_urls`
+says where each one is.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,7 +32,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from tasklease.etcd_server import PASSWORD_FILE_NAME, EtcdServer, make_private_dir, open_private_log
+from tasklease.etcd_server import (
+    PASSWORD_FILE_NAME,
+    EtcdServer,
+    free_port,
+    make_private_dir,
+    open_private_log,
+)
+from tasklease.httpserver import HttpAddress
 from tasklease.store import StoreConfig
 
 # Connection settings of the calling environment that must not reach this stack's processes.
@@ -36,7 +51,10 @@ _CONNECTION_VARIABLES = (
     "TASKLEASE_ETCD_CERT",
     "TASKLEASE_ETCD_KEY",
     "TASKLEASE_ETCD_TLS_SERVER_NAME",
+    # Each process gets its own --http: one inherited address would be bound by the first only.
+    "TASKLEASE_HTTP",
 )
+_WORKER_NUMBER = re.compile(r"worker-(\d+)")
 
 
 class Stack:
@@ -53,6 +71,7 @@ class Stack:
         log_format: ``text`` or ``json``.
         unsafe_no_fsync: Run etcd without fsync (benchmarks only).
         auth: Run etcd with authentication on (password file ``data_dir/root-password``).
+        http: Give each scheduler and worker an HTTP endpoint (see the module docstring).
     """
 
     def __init__(
@@ -68,6 +87,7 @@ class Stack:
         log_format: str = "text",
         unsafe_no_fsync: bool = False,
         auth: bool = False,
+        http: HttpAddress | None = None,
     ) -> None:
         self.etcd = EtcdServer(
             data_dir=Path(data_dir) / "etcd",
@@ -83,6 +103,9 @@ class Stack:
         self.log_dir = log_dir
         self.log_format = log_format
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.http = http
+        # Process name -> base URL of its HTTP endpoint (add /metrics, /readyz...).
+        self.http_urls: dict[str, str] = {}
         self._logs: list[IO[bytes]] = []
 
     @property
@@ -126,17 +149,41 @@ class Stack:
         self.procs[name] = proc
         return proc
 
+    def http_args(self, name: str) -> list[str]:
+        """``--http HOST:PORT`` for process ``name`` (nothing without ``http``); notes its URL."""
+        if self.http is None:
+            return []
+        port = 0
+        if self.http.port:
+            number = _WORKER_NUMBER.fullmatch(name)
+            if name == "scheduler":
+                port = self.http.port
+            elif number is not None:
+                port = self.http.port + int(number.group(1))
+        address = HttpAddress(self.http.host, port or free_port())
+        shown = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(address.host, address.host)
+        self.http_urls[name] = f"http://{HttpAddress(shown, address.port)}"
+        return ["--http", str(address)]
+
     def start_scheduler(self, name: str = "scheduler", extra: Sequence[str] = ()) -> subprocess.Popen[bytes]:
         """Start a scheduler process."""
         return self.spawn(
-            name, ["scheduler", "--id", name, "--log-format", self.log_format, *self.scheduler_args, *extra]
-        )
+            name,
+            [
+                "scheduler", "--id", name, "--log-format", self.log_format,
+                *self.http_args(name), *self.scheduler_args, *extra,
+            ],
+        )  # fmt: skip
 
     def start_worker(self, name: str, extra: Sequence[str] = ()) -> subprocess.Popen[bytes]:
         """Start a worker process."""
         return self.spawn(
-            name, ["worker", "--id", name, "--log-format", self.log_format, *self.worker_args, *extra]
-        )
+            name,
+            [
+                "worker", "--id", name, "--log-format", self.log_format,
+                *self.http_args(name), *self.worker_args, *extra,
+            ],
+        )  # fmt: skip
 
     def start(self) -> None:
         """Start etcd (waits until healthy), the scheduler and the workers."""

@@ -13,16 +13,25 @@ Signals:
   left for it (exit 0);
 - scheduler: either signal resigns and stops at once;
 - etcd, dev: either signal stops the processes started.
+
+HTTP (``--http``, :func:`serve_http`): a worker or scheduler given an address
+gets a :class:`~tasklease.metrics.Metrics` of its own: its hook joins the
+default hooks, its store observer watches the process's one etcd connection,
+the component's gauges are read at scrape time, and ``/metrics``, ``/healthz``
+and ``/readyz`` are served on the process's event loop (health.py). The
+endpoint starts before the component (``/readyz`` says 503 until it is ready)
+and stops after it. Without ``--http`` there is no metrics hook at all.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING
 
 from tasklease.errors import InvalidOption
@@ -30,11 +39,17 @@ from tasklease.errors import InvalidOption
 if TYPE_CHECKING:
     from tasklease.dev import Stack
     from tasklease.etcd_server import EtcdServer
+    from tasklease.events import Hook
     from tasklease.executors.base import Registry
+    from tasklease.health import Readiness
+    from tasklease.httpserver import HttpAddress, HttpServer
     from tasklease.keys import Keyspace
-    from tasklease.scheduler import SchedulerConfig
-    from tasklease.store import StoreConfig
-    from tasklease.worker import WorkerConfig
+    from tasklease.metrics import Metrics
+    from tasklease.scheduler import Scheduler, SchedulerConfig
+    from tasklease.store import Store, StoreConfig
+    from tasklease.worker import Worker, WorkerConfig
+
+log = logging.getLogger("tasklease.runners")
 
 EXIT_OK = 0
 EXIT_RUNTIME = 1
@@ -80,20 +95,119 @@ def load_registry(imports: Sequence[str], allow: frozenset[str]) -> Registry:
     return registry
 
 
-def run_worker(store_config: StoreConfig, keys: Keyspace, registry: Registry, config: WorkerConfig) -> int:
-    """Serve until SIGTERM/SIGINT (graceful), or a burst worker's end; a second signal stops at once."""
-    return asyncio.run(_serve_worker(store_config, keys, registry, config))
+class Instruments:
+    """A process's metrics when it serves HTTP: its registry, hook and store observer (or nothing).
+
+    Args:
+        component: ``worker`` or ``scheduler`` (the ``component`` label of ``tasklease_build_info``).
+        http: The address to serve on; None: no metrics and no endpoint.
+    """
+
+    def __init__(self, component: str, http: HttpAddress | None) -> None:
+        self.http = http
+        self.metrics: Metrics | None = None
+        if http is not None:
+            from tasklease.metrics import Metrics
+
+            self.metrics = Metrics(component)
+
+    def store(self, config: StoreConfig) -> Store:
+        """The process's etcd connection, observed by the metrics if any."""
+        from tasklease.store import Store
+
+        if self.metrics is None:
+            return Store(config)
+        return Store(config, observer=self.metrics.store_observer())
+
+    def hooks(self) -> list[Hook] | None:
+        """The component's hooks: the defaults, plus the metrics hook if any (None: the defaults)."""
+        from tasklease.events import default_hooks
+
+        if self.metrics is None:
+            return None
+        return [*default_hooks(), self.metrics.hook()]
+
+
+@contextlib.asynccontextmanager
+async def serve_http(
+    instruments: Instruments, store: Store, readiness: Readiness
+) -> AsyncIterator[HttpServer | None]:
+    """Serve ``/metrics``, ``/healthz`` and ``/readyz`` while inside (nothing without an address).
+
+    Args:
+        instruments: The process's metrics and address.
+        store: The process's etcd connection (``/readyz`` asks it for etcd's status).
+        readiness: The component's own readiness.
+
+    Raises:
+        InvalidOption: The address cannot be bound (in use, not an address of this host).
+    """
+    if instruments.http is None or instruments.metrics is None:
+        yield None
+        return
+    from tasklease.health import ReadinessCheck, routes
+    from tasklease.httpserver import HttpServer
+
+    server = HttpServer(
+        routes(instruments.metrics.registry, ReadinessCheck(store, readiness)), instruments.http
+    )
+    try:
+        await server.start()
+    except OSError as exc:
+        raise InvalidOption(f"--http {instruments.http}: cannot listen: {exc.strerror or exc}") from None
+    log.info(
+        "serving %s/metrics, /healthz and /readyz", server.url, extra={"component": "http", "url": server.url}
+    )
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+def run_worker(
+    store_config: StoreConfig,
+    keys: Keyspace,
+    registry: Registry,
+    config: WorkerConfig,
+    *,
+    http: HttpAddress | None = None,
+) -> int:
+    """Serve until SIGTERM/SIGINT (graceful), or a burst worker's end; a second signal stops at once.
+
+    Args:
+        store_config: The etcd connection.
+        keys: The namespace.
+        registry: The task types it runs.
+        config: Its settings.
+        http: Serve metrics and health checks on this address (:func:`serve_http`).
+    """
+    return asyncio.run(_serve_worker(store_config, keys, registry, config, http))
 
 
 async def _serve_worker(
-    store_config: StoreConfig, keys: Keyspace, registry: Registry, config: WorkerConfig
+    store_config: StoreConfig,
+    keys: Keyspace,
+    registry: Registry,
+    config: WorkerConfig,
+    http: HttpAddress | None,
 ) -> int:
-    from tasklease.store import Store
     from tasklease.worker import Worker
 
-    store = Store(store_config)
+    instruments = Instruments("worker", http)
+    store = instruments.store(store_config)
     await store.connect()
-    worker = Worker(store, keys, registry, config)
+    try:
+        worker = Worker(store, keys, registry, config, hooks=instruments.hooks())
+        if instruments.metrics is not None:
+            instruments.metrics.track_worker(worker)
+        async with serve_http(instruments, store, worker.readiness):
+            return await _work(worker)
+    finally:
+        await store.close()
+
+
+async def _work(worker: Worker) -> int:
+    """Start ``worker`` and serve until it stopped (signals: drain, then stop at once)."""
     signals = {"count": 0}
     loop = asyncio.get_running_loop()
     background: set[asyncio.Task[None]] = set()
@@ -107,33 +221,51 @@ async def _serve_worker(
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
-    try:
-        with contextlib.suppress(asyncio.CancelledError):
-            await worker.start()
-        await worker.wait_stopped()
-        await asyncio.gather(*background, return_exceptions=True)
-    finally:
-        await store.close()
+    with contextlib.suppress(asyncio.CancelledError):
+        await worker.start()
+    await worker.wait_stopped()
+    await asyncio.gather(*background, return_exceptions=True)
     return EXIT_OK
 
 
-def run_scheduler(store_config: StoreConfig, namespace: str, config: SchedulerConfig) -> int:
+def run_scheduler(
+    store_config: StoreConfig, namespace: str, config: SchedulerConfig, *, http: HttpAddress | None = None
+) -> int:
     """Register, campaign and lead until SIGTERM/SIGINT, then resign at once.
+
+    Args:
+        store_config: The etcd connection.
+        namespace: The namespace.
+        config: Its settings.
+        http: Serve metrics and health checks on this address (:func:`serve_http`).
 
     Raises:
         DuplicateCandidate: Another live scheduler has this scheduler id.
     """
-    return asyncio.run(_serve_scheduler(store_config, namespace, config))
+    return asyncio.run(_serve_scheduler(store_config, namespace, config, http))
 
 
-async def _serve_scheduler(store_config: StoreConfig, namespace: str, config: SchedulerConfig) -> int:
+async def _serve_scheduler(
+    store_config: StoreConfig, namespace: str, config: SchedulerConfig, http: HttpAddress | None
+) -> int:
     from tasklease.keys import Keyspace
     from tasklease.scheduler import Scheduler
-    from tasklease.store import Store
 
-    store = Store(store_config)
+    instruments = Instruments("scheduler", http)
+    store = instruments.store(store_config)
     await store.connect()
-    scheduler = Scheduler(store, Keyspace(namespace), config)
+    try:
+        scheduler = Scheduler(store, Keyspace(namespace), config, hooks=instruments.hooks())
+        if instruments.metrics is not None:
+            instruments.metrics.track_scheduler(scheduler)
+        async with serve_http(instruments, store, scheduler.readiness):
+            return await _lead(scheduler)
+    finally:
+        await store.close()
+
+
+async def _lead(scheduler: Scheduler) -> int:
+    """Register, then campaign and lead until a signal (resign at once) or a fatal error."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -160,7 +292,6 @@ async def _serve_scheduler(store_config: StoreConfig, namespace: str, config: Sc
             raise scheduler.fatal
     finally:
         await scheduler.stop()
-        await store.close()
     return EXIT_OK
 
 

@@ -230,6 +230,32 @@ class Scheduler:
         """Tasks this scheduler assigned (all its leaderships)."""
         return self.assigner.assigned_total
 
+    def readiness(self) -> tuple[bool, str]:
+        """Whether it is watching, as leader or standby (``/readyz``; health.py checks etcd too).
+
+        Ready: it runs and either leads with its mirror loaded (its watch is
+        applying changes) or stands by under a live lease (registered, waiting
+        for the leader key to go). Not ready: stopped, given up (its id is used
+        by another live scheduler), loading its mirror after an election, or
+        without a live lease (etcd was away longer than the TTL).
+
+        Returns:
+            ``(ready, reason)``, the reason one short line.
+        """
+        if self.fatal is not None:
+            return False, f"stopped: {self.fatal}"
+        if self._main is None or self._main.done():
+            return False, "not running"
+        if self.leading.is_set():
+            revision = self.mirror.view.revision
+            if not revision:
+                return False, "leader, loading its mirror"
+            return True, f"leader, watching from revision {revision}"
+        session = self.election.session
+        if session is None or session.lost.is_set():
+            return False, "no live lease (registering, or the lease was lost)"
+        return True, "standby, watching the leader key"
+
     def _ctx(self, **extra: Any) -> dict[str, Any]:
         return {"component": "scheduler", "scheduler": self.id, **extra}
 

@@ -347,6 +347,25 @@ class Worker:
     def _runs(self) -> dict[str, dict[int, Run]]:
         return self.execution.runs
 
+    def readiness(self) -> tuple[bool, str]:
+        """Whether it takes work now (``/readyz``, with etcd's reachability checked by health.py).
+
+        Ready: it holds a lease not declared lost, its node record is registered
+        under it, and it is not draining (a SIGTERM, the end of a burst) or stopped.
+
+        Returns:
+            ``(ready, reason)``, the reason one short line.
+        """
+        if self._stopped.is_set():
+            return False, "stopped"
+        if self.execution.draining:
+            return False, "draining"
+        if not self.membership.lease_alive:
+            return False, "no live lease (registering, or the lease was lost)"
+        if not self.membership.registration.node_rev:
+            return False, "not registered"
+        return True, f"registered under lease {self.lease_id:x}, not draining"
+
     def node(self) -> NodeRecord:
         """The record published at ``node/{id}``."""
         return NodeRecord(

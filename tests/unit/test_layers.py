@@ -29,6 +29,7 @@ SHARED |= {"quotas", "purge", "stats"}
 SHARED |= {"quota_usage"}
 SHARED |= {"tracing"}  # the OpenTelemetry hook: events and models only
 SHARED |= {"metrics"}  # observability: reads no component (protocols), fed by events
+SHARED |= {"httpserver", "health"}  # the HTTP endpoint and its routes: read no component (callables)
 FAMILIES = {
     "worker": {"worker", "membership", "execution", "recorder", "burst"},
     "scheduler": {"scheduler", "mirror", "assigner", "recoverer"},
