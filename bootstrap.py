@@ -56,10 +56,12 @@ def main() -> int:
         if job == "demo":
             run(BIN / "tasklease", "demo", *rest)
         elif job == "test":
-            paths = [p for p in ("src", "tests", "bench") if (ROOT / p).exists()]
+            paths = [p for p in ("src", "tests", "bench", "deploy") if (ROOT / p).exists()]
             run(BIN / "ruff", "check", *paths)
             run(BIN / "ruff", "format", "--check", *paths)
             run(BIN / "mypy")  # src and tests ([tool.mypy] files in pyproject.toml)
+            # Debian's prometheus (prometheus, promtool) for the deploy/ tests: apt-get when missing
+            run(BIN / "python", "tests/promtools.py")
             run(BIN / "python", "-m", "pytest", *(rest or ["-q"]))
         elif job == "bench":
             run(BIN / "python", "-m", "bench", *rest)

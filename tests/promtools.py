@@ -381,3 +381,10 @@ def metric_names(text: str, known: dict[str, str]) -> set[str]:
                     break
         names.add(name)
     return names
+
+
+if __name__ == "__main__":
+    # bootstrap.py's test job runs this before pytest, so no test spends its timeout on apt-get.
+    found = ensure_prometheus()
+    version = subprocess.run([found.promtool, "--version"], capture_output=True, text=True).stdout
+    print(f"prometheus: {found.prometheus}, promtool: {found.promtool} ({version.splitlines()[0]})")
