@@ -123,7 +123,7 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
             Panel(
                 "Queue depth by priority",
                 (Target(f"sum by (priority) (tasklease_queue_depth{{{Q}}})", "priority {{priority}}"),),
-                "Queued tasks by priority (0 = most urgent), from the leader's mirror.",
+                "Queued tasks by priority (3 = most urgent, 0 = lowest), from the leader's mirror.",
                 options={"stack": True},
             ),
             Panel(
