@@ -132,6 +132,8 @@ class TracingHook:
         propagator: How context is written into and read from records (default:
             the global propagator, W3C trace context and baggage unless configured).
         record_errors: Put the task's error text in the status of a failed attempt.
+        wait_spans: Make a ``queued`` span before each attempt (a third of the
+            spans of a task that runs once: leave them out to save that).
         grace_s: How long past its timeout an attempt without an end event stays open.
         max_open: At most this many submit spans, and this many attempt spans, open.
     """
@@ -142,12 +144,14 @@ class TracingHook:
         *,
         propagator: TextMapPropagator | None = None,
         record_errors: bool = True,
+        wait_spans: bool = True,
         grace_s: float = 60.0,
         max_open: int = 10_000,
     ) -> None:
         self._tracer: Tracer = trace.get_tracer("tasklease", __version__, tracer_provider=tracer_provider)
         self._propagator = propagator
         self.record_errors = record_errors
+        self.wait_spans = wait_spans
         self.grace_s = grace_s
         self.max_open = max_open
         # Submit spans by task id, oldest first (until Submitted or submit_failed).
@@ -214,7 +218,7 @@ class TracingHook:
         task, number = event.task, event.attempt or 0
         parent = self._extract(task) if task.trace else None
         attempt = task.current_attempt
-        if parent is not None and attempt is not None and attempt.number == number:
+        if self.wait_spans and parent is not None and attempt is not None and attempt.number == number:
             queued_at = _queued_at(task)
             if queued_at is not None:
                 wait = self._tracer.start_span(

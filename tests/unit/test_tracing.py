@@ -456,9 +456,9 @@ def test_an_attempt_the_scheduler_found_lost_gets_a_span_in_the_trace(hook, expo
     assert (run.start_time, run.end_time) == (int((T0 + 1) * 1e9), int((T0 + 20) * 1e9))
 
 
-def test_errors_can_be_left_out_of_span_status(provider, exporter):
-    worker = Hooks([TracingHook(provider, record_errors=False)])
-    run1 = running(new_task(), 1, T0)
+def test_errors_and_wait_spans_can_be_left_out(provider, exporter):
+    worker = Hooks([TracingHook(provider, record_errors=False, wait_spans=False)])
+    run1 = running(new_task(trace=(("traceparent", PARENT),)), 1, T0)
     worker.emit(Started(at=T0, component="worker", source="w1", task=run1, attempt=1, worker="w1"))
     failed = ended(run1, Outcome.FAILED, TaskState.QUEUED, T0 + 1, f"ValueError: {SECRET}")
     worker.emit(
@@ -473,8 +473,9 @@ def test_errors_can_be_left_out_of_span_status(provider, exporter):
         )
     )
 
-    (run,) = exporter.get_finished_spans()
+    (run,) = exporter.get_finished_spans()  # no queued span
     assert run.status.description == "retried"
+    assert run.parent is not None and run.parent.span_id == int(PARENT.split("-")[2], 16)
 
 
 def test_open_spans_are_bounded(provider, exporter):
