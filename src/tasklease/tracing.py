@@ -191,8 +191,10 @@ class TracingHook:
     def on_event(self, event: Event) -> None:
         """Open or end the span ``event`` concerns (others are ignored)."""
         if event.component == "client":
-            if isinstance(event, Submitted) and (span := self._submits.pop(event.task.id, None)):
-                span.end(end_time=_ns(event.at))
+            if isinstance(event, Submitted):
+                span = self._submits.pop(event.task.id, None)
+                if span is not None:
+                    span.end(end_time=_ns(event.at))
         elif event.component == "worker":
             self._on_worker_event(event)
         elif event.component == "scheduler" and isinstance(event, Lost | TimedOut):
