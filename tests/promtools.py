@@ -356,16 +356,24 @@ def as_promql(expr: str, rate_interval: str = "1m") -> str:
 
 
 def doc_metrics(path: Path = OBSERVABILITY_DOC) -> dict[str, str]:
-    """Metric name -> type, from the table of docs/observability.md ("Metrics")."""
+    """Metric name -> type, from the table of docs/observability.md ("Metrics").
+
+    Its rows are ``| `name` | type | labels | ...``; other tables of the document (bucket
+    bounds, say) do not match: one name in the first cell, a metric type in the second.
+    """
     out = {}
     for line in path.read_text().splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) >= 2 and cells[0].startswith("`tasklease_") and cells[0].endswith("`"):
-            out[cells[0].strip("`")] = cells[1]
+        if len(cells) < 3:
+            continue
+        name = re.fullmatch(r"`(tasklease_[a-z0-9_]+)`", cells[0])
+        if name and cells[1] in METRIC_TYPES:
+            out[name.group(1)] = cells[1]
     return out
 
 
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
+METRIC_TYPES = frozenset({"counter", "gauge", "histogram", "summary"})
 
 
 def metric_names(text: str, known: dict[str, str]) -> set[str]:
