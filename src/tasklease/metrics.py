@@ -510,6 +510,15 @@ class MetricsHook:
 
     # worker --------------------------------------------------------------------------------
     def _on_started(self, event: Started) -> None:
+        task = event.task
+        if (task.queue, task.type, "succeeded") not in self._attempts:
+            # First attempt of this queue and type here: every outcome's series starts
+            # at 0, so rate() sees the first failure too (a series born at its first
+            # increment hides that increment from rate() and increase()).
+            for outcome in WORKER_OUTCOMES.values():
+                key = (task.queue, task.type, outcome)
+                if key not in self._attempts:
+                    self._attempts[key] = self.m.worker_attempts.labels(*key)
         started = self._started
         if len(started) >= MAX_STARTED:
             del started[next(iter(started))]  # the oldest: its end was never seen

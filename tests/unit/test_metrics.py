@@ -142,6 +142,26 @@ def test_each_worker_outcome_counts_once_with_its_queue_type_and_outcome():
     assert value(m, "tasklease_task_end_to_end_seconds_sum", queue="q", type="t", state="failed") == 10.0
 
 
+def test_every_outcome_series_of_a_queue_and_type_exists_at_zero_from_its_first_start():
+    # rate() cannot see the increment that creates a series: the first failure of a
+    # new queue and type would be invisible to the failure-ratio alert.
+    m = Metrics("worker")
+    hook = m.hook()
+    hook.on_event(started(1))
+    samples = {
+        s.labels["outcome"]: s.value
+        for family in m.registry.collect()
+        if family.name == "tasklease_worker_attempts"
+        for s in family.samples
+        if s.name == "tasklease_worker_attempts_total"
+    }
+    assert samples == dict.fromkeys(
+        ["succeeded", "failed", "retried", "timed_out", "handed_back", "rejected"], 0.0
+    )
+    hook.on_event(worker_event(Failed, 1, TaskState.FAILED, finished=105.0))
+    assert value(m, "tasklease_worker_attempts_total", queue="q", type="t", outcome="failed") == 1
+
+
 def test_execution_time_falls_back_to_the_event_time_and_needs_a_start_seen_here():
     m = Metrics("worker")
     hook = m.hook()
