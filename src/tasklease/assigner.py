@@ -26,7 +26,6 @@ from typing import Any
 
 from tasklease import codec, transitions
 from tasklease.balancers import Balancer
-from tasklease.election import Election
 from tasklease.errors import (
     CorruptRecord,
     PayloadTooLarge,
@@ -34,13 +33,14 @@ from tasklease.errors import (
     StoreRequestTooLarge,
     TaskleaseError,
 )
-from tasklease.events import Assigned, BatchAssigned, Hooks
+from tasklease.events import Assigned, BatchAssigned
 from tasklease.keys import Keyspace, prefix_end
-from tasklease.mirror import Mirror, MirroredNode
+from tasklease.leader import LeaderContext, LeaderPart
+from tasklease.mirror import MirroredNode
 from tasklease.models import Task
 from tasklease.recoverer import ERROR_BACKOFF_S, Failer, Recoverer
 from tasklease.routing import Route
-from tasklease.store import KV, MAX_TXN_BYTES, Compare, Get, KVStore, Op, next_page_limit, txn_size
+from tasklease.store import KV, MAX_TXN_BYTES, Compare, Get, Op, next_page_limit, txn_size
 from tasklease.transitions import Pick, Txn
 
 log = logging.getLogger("tasklease.scheduler")
@@ -182,46 +182,31 @@ def plan_batch(
     return plan
 
 
-class Assigner:
+class Assigner(LeaderPart):
     """Assigns queued tasks in batches while this scheduler leads.
 
     Args:
-        store: The etcd connection.
-        keys: The namespace.
-        election: The leadership (its fence guards every write).
-        mirror: The leader's mirror (heads, free workers; wakes this loop).
+        ctx: What the leader's parts share (store, keys, election, mirror, hooks, ...).
         balancer: Chooses among eligible workers.
         batch_size: Most tasks per transaction.
         recoverer: Its lost-attempt pass runs first on every wake-up.
         failer: Fails what no transaction can carry; logs unroutable groups.
-        hooks: Where ``Assigned`` events go.
-        scheduler_id: For log fields and events.
     """
 
     def __init__(
         self,
-        store: KVStore,
-        keys: Keyspace,
-        election: Election,
-        mirror: Mirror,
+        ctx: LeaderContext,
+        *,
         balancer: Balancer,
         batch_size: int,
         recoverer: Recoverer,
         failer: Failer,
-        hooks: Hooks,
-        scheduler_id: str,
     ) -> None:
-        self.store = store
-        self.keys = keys
-        self.election = election
-        self.mirror = mirror
-        self.clock = mirror.clock
+        super().__init__(ctx)
         self.balancer = balancer
         self.batch_size = batch_size
         self.recoverer = recoverer
         self.failer = failer
-        self.hooks = hooks
-        self.id = scheduler_id
         # (commit revision, tasks per worker, queue keys) of batches the watch has not
         # delivered yet; touched by the assignment loop, reset by the scheduler on a (re)load
         self._inflight: list[tuple[int, dict[str, int], set[str]]] = []

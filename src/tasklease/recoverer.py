@@ -31,15 +31,13 @@ from collections.abc import Callable
 from typing import Any
 
 from tasklease import codec, transitions
-from tasklease.election import Election
 from tasklease.errors import CorruptRecord, PayloadTooLarge, StoreError, StoreRequestTooLarge
 from tasklease.events import Failed, Hooks, Promoted, RecoveryRan, attempt_ended
-from tasklease.ids import IdGenerator
 from tasklease.keys import Keyspace
-from tasklease.mirror import STALE_MARGIN_S, Group, Mirror
+from tasklease.leader import LeaderContext, LeaderPart
+from tasklease.mirror import STALE_MARGIN_S, Group
 from tasklease.models import Outcome, Task, TaskState
 from tasklease.recovery import RunningEntry, still_running
-from tasklease.retention import RetentionLeases
 from tasklease.store import KV, Get, KVStore
 
 log = logging.getLogger("tasklease.scheduler")
@@ -65,38 +63,16 @@ def _ran(hooks: Hooks, now: Callable[[], float], source: str, kind: str, count: 
         hooks.emit(RecoveryRan(at=now(), component="scheduler", source=source, kind=kind, count=count))
 
 
-class Failer:
+class Failer(LeaderPart):
     """Fails queued tasks that cannot go on (unassignable, unroutable), saying why.
 
     Args:
-        store: The etcd connection.
-        keys: The namespace.
-        election: The leadership (its fence guards every write).
-        mirror: The leader's mirror.
-        retention: Retention leases of failed records.
-        hooks: Where ``Failed`` events go.
-        scheduler_id: For log fields and events.
+        ctx: What the leader's parts share (store, keys, election, mirror, hooks, retention, ids).
         unroutable_after_s: Fail unroutable tasks after this long (None: never).
     """
 
-    def __init__(
-        self,
-        store: KVStore,
-        keys: Keyspace,
-        election: Election,
-        mirror: Mirror,
-        retention: RetentionLeases,
-        hooks: Hooks,
-        scheduler_id: str,
-        unroutable_after_s: float | None,
-    ) -> None:
-        self.store = store
-        self.keys = keys
-        self.election = election
-        self.mirror = mirror
-        self.retention = retention
-        self.hooks = hooks
-        self.id = scheduler_id
+    def __init__(self, ctx: LeaderContext, *, unroutable_after_s: float | None) -> None:
+        super().__init__(ctx)
         self.unroutable_after_s = unroutable_after_s
         # (queue, route) -> monotonic time since when no live worker may take its tasks;
         # touched by the assigner's and the timer's passes (one event loop), reset per leadership
@@ -214,51 +190,30 @@ class Failer:
                 self.mirror.timers_changed.set()
 
 
-class Recoverer:
+class Recoverer(LeaderPart):
     """Ends lost and overdue attempts; its timer loop also runs promotions and unroutable failures.
 
     Args:
-        store: The etcd connection.
-        keys: The namespace.
-        election: The leadership (its fence guards every write).
-        mirror: The leader's mirror.
+        ctx: What the leader's parts share (store, keys, election, mirror, hooks, retention, ids).
         failer: Fails what cannot go on (its unroutable pass runs in the timer loop).
         promoter: Promotes due retries (in the timer loop).
-        retention: Retention leases of finished records.
-        hooks: Where events go.
-        scheduler_id: For log fields and events.
         deadline_grace_s: How long past its deadline an attempt is ended.
-        ids: Sequence numbers of requeued tasks.
         rng: Randomness of retry backoffs.
     """
 
     def __init__(
         self,
-        store: KVStore,
-        keys: Keyspace,
-        election: Election,
-        mirror: Mirror,
+        ctx: LeaderContext,
+        *,
         failer: Failer,
         promoter: Promoter,
-        retention: RetentionLeases,
-        hooks: Hooks,
-        scheduler_id: str,
         deadline_grace_s: float,
-        ids: IdGenerator,
         rng: random.Random,
     ) -> None:
-        self.store = store
-        self.keys = keys
-        self.election = election
-        self.mirror = mirror
-        self.clock = mirror.clock
+        super().__init__(ctx)
         self.failer = failer
         self.promoter = promoter
-        self.retention = retention
-        self.hooks = hooks
-        self.id = scheduler_id
         self.grace_s = deadline_grace_s
-        self._ids = ids
         self._rng = rng
         # worker -> (node record mod revision, monotonic time) of the first read that found
         # it unchanged although the mirror saw no heartbeat for its TTL (see confirm_stale);
@@ -442,43 +397,17 @@ class Recoverer:
         return True
 
 
-class Promoter:
+class Promoter(LeaderPart):
     """Queues again the pending tasks whose retry backoff has passed (E3).
 
     Args:
-        store: The etcd connection.
-        keys: The namespace.
-        election: The leadership (its fence guards every write).
-        mirror: The leader's mirror.
+        ctx: What the leader's parts share (store, keys, election, mirror, hooks, retention, ids).
         failer: Emits ``Failed`` for a task too large to queue again.
-        retention: Retention leases of failed records.
-        hooks: Where events go.
-        scheduler_id: For log fields and events.
-        ids: Sequence numbers of promoted tasks.
     """
 
-    def __init__(
-        self,
-        store: KVStore,
-        keys: Keyspace,
-        election: Election,
-        mirror: Mirror,
-        failer: Failer,
-        retention: RetentionLeases,
-        hooks: Hooks,
-        scheduler_id: str,
-        ids: IdGenerator,
-    ) -> None:
-        self.store = store
-        self.keys = keys
-        self.election = election
-        self.mirror = mirror
-        self.clock = mirror.clock
+    def __init__(self, ctx: LeaderContext, *, failer: Failer) -> None:
+        super().__init__(ctx)
         self.failer = failer
-        self.retention = retention
-        self.hooks = hooks
-        self.id = scheduler_id
-        self._ids = ids
 
     def _ctx(self, **extra: Any) -> dict[str, Any]:
         return {"component": "scheduler", "scheduler": self.id, **extra}

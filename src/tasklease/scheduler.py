@@ -78,6 +78,7 @@ from tasklease.errors import InvalidOption, StoreError, WatchCompacted
 from tasklease.events import Event, Hook, Hooks, LeaderElected, LeaderResigned, as_hooks
 from tasklease.ids import IdGenerator, default_process_id
 from tasklease.keys import Keyspace, check_name, prefix_end
+from tasklease.leader import LeaderContext
 from tasklease.mirror import ClusterView, Mirror
 from tasklease.recoverer import Failer, Promoter, Recoverer
 from tasklease.retention import RetentionLeases
@@ -164,49 +165,27 @@ class Scheduler:
         self.retention = RetentionLeases(store, keys, self.clock)
         # Replaced (reset) and fed by the watch task; read by the assigner and the recoverer.
         self.mirror = Mirror(keys, self.clock)
-        ids = IdGenerator(self.clock)
-        self.failer = Failer(
-            store=store,
-            keys=keys,
-            election=self.election,
-            mirror=self.mirror,
-            hooks=self.hooks,
-            scheduler_id=self.id,
-            retention=self.retention,
-            unroutable_after_s=self.config.unroutable_after_s,
+        ctx = LeaderContext(
+            store,
+            keys,
+            self.election,
+            self.mirror,
+            self.hooks,
+            self.id,
+            self.retention,
+            IdGenerator(self.clock),
         )
-        self.promoter = Promoter(
-            store=store,
-            keys=keys,
-            election=self.election,
-            mirror=self.mirror,
-            hooks=self.hooks,
-            scheduler_id=self.id,
-            failer=self.failer,
-            retention=self.retention,
-            ids=ids,
-        )
+        self.failer = Failer(ctx, unroutable_after_s=self.config.unroutable_after_s)
+        self.promoter = Promoter(ctx, failer=self.failer)
         self.recoverer = Recoverer(
-            store=store,
-            keys=keys,
-            election=self.election,
-            mirror=self.mirror,
-            hooks=self.hooks,
-            scheduler_id=self.id,
+            ctx,
             failer=self.failer,
             promoter=self.promoter,
-            retention=self.retention,
             deadline_grace_s=self.config.deadline_grace_s,
-            ids=ids,
             rng=random.Random(),
         )
         self.assigner = Assigner(
-            store=store,
-            keys=keys,
-            election=self.election,
-            mirror=self.mirror,
-            hooks=self.hooks,
-            scheduler_id=self.id,
+            ctx,
             balancer=self.balancer,
             batch_size=self.config.batch_size,
             recoverer=self.recoverer,

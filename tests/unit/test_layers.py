@@ -32,7 +32,7 @@ SHARED |= {"metrics"}  # observability: reads no component (protocols), fed by e
 SHARED |= {"httpserver", "health"}  # the HTTP endpoint and its routes: read no component (callables)
 FAMILIES = {
     "worker": {"worker", "membership", "execution", "recorder", "burst"},
-    "scheduler": {"scheduler", "mirror", "assigner", "recoverer"},
+    "scheduler": {"scheduler", "mirror", "assigner", "recoverer", "leader"},
     "client": {"client", "submitter", "inspector", "editor", "waiting", "sync"},
 }
 PROCESSES = {"cli", "__main__", "runners", "dev", "demo", "demo_tasks", "soak", "tasklease"}
