@@ -84,15 +84,29 @@ def load_registry(imports: Sequence[str], allow: frozenset[str]) -> Registry:
         try:
             module = importlib.import_module(module_name)
         except Exception as exc:
-            hint = ""
-            if isinstance(exc, ModuleNotFoundError):
-                hint = " (the current directory is not on the import path: add --path DIR)"
+            hint = _import_hint(module_name, exc) if isinstance(exc, ModuleNotFoundError) else ""
             raise InvalidOption(f"cannot import {module_name}: {type(exc).__name__}: {exc}{hint}") from None
         found = [v for v in vars(module).values() if isinstance(v, Registry)]
         if not found:
             raise InvalidOption(f"module {module_name} has no tasklease Registry")
         registry.update(found)
     return registry
+
+
+def _import_hint(module_name: str, exc: ModuleNotFoundError) -> str:
+    """What to do about a module that could not be imported, by which name was missing.
+
+    Only a missing top-level package is a question of the import path; a missing
+    submodule is a misspelt name, and any other missing name is a dependency the
+    task module imports, which the worker's environment lacks.
+    """
+    missing = exc.name or ""
+    top = module_name.partition(".")[0]
+    if missing in ("", top):
+        return " (not on the import path: add --path DIR with the directory that holds it)"
+    if module_name == missing or module_name.startswith(missing + "."):
+        return f" (package {missing.rpartition('.')[0]} was found, but it has no module {missing})"
+    return f" (the module imports {missing}, which is not installed where this worker runs)"
 
 
 class Instruments:

@@ -25,3 +25,19 @@ def test_the_registry_holds_the_builtins_and_the_imported_tasks():
 def test_a_module_that_gives_no_tasks_is_a_usage_error(module, message):
     with pytest.raises(InvalidOption, match=message):
         load_registry([module], frozenset())
+
+
+def test_the_import_hint_names_what_is_missing(tmp_path, monkeypatch):
+    # A newcomer's worker with --path . and a misspelt module, or a module whose own
+    # dependency is missing: "add --path" would send them the wrong way.
+    package = tmp_path / "myapp"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "needs_dep.py").write_text("import no_such_dependency_xyz\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(InvalidOption, match=r"package myapp was found, but it has no module myapp\.nosuch"):
+        load_registry(["myapp.nosuch"], frozenset())
+    with pytest.raises(InvalidOption, match="imports no_such_dependency_xyz, which is not installed"):
+        load_registry(["myapp.needs_dep"], frozenset())
+    with pytest.raises(InvalidOption, match="not on the import path: add --path DIR"):
+        load_registry(["otherapp.tasks"], frozenset())
