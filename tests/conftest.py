@@ -147,3 +147,23 @@ async def cluster(store_config, keyspace: Keyspace) -> AsyncIterator[Any]:
         await sched.stop()
     for s in stores:
         await s.close()
+
+
+# OpenTelemetry (the [otel] extra, in [dev]): imported only by the tests that trace.
+@pytest.fixture
+def exporter() -> Any:
+    """Spans kept in memory, in the order they ended."""
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    return InMemorySpanExporter()
+
+
+@pytest.fixture
+def provider(exporter: Any) -> Any:
+    """A tracer provider exporting every span at once into ``exporter``."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider
