@@ -30,12 +30,15 @@ SHARED |= {"quota_usage"}
 SHARED |= {"tracing"}  # the OpenTelemetry hook: events and models only
 SHARED |= {"metrics"}  # observability: reads no component (protocols), fed by events
 SHARED |= {"httpserver", "health"}  # the HTTP endpoint and its routes: read no component (callables)
+SHARED |= {"overview", "finished", "controls"}  # counts and listings from index keys; pause and drain keys
 FAMILIES = {
     "worker": {"worker", "membership", "execution", "recorder", "burst"},
     "scheduler": {"scheduler", "mirror", "assigner", "recoverer", "leader"},
     "client": {"client", "submitter", "inspector", "editor", "waiting", "sync"},
 }
 PROCESSES = {"cli", "__main__", "runners", "dev", "demo", "demo_tasks", "soak", "tasklease"}
+# The REST API and dashboard (tasklease web): a process that uses the client.
+PROCESSES |= {"web", "web.app", "web.api", "web.feed", "web.security", "web.openapi", "web.server"}
 PLUGINS = ("executors", "balancers")
 # Imports inside a function, to break a cycle, each with its reason in the code.
 LAZY = {
