@@ -29,6 +29,15 @@ key                                    value                           written b
                                        records of retention r seconds  finishes a
                                        in this time bucket are under   task first in
                                                                        the bucket
+``/{ns}/paused/{queue}``               JSON: when and why the queue    client          none
+                                       was paused (the scheduler       (``tasklease
+                                       assigns nothing from it)        pause``)
+``/{ns}/drain/{worker}``               JSON: when a drain was asked    client          worker's
+                                       (the worker stops as on         (``tasklease
+                                       SIGTERM)                        drain``)
+``/{ns}/terminal/{state}/{queue}/      JSON: the finished task's       whoever         the
+{inv}/{id}``                           type and error (the finished    finishes the    record's
+                                       index, newest first)            task            retention
 ``/{ns}/settings/quota``               the namespace's quota (JSON,    an admin        none
                                        quotas.py): most waiting tasks, (``tasklease
                                        bytes of waiting records, most  quota set``);
@@ -56,17 +65,32 @@ election.py). It sorts after ``running/`` and before ``task/``: outside the
 range the leading scheduler mirrors and outside the task records.
 
 The leading scheduler mirrors exactly :attr:`Keyspace.scheduler_prefixes`:
-``assign/``, ``delayed/``, ``node/``, ``queue/`` and ``running/``. It reads and
+``assign/``, ``delayed/``, ``node/``, ``paused/``, ``queue/`` and ``running/``. It reads and
 watches them as one range, :attr:`Keyspace.scheduler_range` (``[assign/,
 running/~)``: one watch stream), so it also receives the keys that sort inside
-that range under other names (``leader``, ``retention/``, and any prefix added
+that range under other names (``drain/``, ``leader``, ``retention/``, and any prefix added
 later between ``assign/`` and ``running/``, such as ``cron/`` or ``limit/``);
-its mirror (``ClusterView.apply``) ignores every key outside the five prefixes.
+its mirror (``ClusterView.apply``) ignores every key outside the six prefixes.
 A new prefix the scheduler must see is added to ``scheduler_prefixes``.
+
+The finished index. Every transaction that writes a finished record
+(succeeded, failed, cancelled) also writes ``terminal/{state}/{queue}/{inv}/{id}``
+under the same retention lease, so the entry lives exactly as long as the
+record. ``inv`` is ``10**20 - 1 - finished_us`` (20 digits): an ascending read
+lists the newest first. Listing failed tasks newest first, or counting finished
+tasks per state and queue (``count_only``), reads only this index. It sorts
+after ``task/``: outside the leading scheduler's range and the dashboard's feed.
+
+``paused/`` sorts between ``node/`` and ``queue/``, inside the scheduler's range
+(it is one of :attr:`Keyspace.scheduler_prefixes`): the leader sees a pause by
+its watch. ``drain/{worker}`` is written under the worker's own lease (it
+vanishes with the worker) and watched by that worker only; it sorts inside the
+scheduler's range, which ignores it.
 
 Parsing. Every key kind built here has its parser here (``task_id_of``,
 ``parse_queue_entry``, ``parse_node``, ``parse_assignment``, ``parse_running``,
-``parse_delayed``, ``parse_scheduler``, ``parse_retention``). Each raises
+``parse_delayed``, ``parse_scheduler``, ``parse_retention``, ``parse_finished``,
+``parse_paused``, ``parse_drain``). Each raises
 ``ValueError`` for a key that is not of its kind: another prefix, or the wrong
 number of parts, an empty part, or a number part that is not digits.
 ``settings/quota`` sorts after ``scheduler/`` and before ``task/``, outside the
@@ -131,6 +155,30 @@ class QueueKey:
     task_id: str
     route: str | None = None
     """The task's route (type and required tags, routing.py); None in keys of older versions."""
+
+
+class FinishedKey(NamedTuple):
+    """The parts of a finished-index key."""
+
+    state: str
+    queue: str
+    finished_us: int
+    """When the task finished, in microseconds since the epoch."""
+    task_id: str
+
+    @property
+    def finished_at(self) -> float:
+        """When the task finished, in seconds since the epoch."""
+        return self.finished_us / 1_000_000
+
+
+INV_MAX: int = int("9" * SEQ_DIGITS)
+
+
+def inverted_us(at: float) -> int:
+    """``at`` (epoch seconds) as the finished index's inverted time: newer sorts first."""
+    micros: int = min(INV_MAX, max(0, int(at * 1_000_000)))
+    return INV_MAX - micros
 
 
 class DelayedKey(NamedTuple):
@@ -395,11 +443,78 @@ class Keyspace:
         due, task_id = self._two_parts(key, self.delayed, "delayed")
         return DelayedKey(_digits(due, key), task_id)
 
+    # the finished index --------------------------------------------------------------------
+    @cached_property
+    def finished(self) -> str:
+        """Prefix of the finished index (see the module docstring)."""
+        return f"{self.root}terminal/"
+
+    def finished_state(self, state: str) -> str:
+        """Prefix of the finished tasks of one state (``succeeded``, ``failed``, ``cancelled``)."""
+        return f"{self.finished}{state}/"
+
+    def finished_queue(self, state: str, queue: str) -> str:
+        """Prefix of the finished tasks of one state and queue, newest first."""
+        return f"{self.finished_state(state)}{check_name(queue)}/"
+
+    def finished_entry(self, state: str, queue: str, finished_at: float, task_id: str) -> str:
+        """Key of one finished task in the index."""
+        return f"{self.finished_queue(state, queue)}{inverted_us(finished_at):0{SEQ_DIGITS}d}/{task_id}"
+
+    def parse_finished(self, key: str) -> FinishedKey:
+        """State, queue, finish time and id from a finished-index key.
+
+        Raises:
+            ValueError: If the key is not a finished-index key of this namespace.
+        """
+        if not key.startswith(self.finished):
+            raise ValueError(f"not a finished-index key: {key}")
+        parts = key[len(self.finished) :].split("/")
+        if len(parts) != 4 or not all(parts):
+            raise ValueError(f"malformed finished-index key: {key}")
+        state, queue, inv, task_id = parts
+        return FinishedKey(state, queue, INV_MAX - _digits(inv, key), task_id)
+
+    # operator controls -------------------------------------------------------------------
+    @cached_property
+    def pauses(self) -> str:
+        """Prefix of the paused queues."""
+        return f"{self.root}paused/"
+
+    def paused(self, queue: str) -> str:
+        """Key that pauses one queue while it exists."""
+        return f"{self.pauses}{check_name(queue)}"
+
+    def parse_paused(self, key: str) -> str:
+        """Queue name from a pause key.
+
+        Raises:
+            ValueError: If the key is not a pause key of this namespace.
+        """
+        return self._one_part(key, self.pauses, "paused")
+
+    @cached_property
+    def drains(self) -> str:
+        """Prefix of drain requests."""
+        return f"{self.root}drain/"
+
+    def drain(self, worker_id: str) -> str:
+        """Key asking one worker to drain (under that worker's lease)."""
+        return f"{self.drains}{worker_id}"
+
+    def parse_drain(self, key: str) -> str:
+        """Worker id from a drain key.
+
+        Raises:
+            ValueError: If the key is not a drain key of this namespace.
+        """
+        return self._one_part(key, self.drains, "drain")
+
     # the scheduler's range ----------------------------------------------------------------
     @cached_property
     def scheduler_prefixes(self) -> tuple[str, ...]:
         """The prefixes the leading scheduler mirrors, in key order (see the module docstring)."""
-        return (self.assignments, self.delayed, self.nodes, self.queues, self.running)
+        return (self.assignments, self.delayed, self.nodes, self.pauses, self.queues, self.running)
 
     @cached_property
     def scheduler_range(self) -> tuple[str, str]:

@@ -118,6 +118,8 @@ class QueueIndex:
         self.typical_value = 4096
         # keys not to pick until a new version of them arrives (corrupt, failed, inconsistent)
         self.skipped: set[str] = set()
+        # queues an operator paused (``paused/{queue}`` keys): nothing is picked from them
+        self.paused: set[str] = set()
 
     def apply(self, kv: KV, deleted: bool, has_value: bool) -> None:
         """Apply one queue key's new state (``has_value`` False: read without its value)."""
@@ -217,6 +219,7 @@ class QueueIndex:
 
         Keys are grouped by queue and route: a group no free worker may take is
         passed over whole, so tasks nobody can run cost nothing however many.
+        A paused queue's groups are passed over the same way.
         """
 
         def one(group: Group, keys_list: SortedList) -> Iterator[tuple[str, KV]]:
@@ -234,7 +237,7 @@ class QueueIndex:
         groups = [
             one(group, keys_list)
             for group, keys_list in self.groups.items()
-            if any(n.takes(group[0], self.route(group[1])) for n in free)
+            if group[0] not in self.paused and any(n.takes(group[0], self.route(group[1])) for n in free)
         ]
         for _, kv in heapq.merge(*groups, key=lambda item: item[0]):
             yield kv
@@ -355,6 +358,16 @@ class ClusterView:
                 self.nodes.pop(worker, None)
             else:
                 self._apply_node(worker, kv)
+        elif key.startswith(k.pauses):
+            try:
+                queue = k.parse_paused(key)
+            except ValueError as exc:
+                _malformed(exc, deleted)
+                return
+            if deleted:
+                self.queues.paused.discard(queue)
+            else:
+                self.queues.paused.add(queue)
         elif key.startswith(k.delayed):
             try:
                 due_us = k.parse_delayed(key).due_us
@@ -539,7 +552,7 @@ class Mirror:
             view.revision = max(view.revision, ev.kv.mod_revision)
             key = ev.kv.key
             if (not deleted and key.startswith(keys.queues)) or (
-                deleted and key.startswith(keys.assignments)
+                deleted and key.startswith((keys.assignments, keys.pauses))
             ):
                 wake = True
             if not deleted and key.startswith((keys.running, keys.delayed)):
@@ -547,7 +560,9 @@ class Mirror:
         if view.changed_nodes:
             view.changed_nodes = False
             wake = True
-        if wake:  # an assignment deleted (maybe with its lease), a task queued, a node changed
+        if (
+            wake
+        ):  # an assignment deleted (maybe with its lease), a task queued, a node changed, a queue resumed
             self.wake.set()
         progress, self._progress = self._progress, asyncio.Event()
         progress.set()

@@ -13,7 +13,8 @@ Reads: the task records, in pages bounded by bytes (:meth:`Store.scan`); a
 scan whose snapshot is compacted meanwhile resumes after the last key read.
 Dry run by default: it counts what would go, and deletes nothing.
 
-Deletes: in transactions of at most 64, each guarded by the record's mod
+Deletes: in transactions of at most 64 records (each with its finished-index
+entry, keys.py), each guarded by the record's mod
 revision as read (``if mod(task/{id}) = seen ... then delete task/{id} ...``),
 so a record that changed meanwhile is kept. When such a transaction fails, its
 records are tried one per transaction, to keep exactly the changed ones.
@@ -119,14 +120,15 @@ class _Purge:
     dry_run: bool
     # PurgeResult's counters (matched, matched_bytes, deleted, ...), filled as the purge goes
     count: Counter[str] = field(default_factory=Counter)
-    group: list[tuple[str, int, int]] = field(default_factory=list)  # (key, mod revision, size)
+    # (key, mod revision, size, its finished-index key): the index entry goes with the record
+    group: list[tuple[str, int, int, str]] = field(default_factory=list)
 
-    async def add(self, key: str, mod_revision: int, size: int) -> None:
+    async def add(self, key: str, mod_revision: int, size: int, index_key: str) -> None:
         self.count["matched"] += 1
         self.count["matched_bytes"] += size
         if self.dry_run:
             return
-        self.group.append((key, mod_revision, size))
+        self.group.append((key, mod_revision, size, index_key))
         if len(self.group) >= DELETES_PER_TXN:
             await self.flush()
 
@@ -136,7 +138,8 @@ class _Purge:
             return
         try:
             result = await self.store.txn(
-                [Compare(key, "mod", "=", mod) for key, mod, _ in group], [Delete(key) for key, _, _ in group]
+                [Compare(key, "mod", "=", mod) for key, mod, _, _ in group],
+                [Delete(k) for key, _, _, index in group for k in (key, index)],
             )
         except StoreNoSpace:
             await self._plain(group)
@@ -147,9 +150,9 @@ class _Purge:
             return
         # Something in the group changed (or expired): one by one, keep exactly those.
         for item in group:
-            key, mod, _ = item
+            key, mod, _, index = item
             try:
-                one = await self.store.txn([Compare(key, "mod", "=", mod)], [Delete(key)])
+                one = await self.store.txn([Compare(key, "mod", "=", mod)], [Delete(key), Delete(index)])
             except StoreNoSpace:
                 await self._plain([item])
                 continue
@@ -159,12 +162,12 @@ class _Purge:
             else:
                 self.count["kept"] += 1
 
-    def _gone(self, items: Iterable[tuple[str, int, int]]) -> None:
-        for _, _, size in items:
+    def _gone(self, items: Iterable[tuple[str, int, int, str]]) -> None:
+        for _, _, size, _ in items:
             self.count["deleted"] += 1
             self.count["deleted_bytes"] += size
 
-    async def _plain(self, group: list[tuple[str, int, int]]) -> None:
+    async def _plain(self, group: list[tuple[str, int, int, str]]) -> None:
         if not self.count["plain_deletes"]:
             log.warning(
                 "etcd refuses transactions (NOSPACE): deleting finished records with plain deletes "
@@ -172,9 +175,10 @@ class _Purge:
             )
         limit = asyncio.Semaphore(PLAIN_DELETES_IN_FLIGHT)
 
-        async def one(item: tuple[str, int, int]) -> None:
+        async def one(item: tuple[str, int, int, str]) -> None:
             async with limit:
                 n = await self.store.delete(item[0])
+                await self.store.delete(item[3])
             self.count["plain_deletes"] += 1
             if n:
                 self._gone([item])
@@ -260,7 +264,8 @@ async def purge(
                             and (queue is None or task.queue == queue)
                             and task.updated_at <= cutoff
                         ):
-                            await run.add(kv.key, kv.mod_revision, len(kv.value))
+                            index = keys.finished_entry(task.state.value, task.queue, task.updated_at, task.id)
+                            await run.add(kv.key, kv.mod_revision, len(kv.value), index)
                     resumes = 0
             break
         except StoreCompacted:

@@ -97,7 +97,7 @@ class Failer(LeaderPart):
         now = self.mirror.clock.now()
         lease = await self.retention.lease_for(task.retention_s)
         txn, failed = transitions.fail_waiting(
-            self.election.fence(), queue_kv, record_kv, task, reason, now, lease
+            self.keys, self.election.fence(), queue_kv, record_kv, task, reason, now, lease
         )
         result = await self.store.txn(txn.compares, txn.ops)
         # Not picked again while the watch catches up (it deletes the key, or a new
@@ -456,6 +456,7 @@ class Promoter(LeaderPart):
         except PayloadTooLarge as exc:
             lease = await self.retention.lease_for(task.retention_s)
             txn, failed = transitions.fail_waiting(
+                self.keys,
                 self.election.fence(),
                 delayed_kv,
                 record_kv,

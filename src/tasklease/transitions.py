@@ -99,8 +99,29 @@ def place_ops(keys: Keyspace, task: Task, data: bytes | None = None) -> list[Op]
         value = data if data is not None else codec.encode_task(task)
         return [Put(queue_key(keys, task), value)]
     if task.state is TaskState.PENDING and task.not_before is not None:
-        return [Put(keys.delayed_entry(task.not_before, task.id), task.id.encode())]
+        return [Put(keys.delayed_entry(task.not_before, task.id), delayed_value(task))]
     return []
+
+
+def delayed_value(task: Task) -> bytes:
+    """A delayed key's value: the task's id and queue (JSON; older versions wrote the bare id)."""
+    return codec.encode_obj({"id": task.id, "q": task.queue})
+
+
+FINISHED_ERROR_CHARS = 200
+
+
+def finished_entry(keys: Keyspace, task: Task, lease: int) -> Put:
+    """The finished-index entry of a finished ``task``, under its record's retention ``lease``.
+
+    Its value carries what a listing filters on and shows without reading the
+    record: the type and the start of the error.
+    """
+    value: dict[str, object] = {"type": task.type}
+    if task.error:
+        value["error"] = task.error[:FINISHED_ERROR_CHARS]
+    key = keys.finished_entry(task.state.value, task.queue, task.updated_at, task.id)
+    return Put(key, codec.encode_obj(value), lease=lease)
 
 
 def unplace_ops(keys: Keyspace, task: Task) -> list[Op]:
@@ -180,6 +201,7 @@ def assign_task(keys: Keyspace, pick: Pick, task: Task, now: float) -> tuple[Txn
                     "n": attempt.number,
                     "deadline": now + task.timeout_s,
                     "t": task.timeout_s,
+                    "q": task.queue,
                 }
             ),
         ),
@@ -335,6 +357,8 @@ def _leave_running(keys: Keyspace, new: Task, lease: int, assignment_key: str | 
         ops.append(Delete(assignment_key))
     ops.append(Delete(keys.running_entry(new.id)))
     ops.extend(place_ops(keys, new, data))
+    if new.state.terminal:
+        ops.append(finished_entry(keys, new, lease))
     return ops
 
 
@@ -451,6 +475,8 @@ def rewrite(keys: Keyspace, record_kv: KV, old: Task, new: Task, lease: int = 0)
     if old.state is TaskState.RUNNING and new.state is not TaskState.RUNNING and (a := old.current_attempt):
         ops += [Delete(keys.assignment(a.worker, old.id)), Delete(keys.running_entry(old.id))]
     ops += [op for op in placed if op.key not in same or new.state is TaskState.QUEUED]
+    if new.state.terminal and not old.state.terminal:
+        ops.append(finished_entry(keys, new, lease))
     return Txn([Compare.unchanged(record_kv)], ops)
 
 
@@ -482,7 +508,14 @@ def drop_delayed(fence: Compare, delayed_kv: KV) -> Txn:
 
 
 def fail_waiting(
-    fence: Compare, index_kv: KV, record_kv: KV, task: Task, reason: str, now: float, lease: int
+    keys: Keyspace,
+    fence: Compare,
+    index_kv: KV,
+    record_kv: KV,
+    task: Task,
+    reason: str,
+    now: float,
+    lease: int,
 ) -> tuple[Txn, Task]:
     """Fail a waiting (queued or pending) task that no transaction can carry.
 
@@ -504,4 +537,9 @@ def fail_waiting(
         Compare.unchanged(index_kv),
         Compare(record_kv.key, "mod", "=", record_kv.mod_revision),
     ]
-    return Txn(compares, [Delete(index_kv.key), Put(record_kv.key, data, lease=lease)]), failed
+    ops: list[Op] = [
+        Delete(index_kv.key),
+        Put(record_kv.key, data, lease=lease),
+        finished_entry(keys, failed, lease),
+    ]
+    return Txn(compares, ops), failed

@@ -145,8 +145,13 @@ async def test_deletes_go_in_transactions_of_at_most_64(recording, keyspace, sto
     finally:
         await client.close()
     assert result.deleted == 150 and result.transactions == 3
-    assert recording.deletes_per_txn == [DELETES_PER_TXN, DELETES_PER_TXN, 150 - 2 * DELETES_PER_TXN]
+    # each record goes with its finished-index entry (two deletes per record)
+    assert recording.deletes_per_txn == [
+        2 * n for n in (DELETES_PER_TXN, DELETES_PER_TXN, 150 - 2 * DELETES_PER_TXN)
+    ]
     assert await task_keys(store, keyspace) == set()
+    index = await store.range(keyspace.finished, prefix_end(keyspace.finished), count_only=True)
+    assert index.count == 0
 
 
 async def test_a_record_that_changed_after_it_was_read_is_kept(recording, keyspace, store):
@@ -161,7 +166,7 @@ async def test_a_record_that_changed_after_it_was_read_is_kept(recording, keyspa
         await client.close()
     # Then the group's transaction failed, the others were deleted one by one, the changed one kept
     assert (result.matched, result.deleted, result.kept) == (5, 4, 1)
-    assert recording.deletes_per_txn == [5, 1, 1, 1, 1, 1]
+    assert recording.deletes_per_txn == [10, 2, 2, 2, 2, 2]  # each with its finished-index entry
     assert result.transactions == 4
     assert await task_keys(store, keyspace) == {victim}
 

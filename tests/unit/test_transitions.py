@@ -173,15 +173,62 @@ def test_cancel_of_a_running_task_deletes_its_assignment_and_running_entry():
         ("Put", K.task(TASK_ID)),
         ("Delete", K.assignment("w1", TASK_ID)),
         ("Delete", K.running_entry(TASK_ID)),
+        ("Put", K.finished_entry("cancelled", old.queue, NOW, TASK_ID)),
     ]
+    assert txn.ops[-1] == transitions.finished_entry(K, new, 3)
     with pytest.raises(InvalidTransition):
         transitions.cancelled(new, "again", NOW)
 
 
+def test_every_finish_writes_the_finished_index_entry_under_the_record_lease():
+    # Given a running task that ends each way a task can end
+    old = running(retry=RetryPolicy(max_retries=0, max_losses=1))
+    record_kv = kv(K.task(TASK_ID), old)
+    succeeded = transitions.next_record(
+        old, Outcome.SUCCEEDED, now=NOW, rng=random.Random(), new_seq=1, result={"ok": 1}
+    )
+    failed = transitions.end_attempt(old, Outcome.LOST, "gone", NOW, random.Random(), 1)
+    assert failed.state is TaskState.FAILED
+    txns = [
+        (succeeded, transitions.record_outcome(K, "w1", 12, succeeded, lease=7)),
+        (
+            failed,
+            transitions.repair(
+                K, FENCE, 9, "w1", record_kv, old, failed, assignment_create_revision=0, lease=7
+            ),
+        ),
+    ]
+    for new, txn in txns:
+        # Then the transaction puts the index entry, with the type and error, under the same lease
+        entry = [op for op in txn.ops if isinstance(op, Put) and op.key.startswith(K.finished)]
+        assert len(entry) == 1, txn.ops
+        parsed = K.parse_finished(entry[0].key)
+        assert (parsed.state, parsed.queue, parsed.task_id) == (new.state.value, new.queue, TASK_ID)
+        assert entry[0].lease == 7
+        assert codec.decode_obj(entry[0].key, entry[0].value)["type"] == new.type
+
+
+def test_a_requeue_or_delay_writes_no_finished_index_entry():
+    old = running()
+    again = transitions.end_attempt(old, Outcome.LOST, "gone", NOW, random.Random(), 5)
+    assert not again.state.terminal
+    txn = transitions.record_outcome(K, "w1", 12, again)
+    assert not [op for op in txn.ops if op.key.startswith(K.finished)]
+
+
+def test_newer_finishes_sort_first_in_the_finished_index():
+    older = K.finished_entry("failed", "q", 1000.0, "A" * 26)
+    newer = K.finished_entry("failed", "q", 1000.000001, "B" * 26)
+    assert newer < older
+    assert K.parse_finished(newer).finished_at == pytest.approx(1000.000001)
+
+
 def test_cancel_of_a_queued_or_pending_task_deletes_its_index_key():
     for old in (queued(), queued(state=TaskState.PENDING, not_before=NOW + 5)):
-        txn = transitions.rewrite(K, kv(K.task(TASK_ID), old), old, transitions.cancelled(old, "x", NOW))
-        assert keys_of(txn.ops)[1:] == keys_of(transitions.unplace_ops(K, old))
+        new = transitions.cancelled(old, "x", NOW)
+        txn = transitions.rewrite(K, kv(K.task(TASK_ID), old), old, new)
+        assert keys_of(txn.ops)[1:-1] == keys_of(transitions.unplace_ops(K, old))
+        assert txn.ops[-1] == transitions.finished_entry(K, new, 0)
 
 
 def test_reprioritise_moves_a_queue_key_and_leaves_a_delayed_key_alone():
@@ -216,7 +263,7 @@ def test_fail_waiting_drops_a_payload_too_large_to_record():
     task = queued(payload="x" * (codec.MAX_RECORD_BYTES + 10))
     index_kv = KV(transitions.queue_key(K, task), b"", 4, 4, 0)
     txn, written = transitions.fail_waiting(
-        FENCE, index_kv, KV(K.task(TASK_ID), b"", 4, 4, 0), task, "why", NOW, 0
+        K, FENCE, index_kv, KV(K.task(TASK_ID), b"", 4, 4, 0), task, "why", NOW, 0
     )
     put = txn.ops[1]
     assert isinstance(put, Put)
