@@ -148,6 +148,11 @@ def _http_address(text: str) -> Any:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _web_address(text: str) -> Any:
+    """``--web``: an address as for ``--http``, or ``off`` (None)."""
+    return None if text.strip().lower() == "off" else _http_address(text)
+
+
 HTTP_VARIABLE = "TASKLEASE_HTTP"
 
 
@@ -509,6 +514,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="one HTTP endpoint (/metrics, /healthz, /readyz) per process: the scheduler on PORT, "
         f"worker i on PORT+i; without a value (or port 0), free ports; printed at start (env {HTTP_VARIABLE})",
     )
+    p.add_argument(
+        "--web",
+        type=_web_address,
+        default=_http_address("127.0.0.1:8080"),
+        metavar="HOST:PORT",
+        help="serve the dashboard and REST API here (tasklease web; port 0: a free one; 'off': none; "
+        "default 127.0.0.1:8080); its URL is printed at start",
+    )
 
     p = cmd("soak", "run a workload under chaos (killed workers and leaders), then check every invariant")
     p.add_argument("--tasks", type=_int, default=2000)
@@ -542,6 +555,30 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"http://HOST:PORT[/PATH], HOST:PORT or PORT (default: env {HTTP_VARIABLE})",
     )
     p.add_argument("--timeout", type=_positive_float, default=5.0, help="seconds to wait (default 5)")
+
+    p = cmd("web", "serve the REST API and the live dashboard (docs/api.md) in the foreground")
+    p.add_argument(
+        "--http",
+        type=_http_address,
+        default=None,
+        metavar="HOST:PORT",
+        help="listen here (env TASKLEASE_WEB; default 127.0.0.1:8080; a bare PORT is 127.0.0.1:PORT)",
+    )
+    p.add_argument(
+        "--token",
+        default=None,
+        help="every request must carry it (env TASKLEASE_WEB_TOKEN, better: a command line is visible "
+        "to every local user); required unless HOST is a loopback address",
+    )
+    p.add_argument("--read-only", action="store_true", help="refuse every change (403); the UI hides actions")
+    p.add_argument(
+        "--max-body",
+        type=_size,
+        default=4 * 1024 * 1024,
+        metavar="SIZE",
+        help="largest request body (default 4MiB)",
+    )
+    p.add_argument("--log-format", choices=["json", "text"], default="json")
 
     p = cmd("purge", "delete finished tasks older than an age (a dry run unless --yes)")
     p.add_argument(
@@ -977,6 +1014,10 @@ def cmd_dev(args: argparse.Namespace) -> int:
             f"--allow {','.join(sorted(sensitive))} needs etcd auth: without it any local process "
             "(or a web page) could submit tasks that run as you; drop --no-auth"
         )
+    if args.web is not None:
+        from tasklease.web.security import web_config
+
+        web_config(args.web, None)  # off loopback without TASKLEASE_WEB_TOKEN: exit 2 before starting
     data_dir = args.data_dir or local_state_dir() / f"dev-{args.port}"
     worker_args = ["--concurrency", str(args.concurrency)]
     for module in args.imports:
@@ -993,6 +1034,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         worker_args=worker_args,
         auth=not args.no_auth,
         http=_http_option(args),
+        web=args.web,
     )
 
     def ready() -> None:
@@ -1007,8 +1049,21 @@ def cmd_dev(args: argparse.Namespace) -> int:
         )
         for name, url in stack.http_urls.items():
             _say(f"tasklease dev: {name} serves {url}/metrics, /healthz, /readyz", file=sys.stderr)
+        if stack.web_url:
+            _say(f"tasklease dev: dashboard and REST API at {stack.web_url}/", file=sys.stderr)
 
     return run_dev(stack, on_ready=ready)
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    """``tasklease web``: the REST API and the dashboard until SIGTERM/SIGINT (tasklease.web.server)."""
+    from tasklease.logs import setup_logging
+    from tasklease.web.security import web_config
+    from tasklease.web.server import run_web
+
+    setup_logging(args.log_level or "info", args.log_format)
+    config = web_config(args.http, args.token, read_only=args.read_only, max_body=args.max_body)
+    return run_web(store_config(args), args.namespace, config)
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
@@ -1120,6 +1175,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "stats": cmd_stats,
     "purge": cmd_purge,
     "quota": cmd_quota,
+    "web": cmd_web,
 }
 
 

@@ -7,6 +7,9 @@ The workload: a batch of 200 no-op tasks, 20 sleeps of mixed priorities, sync
 functions run in child processes, a task that fails and retries with backoff
 until it gives up, a task that fails once and succeeds on its retry, and a
 task that times out.
+
+It also runs ``tasklease web`` on a free port and prints its URL: the
+dashboard shows the workload live while it runs (it stops with the demo).
 """
 
 from __future__ import annotations
@@ -166,6 +169,7 @@ def run_demo(data_dir: Path | None = None, workers: int = 2, *, http: bool = Fal
             log_dir=base / "logs",
             auth=True,
             http=HttpAddress("127.0.0.1", 0) if http else None,
+            web=HttpAddress("127.0.0.1", 0),
         )
         _say(f"starting etcd ({stack.etcd.binary}), a scheduler and {workers} workers ...")
         try:
@@ -173,6 +177,7 @@ def run_demo(data_dir: Path | None = None, workers: int = 2, *, http: bool = Fal
             _say(f"etcd ready at {stack.endpoint} (auth on); process logs in {base / 'logs'}")
             for name, url in stack.http_urls.items():
                 _say(f"{name} serves {url}/metrics, /healthz, /readyz")
+            _say(f"dashboard and REST API at {stack.web_url}/ (while the demo runs)")
             code = asyncio.run(_workload(stack.store_config(), tmp, workers))
         except KeyboardInterrupt:
             code = 130

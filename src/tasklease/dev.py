@@ -18,6 +18,11 @@ as in production, so a Prometheus pointed at them sees the same series as it
 would from a real cluster): on free ports when the address's port is 0, else
 the scheduler on PORT and ``worker-i`` on PORT+i. :attr:`Stack.http_urls`
 says where each one is.
+
+With ``web`` (``dev`` by default, ``demo``), it also runs ``tasklease web``
+(the REST API and the dashboard) on that address (port 0: a free one);
+:attr:`Stack.web_url` says where. It gets ``TASKLEASE_WEB_TOKEN`` from the
+calling environment, if set.
 """
 
 from __future__ import annotations
@@ -72,6 +77,7 @@ class Stack:
         unsafe_no_fsync: Run etcd without fsync (benchmarks only).
         auth: Run etcd with authentication on (password file ``data_dir/root-password``).
         http: Give each scheduler and worker an HTTP endpoint (see the module docstring).
+        web: Run ``tasklease web`` on this address (port 0: a free one).
     """
 
     def __init__(
@@ -88,6 +94,7 @@ class Stack:
         unsafe_no_fsync: bool = False,
         auth: bool = False,
         http: HttpAddress | None = None,
+        web: HttpAddress | None = None,
     ) -> None:
         self.etcd = EtcdServer(
             data_dir=Path(data_dir) / "etcd",
@@ -106,6 +113,9 @@ class Stack:
         self.http = http
         # Process name -> base URL of its HTTP endpoint (add /metrics, /readyz...).
         self.http_urls: dict[str, str] = {}
+        self.web = web
+        # Base URL of the dashboard and REST API (tasklease web), once started.
+        self.web_url: str | None = None
         self._logs: list[IO[bytes]] = []
 
     @property
@@ -185,10 +195,20 @@ class Stack:
             ],
         )  # fmt: skip
 
+    def start_web(self, name: str = "web") -> subprocess.Popen[bytes]:
+        """Start ``tasklease web`` on :attr:`web` (port 0: a free one) and note its URL."""
+        assert self.web is not None
+        address = HttpAddress(self.web.host, self.web.port or free_port())
+        shown = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(address.host, address.host)
+        self.web_url = f"http://{HttpAddress(shown, address.port)}"
+        return self.spawn(name, ["web", "--http", str(address), "--log-format", self.log_format])
+
     def start(self) -> None:
-        """Start etcd (waits until healthy), the scheduler and the workers."""
+        """Start etcd (waits until healthy), the scheduler, the web server (if any) and the workers."""
         self.etcd.start()
         self.start_scheduler()
+        if self.web is not None:
+            self.start_web()
         for i in range(1, self.n_workers + 1):
             self.start_worker(f"worker-{i}")
 

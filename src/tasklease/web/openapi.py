@@ -1,0 +1,497 @@
+"""The OpenAPI 3.1 document of the REST API, written by hand (served at ``/api/openapi.json``).
+
+A test checks that every route of the app is documented here and that every
+path documented here is a route (tests/integration/test_web_api.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tasklease.version import __version__
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+ERROR_TEXT = {
+    400: "Bad JSON, wrong Content-Type, or a bad query parameter",
+    401: "No token, or a bad one",
+    403: "Read-only dashboard, or a cross-site request",
+    404: "No such task, worker or route",
+    409: "The task's state does not allow it, or a conflict",
+    413: "Request body over the limit (--max-body)",
+    422: "Invalid field (priority, queue name, type, payload, ...)",
+    429: "Over a quota of the namespace",
+    503: "etcd is unavailable (or out of space)",
+}
+
+
+def _responses(ok: dict[str, dict[str, Any]], *statuses: int) -> dict[str, Any]:
+    """``ok`` plus the error statuses (every operation may answer 401 and 503)."""
+    errors = {str(s): {"$ref": f"#/components/responses/E{s}"} for s in sorted({*statuses, 401, 503})}
+    return {**ok, **errors}
+
+
+def _op(
+    summary: str,
+    ok: dict[str, dict[str, Any]],
+    *statuses: int,
+    params: list[dict[str, Any]] | None = None,
+    body: dict[str, Any] | None = None,
+    write: bool = False,
+) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": summary,
+        "responses": _responses(ok, *statuses, *(403, 400) if write else ()),
+    }
+    if params:
+        op["parameters"] = params
+    if write:
+        op["parameters"] = [*op.get("parameters", []), {"$ref": "#/components/parameters/XTaskleaseRequest"}]
+        op["requestBody"] = {
+            "required": body is not None and body.get("required", False),
+            "content": {"application/json": {"schema": (body or {}).get("schema", {"type": "object"})}},
+        }
+    return op
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+def _path(name: str, description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string"},
+        "description": description,
+    }
+
+
+TASK_ID = _path("id", "A task id (26 characters of Crockford base32; read case-insensitively)")
+QUEUE = _path("name", "A queue name ([A-Za-z0-9_.-]{1,64})")
+WORKER_ID = _path("id", "A live worker's id")
+REASON = {
+    "schema": {
+        "type": "object",
+        "properties": {"reason": {"type": "string", "maxLength": 500}},
+        "additionalProperties": False,
+    }
+}
+EMPTY = {"schema": {"type": "object", "additionalProperties": False}}
+NUM = {"type": "number"}
+INT = {"type": "integer"}
+STR = {"type": "string"}
+NULL_STR = {"type": ["string", "null"]}
+NULL_NUM = {"type": ["number", "null"]}
+STATES = ["queued", "pending", "running", "succeeded", "failed", "cancelled"]
+
+
+def _obj(props: dict[str, Any], required: bool = True, extra: bool = True) -> dict[str, Any]:
+    d: dict[str, Any] = {"type": "object", "properties": props}
+    if required:
+        d["required"] = list(props)
+    if not extra:
+        d["additionalProperties"] = False
+    return d
+
+
+SCHEMAS: dict[str, Any] = {
+    "Error": _obj({"error": {"type": "string", "description": "One line"}}),
+    "Config": _obj(
+        {"read_only": {"type": "boolean"}, "namespace": STR, "version": STR, "auth": {"type": "boolean"}}
+    ),
+    "TaskSpec": {
+        "type": "object",
+        "required": ["type"],
+        "additionalProperties": False,
+        "properties": {
+            "type": {**STR, "pattern": "^[A-Za-z0-9_.:-]{1,128}$"},
+            "payload": {"description": "Any JSON (at most the payload limit)"},
+            "queue": {**STR, "default": "default"},
+            "priority": {**INT, "minimum": 0, "maximum": 3, "default": 1},
+            "timeout_s": {**NUM, "exclusiveMinimum": 0, "default": 300},
+            "retries": {**INT, "minimum": 0, "default": 0},
+            "backoff_s": {**NUM, "minimum": 0, "default": 1},
+            "retention_s": {**NUM, "exclusiveMinimum": 0},
+            "requires": {"type": "object", "additionalProperties": STR},
+            "task_id": STR,
+        },
+    },
+    "Attempt": _obj(
+        {
+            "n": INT,
+            "worker": STR,
+            "started_at": NUM,
+            "finished_at": NULL_NUM,
+            "outcome": {"type": ["string", "null"]},
+            "error": NULL_STR,
+        }
+    ),
+    "Task": {
+        "type": "object",
+        "description": "The whole record (codec.task_to_dict)",
+        "required": ["id", "type", "queue", "priority", "state", "created_at", "updated_at", "attempts"],
+        "properties": {
+            "id": STR,
+            "type": STR,
+            "payload": {},
+            "queue": STR,
+            "priority": INT,
+            "timeout_s": NUM,
+            "retry": {"type": "object"},
+            "state": {"enum": STATES},
+            "created_at": NUM,
+            "updated_at": NUM,
+            "not_before": NULL_NUM,
+            "attempts": {"type": "array", "items": _ref("Attempt")},
+            "result": {},
+            "error": NULL_STR,
+            "retention_s": NULL_NUM,
+            "requires": {"type": "object"},
+            "rerun_of": NULL_STR,
+            "reruns": {"type": "array", "items": STR},
+        },
+    },
+    "TaskSummary": _obj(
+        {
+            "id": STR,
+            "type": STR,
+            "queue": STR,
+            "state": {"enum": STATES},
+            "priority": INT,
+            "created_at": NUM,
+            "updated_at": NUM,
+            "attempts": INT,
+            "worker": NULL_STR,
+            "error": {**NULL_STR, "maxLength": 500},
+            "rerun_of": NULL_STR,
+            "reruns": {"type": "array", "items": STR},
+        }
+    ),
+    "TaskPage": _obj(
+        {"tasks": {"type": "array", "items": _ref("TaskSummary")}, "cursor": NULL_STR},
+    ),
+    "Queue": _obj(
+        {
+            "name": STR,
+            "depth": _obj({"3": INT, "2": INT, "1": INT, "0": INT}),
+            "queued": INT,
+            "running": INT,
+            "pending": INT,
+            "succeeded": INT,
+            "failed": INT,
+            "cancelled": INT,
+            "paused": {"type": "boolean"},
+            "paused_at": NULL_NUM,
+            "paused_reason": STR,
+        }
+    ),
+    "Overview": _obj(
+        {
+            "revision": INT,
+            "at": NUM,
+            "states": _obj({s: INT for s in STATES}),
+            "queues": {"type": "array", "items": _ref("Queue")},
+            "workers": _obj({"live": INT, "capacity": INT, "running": INT, "free": INT, "draining": INT}),
+            "throughput": _obj({"window_s": NUM, "finished": INT, "failed": INT}),
+            "latest_failures": {"type": "array", "items": _ref("TaskSummary"), "maxItems": 10},
+            "leader": NULL_STR,
+        }
+    ),
+    "Stats": {
+        "type": "object",
+        "description": "tasklease stats --json",
+        "properties": {"states": {}, "queues": {}},
+    },
+    "Worker": _obj(
+        {
+            "id": STR,
+            "host": STR,
+            "pid": INT,
+            "queues": {"type": "array", "items": STR},
+            "capacity": INT,
+            "running": INT,
+            "assigned": INT,
+            "free": INT,
+            "cpu": NUM,
+            "memory": NUM,
+            "tags": {"type": "object", "additionalProperties": STR},
+            "types": {"type": "array", "items": STR},
+            "version": STR,
+            "started_at": NULL_NUM,
+            "heartbeat_at": NULL_NUM,
+            "heartbeat_age_s": NULL_NUM,
+            "draining": {"type": "boolean"},
+            "completed": INT,
+            "tasks": {"type": "array", "items": STR, "description": "Ids of the tasks assigned to it now"},
+        }
+    ),
+}
+
+RESPONSES = {f"E{status}": _json(_ref("Error"), text) for status, text in ERROR_TEXT.items()}
+
+
+def _document() -> dict[str, Any]:
+    task_page_params = [
+        _query("state", {"enum": STATES}, "Only this state (finished states: newest first, from the index)"),
+        _query("queue", STR, "Only this queue"),
+        _query("type", STR, "Only this task type"),
+        _query("since", NUM, "Finished at or after this time (epoch seconds; finished states only)"),
+        _query("limit", {**INT, "minimum": 1, "maximum": 1000, "default": 50}, "Page size"),
+        _query("cursor", STR, "The previous page's cursor"),
+    ]
+    paths: dict[str, Any] = {
+        "/api/config": {
+            "get": _op("What the dashboard needs to know", {"200": _json(_ref("Config"), "Config")})
+        },
+        "/api/overview": {
+            "get": _op(
+                "Counts per state and queue, workers, throughput, failures",
+                {"200": _json(_ref("Overview"), "")},
+            )
+        },
+        "/api/stats": {
+            "get": _op(
+                "tasklease stats (scans every task record)",
+                {"200": _json(_ref("Stats"), "")},
+                400,
+                params=[_query("window", {**NUM, "default": 60}, "Throughput window in seconds")],
+            )
+        },
+        "/api/tasks": {
+            "get": _op(
+                "One page of task summaries",
+                {"200": _json(_ref("TaskPage"), "")},
+                400,
+                422,
+                params=task_page_params,
+            ),
+            "post": _op(
+                "Submit a task",
+                {"201": _json(_ref("Task"), "The new task (Location: /api/tasks/{id})")},
+                413,
+                422,
+                429,
+                body={"required": True, "schema": _ref("TaskSpec")},
+                write=True,
+            ),
+        },
+        "/api/tasks/batch": {
+            "post": _op(
+                "Submit up to 1000 tasks in as few transactions as etcd allows",
+                {
+                    "201": _json(
+                        _obj(
+                            {
+                                "tasks": {"type": "array", "items": _obj({"id": STR})},
+                                "transactions": INT,
+                            }
+                        ),
+                        "The new ids, in order",
+                    )
+                },
+                413,
+                422,
+                429,
+                body={
+                    "required": True,
+                    "schema": _obj(
+                        {
+                            "tasks": {
+                                "type": "array",
+                                "items": _ref("TaskSpec"),
+                                "minItems": 1,
+                                "maxItems": 1000,
+                            }
+                        },
+                        extra=False,
+                    ),
+                },
+                write=True,
+            )
+        },
+        "/api/tasks/{id}": {
+            "get": _op("A task's whole record", {"200": _json(_ref("Task"), "")}, 404, params=[TASK_ID])
+        },
+        "/api/tasks/{id}/wait": {
+            "get": _op(
+                "Wait for a task to finish (by watch)",
+                {
+                    "200": _json(_ref("Task"), "Finished"),
+                    "202": _json(_ref("Task"), "Not finished when the timeout ran out: the task now"),
+                },
+                400,
+                404,
+                params=[
+                    TASK_ID,
+                    _query(
+                        "timeout", {**NUM, "exclusiveMinimum": 0, "maximum": 60, "default": 30}, "Seconds"
+                    ),
+                ],
+            )
+        },
+        "/api/tasks/{id}/cancel": {
+            "post": _op(
+                "Cancel a task that has not finished",
+                {"200": _json(_ref("Task"), "The cancelled task")},
+                404,
+                409,
+                413,
+                422,
+                params=[TASK_ID],
+                body=REASON,
+                write=True,
+            )
+        },
+        "/api/tasks/{id}/priority": {
+            "post": _op(
+                "Change a waiting task's priority",
+                {"200": _json(_ref("Task"), "The task")},
+                404,
+                409,
+                413,
+                422,
+                params=[TASK_ID],
+                body={
+                    "required": True,
+                    "schema": _obj({"priority": {**INT, "minimum": 0, "maximum": 3}}, extra=False),
+                },
+                write=True,
+            )
+        },
+        "/api/tasks/{id}/rerun": {
+            "post": _op(
+                "Run a failed or cancelled task again: a new queued task with the same spec",
+                {"201": _json(_ref("Task"), "The new task (its rerun_of is the old id)")},
+                404,
+                409,
+                413,
+                422,
+                429,
+                params=[TASK_ID],
+                body=EMPTY,
+                write=True,
+            )
+        },
+        "/api/queues": {
+            "get": _op(
+                "Every queue that holds tasks or is paused",
+                {"200": _json({"type": "array", "items": _ref("Queue")}, "")},
+            )
+        },
+        "/api/queues/{name}/pause": {
+            "post": _op(
+                "Pause a queue: nothing more is assigned from it (running tasks go on; submits still work)",
+                {"200": _json(_ref("Queue"), "The queue")},
+                413,
+                422,
+                params=[QUEUE],
+                body=REASON,
+                write=True,
+            )
+        },
+        "/api/queues/{name}/resume": {
+            "post": _op(
+                "Resume a paused queue",
+                {"200": _json(_ref("Queue"), "The queue")},
+                413,
+                422,
+                params=[QUEUE],
+                body=EMPTY,
+                write=True,
+            )
+        },
+        "/api/workers": {
+            "get": _op("The live workers", {"200": _json({"type": "array", "items": _ref("Worker")}, "")})
+        },
+        "/api/workers/{id}/drain": {
+            "post": _op(
+                "Ask a worker to stop as on SIGTERM (it finishes its running tasks, takes no new ones)",
+                {
+                    "202": _json(
+                        _obj({"id": STR, "draining": {"const": True}}),
+                        "Asked; the worker's record shows draining",
+                    )
+                },
+                404,
+                413,
+                422,
+                params=[WORKER_ID],
+                body=EMPTY,
+                write=True,
+            )
+        },
+        "/api/events": {
+            "get": {
+                "summary": "Server-sent events: one message per etcd revision that changed what the dashboard shows",
+                "parameters": [
+                    {
+                        "name": "Last-Event-ID",
+                        "in": "header",
+                        "required": False,
+                        "schema": {**INT, "minimum": 0},
+                        "description": "Resume after this revision (what the browser's EventSource sends)",
+                    },
+                    _query(
+                        "last_event_id",
+                        {**INT, "minimum": 0},
+                        "The same, for clients that cannot set headers",
+                    ),
+                ],
+                "responses": _responses(
+                    {
+                        "200": {
+                            "description": "id: REVISION / event: changes (or resync) / data: JSON; keepalive comments",
+                            "content": {"text/event-stream": {"schema": STR}},
+                        }
+                    },
+                    400,
+                ),
+            }
+        },
+        "/api/openapi.json": {"get": _op("This document", {"200": _json({"type": "object"}, "OpenAPI 3.1")})},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "tasklease",
+            "version": __version__,
+            "description": 'The REST API of `tasklease web` (docs/api.md). Errors are {"error": "one line"}.',
+        },
+        "paths": paths,
+        "components": {
+            "schemas": SCHEMAS,
+            "responses": RESPONSES,
+            "parameters": {
+                "XTaskleaseRequest": {
+                    "name": "X-Tasklease-Request",
+                    "in": "header",
+                    "required": True,
+                    "schema": {"const": "1"},
+                    "description": "Every write needs it (with Content-Type: application/json): the CSRF check",
+                }
+            },
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "Only when started with a token",
+                },
+                "cookie": {"type": "apiKey", "in": "cookie", "name": "tasklease_token"},
+            },
+        },
+        "security": [{}, {"bearer": []}, {"cookie": []}],
+    }
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI 3.1 document (a new dict each call)."""
+    return _document()
