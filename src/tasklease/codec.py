@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 
 from tasklease.errors import CorruptRecord, InvalidPayload, PayloadTooLarge, TaskleaseError
+from tasklease.ids import is_task_id
 from tasklease.models import (
     DEFAULT_RETENTION_S,
     JSON,
@@ -164,6 +165,10 @@ def task_to_dict(task: Task) -> dict[str, Any]:
         d["dropped"] = {"attempts": x.attempts, "failures": x.failures, "losses": x.losses}
     if task.trace:
         d["trace"] = dict(task.trace)
+    if task.rerun_of:
+        d["rerun_of"] = task.rerun_of
+    if task.reruns:
+        d["reruns"] = list(task.reruns)
     return d
 
 
@@ -238,7 +243,41 @@ def task_from_dict(d: dict[str, Any]) -> Task:
         requires=_requires_from_dict(d.get("requires")),
         # Optional and untrusted: a malformed trace is dropped, never a corrupt record.
         trace=bound_trace(d.get("trace")),
+        rerun_of=_task_link(d.get("rerun_of")),
+        reruns=tuple(i for i in map(_task_link, d.get("reruns") or ()) if i),
     )
+
+
+def _task_link(value: Any) -> str | None:
+    """A linked task's id, or None if it is not one (a link never makes a record corrupt)."""
+    return value if isinstance(value, str) and is_task_id(value) else None
+
+
+SUMMARY_ERROR_CHARS = 500
+
+
+def task_summary(task: Task) -> dict[str, Any]:
+    """The short JSON form of a task, for listings: no payload, no result, the error cut.
+
+    Keys: ``id``, ``type``, ``queue``, ``state``, ``priority``, ``created_at``,
+    ``updated_at``, ``attempts`` (how many), ``worker`` (of the last attempt),
+    ``error`` (at most 500 characters), ``rerun_of``, ``reruns``.
+    """
+    last = task.current_attempt
+    return {
+        "id": task.id,
+        "type": task.type,
+        "queue": task.queue,
+        "state": task.state.value,
+        "priority": task.priority,
+        "created_at": task.created_at,
+        "updated_at": task.updated_at,
+        "attempts": len(task.attempts) + task.dropped.attempts,
+        "worker": last.worker if last else None,
+        "error": task.error[:SUMMARY_ERROR_CHARS] if task.error else None,
+        "rerun_of": task.rerun_of,
+        "reruns": list(task.reruns),
+    }
 
 
 def _requires_from_dict(d: Any) -> tuple[tuple[str, str], ...]:

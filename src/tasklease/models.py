@@ -164,6 +164,10 @@ class Dropped:
     losses: int = 0
 
 
+MAX_RERUNS_KEPT = 20
+"""A record names at most this many tasks that ran it again (the newest)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Task:
     """A task record, as stored at ``/{ns}/task/{id}``.
@@ -193,6 +197,9 @@ class Task:
         trace: Trace context carried from the submit to each attempt (e.g. a W3C
             ``traceparent``), as ``(key, value)`` pairs bounded by :func:`bound_trace`;
             empty unless a hook or the submit gave one (see tracing.py).
+        rerun_of: The task this one runs again (``Client.run_again``), if any.
+        reruns: The tasks that run this one again, oldest first (the last
+            ``MAX_RERUNS_KEPT``).
     """
 
     id: str
@@ -214,8 +221,12 @@ class Task:
     dropped: Dropped = field(default_factory=Dropped)
     requires: Requires = ()
     trace: TraceContext = ()
+    rerun_of: str | None = None
+    reruns: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if len(self.reruns) > MAX_RERUNS_KEPT:
+            object.__setattr__(self, "reruns", tuple(self.reruns[-MAX_RERUNS_KEPT:]))
         if len(self.attempts) > FIRST_ATTEMPTS_KEPT + LAST_ATTEMPTS_KEPT:
             _trim_attempts(self)
         if self.error is not None and len(self.error) > MAX_ERROR_BYTES // 4:
