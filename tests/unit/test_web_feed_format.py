@@ -21,6 +21,7 @@ from tasklease.web.feed import (
     encode_resync,
     parse_last_event_id,
     task_change,
+    task_change_of_record,
     worker_view,
 )
 
@@ -117,6 +118,58 @@ def test_a_queued_task_has_no_worker_and_no_error():
         None,
         0,
     )
+
+
+@pytest.mark.parametrize(
+    "task",
+    [
+        running_task(),
+        running_task(error="e" * 2000, dropped=Dropped(attempts=5, failures=5)),
+        running_task(state=TaskState.QUEUED, attempts=(), error=None, priority=0),
+        running_task(state=TaskState.SUCCEEDED, error=None, result={"ok": True}),
+    ],
+)
+def test_the_change_read_from_the_record_is_the_change_of_the_decoded_task(task):
+    assert task_change_of_record(encode_task(task)) == task_change(task)
+
+
+def test_the_change_of_a_record_carries_rerun_of():
+    record = orjson.loads(encode_task(running_task()))
+    assert task_change_of_record(orjson.dumps({**record, "rerun_of": "X"}))["rerun_of"] == "X"  # type: ignore[index]
+    assert task_change_of_record(orjson.dumps({**record, "rerun_of": 5}))["rerun_of"] is None  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        {"v": 2},
+        {"id": 5},
+        {"state": "sleeping"},
+        {"state": None},
+        {"queue": ["q"]},
+        {"type": None},
+        {"priority": "3"},
+        {"priority": True},
+        {"updated_at": "now"},
+        {"attempts": {}},
+    ],
+)
+def test_a_record_with_a_field_of_the_wrong_kind_has_no_change(damage):
+    record = orjson.loads(encode_task(running_task()))
+    assert task_change_of_record(orjson.dumps({**record, **damage})) is None
+
+
+@pytest.mark.parametrize("data", [b"", b"{", b"[]", b"null", b'"task"', b"{}"])
+def test_a_record_that_is_not_a_json_object_of_ours_has_no_change(data):
+    assert task_change_of_record(data) is None
+
+
+def test_odd_values_in_the_fields_the_change_does_not_need_to_be_exact_are_left_out():
+    record = orjson.loads(encode_task(running_task()))
+    odd = {**record, "attempts": [1, 2], "dropped": {"attempts": "many"}, "error": {"x": 1}}
+    change = task_change_of_record(orjson.dumps(odd))
+    assert change is not None
+    assert (change["attempts"], change["worker"], change["error"]) == (2, None, None)
 
 
 def test_a_worker_view_is_the_workers_api_object_without_tasks():

@@ -10,7 +10,8 @@ becomes one message, encoded once; the same bytes go to every client::
     data: {"revision": R, "changes": [...]}
 
 Change objects (:class:`Translator`): ``task`` (a task record written; the
-fields of :func:`task_change`), ``task_gone`` (a record deleted: expired or
+fields of :func:`task_change`, read by :func:`task_change_of_record` without
+building the task), ``task_gone`` (a record deleted: expired or
 purged), ``worker`` (a node record written: :func:`worker_view`),
 ``worker_gone``, ``queue`` (paused or resumed) and ``leader``. Other keys
 (``queue/``, ``running/``, ...) send nothing but advance the revision. A node
@@ -48,10 +49,9 @@ from typing import Any
 
 import orjson
 
-from tasklease.codec import decode_task
 from tasklease.errors import CorruptRecord, StoreCompacted, StoreError, WatchCompacted
 from tasklease.keys import Keyspace, prefix_end
-from tasklease.models import Task
+from tasklease.models import SCHEMA_VERSION, Task, TaskState
 from tasklease.nodes import NodeRecord, parse_node
 from tasklease.store import Event, KVStore
 
@@ -85,6 +85,58 @@ def task_change(task: Task) -> dict[str, Any]:
         "updated_at": task.updated_at,
         "error": error[:MAX_ERROR_CHARS] if error is not None else None,
         "rerun_of": getattr(task, "rerun_of", None),
+    }
+
+
+_STATES = frozenset(state.value for state in TaskState)
+
+
+def task_change_of_record(data: bytes) -> dict[str, Any] | None:
+    """The ``task`` change object of a stored record, read without building a :class:`Task` (cheap).
+
+    Only the fields of the change are read and checked; the record's other
+    fields (its payload, result, retry policy...) are parsed as JSON but not
+    looked at.
+
+    Returns:
+        The change; None for a record that is not a task record of our schema.
+    """
+    try:
+        d = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    if type(d) is not dict or d.get("v") != SCHEMA_VERSION:
+        return None
+    task_id, state, queue, task_type = d.get("id"), d.get("state"), d.get("queue"), d.get("type")
+    priority, updated_at, attempts = d.get("priority"), d.get("updated_at"), d.get("attempts")
+    if not (
+        type(task_id) is str
+        and state in _STATES
+        and type(queue) is str
+        and type(task_type) is str
+        and type(priority) is int
+        and type(updated_at) in (int, float)
+        and type(attempts) is list
+    ):
+        return None
+    last = attempts[-1] if attempts else None
+    worker = last.get("worker") if type(last) is dict else None
+    dropped = d.get("dropped")
+    dropped_attempts = dropped.get("attempts") if type(dropped) is dict else 0
+    error = d.get("error")
+    rerun_of = d.get("rerun_of")
+    return {
+        "kind": "task",
+        "id": task_id,
+        "state": state,
+        "queue": queue,
+        "type": task_type,
+        "priority": priority,
+        "attempts": len(attempts) + (dropped_attempts if type(dropped_attempts) is int else 0),
+        "worker": worker if type(worker) is str else None,
+        "updated_at": updated_at,
+        "error": error[:MAX_ERROR_CHARS] if type(error) is str else None,
+        "rerun_of": rerun_of if type(rerun_of) is str else None,
     }
 
 
@@ -197,11 +249,10 @@ class Translator:
         if key.startswith(self._tasks):
             if not put:
                 return {"kind": "task_gone", "id": key[len(self._tasks) :]}
-            try:
-                return task_change(decode_task(key, event.kv.value))
-            except CorruptRecord as exc:
-                log.debug("feed: skipping a corrupt task record: %s", exc)
-                return None
+            change = task_change_of_record(event.kv.value)
+            if change is None:
+                log.debug("feed: skipping a corrupt task record at %s", key)
+            return change
         if key.startswith(self._nodes):
             return self._node_change(key, key[len(self._nodes) :], event)
         if key.startswith(self._pauses):
@@ -390,6 +441,7 @@ class EventFeed:
         """
         if self._task is not None:
             return
+        self._stopped = False
         nodes, revision = await self._read_nodes(0)
         self._translator = Translator(self.keys, nodes, self.clock)
         self._revision = revision
