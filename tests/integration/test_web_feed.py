@@ -13,6 +13,7 @@ import pytest
 
 from ssetools import SSEMessage, SSEReader
 from tasklease.client import Client, TaskSpec
+from tasklease.errors import StoreUnavailable
 from tasklease.keys import Keyspace, prefix_end
 from tasklease.models import TaskState
 from tasklease.nodes import parse_node
@@ -37,6 +38,24 @@ class CountingStore(Store):
                 yield events
         finally:
             self.open_watches -= 1
+            await inner.aclose()
+
+
+class CuttableStore(Store):
+    """The real store; while ``cut``, a watch opened through it fails at its next response (etcd unreachable)."""
+
+    cut = False
+
+    def watch(self, prefix: str, end: str, start_revision: int, *, prev_kv: bool = False) -> Any:
+        return self._cuttable(super().watch(prefix, end, start_revision, prev_kv=prev_kv))
+
+    async def _cuttable(self, inner: AsyncGenerator[list[Event], None]) -> AsyncGenerator[list[Event], None]:
+        try:
+            async for events in inner:
+                if self.cut:
+                    raise StoreUnavailable("cut off (test)")
+                yield events
+        finally:
             await inner.aclose()
 
 
@@ -358,3 +377,24 @@ async def test_two_servers_on_one_etcd_send_the_same_messages(store_config: Stor
         rev = await mark(a, keyspace)
         m1, m2 = await read_until(r1, rev), await read_until(r2, rev)
     assert [(m.id, m.data) for m in m1] == [(m.id, m.data) for m in m2]
+
+
+async def test_the_shared_watch_cut_off_past_a_compaction_resyncs_every_client(store_config, store, keyspace):
+    async with (
+        CuttableStore(store_config) as cuttable,
+        running(cuttable, keyspace) as feed,
+        streaming(feed, None) as reader,
+    ):
+        before = await mark(store, keyspace, "before")
+        assert [m.revision for m in await read_until(reader, before)] == [before]
+        # The feed loses etcd; meanwhile more is written, and etcd compacts it away
+        cuttable.cut = True
+        lost = [await mark(store, keyspace, f"lost{i}") for i in range(2)]
+        await store._svc().kv.compact(lost[-1], physical=True)
+        cuttable.cut = False
+        # Back: the feed cannot resume, so it re-reads, and every client reloads
+        resync = await reader.next_message()
+        assert resync.event == "resync" and resync.revision >= lost[-1]
+        assert feed.buffer.floor == resync.revision and len(feed.buffer) == 0
+        after = await mark(store, keyspace, "after")
+        assert [m.revision for m in await read_until(reader, after)] == [after]
