@@ -25,6 +25,7 @@ from tasklease.errors import (
     TaskNotFound,
     ValidationError,
     WaitTimeout,
+    WorkerNotFound,
 )
 from tasklease.keys import Keyspace
 from tasklease.models import Attempt, Outcome, Task, TaskState
@@ -73,5 +74,6 @@ __all__ = [
     "TaskleaseError",
     "ValidationError",
     "WaitTimeout",
+    "WorkerNotFound",
     "__version__",
 ]

@@ -36,6 +36,7 @@ from tasklease.errors import (
     TaskleaseError,
     TaskNotFound,
     ValidationError,
+    WorkerNotFound,
 )
 from tasklease.fleet import eligible_workers, waiting_without_worker
 from tasklease.ids import default_process_id
@@ -49,7 +50,7 @@ from tasklease.store import DEFAULT_ENDPOINT, StoreConfig
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as the shell reports a tool killed by it
 EXIT_USAGE = 2
 
-USER_ERRORS = (ValidationError, TaskNotFound, InvalidTransition)
+USER_ERRORS = (ValidationError, TaskNotFound, WorkerNotFound, InvalidTransition)
 
 
 class UsageError(Exception):

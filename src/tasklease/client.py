@@ -10,6 +10,7 @@ submitter.py       :class:`TaskSpec`, :class:`BatchResult`, ``submit`` /
 inspector.py       ``get``, ``list`` / ``list_page``, ``scan``, ``stats``,
                    ``nodes`` (reads only, typed results)
 editor.py          ``cancel``, ``set_priority`` (read-modify-write)
+controls.py        ``pause``, ``resume``, ``paused``, ``drain``
 waiting.py         ``wait`` (a lone key watch, or the shared result hub)
 client.py          the composition, ``result``, quotas, ``purge``
 sync.py            :class:`SyncClient`, the blocking facade
@@ -22,7 +23,12 @@ Round trips (each is one etcd request):
 ``submit_many`` (n tasks)  ceil(n / 64) transactions (fewer if payloads are
                            large: one transaction stays under 1.4 MB)
 ``get``                    1 range
-``list`` / ``stats``       1 range per page (pages bounded by bytes)
+``list``                   1 range per page of index keys (bounded by bytes)
+                           + 1 transaction of gets per 32 records
+``stats`` / ``overview``   count-only ranges: a few per queue (overview.py)
+``pause`` / ``resume``     1 put / 1 delete
+``drain``                  1 range + 1 transaction
+``run_again``              1 range + 1 transaction
 ``nodes``                  1 range per page of node records
 ``cancel`` / ``priority``  1 range + 1 transaction (repeated on a race)
 ``wait``                   1 range + 1 watch stream
@@ -60,15 +66,18 @@ from collections.abc import AsyncGenerator, Iterable, Mapping
 from dataclasses import replace
 from types import TracebackType
 
+from tasklease import controls
 from tasklease.clock import Clock, SystemClock
-from tasklease.editor import Editor
-from tasklease.errors import TaskFailed
+from tasklease.controls import Pause
+from tasklease.editor import MAX_CONFLICT_RETRIES, Editor
+from tasklease.errors import ConflictError, TaskFailed
 from tasklease.events import Hook, Hooks, as_hooks
 from tasklease.ids import IdGenerator
 from tasklease.inspector import Inspector, TaskPage
 from tasklease.keys import Keyspace
 from tasklease.models import DEFAULT_PRIORITY, DEFAULT_QUEUE, DEFAULT_TIMEOUT_S, JSON, Task, TaskState
 from tasklease.nodes import NodeRecord
+from tasklease.overview import Overview
 from tasklease.purge import PurgeResult, purge
 from tasklease.quotas import Quota, QuotaGuard, Usage, write_quota
 from tasklease.retention import RetentionLeases
@@ -239,10 +248,15 @@ class Client:
         return await self.inspector.get(task_id)
 
     async def list(
-        self, *, state: TaskState | None = None, queue: str | None = None, limit: int = 100
+        self,
+        *,
+        state: TaskState | None = None,
+        queue: str | None = None,
+        limit: int = 100,
+        task_type: str | None = None,
     ) -> builtins.list[Task]:
-        """List tasks, oldest first; queued tasks of one queue in dequeue order (:meth:`Inspector.list_page`)."""
-        return await self.inspector.list(state=state, queue=queue, limit=limit)
+        """List tasks: the first page of :meth:`list_page`."""
+        return await self.inspector.list(state=state, queue=queue, limit=limit, task_type=task_type)
 
     async def list_page(
         self,
@@ -251,9 +265,13 @@ class Client:
         queue: str | None = None,
         limit: int = 100,
         cursor: str | None = None,
+        task_type: str | None = None,
+        since: float | None = None,
     ) -> TaskPage:
-        """One page of :meth:`list`; pass its ``cursor`` back for the next (:meth:`Inspector.list_page`)."""
-        return await self.inspector.list_page(state=state, queue=queue, limit=limit, cursor=cursor)
+        """One page of tasks from the index of their state; finished ones newest first (:meth:`Inspector.list_page`)."""
+        return await self.inspector.list_page(
+            state=state, queue=queue, limit=limit, cursor=cursor, task_type=task_type, since=since
+        )
 
     def scan(self) -> AsyncGenerator[Task, None]:
         """See :meth:`Inspector.scan`."""
@@ -262,6 +280,10 @@ class Client:
     async def stats(self, window_s: float = 60.0) -> Stats:
         """See :meth:`Inspector.stats`."""
         return await self.inspector.stats(window_s)
+
+    async def overview(self, window_s: float = 60.0) -> Overview:
+        """The cluster at a glance, from index keys at one revision (:meth:`Inspector.overview`)."""
+        return await self.inspector.overview(window_s)
 
     async def nodes(self) -> builtins.list[NodeRecord]:
         """See :meth:`Inspector.nodes`."""
@@ -275,6 +297,48 @@ class Client:
     async def set_priority(self, task_id: str, priority: int) -> Task:
         """Change the priority of a task that waits, queued or pending (:meth:`Editor.set_priority`)."""
         return await self.editor.set_priority(task_id, priority)
+
+    async def run_again(self, task_id: str) -> Task:
+        """Submit a failed or cancelled task again: a new task with the same spec, linked both ways.
+
+        The new task's ``rerun_of`` is the old id; the old record's ``reruns``
+        gains the new id, in the same transaction (``transitions.rerun``).
+
+        Raises:
+            TaskNotFound: No such task.
+            InvalidTransition: It is not failed or cancelled.
+            ConflictError: It kept changing under 50 attempts.
+        """
+        for _ in range(MAX_CONFLICT_RETRIES):
+            old, kv, _ = await self.inspector.read(task_id)
+            new = await self.submitter.run_again(old, kv)
+            if new is not None:
+                return new
+        raise ConflictError(f"could not run task {task_id} again: it kept changing")
+
+    # operator controls (controls.py) --------------------------------------------------------
+    async def pause(self, queue: str, reason: str = "") -> Pause:
+        """Pause a queue: the scheduler assigns nothing from it until :meth:`resume` (1 put).
+
+        Running tasks go on; submits still queue. Pausing again replaces the time and reason.
+        """
+        return await controls.pause(self.store, self.keys, queue, self.clock.now(), reason)
+
+    async def resume(self, queue: str) -> bool:
+        """Resume a paused queue (1 delete); whether it was paused."""
+        return await controls.resume(self.store, self.keys, queue)
+
+    async def paused(self) -> dict[str, Pause]:
+        """The paused queues, by name."""
+        return await controls.paused(self.store, self.keys)
+
+    async def drain(self, worker_id: str) -> None:
+        """Ask a live worker to drain: it stops taking work and stops as on SIGTERM (controls.py).
+
+        Raises:
+            WorkerNotFound: No live worker with that id.
+        """
+        await controls.request_drain(self.store, self.keys, worker_id, self.clock.now())
 
     # quotas and purge ---------------------------------------------------------------------
     async def quota(self) -> Quota | None:

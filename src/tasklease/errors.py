@@ -16,6 +16,7 @@
     │                              (also a ConflictError)
     ├── TaskNotFound               no such task id (CLI exit 2)
     │   └── MalformedTaskId        text that cannot be a task id
+    ├── WorkerNotFound             no live worker with this id (CLI exit 2)
     ├── InvalidTransition          e.g. cancel a finished task (CLI exit 2)
     ├── ConflictError              a compare failed too often: someone else kept
     │                              changing the same keys
@@ -128,6 +129,18 @@ class TaskNotFound(TaskleaseError, LookupError):
     def __init__(self, task_id: str) -> None:
         super().__init__(f"task {task_id!r} not found")
         self.task_id = task_id
+
+
+class WorkerNotFound(TaskleaseError, LookupError):
+    """No live worker with this id (it never registered, or it is gone).
+
+    Attributes:
+        worker_id: The id that was looked up.
+    """
+
+    def __init__(self, worker_id: str) -> None:
+        super().__init__(f"no live worker {worker_id!r}")
+        self.worker_id = worker_id
 
 
 class MalformedTaskId(TaskNotFound):

@@ -9,7 +9,7 @@ can use an :class:`Inspector` on its own.
 Sizes. Records are up to 1 MiB, so every read of many records goes through
 :meth:`Store.scan`, whose pages are bounded by bytes as well as by count.
 
-May import: codec, keys, models, nodes, stats, store, errors, ids. Nothing
+May import: codec, keys, models, nodes, stats, store, errors, ids, finished, overview. Nothing
 imports it but the client's modules (client, submitter, editor, sync).
 """
 
@@ -18,17 +18,19 @@ from __future__ import annotations
 import builtins
 import contextlib
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 
 from tasklease import codec
 from tasklease.clock import Clock
 from tasklease.errors import CorruptRecord, InvalidOption, StoreUnavailable, TaskNotFound
+from tasklease.finished import GETS_PER_TXN, list_finished, read_records
 from tasklease.ids import parse_task_id
 from tasklease.keys import Keyspace, check_name, prefix_end
 from tasklease.models import Task, TaskState
 from tasklease.nodes import NodeRecord, list_nodes
-from tasklease.stats import Stats, check_window, collect_stats
+from tasklease.overview import Overview, read_overview
+from tasklease.stats import Stats, check_window, stats_from_overview
 from tasklease.store import FIRST_PAGE, KV, KVStore
 
 log = logging.getLogger("tasklease.client")
@@ -96,12 +98,10 @@ class Inspector:
         state: TaskState | None = None,
         queue: str | None = None,
         limit: int = 100,
+        task_type: str | None = None,
     ) -> builtins.list[Task]:
-        """List tasks, oldest first; queued tasks of one queue in dequeue order.
-
-        The first page of :meth:`list_page` (see there).
-        """
-        page = await self.list_page(state=state, queue=queue, limit=limit)
+        """List tasks: the first page of :meth:`list_page` (see there for the order)."""
+        page = await self.list_page(state=state, queue=queue, limit=limit, task_type=task_type)
         return page.tasks
 
     async def list_page(
@@ -111,25 +111,42 @@ class Inspector:
         queue: str | None = None,
         limit: int = 100,
         cursor: str | None = None,
+        task_type: str | None = None,
+        since: float | None = None,
     ) -> TaskPage:
-        """One page of tasks, oldest first; queued tasks of one queue in dequeue order.
+        """One page of tasks, read from the index of their state: no scan of the records.
 
-        ``state=queued`` with a ``queue`` reads that queue's keys (at most
-        ``limit`` keys per page); any other filter scans task records in pages
-        until ``limit`` match. Reads are bounded by bytes (:meth:`Store.scan`),
+        ==========================  ==============================================
+        state                       order and what is read
+        ==========================  ==============================================
+        succeeded, failed,          newest first; the finished index
+        cancelled                   (finished.py), then the page's records by id
+        queued                      dequeue order (a queue's, or queue by queue
+                                    by name); the queue keys (their values are
+                                    the records)
+        running                     by id; the running index, then the records
+        pending                     soonest due first; the delayed keys, then
+                                    the records
+        none                        by id (oldest first): every record is read
+                                    until the page is full (a scan)
+        ==========================  ==============================================
+
+        Reads are bounded by bytes (:meth:`Store.scan`, :func:`finished.read_records`),
         so large records are fine. Records that cannot be decoded are skipped
-        with an error log. Each page is one snapshot; pages are not one
-        snapshot together (tasks may come and go between them).
+        with an error log. Each page is read on its own (tasks may come and go
+        between pages).
 
         Args:
             state: Only this state.
             queue: Only this queue.
             limit: At most this many per page (1..10000).
             cursor: The previous page's :attr:`TaskPage.cursor` (same filters).
+            task_type: Only this type.
+            since: Only tasks that finished at this time or later (finished states only).
 
         Raises:
-            InvalidOption: A limit out of range, a bad queue name, or a cursor
-                that is not a non-empty string.
+            InvalidOption: A limit out of range, a bad queue name, a bad cursor,
+                or ``since`` without a finished state.
         """
         if not 1 <= limit <= MAX_LIST:
             raise InvalidOption("limit must be in 1..10000")
@@ -137,22 +154,90 @@ class Inspector:
             check_name(queue)
         if cursor is not None and (not isinstance(cursor, str) or not cursor):
             raise InvalidOption(f"bad cursor {cursor!r}")
-        if state is TaskState.QUEUED and queue is not None:
+        if since is not None and (state is None or not state.terminal):
+            raise InvalidOption("since filters finished tasks only: give a finished state")
+        if state is not None and state.terminal:
+            entries, next_cursor = await list_finished(
+                self.store,
+                self.keys,
+                state,
+                queue=queue,
+                task_type=task_type,
+                since=since,
+                limit=limit,
+                cursor=cursor,
+            )
+            return TaskPage(
+                await read_records(self.store, self.keys, [e.task_id for e in entries]), next_cursor
+            )
+
+        def wanted(task: Task) -> bool:
+            return (
+                (state is None or task.state is state)
+                and (queue is None or task.queue == queue)
+                and (task_type is None or task.type == task_type)
+            )
+
+        if state is TaskState.QUEUED and queue is not None and task_type is None:
             return await self._queue_page(queue, limit, cursor)
-        prefix = self.keys.tasks
+        if state is TaskState.QUEUED:
+            prefix = self.keys.queue(queue) if queue is not None else self.keys.queues
+            return await self._page(prefix, None, wanted, limit, cursor)
+        if state is TaskState.RUNNING:
+            return await self._page(self.keys.running, self.keys.parse_running, wanted, limit, cursor)
+        if state is TaskState.PENDING:
+            return await self._page(
+                self.keys.delayed, lambda key: self.keys.parse_delayed(key).task_id, wanted, limit, cursor
+            )
+        return await self._page(self.keys.tasks, None, wanted, limit, cursor)
+
+    async def _page(
+        self,
+        prefix: str,
+        id_of: Callable[[str], str] | None,
+        wanted: Callable[[Task], bool],
+        limit: int,
+        cursor: str | None,
+    ) -> TaskPage:
+        """Walk the keys under ``prefix`` from ``cursor`` until ``limit`` tasks are ``wanted``.
+
+        With ``id_of`` the keys are an index: each key names a task (its
+        record is read by id, a batch at a time); without, each value is the
+        record itself (task records, queue keys).
+        """
         found: builtins.list[Task] = []
+        batch: builtins.list[tuple[str, str]] = []  # (index key, task id)
+
+        async def flush() -> str | None:
+            """Add the batch's wanted records; the cursor if the page is full."""
+            records = {t.id: t for t in await read_records(self.store, self.keys, [i for _, i in batch])}
+            for key, task_id in batch:
+                task = records.get(task_id)
+                if task is not None and wanted(task):
+                    found.append(task)
+                    if len(found) >= limit:
+                        return key[len(prefix) :]
+            batch.clear()
+            return None
+
         async with contextlib.aclosing(self._values(prefix, after=cursor)) as kvs:
             async for kv in kvs:
-                task = self._decode_or_log(kv)
-                if task is None:
+                if id_of is None:
+                    task = self._decode_or_log(kv)
+                    if task is not None and wanted(task):
+                        found.append(task)
+                        if len(found) >= limit:
+                            return TaskPage(found, kv.key[len(prefix) :])
                     continue
-                if state is not None and task.state is not state:
+                try:
+                    batch.append((kv.key, id_of(kv.key)))
+                except ValueError as exc:
+                    log.error("skipping a malformed index key: %s", exc)
                     continue
-                if queue is not None and task.queue != queue:
-                    continue
-                found.append(task)
-                if len(found) >= limit:
-                    return TaskPage(found, kv.key[len(prefix) :])
+                if len(batch) >= GETS_PER_TXN and (next_cursor := await flush()) is not None:
+                    return TaskPage(found, next_cursor)
+        if batch and (next_cursor := await flush()) is not None:
+            return TaskPage(found, next_cursor)
         return TaskPage(found, None)
 
     async def _queue_page(self, queue: str, limit: int, cursor: str | None) -> TaskPage:
@@ -211,19 +296,27 @@ class Inspector:
                 if task is not None:
                     yield task
 
+    async def overview(self, window_s: float = 60.0) -> Overview:
+        """The cluster at a glance, counted from index keys at one revision (overview.py).
+
+        Args:
+            window_s: Throughput is counted over the last ``window_s`` seconds.
+        """
+        check_window(window_s)
+        return await read_overview(self.store, self.keys, now=self.clock.now(), window_s=window_s)
+
     async def stats(self, window_s: float = 60.0) -> Stats:
         """Tasks per state and per queue, live workers, and recent throughput.
 
-        Scans every task record (cost grows with the number of records kept;
-        finished records expire after their retention).
+        Counted from the index keys (:meth:`overview`): no task record is read,
+        so its cost grows with the number of queues and workers, not of tasks.
 
         Args:
             window_s: Throughput is measured over the last ``window_s`` seconds
                 (a finite number > 0).
         """
-        check_window(window_s)
-        now = self.clock.now()
-        return await collect_stats(self.store, self.keys, self.scan(), now=now, window_s=window_s)
+        view = await self.overview(window_s)
+        return await stats_from_overview(self.store, self.keys, view)
 
     async def nodes(self) -> builtins.list[NodeRecord]:
         """The live workers (those whose node record exists), by id.

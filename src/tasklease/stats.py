@@ -6,18 +6,16 @@ stats --json``), and ``stats["states"]`` still reads that form's parts.
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections import Counter
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from tasklease.errors import InvalidOption
 from tasklease.fleet import Waiting, waiting_without_worker
 from tasklease.keys import Keyspace
-from tasklease.models import Task, TaskState
-from tasklease.nodes import list_nodes
+from tasklease.models import TaskState
+from tasklease.overview import Overview
 from tasklease.store import KVStore
 
 
@@ -58,7 +56,7 @@ class Stats:
     Attributes:
         states: Tasks per state (every state, by its name, in lifecycle order).
         queues: Per queue (sorted by name), tasks per state as in ``states``.
-        total: Every task record.
+        total: Every task (the sum of ``states``).
         workers: The live workers.
         throughput: Tasks finished recently.
         waiting_without_worker: Queued tasks no live worker may run (no worker
@@ -106,36 +104,24 @@ def check_window(window_s: float) -> None:
         raise InvalidOption(f"stats window must be a finite number of seconds > 0, got {window_s!r}")
 
 
-async def collect_stats(
-    store: KVStore, keys: Keyspace, tasks: AsyncGenerator[Task, None], *, now: float, window_s: float
-) -> Stats:
-    """Count ``tasks`` (every task record, closed when done), then read the workers and what waits.
+async def stats_from_overview(store: KVStore, keys: Keyspace, view: Overview) -> Stats:
+    """:class:`Stats` from an :class:`~tasklease.overview.Overview` (counted from index keys), and what waits without a worker.
 
     Args:
-        store: The store.
+        store: The store (the queue keys are read, keys only, for what waits without a worker).
         keys: The namespace.
-        tasks: Every decodable task record.
-        now: The time the throughput window ends at.
-        window_s: Its length (checked by :func:`check_window`).
+        view: The counts.
     """
-    per_queue: dict[str, Counter[str]] = {}
-    totals: Counter[str] = Counter()
-    recent = 0
-    async with contextlib.aclosing(tasks):
-        async for task in tasks:
-            per_queue.setdefault(task.queue, Counter())[task.state.value] += 1
-            totals[task.state.value] += 1
-            if task.state.terminal and task.updated_at >= now - window_s:
-                recent += 1
-    nodes = await list_nodes(store, keys)
+    recent = sum(view.finished_in_window.values())
+    window_s = view.window_s
     return Stats(
-        states={s.value: totals.get(s.value, 0) for s in TaskState},
-        queues={q: {s.value: c.get(s.value, 0) for s in TaskState} for q, c in sorted(per_queue.items())},
-        total=sum(totals.values()),
+        states=dict(view.states),
+        queues={q.name: {s.value: q.counts.get(s.value, 0) for s in TaskState} for q in view.queues},
+        total=sum(view.states.values()),
         workers=WorkerStats(
-            live=len(nodes),
-            capacity=sum(n.capacity for n in nodes),
-            running=sum(n.running for n in nodes),
+            live=len(view.nodes),
+            capacity=sum(n.capacity for n in view.nodes),
+            running=sum(n.running for n in view.nodes),
         ),
         throughput=Throughput(window_s=window_s, finished=recent, per_s=round(recent / window_s, 2)),
         waiting_without_worker=tuple(await waiting_without_worker(store, keys)),

@@ -54,7 +54,7 @@ from tasklease.purge import explain_nospace
 from tasklease.quotas import QuotaGuard
 from tasklease.routing import check_requires
 from tasklease.spec import TaskSpec as TaskSpec  # noqa: PLC0414 (re-exported)
-from tasklease.store import MAX_TXN_BYTES, MAX_TXN_OPS, Compare, KVStore, Op
+from tasklease.store import KV, MAX_TXN_BYTES, MAX_TXN_OPS, Compare, KVStore, Op
 from tasklease.waiters import ResultHub
 
 log = logging.getLogger("tasklease.client")
@@ -182,6 +182,40 @@ class Submitter:
         """``task`` is stored at ``revision``: account for it and tell the hooks."""
         self.quotas.landed(task.id, revision)
         self.hooks.emit(Submitted(at=self.clock.now(), component="client", task=task))
+
+    async def run_again(self, old: Task, old_kv: KV) -> Task | None:
+        """Submit a new task with ``old``'s spec, linked both ways (``transitions.rerun``): one transaction.
+
+        Admitted by the quota like any submit. ``None`` if ``old`` changed
+        since it was read (read it again and retry).
+
+        Raises:
+            InvalidTransition: ``old`` is not failed or cancelled.
+        """
+        spec = TaskSpec(
+            type=old.type,
+            payload=old.payload,
+            queue=old.queue,
+            priority=old.priority,
+            timeout_s=old.timeout_s,
+            retry=old.retry,
+            retention_s=old.retention_s,
+            requires=old.requires or None,
+        )
+        new = evolve(self.new_task(spec), rerun_of=old.id)
+        data = encode_queued(new)
+        txn = transitions.rerun(self.keys, old_kv, evolve(old, reruns=(*old.reruns, new.id)), new, data)
+        await self.quotas.admit([(new, data)])
+        try:
+            result = await self.store.txn(txn.compares, txn.ops)
+        except StoreNoSpace as exc:
+            raise explain_nospace(exc, "the new task was") from exc
+        finally:
+            self.quotas.abandon([new.id])
+        if not result.succeeded:
+            return None
+        self._submitted(new, result.revision)
+        return new
 
     # one task ---------------------------------------------------------------------------------
     async def submit_spec(self, spec: TaskSpec) -> Task:

@@ -16,10 +16,12 @@ import threading
 from collections.abc import Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from tasklease.controls import Pause
 from tasklease.events import Hook, Hooks
 from tasklease.inspector import TaskPage
 from tasklease.models import JSON, Task
 from tasklease.nodes import NodeRecord
+from tasklease.overview import Overview
 from tasklease.purge import PurgeResult
 from tasklease.quotas import Quota
 from tasklease.stats import Stats
@@ -120,6 +122,30 @@ class SyncClient:
     def set_priority(self, task_id: str, priority: int) -> Task:
         """See :meth:`Client.set_priority`."""
         return self._run(self._client.set_priority(task_id, priority))
+
+    def run_again(self, task_id: str) -> Task:
+        """See :meth:`Client.run_again`."""
+        return self._run(self._client.run_again(task_id))
+
+    def overview(self, window_s: float = 60.0) -> Overview:
+        """See :meth:`Client.overview`."""
+        return self._run(self._client.overview(window_s))
+
+    def pause(self, queue: str, reason: str = "") -> Pause:
+        """See :meth:`Client.pause`."""
+        return self._run(self._client.pause(queue, reason))
+
+    def resume(self, queue: str) -> bool:
+        """See :meth:`Client.resume`."""
+        return self._run(self._client.resume(queue))
+
+    def paused(self) -> dict[str, Pause]:
+        """See :meth:`Client.paused`."""
+        return self._run(self._client.paused())
+
+    def drain(self, worker_id: str) -> None:
+        """See :meth:`Client.drain`."""
+        self._run(self._client.drain(worker_id))
 
     def wait(self, task_id: str, timeout_s: float | None = None) -> Task:
         """See :meth:`Client.wait`."""

@@ -20,7 +20,11 @@ requeue, delay     the finishes above, when the next state is queued (requeue) o
 promote            :func:`promote`               scheduler (recoverer)  leader + delayed key + record
 re-prioritise      :func:`rewrite`               client (set_priority)  record unchanged
 fail waiting       :func:`fail_waiting`          scheduler              leader + index key + record
+run again          :func:`rerun`                 client (run_again)     old record unchanged + new id free
 =================  ============================  =====================  ========================
+
+A transaction that writes a finished record also writes its finished-index
+entry (:func:`finished_entry`, keys.py), under the same retention lease.
 
 The pure record functions (:func:`next_record`, :func:`end_attempt`,
 :func:`fit_record`, :func:`bounded_failure`, :func:`cancelled`) compute the
@@ -144,6 +148,25 @@ def enqueue(keys: Keyspace, task: Task, data: bytes) -> Txn:
         raise InvalidTransition(task.id, task.state.value, "enqueue")
     task_key = keys.task(task.id)
     return Txn([Compare.absent(task_key)], [Put(task_key, data), Put(queue_key(keys, task), data)])
+
+
+def rerun(keys: Keyspace, old_kv: KV, linked: Task, new: Task, data: bytes) -> Txn:
+    """Run a finished task again: the new queued task and the old record naming it, one transaction.
+
+    ``linked`` is the old (failed or cancelled) record with the new id added
+    to its ``reruns``; it keeps its lease (its retention). ``new`` (``data``,
+    its encoding) has ``rerun_of`` set. Guarded by the old record being
+    unchanged and the new id being free.
+
+    Raises:
+        InvalidTransition: The old task is not failed or cancelled.
+    """
+    if linked.state not in (TaskState.FAILED, TaskState.CANCELLED):
+        raise InvalidTransition(linked.id, linked.state.value, "run again")
+    txn = enqueue(keys, new, data)
+    txn.compares.append(Compare.unchanged(old_kv))
+    txn.ops.insert(0, Put(old_kv.key, codec.encode_task(linked), lease=old_kv.lease))
+    return txn
 
 
 # assign -----------------------------------------------------------------------------------

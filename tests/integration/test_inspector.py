@@ -78,10 +78,11 @@ async def test_filtered_pages_hold_only_matching_tasks(client: Client):
     # When the task records are scanned 3 matches per page, by queue, then by state
     by_queue = await all_pages(client, queue="a", limit=3)
     by_state = await all_pages(client, state=TaskState.CANCELLED, limit=1)
-    # Then every page holds matching tasks only, each once, in order, full but the last
+    # Then every page holds matching tasks only, each once, in order (finished ones newest
+    # first, from the finished index), full but the last
     assert [t.id for p in by_queue for t in p.tasks] == [t.id for t in in_a]
     assert all(len(p.tasks) == 3 for p in by_queue[:-1])
-    assert [t.id for p in by_state for t in p.tasks] == [in_a[1].id, in_a[4].id]
+    assert [t.id for p in by_state for t in p.tasks] == [in_a[4].id, in_a[1].id]
     assert await all_pages(client, state=TaskState.RUNNING, limit=3) == [TaskPage([], None)]
 
 

@@ -44,6 +44,7 @@ EXPECTED = {
     "TaskleaseError",
     "ValidationError",
     "WaitTimeout",
+    "WorkerNotFound",
     "__version__",
 }
 

@@ -1,4 +1,4 @@
-"""Typed stats (Client.stats): counted from task records, read as before through as_dict (no etcd)."""
+"""Typed stats (Client.stats): from the overview's counts, read as before through as_dict (no etcd)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ import pytest
 from tasklease.errors import InvalidOption
 from tasklease.keys import Keyspace
 from tasklease.models import Task, TaskState
+from tasklease.nodes import parse_node
+from tasklease.overview import Overview, QueueCounts
 from tasklease.routing import Route
-from tasklease.stats import Stats, Throughput, WorkerStats, check_window, collect_stats
+from tasklease.stats import Stats, Throughput, WorkerStats, check_window, stats_from_overview
 from tasklease.store import KV, RangeResult
 
 K = Keyspace("ns")
@@ -29,9 +31,20 @@ class Pages:
         yield RangeResult([kv for kv in self.kvs if start <= kv.key < end], 1, False, 0)
 
 
-async def tasks(*records: Task) -> AsyncGenerator[Task, None]:
-    for task in records:
-        yield task
+def overview(kvs: list[KV], *records: Task, window_s: float = 60) -> Overview:
+    """What read_overview would count for these records (queued, running, finished per queue)."""
+    queues: dict[str, QueueCounts] = {}
+    recent: dict[str, int] = {}
+    for t in records:
+        q = queues.setdefault(t.queue, QueueCounts(t.queue))
+        q.counts[t.state.value] += 1
+        if t.state.terminal and t.updated_at >= NOW - window_s:
+            recent[t.state.value] = recent.get(t.state.value, 0) + 1
+    states = {s.value: sum(q.counts.get(s.value, 0) for q in queues.values()) for s in TaskState}
+    nodes = [parse_node(kv.key, kv.value) for kv in kvs if kv.key.startswith(K.nodes)]
+    return Overview(
+        1, NOW, states, sorted(queues.values(), key=lambda q: q.name), nodes, window_s, recent, [], None
+    )
 
 
 def node(worker: str, capacity: int, running: int, types: list[str]) -> KV:
@@ -58,7 +71,7 @@ async def test_counts_and_the_json_form():
         task(3, TaskState.FAILED, updated_at=NOW - 120),
         task(4, TaskState.RUNNING, queue="b"),
     )
-    stats = await collect_stats(store, K, tasks(*records), now=NOW, window_s=60)  # type: ignore[arg-type]
+    stats = await stats_from_overview(store, K, overview(store.kvs, *records))  # type: ignore[arg-type]
 
     assert stats.total == 4
     assert stats.states[TaskState.QUEUED] == 1 and stats.states["pending"] == 0
@@ -90,7 +103,7 @@ async def test_counts_and_the_json_form():
 
 
 async def test_empty():
-    stats = await collect_stats(Pages([]), K, tasks(), now=NOW, window_s=1.5)  # type: ignore[arg-type]
+    stats = await stats_from_overview(Pages([]), K, overview([], window_s=1.5))  # type: ignore[arg-type]
     assert stats == Stats(
         states={s.value: 0 for s in TaskState},
         queues={},
