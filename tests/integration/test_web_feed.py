@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from ssetools import SSEMessage, SSEReader
+from ssetools import SSEMessage, SSEReader, parse_sse
 from tasklease.client import Client, TaskSpec
 from tasklease.errors import StoreUnavailable
 from tasklease.keys import Keyspace, prefix_end
@@ -398,3 +398,47 @@ async def test_the_shared_watch_cut_off_past_a_compaction_resyncs_every_client(s
         assert feed.buffer.floor == resync.revision and len(feed.buffer) == 0
         after = await mark(store, keyspace, "after")
         assert [m.revision for m in await read_until(reader, after)] == [after]
+
+
+async def chunks_until(chunks: AsyncIterator[bytes], revision: int) -> list[SSEMessage]:
+    """The messages (not the keepalives) up to the one at ``revision``."""
+    got: list[SSEMessage] = []
+    async with asyncio.timeout(GUARD_S):
+        while not got or got[-1].revision < revision:
+            got.extend(m for m in parse_sse(await anext(chunks)) if m.id is not None)
+    return got
+
+
+async def test_a_catch_up_to_a_revision_of_no_event_ends_at_the_next_one_and_keeps_the_client_alive(
+    store_config, store, keyspace
+):
+    revs = [await mark(store, keyspace, f"q{i}") for i in range(3)]
+    outside = keyspace.assignment("nobody", "x")  # not in the feed's range: a revision it does not see
+    await store.put(outside, b"")
+    async with (
+        CountingStore(store_config) as own,
+        running(own, keyspace, keepalive_s=0.05) as feed,
+        contextlib.aclosing(feed.stream(revs[0])) as chunks,
+    ):
+        assert feed.revision > revs[-1] and feed.buffer.floor > revs[0]
+        assert await anext(chunks) == RETRY
+        assert [m.revision for m in await chunks_until(chunks, revs[-1])] == revs[1:]
+        # Nothing tells the catch-up it is done (no event at the revision it must reach): it waits,
+        # and the client hears keepalives
+        assert await anext(chunks) == KEEPALIVE
+        assert own.open_watches == 2
+        # The next event ends it: sent once, and the shared watch is the only one left
+        live = await mark(store, keyspace, "live")
+        assert [m.revision for m in await chunks_until(chunks, live)] == [live]
+        assert own.open_watches == 1
+    # A stop ends a waiting catch-up at once
+    await store.put(outside, b"")
+    async with CountingStore(store_config) as own, running(own, keyspace, keepalive_s=0.05) as feed:
+        waiting = feed.stream(revs[0])
+        assert await anext(waiting) == RETRY
+        await chunks_until(waiting, live)
+        assert await anext(waiting) == KEEPALIVE
+        await feed.stop()
+        with pytest.raises(StopAsyncIteration):
+            await anext(waiting)
+        assert own.open_watches == 0 and feed.clients == 0

@@ -422,6 +422,7 @@ class EventFeed:
         self._subscribers: set[_Subscriber] = set()
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
+        self._closing = asyncio.Event()  # set by stop(): catch-ups end at once
 
     @property
     def revision(self) -> int:
@@ -442,6 +443,7 @@ class EventFeed:
         if self._task is not None:
             return
         self._stopped = False
+        self._closing.clear()
         nodes, revision = await self._read_nodes(0)
         self._translator = Translator(self.keys, nodes, self.clock)
         self._revision = revision
@@ -451,6 +453,7 @@ class EventFeed:
     async def stop(self) -> None:
         """Stop the watch and end every stream. Idempotent."""
         self._stopped = True
+        self._closing.set()
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -550,7 +553,7 @@ class EventFeed:
             if catch_up:
                 assert last_event_id is not None
                 try:
-                    async with contextlib.aclosing(self._catch_up(last_event_id, subscribed)) as history:
+                    async with contextlib.aclosing(self._history(last_event_id, subscribed)) as history:
                         async for chunk in history:
                             if sub.overflowed or sub.closed:
                                 return
@@ -593,6 +596,37 @@ class EventFeed:
     async def _current_revision(self) -> int:
         _, revision = await self.store.get(self.keys.leader)
         return revision
+
+    async def _history(self, after: int, until: int) -> AsyncGenerator[bytes, None]:
+        """:meth:`_catch_up`, with keepalives while it waits, and ended at once by :meth:`stop`.
+
+        (It may wait: if no event is at ``until`` itself, it ends at the next one after it.)
+        """
+        catch_up = self._catch_up(after, until)
+        closing = asyncio.ensure_future(self._closing.wait())
+        step: asyncio.Future[bytes] | None = None
+        try:
+            while True:
+                step = asyncio.ensure_future(anext(catch_up))
+                while not step.done():
+                    await asyncio.wait(
+                        {step, closing}, timeout=self.keepalive_s, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    if closing.done():
+                        return
+                    if not step.done():
+                        yield KEEPALIVE
+                try:
+                    chunk = step.result()
+                except StopAsyncIteration:
+                    return
+                yield chunk
+        finally:
+            closing.cancel()
+            if step is not None and not step.done():
+                step.cancel()
+                await asyncio.gather(step, return_exceptions=True)
+            await catch_up.aclose()
 
     async def _catch_up(self, after: int, until: int) -> AsyncGenerator[bytes, None]:
         """The messages of the revisions ``(after, until]``, from a watch of its own that ends at ``until``.
