@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass
 
 from tasklease import codec
-from tasklease.errors import CorruptRecord, StoreLeaseNotFound, WorkerNotFound
+from tasklease.errors import CorruptRecord, StoreLeaseNotFound, WatchCompacted, WorkerNotFound
 from tasklease.keys import Keyspace, check_name, prefix_end
 from tasklease.store import KV, Compare, KVStore, Put
 
@@ -114,3 +114,24 @@ async def request_drain(store: KVStore, keys: Keyspace, worker_id: str, now: flo
         raise WorkerNotFound(worker_id) from None
     if not result.succeeded:
         raise WorkerNotFound(worker_id)
+
+
+async def wait_for_drain(store: KVStore, keys: Keyspace, worker_id: str) -> None:
+    """Return once a drain of ``worker_id`` is requested: 1 read, then a watch of its one key.
+
+    A watch that must start over (compacted) reads the key again.
+
+    Raises:
+        StoreError: etcd failed for good (the caller goes on without remote drain).
+    """
+    key = keys.drain(worker_id)
+    while True:
+        kv, revision = await store.get(key)
+        if kv is not None:
+            return
+        try:
+            async for events in store.watch(key, key + "\0", revision + 1):
+                if any(ev.type != "delete" for ev in events):
+                    return
+        except WatchCompacted:
+            continue

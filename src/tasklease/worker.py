@@ -46,6 +46,7 @@ from typing import Any
 
 import psutil
 
+from tasklease import controls
 from tasklease.burst import Burst
 from tasklease.clock import Clock, SystemClock
 from tasklease.errors import (
@@ -304,6 +305,7 @@ class Worker:
         # Tasks of this worker's own (the serve loop, burst mode, a shutdown it started itself).
         self._main: asyncio.Task[None] | None = None
         self._burst_task: asyncio.Task[None] | None = None
+        self._drain_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._started_at = self.clock.now()
 
@@ -416,6 +418,17 @@ class Worker:
             await self._main  # it failed: raise its error
         if self.config.burst:
             self._burst_task = asyncio.create_task(self._burst.run(), name=f"burst-{self.id}")
+        self._drain_task = asyncio.create_task(self._drain_on_request(), name=f"drain-{self.id}")
+
+    async def _drain_on_request(self) -> None:
+        """Stop as on SIGTERM once an operator asks (``tasklease drain``, controls.py)."""
+        try:
+            await controls.wait_for_drain(self.store, self.keys, self.id)
+        except StoreError as exc:
+            log.warning("cannot watch for drain requests: %s", exc, extra=self._extra)
+            return
+        log.info("drain requested: stopping as on SIGTERM", extra=self._extra)
+        await self.stop()
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Graceful shutdown (idempotent).
@@ -464,7 +477,7 @@ class Worker:
         try:
             await self.execution.cancel_rest()
             current = asyncio.current_task()
-            for task in (self._main, self._burst_task):
+            for task in (self._main, self._burst_task, self._drain_task):
                 if task is not None and task is not current:
                     task.cancel()
                     # It may have ended with an error (start() raised it already).
