@@ -359,10 +359,32 @@ def build_parser() -> argparse.ArgumentParser:
     p = cmd("status", "show a task")
     p.add_argument("id")
 
-    p = cmd("list", "list tasks")
+    p = cmd("list", "list tasks (finished ones newest first, from the finished index)")
     p.add_argument("--state", default=None)
     p.add_argument("--queue", default=None)
+    p.add_argument("--type", dest="task_type", default=None, help="only this task type")
+    p.add_argument(
+        "--since",
+        type=_non_negative_float,
+        default=None,
+        help="finished in the last S seconds (needs --state)",
+    )
     p.add_argument("--limit", type=_int, default=100)
+
+    p = cmd("rerun", "run a failed or cancelled task again (a new task, linked to the old one)")
+    p.add_argument("id")
+
+    p = cmd("pause", "pause a queue: nothing is assigned from it until resumed")
+    p.add_argument("queue")
+    p.add_argument("--reason", default="", help="why (shown by queues and the dashboard)")
+
+    p = cmd("resume", "resume a paused queue")
+    p.add_argument("queue")
+
+    p = cmd("drain", "ask a live worker to stop as on SIGTERM (it finishes its tasks first)")
+    p.add_argument("worker")
+
+    cmd("queues", "queues: depth per priority, running, pending, failed, paused")
 
     p = cmd("cancel", "cancel a queued or running task")
     p.add_argument("id")
@@ -744,7 +766,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     state = TaskState.parse(args.state) if args.state else None
 
     async def run(client: Client) -> int:
-        tasks = await client.list(state=state, queue=args.queue, limit=args.limit)
+        since = None if args.since is None else client.clock.now() - args.since
+        page = await client.list_page(
+            state=state, queue=args.queue, limit=args.limit, task_type=args.task_type, since=since
+        )
+        tasks = page.tasks
         if args.json:
             _print_json([codec.task_to_dict(t) for t in tasks])
             return EXIT_OK
@@ -757,10 +783,95 @@ def cmd_list(args: argparse.Namespace) -> int:
                 t.type,
                 str(len(t.attempts)),
                 _when(t.created_at),
+                _when(t.updated_at),
             )
             for t in tasks
         ]
-        _table(rows, ("ID", "STATE", "QUEUE", "PRIO", "TYPE", "ATTEMPTS", "CREATED"))
+        _table(rows, ("ID", "STATE", "QUEUE", "PRIO", "TYPE", "ATTEMPTS", "CREATED", "UPDATED"))
+        return EXIT_OK
+
+    return asyncio.run(_with_client(args, run))
+
+
+def cmd_rerun(args: argparse.Namespace) -> int:
+    """``tasklease rerun``."""
+
+    async def run(client: Client) -> int:
+        task = await client.run_again(args.id)
+        if args.json:
+            _print_json(codec.task_to_dict(task))
+        else:
+            _say(task.id)
+        return EXIT_OK
+
+    return asyncio.run(_with_client(args, run))
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    """``tasklease pause``."""
+
+    async def run(client: Client) -> int:
+        pause = await client.pause(args.queue, args.reason)
+        if args.json:
+            _print_json(pause.as_dict())
+        else:
+            _say(
+                f"queue {pause.queue} paused: nothing is assigned from it until `tasklease resume {pause.queue}`"
+            )
+        return EXIT_OK
+
+    return asyncio.run(_with_client(args, run))
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    """``tasklease resume``."""
+
+    async def run(client: Client) -> int:
+        was = await client.resume(args.queue)
+        if args.json:
+            _print_json({"queue": args.queue, "was_paused": was})
+        else:
+            _say(f"queue {args.queue} resumed" if was else f"queue {args.queue} was not paused")
+        return EXIT_OK
+
+    return asyncio.run(_with_client(args, run))
+
+
+def cmd_drain(args: argparse.Namespace) -> int:
+    """``tasklease drain``."""
+
+    async def run(client: Client) -> int:
+        await client.drain(args.worker)
+        if args.json:
+            _print_json({"worker": args.worker, "draining": True})
+        else:
+            _say(f"worker {args.worker} asked to drain: it takes no new task and stops once its tasks finish")
+        return EXIT_OK
+
+    return asyncio.run(_with_client(args, run))
+
+
+def cmd_queues(args: argparse.Namespace) -> int:
+    """``tasklease queues``."""
+
+    async def run(client: Client) -> int:
+        view = (await client.overview()).as_dict()
+        if args.json:
+            _print_json(view["queues"])
+            return EXIT_OK
+        rows = [
+            (
+                q["name"],
+                "/".join(str(q["depth"][p]) for p in ("3", "2", "1", "0")),
+                str(q["queued"]),
+                str(q["running"]),
+                str(q["pending"]),
+                str(q["failed"]),
+                "paused" if q["paused"] else "",
+            )
+            for q in view["queues"]
+        ]
+        _table(rows, ("QUEUE", "DEPTH 3/2/1/0", "QUEUED", "RUNNING", "PENDING", "FAILED", ""))
         return EXIT_OK
 
     return asyncio.run(_with_client(args, run))
@@ -1174,6 +1285,11 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "priority": cmd_priority,
     "wait": cmd_wait,
     "stats": cmd_stats,
+    "rerun": cmd_rerun,
+    "pause": cmd_pause,
+    "resume": cmd_resume,
+    "drain": cmd_drain,
+    "queues": cmd_queues,
     "purge": cmd_purge,
     "quota": cmd_quota,
     "web": cmd_web,

@@ -94,6 +94,10 @@ def test_wait_timeout_is_a_runtime_error(tasklease_bin, cli_env):
         (["list", "--state", "bogus"], "unknown state 'bogus'"),
         (["list", "--limit", "0"], "limit must be"),
         (["priority", "x", "nine"], "not an integer"),
+        (["drain", "nobody"], "no live worker 'nobody'"),
+        (["pause", "a/b"], "invalid queue name"),
+        (["rerun", "01J00000000000000000000000"], "not found"),
+        (["list", "--state", "queued", "--since", "60"], "since filters finished tasks only"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tasklease_bin, cli_env, args, message):
@@ -356,3 +360,38 @@ async def test_output_piped_into_head_stops_quietly(tasklease_bin, cli_env, clie
     assert out.stdout.startswith("id:"), out.stdout[:200]
     assert "Traceback" not in out.stderr and "BrokenPipeError" not in out.stderr, out.stderr[-2000:]
     assert out.returncode == 141, (out.returncode, out.stderr[-500:])
+
+
+def test_pause_queues_resume_and_rerun_from_the_command_line(tasklease_bin, cli_env):
+    # Given a paused queue with a task in it
+    out = tl(tasklease_bin, cli_env, "pause", "mail", "--reason", "smtp down")
+    assert out.returncode == 0 and "queue mail paused" in out.stdout, out.stderr
+    task_id = tl(
+        tasklease_bin, cli_env, "submit", "noop", "--queue", "mail", "--priority", "3"
+    ).stdout.strip()
+    # Then `queues` shows its depth per priority and that it is paused
+    queues = json.loads(tl(tasklease_bin, cli_env, "queues", "--json").stdout)
+    mail = next(q for q in queues if q["name"] == "mail")
+    assert (mail["depth"]["3"], mail["queued"], mail["paused"], mail["paused_reason"]) == (
+        1,
+        1,
+        True,
+        "smtp down",
+    )
+    table = tl(tasklease_bin, cli_env, "queues").stdout
+    assert "mail" in table and "paused" in table
+    # When it is resumed (twice), the second says it was not paused
+    assert "queue mail resumed" in tl(tasklease_bin, cli_env, "resume", "mail").stdout
+    assert "was not paused" in tl(tasklease_bin, cli_env, "resume", "mail").stdout
+    # A cancelled task can be run again: the new one names the old one
+    assert tl(tasklease_bin, cli_env, "cancel", task_id).returncode == 0
+    again = tl(tasklease_bin, cli_env, "rerun", task_id, "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["rerun_of"] == task_id
+    old = json.loads(tl(tasklease_bin, cli_env, "status", task_id, "--json").stdout)
+    assert old["reruns"] == [json.loads(again.stdout)["id"]]
+    # `list --state cancelled --since` shows it (newest first, from the finished index)
+    listed = json.loads(
+        tl(tasklease_bin, cli_env, "list", "--state", "cancelled", "--since", "600", "--json").stdout
+    )
+    assert [r["id"] for r in listed] == [task_id]
