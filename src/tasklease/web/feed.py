@@ -31,9 +31,16 @@ compacted, the client gets ``event: resync`` (with ``data: {"revision": N}``
 and ``id: N``) and then the live messages after ``N``: it reloads its data. A
 client whose queue holds over 1,000 messages is disconnected: it reconnects
 with its Last-Event-ID and loses nothing. ``: keepalive`` is sent after 15 s
-without a message.
+without a message (one ticker for all clients checks every quarter of that, so
+15 to 19 s).
 
-Imports: the base (keys, codec, models, errors), the store and nodes.py.
+Cost. The work per revision is done once, whatever the number of clients: a
+task record is parsed as JSON and its change read from the dict (no
+:class:`~tasklease.models.Task` is built), the message is encoded once, and the
+messages of one watch response are queued for each client in one step. Each
+client then costs one wake-up per watch response, not per message.
+
+Imports: the base (keys, models, errors), the store and nodes.py.
 """
 
 from __future__ import annotations
@@ -362,24 +369,30 @@ class RingBuffer:
 class _Subscriber:
     """One client's queue of messages, filled by the feed, emptied by its stream."""
 
-    __slots__ = ("closed", "items", "limit", "overflowed", "wake")
+    __slots__ = ("active", "closed", "items", "keepalive", "limit", "overflowed", "wake")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, now: float) -> None:
         self.items: deque[tuple[int, bytes]] = deque()
         self.limit = limit
-        self.wake = asyncio.Event()
+        self.wake = asyncio.Event()  # set when items go from none to some, or a flag is raised
         self.overflowed = False
         self.closed = False
+        self.keepalive = False  # raised by the feed's keepalive ticker
+        self.active = now  # when its stream last sent something (loop time)
 
-    def put(self, revision: int, data: bytes) -> None:
+    def put(self, batch: list[tuple[int, bytes]]) -> None:
         if self.overflowed:
             return
-        if len(self.items) >= self.limit:
+        items = self.items
+        was_empty = not items
+        if len(items) + len(batch) > self.limit:
             self.overflowed = True  # too slow: its stream ends; it reconnects with its Last-Event-ID
-            self.items.clear()
-        else:
-            self.items.append((revision, data))
-        self.wake.set()
+            items.clear()
+            self.wake.set()
+            return
+        items.extend(batch)
+        if was_empty:
+            self.wake.set()
 
     def close(self) -> None:
         self.closed = True
@@ -421,6 +434,7 @@ class EventFeed:
         self._revision = 0
         self._subscribers: set[_Subscriber] = set()
         self._task: asyncio.Task[None] | None = None
+        self._ticker: asyncio.Task[None] | None = None
         self._stopped = False
         self._closing = asyncio.Event()  # set by stop(): catch-ups end at once
 
@@ -449,16 +463,18 @@ class EventFeed:
         self._revision = revision
         self.buffer.reset(revision)
         self._task = asyncio.create_task(self._run(), name="web-feed")
+        self._ticker = asyncio.create_task(self._keepalives(), name="web-feed-keepalive")
 
     async def stop(self) -> None:
         """Stop the watch and end every stream. Idempotent."""
         self._stopped = True
         self._closing.set()
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for task in (self._task, self._ticker):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._ticker = None
         for sub in list(self._subscribers):
             sub.close()
 
@@ -498,24 +514,28 @@ class EventFeed:
                 backoff = min(backoff * 2, 5.0)
 
     def _apply(self, events: Sequence[Event]) -> None:
-        for revision, changes in self._translator.revisions(events):
-            self._revision = revision
-            if changes:
-                self._publish(revision, encode_changes(revision, changes))
-
-    def _publish(self, revision: int, data: bytes) -> None:
-        self.buffer.append(revision, data)
-        for sub in self._subscribers:
-            sub.put(revision, data)
+        """Make the messages of one watch response and queue them for every client (once per response)."""
+        batch: list[tuple[int, bytes]] = []
+        try:
+            for revision, changes in self._translator.revisions(events):
+                if changes:
+                    data = encode_changes(revision, changes)
+                    self.buffer.append(revision, data)
+                    batch.append((revision, data))
+                self._revision = revision
+        finally:
+            if batch:
+                for sub in self._subscribers:
+                    sub.put(batch)
 
     async def _resync(self) -> None:
         nodes, revision = await self._read_nodes(0)
         self._translator = Translator(self.keys, nodes, self.clock)
         self._revision = revision
         self.buffer.reset(revision)
-        data = encode_resync(revision)
+        batch = [(revision, encode_resync(revision))]
         for sub in self._subscribers:
-            sub.put(revision, data)
+            sub.put(batch)
 
     async def stream(self, last_event_id: int | None = None) -> AsyncGenerator[bytes, None]:
         """One client's stream: ``retry:``, then every message after ``last_event_id`` (or from now on).
@@ -532,7 +552,8 @@ class EventFeed:
         """
         if self._task is None or self._stopped:
             raise RuntimeError("the event feed is not running")
-        sub = _Subscriber(self.client_queue)
+        loop = asyncio.get_running_loop()
+        sub = _Subscriber(self.client_queue, loop.time())
         # Subscribed, and the buffer read, with no await in between: the queue
         # gets every message after `subscribed`, the buffer has those up to it.
         self._subscribers.add(sub)
@@ -557,6 +578,7 @@ class EventFeed:
                         async for chunk in history:
                             if sub.overflowed or sub.closed:
                                 return
+                            sub.active = loop.time()
                             yield chunk
                 except (WatchCompacted, StoreCompacted):
                     yield encode_resync(subscribed)
@@ -572,26 +594,37 @@ class EventFeed:
 
     async def _live(self, sub: _Subscriber, last: int) -> AsyncGenerator[bytes, None]:
         """The messages the feed queues for ``sub`` after revision ``last``; keepalives while none come."""
+        loop = asyncio.get_running_loop()
         while True:
-            if not sub.items and not (sub.overflowed or sub.closed):
+            if not sub.items and not (sub.overflowed or sub.closed or sub.keepalive):
                 sub.wake.clear()
-                try:
-                    async with asyncio.timeout(self.keepalive_s):
-                        await sub.wake.wait()
-                except TimeoutError:
-                    yield KEEPALIVE
-                    continue
+                await sub.wake.wait()
             if sub.overflowed or sub.closed:
                 if sub.overflowed:
                     log.info("event feed: a client fell %d messages behind: disconnected", sub.limit)
                 return
             items, sub.items = sub.items, deque()
-            if not items:
-                continue
-            out = [data for revision, data in items if revision > last]
-            last = max(last, items[-1][0])
-            if out:
-                yield out[0] if len(out) == 1 else b"".join(out)
+            if items and items[0][0] > last:
+                out = [data for _, data in items]
+            else:
+                out = [data for revision, data in items if revision > last]
+            if items:
+                last = max(last, items[-1][0])
+            if out or sub.keepalive:
+                sub.keepalive = False
+                sub.active = loop.time()
+                yield (out[0] if len(out) == 1 else b"".join(out)) if out else KEEPALIVE
+
+    async def _keepalives(self) -> None:
+        """Raise the keepalive flag of every stream that has sent nothing for ``keepalive_s``."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.keepalive_s / 4)
+            quiet_since = loop.time() - self.keepalive_s
+            for sub in self._subscribers:
+                if sub.active <= quiet_since and not sub.keepalive:
+                    sub.keepalive = True
+                    sub.wake.set()
 
     async def _current_revision(self) -> int:
         _, revision = await self.store.get(self.keys.leader)
