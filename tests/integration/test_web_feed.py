@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from faultstore import FaultyStore
 from ssetools import SSEMessage, SSEReader, parse_sse
 from tasklease.client import Client, TaskSpec
 from tasklease.errors import StoreUnavailable
@@ -442,3 +443,20 @@ async def test_a_catch_up_to_a_revision_of_no_event_ends_at_the_next_one_and_kee
         with pytest.raises(StopAsyncIteration):
             await anext(waiting)
         assert own.open_watches == 0 and feed.clients == 0
+
+
+async def test_a_catch_up_that_fails_ends_the_stream_and_the_client_comes_back(store_config, store, keyspace):
+    async with FaultyStore(store_config) as faulty, running(faulty, keyspace, buffer_messages=1) as feed:
+        revs = [await mark(store, keyspace, f"q{i}") for i in range(3)]
+        await until_seen(feed, revs[-1])
+        faulty.fail(
+            "range", lambda: StoreUnavailable("etcd is away (test)"), when=lambda *a, **kw: kw["revision"]
+        )
+        async with contextlib.aclosing(feed.stream(revs[0])) as failing:
+            assert await anext(failing) == RETRY
+            with pytest.raises(StopAsyncIteration):
+                await anext(failing)
+        assert feed.clients == 0
+        # It reconnects (the browser does, 2 s later) and gets them
+        async with streaming(feed, revs[0]) as back:
+            assert [m.revision for m in await read_until(back, revs[-1])] == revs[1:]

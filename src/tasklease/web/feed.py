@@ -582,10 +582,18 @@ class EventFeed:
                             yield chunk
                 except (WatchCompacted, StoreCompacted):
                     yield encode_resync(subscribed)
-            elif last > subscribed and last > await self._current_revision():
-                # From another etcd (restored, or reset): the client starts over.
-                last = subscribed
-                yield encode_resync(subscribed)
+                except StoreError as exc:
+                    log.warning("event feed: a client's catch-up failed (%s): it reconnects", exc)
+                    return
+            elif last > subscribed:
+                try:
+                    current = await self._current_revision()
+                except StoreError as exc:
+                    log.warning("event feed: cannot check a client's Last-Event-ID (%s): it reconnects", exc)
+                    return
+                if last > current:  # from another etcd (restored, or reset): the client starts over
+                    last = subscribed
+                    yield encode_resync(subscribed)
             async with contextlib.aclosing(self._live(sub, last)) as live:
                 async for chunk in live:
                     yield chunk
