@@ -93,6 +93,19 @@ async def post(http: httpx.AsyncClient, path: str, body: Any = None, **headers: 
     return await http.post(path, content=content, headers={**WRITE, **headers})
 
 
+async def raw_get(http: httpx.AsyncClient, target: str) -> tuple[int, bytes]:
+    """GET ``target`` exactly as written (httpx would remove dot segments): the status and the raw answer."""
+    host, port = http.base_url.host, http.base_url.port
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(f"GET {target} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode())
+        async with asyncio.timeout(GUARD_S):
+            raw = await reader.read()
+    finally:
+        writer.close()
+    return int(raw.split(b" ", 2)[1]), raw
+
+
 def err(response: httpx.Response, status: int) -> str:
     """The one-line error of a JSON error answer with ``status``."""
     assert response.status_code == status, (response.status_code, response.text)
@@ -201,6 +214,10 @@ async def test_pages_serve_index_and_static_files_only(client, static):
             assert b"outside" not in r.content and b"secret" not in r.content
         r = await http.get("/elsewhere")
         assert r.status_code == 404 and r.headers["content-type"].startswith("text/plain")
+        # as sent, not normalised by a client: dot segments never leave the static directory
+        for bad in ("/static/../outside.txt", "/static/sub/../../outside.txt", "/static/%2e%2e/outside.txt"):
+            status, raw = await raw_get(http, bad)
+            assert status == 404 and b"outside" not in raw, (bad, raw[:200])
 
 
 async def test_the_packages_own_files_are_served(client):
@@ -362,7 +379,7 @@ async def test_batch(client, static):
 async def test_quota_is_429(client, static):
     await client.set_quota(Quota(max_queued=0))
     async with web(client, static) as http:
-        assert "max_queued" in err(await post(http, "/api/tasks", {"type": "noop"}), 429) or True
+        assert "quota" in err(await post(http, "/api/tasks", {"type": "noop"}), 429).lower()
         assert err(await post(http, "/api/tasks/batch", {"tasks": [{"type": "noop"}]}), 429)
 
 
