@@ -470,6 +470,8 @@ async def test_queues_pause_and_resume(client, cluster, static):
         # a queue that holds nothing can be paused too
         r = await post(http, "/api/queues/empty/pause")
         assert r.status_code == 200 and r.json()["paused"] is True and r.json()["queued"] == 0
+        listed = {x["name"]: x for x in (await http.get("/api/queues")).json()}
+        assert listed["empty"]["paused"] is True and listed["emails"]["paused"] is False
 
 
 async def test_workers_and_drain(client, cluster, static, tmp_path):
