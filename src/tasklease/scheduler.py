@@ -367,7 +367,7 @@ class Scheduler:
         revision = head.revision
         parts = [
             (k.assignments, prefix_end(k.assignments), True),
-            (prefix_end(k.assignments), k.queues, False),  # delayed/, leader, node/
+            (prefix_end(k.assignments), k.queues, False),  # delayed/, drain/, leader, node/, paused/
             (k.queues, prefix_end(k.queues), True),
             (prefix_end(k.queues), end, False),  # retention/, running/
         ]
