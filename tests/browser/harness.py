@@ -27,6 +27,7 @@ from selenium.common.exceptions import (
     NoAlertPresentException,
     NoSuchElementException,
     StaleElementReferenceException,
+    TimeoutException,
 )
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
@@ -282,6 +283,7 @@ class Dashboard:
     # browser
     def open(self, hash_path: str = "/", *, base: str | None = None) -> None:
         """Load the dashboard at ``#hash_path`` (a full page load)."""
+        self.driver.get("about:blank")  # else a URL that differs only in its hash would not reload
         self.driver.get(f"{base or self.url}/#{hash_path}")
         self.wait(lambda d: d.find_element(By.CSS_SELECTOR, "#main > section.page"))
 
@@ -290,13 +292,24 @@ class Dashboard:
         self.driver.execute_script("location.hash = arguments[0];", hash_path)
 
     def wait(self, condition: Callable[[Any], T], timeout: float = WAIT_S, message: str = "") -> T:
-        """``condition(driver)`` once it is truthy (re-evaluated while elements are missing or replaced)."""
-        return WebDriverWait(
-            self.driver,
-            timeout,
-            poll_frequency=0.1,
-            ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
-        ).until(condition, message)
+        """``condition(driver)`` once it is truthy (re-evaluated while elements are missing or replaced).
+
+        Raises:
+            AssertionError: It never was within ``timeout``; says where the browser is and what the
+                message area shows.
+        """
+        try:
+            return WebDriverWait(
+                self.driver,
+                timeout,
+                poll_frequency=0.1,
+                ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
+            ).until(condition, message)
+        except TimeoutException:
+            raise AssertionError(
+                f"waited {timeout:g} s in vain{': ' + message if message else ''} "
+                f"(at {self.driver.current_url}; messages: {self.flashes()!r})"
+            ) from None
 
     def el(self, testid: str, within: WebElement | None = None) -> WebElement:
         """The element with ``data-testid=testid``."""
@@ -320,11 +333,9 @@ class Dashboard:
 
         try:
             return self.wait(cond, timeout)
-        except Exception:
-            shown = self.els(testid)
-            raise AssertionError(
-                f"{testid}: waited for {expected!r}, shows {[e.text for e in shown]!r}\n{self.flashes()}"
-            ) from None
+        except AssertionError as exc:
+            shown = [e.text for e in self.els(testid)]
+            raise AssertionError(f"{testid}: waited for {expected!r}, shows {shown!r}; {exc}") from None
 
     def wait_el(self, testid: str, timeout: float = WAIT_S) -> WebElement:
         """The element with ``testid`` once it is displayed."""
@@ -337,7 +348,9 @@ class Dashboard:
         self.el(testid, within).click()
 
     def flashes(self) -> str:
-        return str(self.driver.find_element(By.ID, "flash").text)
+        """The text of the message area (empty when there is none)."""
+        found = self.driver.find_elements(By.ID, "flash")
+        return str(found[0].text) if found else ""
 
     def mark_page(self) -> None:
         """Remember this page load: :meth:`assert_same_page` fails after a reload."""
