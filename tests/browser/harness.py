@@ -24,6 +24,7 @@ os.environ.setdefault("SE_OFFLINE", "true")  # selenium-manager: never download 
 from chromium import ensure_chromium
 from selenium import webdriver
 from selenium.common.exceptions import (
+    ElementClickInterceptedException,
     NoAlertPresentException,
     NoSuchElementException,
     StaleElementReferenceException,
@@ -343,9 +344,24 @@ class Dashboard:
             lambda _: (e := self.el(testid)).is_displayed() and e, timeout, f"{testid} not shown"
         )
 
-    def click(self, testid: str, within: WebElement | None = None) -> None:
-        self.wait(lambda _: self.el(testid, within).is_enabled())
-        self.el(testid, within).click()
+    def click(self, testid: str, within: str | None = None) -> None:
+        """Click ``testid`` (inside the element with testid ``within``) once it is enabled.
+
+        Both are found again on every try: a live update may have replaced them.
+        """
+
+        def attempt(_: Any) -> bool:
+            button = self.el(testid, self.el(within) if within else None)
+            if not button.is_enabled():
+                return False
+            try:
+                button.click()
+            except ElementClickInterceptedException:  # under the sticky message area: bring it mid-screen
+                self.driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", button)
+                return False
+            return True
+
+        self.wait(attempt, message=f"click {testid}")
 
     def flashes(self) -> str:
         """The text of the message area (empty when there is none)."""

@@ -97,7 +97,7 @@ def test_drain_a_worker(dash: Dashboard) -> None:
     task = stack.run(stack.client.submit("probe", {"seconds": 120}))
     dash.open("/workers")
     dash.wait(lambda _: task.id in dash.text("worker-tasks", dash.el("worker-row-w0")))
-    dash.click("action-drain", within=dash.el("worker-row-w0"))
+    dash.click("action-drain", within="worker-row-w0")
     dash.wait(lambda _: dash.text("worker-draining", dash.el("worker-row-w0")) == "draining")
     assert not dash.els("action-drain", within=dash.el("worker-row-w0"))
     nodes = {n.id: n for n in stack.run(stack.client.nodes())}

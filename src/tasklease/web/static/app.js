@@ -109,6 +109,7 @@ function connect() {
       // keep the old revision
     }
     if (current && current.resync) current.resync();
+    seedThroughput(); // the chart's missed finishes (each task counts once)
   });
   source.addEventListener('error', () => {
     // Reconnect ourselves from the last revision seen (the server replays what we missed).

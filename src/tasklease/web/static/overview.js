@@ -43,6 +43,7 @@ export function mount(root, ctx) {
   const noQueues = h('p', {class: 'muted', hidden: true}, 'No queues yet: submit a task.');
   const noFailures = h('p', {class: 'muted', hidden: true, testid: 'no-failures'}, 'No failures.');
   const leader = h('span', {testid: 'leader'});
+  const failTable = table('latest-failures', ['task', 'type', 'queue', 'error', 'when'], failBody);
   root.append(
     h('h1', null, 'Overview'),
     h('h2', null, 'Tasks'), tiles,
@@ -54,11 +55,12 @@ export function mount(root, ctx) {
     noQueues,
     h('h2', null, 'Throughput'), chartBox,
     h('h2', null, 'Latest failures ', h('a', {href: '#/tasks?state=failed', class: 'small'}, 'all')),
-    table('latest-failures', ['task', 'type', 'queue', 'error', 'when'], failBody),
+    failTable,
     noFailures,
   );
 
   let data = null;
+  let fetchedAt = 0;
 
   function render() {
     if (!data) return;
@@ -81,6 +83,7 @@ export function mount(root, ctx) {
     const now = ctx.serverNow();
     syncList(failBody, failures, (t) => t.id, (t) => failureRow(t, now));
     noFailures.hidden = failures.length > 0;
+    failTable.hidden = failures.length === 0;
   }
 
   function chart() {
@@ -89,6 +92,7 @@ export function mount(root, ctx) {
 
   const reload = refresher(async () => {
     try {
+      fetchedAt = Date.now();
       data = await api('/api/overview');
       ctx.setServerTime(data.at);
       render();
@@ -102,7 +106,9 @@ export function mount(root, ctx) {
   let ticks = 0;
   return {
     changes(changes) {
-      if (changes.length) reload.request(); // counts, queues, workers: one refetch per second at most
+      // Counts and queues move with tasks, queues and the leader: one refetch per second at most.
+      // Heartbeats alone (worker changes, every second per worker) refetch every 5 s at most.
+      if (changes.some((c) => c.kind !== 'worker') || Date.now() - fetchedAt > 5000) reload.request();
       chart();
     },
     resync() {

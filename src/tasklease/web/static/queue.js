@@ -25,6 +25,8 @@ export function mount(root, ctx, route) {
   const noFailures = h('p', {class: 'muted', hidden: true}, 'No failures.');
   const moreQueued = h('p', {class: 'small', hidden: true},
     h('a', {href: `#/tasks${query({state: 'queued', queue: name})}`}, 'all queued tasks'));
+  const queuedTable = table('queued-list', ['task', 'type', 'priority', 'waiting'], queuedBody);
+  const failTable = table('queue-failures', ['task', 'type', 'queue', 'error', 'when'], failBody);
   root.append(
     h('p', {class: 'crumbs'}, h('a', {href: '#/'}, 'Overview'), ' / queue'),
     h('h1', null, 'Queue ', h('span', {class: 'mono', testid: 'queue-name'}, name)),
@@ -32,10 +34,10 @@ export function mount(root, ctx, route) {
     h('h2', null, 'Tasks'), counts,
     h('h2', null, 'Queued by priority'), depth,
     h('h2', null, 'Queued tasks ', h('span', {class: 'muted small'}, '(in dequeue order)')),
-    table('queued-list', ['task', 'type', 'priority', 'waiting'], queuedBody), noQueued, moreQueued,
+    queuedTable, noQueued, moreQueued,
     h('h2', null, 'Recent failures ', h('a', {class: 'small', href: `#/tasks${query({state: 'failed', queue: name})}`},
       'all')),
-    table('queue-failures', ['task', 'type', 'queue', 'error', 'when'], failBody), noFailures,
+    failTable, noFailures,
   );
 
   let info = null;
@@ -100,9 +102,11 @@ export function mount(root, ctx, route) {
       const now = ctx.serverNow();
       syncList(queuedBody, queued.tasks || [], (t) => t.id, (t) => queuedRow(t, now));
       noQueued.hidden = (queued.tasks || []).length > 0;
+      queuedTable.hidden = !noQueued.hidden;
       moreQueued.hidden = !queued.cursor;
       syncList(failBody, failed.tasks || [], (t) => t.id, (t) => failureRow(t, now));
       noFailures.hidden = (failed.tasks || []).length > 0;
+      failTable.hidden = !noFailures.hidden;
     } catch (err) {
       ctx.flash(err.message);
     }

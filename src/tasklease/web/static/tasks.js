@@ -54,11 +54,13 @@ export function mount(root, ctx, route) {
     '← First page');
   const note = filters.state && ['succeeded', 'failed', 'cancelled'].includes(filters.state)
     ? 'newest first' : filters.state === 'queued' ? 'in dequeue order' : filters.state ? '' : 'all records, by id';
+  const listTable = table('task-list',
+    ['task', 'type', 'queue', 'state', 'prio', 'attempts', 'worker', 'updated', 'error'], body);
   root.append(
     h('h1', null, 'Tasks'),
     form,
     h('p', {class: 'muted small', testid: 'list-note'}, note),
-    table('task-list', ['task', 'type', 'queue', 'state', 'prio', 'attempts', 'worker', 'updated', 'error'], body),
+    listTable,
     empty,
     h('div', {class: 'pager'}, first, next),
   );
@@ -68,6 +70,7 @@ export function mount(root, ctx, route) {
     const now = ctx.serverNow();
     syncList(body, tasks, (t) => t.id, (t) => taskRow(t, now));
     empty.hidden = tasks.length > 0;
+    listTable.hidden = tasks.length === 0;
   }
 
   const reload = refresher(async () => {

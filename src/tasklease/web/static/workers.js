@@ -9,6 +9,10 @@ function fmtNumber(x, digits = 1) {
   return typeof x === 'number' && isFinite(x) ? x.toFixed(digits) : '—';
 }
 
+function usage(w) {
+  return `cpu ${fmtNumber(w.cpu)} · mem ${fmtNumber(w.memory)}`;
+}
+
 function list(x) {
   if (Array.isArray(x)) return x.join(', ');
   if (x && typeof x === 'object') return Object.entries(x).map(([k, v]) => `${k}=${v}`).join(', ');
@@ -20,11 +24,12 @@ export function mount(root, ctx, route) {
   const body = h('tbody');
   const empty = h('p', {class: 'muted', hidden: true, testid: 'no-workers'}, 'No live workers.');
   const summary = h('p', {class: 'muted', testid: 'workers-summary'});
+  const workerTable = table('worker-list', ['worker', 'host', 'queues', 'load', 'free', 'heartbeat', 'state',
+    'completed', 'running tasks', 'started', 'version', ''], body);
   root.append(
     h('h1', null, 'Workers'),
     summary,
-    table('worker-list', ['worker', 'host', 'queues', 'load', 'free', 'heartbeat', 'state', 'completed',
-      'running tasks', 'started', 'version', ''], body),
+    workerTable,
     empty,
   );
 
@@ -59,7 +64,7 @@ export function mount(root, ctx, route) {
     h('td', null, `${w.host ?? ''}${w.pid ? ` (pid ${w.pid})` : ''}`),
     h('td', null, list(w.queues)),
     h('td', {class: 'nowrap', testid: 'worker-load'}, meter, ` ${running}/${capacity} (${pct} %)`,
-      h('div', {class: 'small muted'}, `cpu ${fmtNumber(w.cpu)} · mem ${fmtNumber(w.memory)}`)),
+      h('div', {class: 'small muted', testid: 'worker-usage', 'data-usage': ''}, usage(w))),
     h('td', {class: 'num', testid: 'worker-free'}, String(w.free ?? '—')),
     h('td', {class: 'nowrap', testid: 'worker-heartbeat', 'data-hb': String(w.heartbeat_at ?? '')},
       fmtAgo(ctx.serverNow() - w.heartbeat_at)),
@@ -75,18 +80,24 @@ export function mount(root, ctx, route) {
 
   function render() {
     const items = [...workers.values()].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
-    // A heartbeat changes only heartbeat_at: the row's signature leaves it out and tick() updates that cell.
+    // A heartbeat changes its time and the cpu and memory figures: the row's signature leaves them out
+    // (the row, its button included, stays the same element) and their cells are updated in place.
     const signatures = items.map((w) => {
-      const {heartbeat_at: at, heartbeat_age_s: age, ...rest} = w;
+      const {heartbeat_at: at, heartbeat_age_s: age, cpu, memory, ...rest} = w;
       return rest;
     });
     syncList(body, signatures, (w) => w.id, (w) => workerRow(workers.get(w.id)));
-    for (const el of body.querySelectorAll('[data-hb]')) {
-      const w = workers.get(el.closest('tr').getAttribute('data-worker'));
-      if (w) el.setAttribute('data-hb', String(w.heartbeat_at ?? ''));
+    for (const row of body.children) {
+      const w = workers.get(row.getAttribute('data-worker'));
+      if (!w) continue;
+      const hb = row.querySelector('[data-hb]');
+      if (hb) hb.setAttribute('data-hb', String(w.heartbeat_at ?? ''));
+      const use = row.querySelector('[data-usage]');
+      if (use) use.textContent = usage(w);
     }
     tick();
     empty.hidden = items.length > 0;
+    workerTable.hidden = items.length === 0;
     const capacity = items.reduce((n, w) => n + (Number(w.capacity) || 0), 0);
     const running = items.reduce((n, w) => n + (Number(w.running) || 0), 0);
     const draining = items.filter((w) => w.draining).length;
