@@ -498,35 +498,12 @@ async def drain_worker(request: Request, state: WebState) -> Response:
     return JSONResponse({"id": worker_id, "draining": True}, status_code=202)
 
 
-async def until_stopped(stream: AsyncIterator[bytes], stopping: asyncio.Event) -> AsyncIterator[bytes]:
-    """``stream``'s chunks until it ends or ``stopping`` is set (the server stops: end the response)."""
-    stop = asyncio.ensure_future(stopping.wait())
-    try:
-        while not stopping.is_set():
-            chunk = asyncio.ensure_future(anext(stream))
-            done, _ = await asyncio.wait({chunk, stop}, return_when=asyncio.FIRST_COMPLETED)
-            if chunk not in done:
-                chunk.cancel()
-                await asyncio.gather(chunk, return_exceptions=True)
-                return
-            try:
-                value = chunk.result()
-            except StopAsyncIteration:
-                return
-            yield value
-    finally:
-        stop.cancel()
-        aclose = getattr(stream, "aclose", None)
-        if aclose is not None:
-            await aclose()
-
-
 @endpoint
 async def events(request: Request, state: WebState) -> Response:
     """``GET /api/events``: the server-sent event stream (resumable with ``Last-Event-ID``)."""
     after = last_event_id(request)
     return StreamingResponse(
-        until_stopped(state.feed.stream(after), state.stopping),
+        state.feed.stream(after),  # ends when the feed stops (the server stops); closed on disconnect
         media_type="text/event-stream",
         headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
     )

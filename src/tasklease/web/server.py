@@ -126,7 +126,8 @@ async def serve(
     async def stopper() -> None:
         await stop.wait()
         log.info("stopping", extra={"component": "web"})
-        state.stopping.set()  # open event streams end, so the graceful shutdown need not wait for them
+        state.stopping.set()
+        await feed.stop()  # open event streams end, so the graceful shutdown need not wait for them
         server.should_exit = True
 
     watcher = asyncio.create_task(stopper())
