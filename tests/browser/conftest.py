@@ -26,11 +26,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from chromium import ensure_chromium
-from harness import Dashboard, chrome_options, screenshots
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 
+from browser.chromium import ensure_chromium
+from browser.harness import Dashboard, browser_log, chrome_options, screenshots
 from tasklease.store import StoreConfig
 
 
@@ -69,7 +69,7 @@ def dash(
     """The browser (blank, no cookies) and a way to start stacks; checks dialogs and the console after."""
     driver.get("about:blank")
     driver.execute_cdp_cmd("Network.clearBrowserCookies", {})
-    driver.get_log("browser")  # drop what earlier tests left
+    browser_log(driver)  # drop what earlier tests left
     d = Dashboard(driver, store_config, namespace, cli_env, tasklease_bin, request.node.name)
     try:
         yield d

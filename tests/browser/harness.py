@@ -17,11 +17,10 @@ import subprocess
 import threading
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 os.environ.setdefault("SE_OFFLINE", "true")  # selenium-manager: never download a browser or driver
 
-from chromium import ensure_chromium
 from selenium import webdriver
 from selenium.common.exceptions import (
     ElementClickInterceptedException,
@@ -35,6 +34,7 @@ from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
 import sample_tasks
+from browser.chromium import ensure_chromium
 from tasklease.client import Client
 from tasklease.executors.builtin import builtin_registry
 from tasklease.httpserver import HttpAddress
@@ -204,6 +204,12 @@ class Stack:
 
 
 # the browser -----------------------------------------------------------------------------------
+def browser_log(driver: webdriver.Chrome) -> list[dict[str, Any]]:
+    """The browser console's entries since the last call (Chromium's ``goog:loggingPrefs``)."""
+    entries: list[dict[str, Any]] = driver.get_log("browser")  # type: ignore[no-untyped-call]
+    return entries
+
+
 def chrome_options(size: tuple[int, int] = LAPTOP) -> webdriver.ChromeOptions:
     """Headless Chromium at ``size`` with the console log kept (the harness reads it)."""
     binaries = ensure_chromium()
@@ -292,7 +298,12 @@ class Dashboard:
         """Change the hash only (the single-page app routes without a reload)."""
         self.driver.execute_script("location.hash = arguments[0];", hash_path)
 
-    def wait(self, condition: Callable[[Any], T], timeout: float = WAIT_S, message: str = "") -> T:
+    def wait(
+        self,
+        condition: Callable[[Any], T | Literal[False] | None],
+        timeout: float = WAIT_S,
+        message: str = "",
+    ) -> T:
         """``condition(driver)`` once it is truthy (re-evaluated while elements are missing or replaced).
 
         Raises:
@@ -300,22 +311,24 @@ class Dashboard:
                 message area shows.
         """
         try:
-            return WebDriverWait(
+            found: T = WebDriverWait(
                 self.driver,
                 timeout,
                 poll_frequency=0.1,
                 ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
-            ).until(condition, message)
+            ).until(condition, message)  # type: ignore[assignment]  # never None or False
         except TimeoutException:
             raise AssertionError(
                 f"waited {timeout:g} s in vain{': ' + message if message else ''} "
                 f"(at {self.driver.current_url}; messages: {self.flashes()!r})"
             ) from None
+        return found
 
     def el(self, testid: str, within: WebElement | None = None) -> WebElement:
         """The element with ``data-testid=testid``."""
         root: Any = within or self.driver
-        return root.find_element(By.CSS_SELECTOR, f'[data-testid="{testid}"]')
+        found: WebElement = root.find_element(By.CSS_SELECTOR, f'[data-testid="{testid}"]')
+        return found
 
     def els(self, testid: str, within: WebElement | None = None) -> list[WebElement]:
         root: Any = within or self.driver
@@ -403,7 +416,7 @@ class Dashboard:
     def console_problems(self) -> list[str]:
         """JavaScript errors and CSP violations from the browser's console since the last call."""
         problems = []
-        for entry in self.driver.get_log("browser"):
+        for entry in browser_log(self.driver):
             message = str(entry.get("message", ""))
             if entry.get("source") == "network":
                 continue  # a refused request (401, 404, 409, ...): the page shows it

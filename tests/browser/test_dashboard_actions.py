@@ -7,9 +7,9 @@ drain (workers page); and an API error shows in the message area.
 from __future__ import annotations
 
 import pytest
-from harness import Dashboard
 from selenium.webdriver.support.ui import Select
 
+from browser.harness import Dashboard
 from tasklease.models import TaskState
 
 pytestmark = pytest.mark.browser

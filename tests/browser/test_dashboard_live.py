@@ -10,10 +10,10 @@ from __future__ import annotations
 import re
 
 import pytest
-from harness import PHONE, Dashboard
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
+from browser.harness import PHONE, Dashboard
 from tasklease.models import TaskState
 from tasklease.spec import TaskSpec
 

@@ -14,10 +14,10 @@ import urllib.request
 from typing import Any
 
 import pytest
-from harness import XSS, Dashboard
 from selenium.common.exceptions import NoAlertPresentException
 from selenium.webdriver.common.by import By
 
+from browser.harness import XSS, Dashboard
 from tasklease import codec
 from tasklease.models import TaskState
 
@@ -79,6 +79,7 @@ def test_markup_in_task_data_shows_as_text(dash: Dashboard) -> None:
     assert XSS in dash.text("attempt-error", dash.el("attempt-1"))
     assert XSS in dash.text("task-payload")
     assert_inert(dash)
+    dash.shot("xss-as-text")
 
     dash.go(f"/tasks/{queued}")
     dash.wait_text("task-id", queued)
@@ -97,7 +98,6 @@ def test_markup_in_task_data_shows_as_text(dash: Dashboard) -> None:
     dash.wait_text("queue-paused-reason", XSS)
     assert_inert(dash)
     dash.assert_same_page()
-    dash.shot("xss-as-text")
 
 
 def test_a_token_guards_pages_and_api(dash: Dashboard) -> None:
