@@ -14,5 +14,6 @@ def test_demo_runs_and_exits_0(tasklease_bin):
         "flaky task:   failed -> succeeded",
         "timed out:",
         "latency      p50",
+        "dashboard and REST API at http://127.0.0.1:",
     ):
         assert line in out.stdout, out.stdout
