@@ -62,6 +62,8 @@ def main() -> int:
             run(BIN / "mypy")  # src and tests ([tool.mypy] files in pyproject.toml)
             # Debian's prometheus (prometheus, promtool) for the deploy/ tests: apt-get when missing
             run(BIN / "python", "tests/promtools.py")
+            # Debian's chromium + chromium-driver for the browser tests (tests/browser): apt-get when missing
+            run(BIN / "python", "tests/browser/chromium.py")
             run(BIN / "python", "-m", "pytest", *(rest or ["-q"]))
         elif job == "bench":
             run(BIN / "python", "-m", "bench", *rest)
