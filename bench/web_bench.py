@@ -22,7 +22,7 @@ Two benchmarks, each printing figures (nothing is asserted about timings):
    variants alternated within each round (the order rotates): ``web`` (a
    ``tasklease web`` process, no client), ``web+sse`` (the same with C clients
    reading ``/api/events``, from another process: ``python -m bench.web_bench
-   _sse``, asyncio + httpx), ``none`` (no web server). Printed: each round's
+   _sse``, asyncio with a bare HTTP/1.1 reader), ``none`` (no web server). Printed: each round's
    figures, the medians, the median over rounds of the ratios web+sse/web and
    web+sse/none (the bar: at most 5 % slower), the CPU time of the web server
    and of the client process, and the messages each client received between
@@ -321,6 +321,7 @@ def time_requests(http: httpx.Client, path: str, n: int) -> dict[str, Any]:
         "median_ms": statistics.median(times),
         "p95_ms": percentile(times, 95),
         "max_ms": max(times),
+        "over_bar": sum(1 for t in times if t > BAR_MS),
         "bytes": size,
     }
 
@@ -805,8 +806,8 @@ def report_pages(r: dict[str, Any]) -> list[str]:
     calls = r.get("client_calls", {})
     for label, p in r["pages"].items():
         verdict = "yes" if p["p95_ms"] <= BAR_MS else "**NO**"
-        if p["p95_ms"] <= BAR_MS < p["max_ms"]:
-            verdict += " (max over)"
+        if p["max_ms"] > BAR_MS:
+            verdict += f" ({p['over_bar']} of {p['n']} over)"
         call = calls.get(label)
         alone = (
             f"{call['median_ms']:.1f} / {call['p95_ms']:.1f} | {call['etcd_requests']:.0f}"
