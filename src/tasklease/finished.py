@@ -3,13 +3,19 @@
 The finished index (keys.py: ``terminal/{state}/{queue}/{inv}/{id}``, written
 with every finish, transitions.py) answers, without reading a task record:
 
-- which queues have finished tasks of a state: one ``keys_only`` read of one
-  key per queue (:func:`finished_queues`, a skip scan);
+- which queues there are: the queue registry (``queues/{queue}``, keys.py),
+  one small read (:func:`known_queue_names`);
 - how many tasks of a state finished in a queue, in all or since a time: one
   ``count_only`` range (:func:`count_finished`);
 - the finished tasks of a state, newest first, filtered by queue, type and
-  time, a page at a time (:func:`list_finished`): per queue one range of index
-  entries (small values: type and the start of the error), merged newest first.
+  time, a page at a time (:func:`list_finished`): per queue ranges of index
+  entries (small values: type and the start of the error) in time windows that
+  grow back from the page's start, merged newest first.
+
+Why windows: etcd 3.5 walks every key of a range to count it even when it
+returns only ``limit`` keys (etcd-io/etcd#11057), so a range's cost is the
+number of keys between its ends, not the number returned. Every read here is
+bounded by a time window or by one queue's entries.
 
 :func:`read_records` then reads the records of one page by id, in
 transactions of at most ``GETS_PER_TXN`` gets, split in half when a response
@@ -23,18 +29,22 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tasklease import codec
 from tasklease.errors import CorruptRecord, InvalidOption, StoreRequestTooLarge
-from tasklease.keys import SEQ_DIGITS, Keyspace, check_name, inverted_us, prefix_end
+from tasklease.keys import INV_MAX, SEQ_DIGITS, Keyspace, check_name, inverted_us, prefix_end
 from tasklease.models import TERMINAL_STATES, Task, TaskState
-from tasklease.store import Get, KVStore
+from tasklease.store import KV, Get, KVStore
 
 log = logging.getLogger("tasklease.client")
 
 GETS_PER_TXN = 32
+# The first time window a listing reads back from its start, and how much each next one grows.
+PROBE_FIRST_S = 1.0
+PROBE_GROWTH = 32
 # Index entries read per range while filtering by type (values are about 100-300 bytes).
 INDEX_PAGE = 500
 
@@ -73,25 +83,6 @@ def check_finished_state(state: TaskState) -> str:
     return state.value
 
 
-async def finished_queues(store: KVStore, keys: Keyspace, state: str, revision: int = 0) -> list[str]:
-    """The queues with finished tasks of ``state``: one ``keys_only`` read of one key per queue."""
-    prefix = keys.finished_state(state)
-    end = prefix_end(prefix)
-    start = prefix
-    queues: list[str] = []
-    while True:
-        page = await store.range(start, end, limit=1, keys_only=True, revision=revision)
-        if not page.kvs:
-            return queues
-        try:
-            queue = keys.parse_finished(page.kvs[0].key).queue
-        except ValueError:
-            queue = page.kvs[0].key[len(prefix) :].split("/", 1)[0]
-            log.error("malformed finished-index key: %s", page.kvs[0].key)
-        queues.append(queue)
-        start = prefix_end(f"{prefix}{queue}/")
-
-
 def _since_end(prefix: str, since: float | None) -> str:
     """The end of a queue's index range for entries that finished at ``since`` or later."""
     if since is None:
@@ -127,43 +118,78 @@ async def _queue_entries(
     since: float | None,
     cursor: str | None,
     limit: int,
+    now: float,
 ) -> list[FinishedEntry]:
-    """The first ``limit`` matching entries of one queue after ``cursor``, newest first."""
+    """The first ``limit`` matching entries of one queue after ``cursor``, newest first.
+
+    Read in time windows that grow from ``PROBE_FIRST_S`` by ``PROBE_GROWTH``
+    (back from the cursor's time, or ``now``): etcd 3.5 walks every key of a
+    range even to return a few, so a read that ended at the index's end would
+    cost as much as the queue's whole history. At most ~7 reads for a sparse
+    queue; a dense one is served from its first windows.
+    """
     prefix = keys.finished_queue(state, queue)
     start = prefix + cursor + "\0" if cursor else prefix
-    end = _since_end(prefix, since)
+    newest = INV_MAX - int(cursor.partition("/")[0]) if cursor else int(now * 1_000_000)
     found: list[FinishedEntry] = []
+    window_us = PROBE_FIRST_S * 1_000_000
     while len(found) < limit:
+        lower_us = newest - window_us
+        if since is not None and lower_us <= since * 1_000_000:
+            end, last = _since_end(prefix, since), True
+        elif lower_us <= 0:
+            end, last = prefix_end(prefix), True
+        else:
+            end, last = f"{prefix}{inverted_us(lower_us / 1_000_000):0{SEQ_DIGITS}d}0", False
         want = INDEX_PAGE if task_type else limit - len(found)
         page = await store.range(start, end, limit=want)
         for kv in page.kvs:
             start = kv.key + "\0"
-            try:
-                parsed = keys.parse_finished(kv.key)
-                value = codec.decode_obj(kv.key, kv.value)
-            except (ValueError, CorruptRecord) as exc:
-                log.error("skipping a bad finished-index entry: %s", exc)
+            entry = _entry(keys, state, queue, prefix, kv)
+            if entry is None or (task_type is not None and entry.type != task_type):
                 continue
-            entry_type = str(value.get("type", ""))
-            if task_type is not None and entry_type != task_type:
-                continue
-            error = value.get("error")
-            found.append(
-                FinishedEntry(
-                    state,
-                    queue,
-                    parsed.finished_at,
-                    parsed.task_id,
-                    entry_type,
-                    error if isinstance(error, str) else None,
-                    kv.key[len(prefix) :],
-                )
-            )
+            found.append(entry)
             if len(found) >= limit:
                 break
-        if not page.more:
+        if page.more:
+            continue  # more in this window
+        if last:
             break
+        window_us *= PROBE_GROWTH
     return found
+
+
+def _entry(keys: Keyspace, state: str, queue: str, prefix: str, kv: KV) -> FinishedEntry | None:
+    try:
+        parsed = keys.parse_finished(kv.key)
+        value = codec.decode_obj(kv.key, kv.value)
+    except (ValueError, CorruptRecord) as exc:
+        log.error("skipping a bad finished-index entry: %s", exc)
+        return None
+    error = value.get("error")
+    return FinishedEntry(
+        state,
+        queue,
+        parsed.finished_at,
+        parsed.task_id,
+        str(value.get("type", "")),
+        error if isinstance(error, str) else None,
+        kv.key[len(prefix) :],
+    )
+
+
+async def known_queue_names(store: KVStore, keys: Keyspace, revision: int = 0) -> list[str]:
+    """The queues of the queue registry (keys.py), by name: one small range, keys only."""
+    names: list[str] = []
+    async for page in store.scan(
+        keys.known_queues, prefix_end(keys.known_queues), revision=revision, keys_only=True
+    ):
+        for kv in page.kvs:
+            try:
+                names.append(keys.parse_known_queue(kv.key))
+            except ValueError:
+                log.error("malformed queue registry key: %s", kv.key)
+    return names
 
 
 async def list_finished(
@@ -179,8 +205,8 @@ async def list_finished(
 ) -> tuple[list[FinishedEntry], str | None]:
     """One page of finished tasks of ``state``, newest first, from the index only.
 
-    Without ``queue``: the queues are found by :func:`finished_queues` and
-    their entries merged newest first (1 + 2 reads per queue). With
+    Without ``queue``: the queues are the queue registry's
+    (:func:`known_queue_names`) and their entries are merged newest first. With
     ``task_type``, index entries of other types are read and skipped (values
     only, never a record).
 
@@ -194,10 +220,13 @@ async def list_finished(
     cursor = _check_cursor(cursor)
     if queue is not None:
         check_name(queue)
-    queues = [queue] if queue is not None else await finished_queues(store, keys, name)
+    queues = [queue] if queue is not None else await known_queue_names(store, keys)
+    now = time.time()
     parts = await asyncio.gather(
         *(
-            _queue_entries(store, keys, name, q, task_type=task_type, since=since, cursor=cursor, limit=limit)
+            _queue_entries(
+                store, keys, name, q, task_type=task_type, since=since, cursor=cursor, limit=limit, now=now
+            )
             for q in queues
         )
     )

@@ -32,6 +32,9 @@ key                                    value                           written b
 ``/{ns}/paused/{queue}``               JSON: when and why the queue    client          none
                                        was paused (the scheduler       (``tasklease
                                        assigns nothing from it)        pause``)
+``/{ns}/queues/{queue}``               empty: the queue registry (a    client, before  none
+                                       queue's name, once it had a     its first
+                                       task)                           submit to it
 ``/{ns}/drain/{worker}``               JSON: when a drain was asked    client          worker's
                                        (the worker stops as on         (``tasklease
                                        SIGTERM)                        drain``)
@@ -81,6 +84,13 @@ lists the newest first. Listing failed tasks newest first, or counting finished
 tasks per state and queue (``count_only``), reads only this index. It sorts
 after ``task/``: outside the leading scheduler's range and the dashboard's feed.
 
+The queue registry (``queues/{queue}``) lets the readers that count or list per
+queue (overview.py, finished.py) name the queues without a scan: etcd 3.5
+walks every key of a range even to return one, so finding queue names by
+reading "the next key" of the indexes would cost as much as counting them. A
+client puts the key (one put, no transaction) before its first submit to a
+queue; nothing deletes it.
+
 ``paused/`` sorts between ``node/`` and ``queue/``, inside the scheduler's range
 (it is one of :attr:`Keyspace.scheduler_prefixes`): the leader sees a pause by
 its watch. ``drain/{worker}`` is written under the worker's own lease (it
@@ -90,7 +100,7 @@ scheduler's range, which ignores it.
 Parsing. Every key kind built here has its parser here (``task_id_of``,
 ``parse_queue_entry``, ``parse_node``, ``parse_assignment``, ``parse_running``,
 ``parse_delayed``, ``parse_scheduler``, ``parse_retention``, ``parse_finished``,
-``parse_paused``, ``parse_drain``). Each raises
+``parse_paused``, ``parse_drain``, ``parse_known_queue``). Each raises
 ``ValueError`` for a key that is not of its kind: another prefix, or the wrong
 number of parts, an empty part, or a number part that is not digits.
 ``settings/quota`` sorts after ``scheduler/`` and before ``task/``, outside the
@@ -316,6 +326,23 @@ class Keyspace:
         if len(parts) == 4:
             return parts[0], ""
         raise ValueError(f"malformed queue key: {key}")
+
+    @cached_property
+    def known_queues(self) -> str:
+        """Prefix of the queue registry (a queue's name once it had a task)."""
+        return f"{self.root}queues/"
+
+    def known_queue(self, queue: str) -> str:
+        """Registry key of one queue."""
+        return f"{self.known_queues}{check_name(queue)}"
+
+    def parse_known_queue(self, key: str) -> str:
+        """Queue name from a registry key.
+
+        Raises:
+            ValueError: If the key is not a registry key of this namespace.
+        """
+        return self._one_part(key, self.known_queues, "queue registry")
 
     # workers ----------------------------------------------------------------
     @cached_property

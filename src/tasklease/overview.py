@@ -4,9 +4,9 @@ Nothing here reads a task record but the few latest failures. Every count is a
 ``count_only`` range or a read of small index values, all at one revision:
 
 =====================  ==========================================================
-queued, per priority   ``count_only`` of each band ``queue/{q}/{band}/``; the
-                       queues are found by a skip scan (one ``keys_only`` read of
-                       one key per queue)
+queues                 the queue registry ``queues/`` (keys.py) and the paused
+                       queues
+queued, per priority   ``count_only`` of each band ``queue/{q}/{band}/``
 running                the running index ``running/`` (small values that name
                        the queue; at most the fleet's capacity)
 pending                the delayed keys ``delayed/`` (small values that name the
@@ -17,8 +17,11 @@ paused                 ``paused/`` (controls.py)
 workers                the node records ``node/``
 =====================  ==========================================================
 
-So its cost grows with the number of queues, states and live workers, not
-with the number of tasks (a count is etcd walking its in-memory key index).
+So the number of requests grows with the number of queues and live workers,
+not with the number of tasks. Each count is etcd walking its in-memory key
+index over that range (about 0.6 ms per 1,000 keys here): the finished totals
+walk every finished entry once, which is the one part that grows with the
+tasks kept (see docs/benchmarks.md).
 
 May import: codec, controls, errors, finished, keys, models, nodes, store.
 """
@@ -34,7 +37,7 @@ from typing import Any
 from tasklease import codec
 from tasklease.controls import paused
 from tasklease.errors import CorruptRecord
-from tasklease.finished import count_finished, finished_queues, list_finished, read_records
+from tasklease.finished import count_finished, known_queue_names, list_finished, read_records
 from tasklease.keys import MAX_PRIORITY, Keyspace, prefix_end
 from tasklease.models import TERMINAL_STATES, TaskState
 from tasklease.nodes import NodeRecord, list_nodes
@@ -131,24 +134,18 @@ class Overview:
         }
 
 
-async def _queued(store: KVStore, keys: Keyspace, revision: int, queues: dict[str, QueueCounts]) -> None:
-    """Queued tasks per queue and priority: a skip scan of the queue names, then 1 count per band."""
-    start, end = keys.queues, prefix_end(keys.queues)
-    names: list[str] = []
-    while True:
-        page = await store.range(start, end, limit=1, keys_only=True, revision=revision)
-        if not page.kvs:
-            break
-        name = page.kvs[0].key[len(keys.queues) :].split("/", 1)[0]
-        names.append(name)
-        start = prefix_end(f"{keys.queues}{name}/")
+async def _queued(
+    store: KVStore, keys: Keyspace, revision: int, names: list[str], queues: dict[str, QueueCounts]
+) -> None:
+    """Queued tasks per queue and priority: one ``count_only`` range per band."""
 
     async def band(name: str, priority: int) -> None:
-        prefix = f"{keys.queues}{name}/{MAX_PRIORITY - priority}/"
+        prefix = keys.queue_band(name, priority)
         n = (await store.range(prefix, prefix_end(prefix), count_only=True, revision=revision)).count
-        q = queues.setdefault(name, QueueCounts(name))
-        q.depth[priority] = n
-        q.counts[TaskState.QUEUED.value] += n
+        if n:
+            q = queues.setdefault(name, QueueCounts(name))
+            q.depth[priority] = n
+            q.counts[TaskState.QUEUED.value] += n
 
     await asyncio.gather(*(band(n, p) for n in names for p in range(MAX_PRIORITY + 1)))
 
@@ -182,7 +179,9 @@ async def read_overview(
     def queue(name: str) -> QueueCounts:
         return queues.setdefault(name, QueueCounts(name))
 
-    await _queued(store, keys, revision, queues)
+    pauses = await paused(store, keys)
+    names = sorted(set(await known_queue_names(store, keys, revision)) | set(pauses))
+    await _queued(store, keys, revision, names, queues)
     for state, prefix in ((TaskState.RUNNING, keys.running), (TaskState.PENDING, keys.delayed)):
         for name, n in (await _index_queue(store, prefix, revision)).items():
             if name:
@@ -196,12 +195,12 @@ async def read_overview(
             count_finished(store, keys, state, name, revision=revision),
             count_finished(store, keys, state, name, since=now - window_s, revision=revision),
         )
-        queue(name).counts[state] += total
+        if total:
+            queue(name).counts[state] += total
         in_window[state] += recent
 
-    names = await asyncio.gather(*(finished_queues(store, keys, s, revision) for s in FINISHED))
-    await asyncio.gather(*(finished(s, n) for s, ns in zip(FINISHED, names, strict=True) for n in ns))
-    for name, p in (await paused(store, keys)).items():
+    await asyncio.gather(*(finished(s, n) for s in FINISHED for n in names))
+    for name, p in pauses.items():
         queue(name).paused_at = p.at
         queue(name).paused_reason = p.reason
     entries, _ = await list_finished(store, keys, TaskState.FAILED, limit=latest_failures)

@@ -23,6 +23,7 @@ inspector (:func:`stored_revision`). Nothing imports it but client.py and sync.p
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -119,6 +120,8 @@ class Submitter:
         self.quotas = quotas
         self.hub = hub
         self.hooks = hooks
+        # Queues this client has put in the queue registry (keys.py: queues/{queue}).
+        self._registered: set[str] = set()
         # Concurrent submits waiting for the next group transaction (its own state, loop only).
         self.group: GroupCommit[Item, Task] = GroupCommit(
             self._write_group,
@@ -136,6 +139,18 @@ class Submitter:
         """The retention of a submit that gives none (the namespace's quota may lower it)."""
         quota = await self.quotas.current()
         return quota.default_retention_s() if quota is not None else DEFAULT_RETENTION_S
+
+    async def register_queues(self, queues: Iterable[str]) -> None:
+        """Put the registry key of each queue this client has not registered yet (one put each, once).
+
+        The registry lets the overview and listings name the queues without a
+        scan (keys.py); a name registered for a submit that then fails is harmless.
+        """
+        new = sorted(set(queues) - self._registered)
+        if not new:
+            return
+        await asyncio.gather(*(self.store.put(self.keys.known_queue(q), b"") for q in new))
+        self._registered.update(new)
 
     def new_task(self, spec: TaskSpec, default_retention_s: float = DEFAULT_RETENTION_S) -> Task:
         """The queued record of a new task (its id, sequence and times are given here).
@@ -207,6 +222,7 @@ class Submitter:
         txn = transitions.rerun(self.keys, old_kv, evolve(old, reruns=(*old.reruns, new.id)), new, data)
         await self.quotas.admit([(new, data)])
         try:
+            await self.register_queues([new.queue])
             result = await self.store.txn(txn.compares, txn.ops)
         except StoreNoSpace as exc:
             raise explain_nospace(exc, "the new task was") from exc
@@ -225,6 +241,7 @@ class Submitter:
             data = encode_queued(task)
             try:
                 await self.quotas.admit([(task, data)])
+                await self.register_queues([task.queue])
                 return await self.group.submit((task, data))
             except StoreNoSpace as exc:
                 raise explain_nospace(exc, "the submit was") from exc
@@ -314,6 +331,7 @@ class Submitter:
                 raise InvalidOption("a batch holds the same task id twice")
             try:
                 await self.quotas.admit(list(zip(tasks, encoded, strict=True)))
+                await self.register_queues(t.queue for t in tasks)
                 return await self._write_batch(tasks, encoded)
             except StoreNoSpace as exc:
                 raise explain_nospace(exc, "the batch was") from exc

@@ -4,17 +4,19 @@ pause / resume, remote drain, run again."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
 
 from faults.procs import until
+from tasklease import codec, transitions
 from tasklease.client import Client, TaskSpec
 from tasklease.errors import InvalidOption, InvalidTransition, TaskNotFound, WorkerNotFound
 from tasklease.keys import Keyspace, prefix_end
-from tasklease.models import TaskState
+from tasklease.models import Task, TaskState
 from tasklease.retry import RetryPolicy
-from tasklease.store import Store, StoreConfig
+from tasklease.store import Put, Store, StoreConfig
 
 PAD = "p" * 4000  # a realistic 4 KB payload
 
@@ -220,3 +222,37 @@ async def test_run_again_links_both_ways_and_only_for_failed_or_cancelled(client
         await client.run_again(ok.id)
     with pytest.raises(TaskNotFound):
         await client.run_again("01HZZZZZZZZZZZZZZZZZZZZZZZ")
+
+
+async def test_listing_reaches_entries_of_any_age_through_growing_windows(
+    client: Client, store: Store, keyspace
+):
+    # Given failed tasks that finished a second, an hour, a year and ten years ago, and one "in the
+    # future" (a skewed clock), written as a finish writes them (record + index entry)
+    now = time.time()
+    ages = [-30.0, 1.0, 3600.0, 365 * 86400.0, 10 * 365 * 86400.0]
+    await client.submit("noop", {}, queue="old")  # registers the queue
+    written = []
+    for i, age in enumerate(ages):
+        task = Task(
+            id=f"01HZZZZZZZZZZZZZZZZZZZZZ{i:02d}",
+            type="t",
+            payload={"pad": PAD},
+            queue="old",
+            state=TaskState.FAILED,
+            created_at=now - age - 1,
+            updated_at=now - age,
+            error=f"failed {age:g} s ago",
+        )
+        entry = transitions.finished_entry(keyspace, task, 0)
+        await store.txn([], [Put(keyspace.task(task.id), codec.encode_task(task)), entry])
+        written.append(task)
+    # When they are listed two per page
+    pages = [await client.list_page(state=TaskState.FAILED, limit=2)]
+    while pages[-1].cursor is not None:
+        pages.append(await client.list_page(state=TaskState.FAILED, limit=2, cursor=pages[-1].cursor))
+    # Then every one is listed once, newest first
+    assert [t.id for p in pages for t in p.tasks] == [t.id for t in written]
+    # ... and the overview counts them in their queue
+    view = await client.overview()
+    assert {q.name: q.counts["failed"] for q in view.queues}["old"] == len(ages)
