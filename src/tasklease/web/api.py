@@ -111,6 +111,45 @@ class Feed(Protocol):
         ...
 
 
+class SharedOverview:
+    """The overview, counted at most once per ``max_age_s`` for every browser, one count at a time.
+
+    Each dashboard refetches the overview when the feed shows changes (about once a
+    second while tasks flow); counting costs etcd a walk of the index keys
+    (overview.py), so concurrent and close requests share one count.
+    """
+
+    def __init__(self, max_age_s: float = 1.0) -> None:
+        self.max_age_s = max_age_s
+        self._value: dict[str, Any] | None = None
+        self._at = -math.inf
+        self._pending: asyncio.Future[dict[str, Any]] | None = None
+
+    async def get(self, client: Client, *, fresh: bool = False) -> dict[str, Any]:
+        """The overview's JSON form; ``fresh``: counted after this call (after an action)."""
+        loop = asyncio.get_running_loop()
+        if not fresh and self._value is not None and loop.time() - self._at < self.max_age_s:
+            return self._value
+        if self._pending is not None and not fresh:
+            return await asyncio.shield(self._pending)
+        started = loop.time()
+        pending = self._pending = loop.create_future()
+        try:
+            value = (await client.overview()).as_dict()
+        except BaseException as exc:
+            if not pending.done():
+                pending.set_exception(exc)
+                pending.exception()  # retrieved: no "never retrieved" warning when nobody waits
+            raise
+        finally:
+            if self._pending is pending:
+                self._pending = None
+        if started >= self._at:
+            self._value, self._at = value, started
+        pending.set_result(value)
+        return value
+
+
 @dataclass
 class WebState:
     """Everything the routes use.
@@ -124,6 +163,7 @@ class WebState:
         static: The directory (a :class:`importlib.resources.abc.Traversable`
             or a :class:`pathlib.Path`) of the dashboard's files.
         stopping: Set when the server stops: open event streams end.
+        overview: The overview shared by every request (:class:`SharedOverview`).
     """
 
     client: Client
@@ -133,6 +173,7 @@ class WebState:
     max_body: int = DEFAULT_MAX_BODY
     static: Any = None
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    overview: SharedOverview = field(default_factory=SharedOverview)
 
 
 Handler = Callable[[Request, WebState], Awaitable[Response]]
@@ -307,8 +348,7 @@ async def get_config(request: Request, state: WebState) -> Response:
 @endpoint
 async def get_overview(request: Request, state: WebState) -> Response:
     """``GET /api/overview``."""
-    overview = await state.client.overview()
-    return JSONResponse(overview.as_dict())
+    return JSONResponse(await state.overview.get(state.client))
 
 
 @endpoint
@@ -435,8 +475,7 @@ async def rerun_task(request: Request, state: WebState) -> Response:
 @endpoint
 async def list_queues(request: Request, state: WebState) -> Response:
     """``GET /api/queues``."""
-    overview = await state.client.overview()
-    return JSONResponse(overview.as_dict()["queues"])
+    return JSONResponse((await state.overview.get(state.client))["queues"])
 
 
 def _queue_name(request: Request) -> str:
@@ -452,7 +491,7 @@ async def pause_queue(request: Request, state: WebState) -> Response:
     body = await read_object(request, state)
     _only(body, "reason")
     await state.client.pause(name, _reason(body, ""))
-    return JSONResponse(_queue_object((await state.client.overview()).as_dict(), name))
+    return JSONResponse(_queue_object(await state.overview.get(state.client, fresh=True), name))
 
 
 @endpoint
@@ -462,7 +501,7 @@ async def resume_queue(request: Request, state: WebState) -> Response:
     body = await read_object(request, state)
     _only(body)
     await state.client.resume(name)
-    return JSONResponse(_queue_object((await state.client.overview()).as_dict(), name))
+    return JSONResponse(_queue_object(await state.overview.get(state.client, fresh=True), name))
 
 
 async def assignments(client: Client) -> dict[str, list[str]]:
