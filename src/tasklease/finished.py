@@ -42,6 +42,9 @@ from tasklease.store import KV, Get, KVStore
 log = logging.getLogger("tasklease.client")
 
 GETS_PER_TXN = 32
+# With a type filter, a listing examines at most this many index entries per queue and request;
+# a page may then hold fewer tasks than its limit, and its cursor goes on from where it stopped.
+TYPE_BUDGET = 2000
 # The first time window a listing reads back from its start, and how much each next one grows.
 PROBE_FIRST_S = 1.0
 PROBE_GROWTH = 32
@@ -119,8 +122,13 @@ async def _queue_entries(
     cursor: str | None,
     limit: int,
     now: float,
-) -> list[FinishedEntry]:
+) -> tuple[list[FinishedEntry], str | None]:
     """The first ``limit`` matching entries of one queue after ``cursor``, newest first.
+
+    Returns:
+        The entries, and where the read stopped if it examined ``TYPE_BUDGET``
+        entries (a type filter) before finding ``limit`` or reaching the end
+        (``None`` otherwise): entries after that position were not examined.
 
     Read in time windows that grow from ``PROBE_FIRST_S`` by ``PROBE_GROWTH``
     (back from the cursor's time, or ``now``): etcd 3.5 walks every key of a
@@ -133,6 +141,9 @@ async def _queue_entries(
     newest = INV_MAX - int(cursor.partition("/")[0]) if cursor else int(now * 1_000_000)
     found: list[FinishedEntry] = []
     window_us = PROBE_FIRST_S * 1_000_000
+    examined = 0
+    # the JSON of the wanted type, as encode_obj writes it (a type is plain text): skip others undecoded
+    marker = b'"type":"' + task_type.encode() + b'"' if task_type is not None else b""
     while len(found) < limit:
         lower_us = newest - window_us
         if since is not None and lower_us <= since * 1_000_000:
@@ -145,18 +156,23 @@ async def _queue_entries(
         page = await store.range(start, end, limit=want)
         for kv in page.kvs:
             start = kv.key + "\0"
+            examined += 1
+            if marker and marker not in kv.value:
+                continue
             entry = _entry(keys, state, queue, prefix, kv)
             if entry is None or (task_type is not None and entry.type != task_type):
                 continue
             found.append(entry)
             if len(found) >= limit:
-                break
-        if page.more:
-            continue  # more in this window
-        if last:
-            break
-        window_us *= PROBE_GROWTH
-    return found
+                return found, None
+        if page.more or not last:
+            if task_type is not None and examined >= TYPE_BUDGET:
+                return found, start[len(prefix) : -1]  # the last position examined
+            if not page.more:
+                window_us *= PROBE_GROWTH
+            continue
+        break
+    return found, None
 
 
 def _entry(keys: Keyspace, state: str, queue: str, prefix: str, kv: KV) -> FinishedEntry | None:
@@ -230,9 +246,17 @@ async def list_finished(
             for q in queues
         )
     )
-    merged = list(heapq.merge(*parts, key=lambda e: e.position))[:limit]
-    next_cursor = merged[-1].position if len(merged) >= limit else None
-    return merged, next_cursor
+    # A queue whose type-filtered read stopped at its budget was examined only down to its stop:
+    # the page holds what every queue was examined for, and goes on from there.
+    stops = [stop for _, stop in parts if stop is not None]
+    bound = min(stops) if stops else None
+    merged = [e for e in heapq.merge(*(found for found, _ in parts), key=lambda e: e.position)]
+    if bound is not None:
+        merged = [e for e in merged if e.position <= bound]
+    merged = merged[:limit]
+    if len(merged) >= limit:
+        return merged, merged[-1].position
+    return merged, bound
 
 
 async def read_records(store: KVStore, keys: Keyspace, ids: Sequence[str]) -> list[Task]:

@@ -11,6 +11,7 @@ import pytest
 
 from faults.procs import until
 from tasklease import codec, transitions
+from tasklease import finished as finished_module
 from tasklease.client import Client, TaskSpec
 from tasklease.errors import InvalidOption, InvalidTransition, TaskNotFound, WorkerNotFound
 from tasklease.keys import Keyspace, prefix_end
@@ -256,3 +257,43 @@ async def test_listing_reaches_entries_of_any_age_through_growing_windows(
     # ... and the overview counts them in their queue
     view = await client.overview()
     assert {q.name: q.counts["failed"] for q in view.queues}["old"] == len(ages)
+
+
+async def test_a_type_filter_reads_a_bounded_part_per_request_and_its_cursor_finds_every_match(
+    client: Client, store: Store, keyspace, monkeypatch
+):
+    # Given failed tasks of two types in two queues, the wanted type rare
+    monkeypatch.setattr(finished_module, "TYPE_BUDGET", 4)
+    now = time.time()
+    wanted = []
+    for i in range(30):
+        queue = "qa" if i % 2 else "qb"
+        await client.submit("noop", {}, queue=queue)  # registers the queue
+        task = Task(
+            id=f"01HZZZZZZZZZZZZZZZZZZZZZ{i:02d}",
+            type="rare" if i % 7 == 0 else "common",
+            payload=None,
+            queue=queue,
+            state=TaskState.FAILED,
+            updated_at=now - 1000 + i,
+            error="x",
+        )
+        await store.txn(
+            [],
+            [
+                Put(keyspace.task(task.id), codec.encode_task(task)),
+                transitions.finished_entry(keyspace, task, 0),
+            ],
+        )
+        if task.type == "rare":
+            wanted.append(task)
+    # When the rare type is listed, following the cursors
+    pages = [await client.list_page(state=TaskState.FAILED, task_type="rare", limit=2)]
+    while pages[-1].cursor is not None:
+        assert len(pages) < 50
+        pages.append(
+            await client.list_page(state=TaskState.FAILED, task_type="rare", limit=2, cursor=pages[-1].cursor)
+        )
+    # Then some pages stopped at the budget (fewer tasks, a cursor), and together they hold every match once
+    assert any(len(p.tasks) < 2 and p.cursor for p in pages)
+    assert [t.id for p in pages for t in p.tasks] == [t.id for t in reversed(wanted)]
