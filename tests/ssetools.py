@@ -82,3 +82,19 @@ class SSEReader:
             msg = await self.next()
             if msg.id is not None or msg.data:
                 return msg
+
+
+class Blocks:
+    """Whole SSE blocks from a byte stream (TCP may split or join them)."""
+
+    def __init__(self, raw: AsyncIterator[bytes]) -> None:
+        self.raw = raw
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        pending = b""
+        async for chunk in self.raw:
+            pending += chunk
+            end = pending.rfind(b"\n\n")
+            if end >= 0:
+                whole, pending = pending[: end + 2], pending[end + 2 :]
+                yield whole

@@ -27,7 +27,7 @@ import orjson
 import pytest
 
 from faults.procs import Proc, Procs, process_env, until
-from ssetools import SSEMessage, SSEReader
+from ssetools import Blocks, SSEMessage, SSEReader
 from tasklease.client import Client
 from tasklease.etcd_server import free_port
 from tasklease.keys import Keyspace, prefix_end
@@ -61,22 +61,6 @@ async def started(proc: Proc, base: str) -> None:
             return False
 
     await until(answers, within_s=START_S, what="GET /api/config", log=proc.tail)
-
-
-class Blocks:
-    """Whole SSE blocks from a byte stream (TCP may split or join them)."""
-
-    def __init__(self, raw: AsyncIterator[bytes]) -> None:
-        self.raw = raw
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        pending = b""
-        async for chunk in self.raw:
-            pending += chunk
-            end = pending.rfind(b"\n\n")
-            if end >= 0:
-                whole, pending = pending[: end + 2], pending[end + 2 :]
-                yield whole
 
 
 @contextlib.asynccontextmanager

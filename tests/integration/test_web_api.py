@@ -20,9 +20,10 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from starlette.routing import Route
 
 from faultstore import FaultyStore
-from ssetools import SSEMessage, SSEReader
+from ssetools import Blocks, SSEMessage, SSEReader
 from tasklease.client import Client
 from tasklease.errors import StoreNoSpace, StoreUnavailable
 from tasklease.httpserver import HttpAddress
@@ -125,22 +126,6 @@ def assert_security_headers(response: httpx.Response, api: bool) -> None:
     if api:
         assert h["cache-control"] == "no-store"
     assert "server" not in h
-
-
-class Blocks:
-    """Whole SSE blocks from a byte stream (TCP may split or join them)."""
-
-    def __init__(self, raw: AsyncIterator[bytes]) -> None:
-        self.raw = raw
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        pending = b""
-        async for chunk in self.raw:
-            pending += chunk
-            end = pending.rfind(b"\n\n")
-            if end >= 0:
-                whole, pending = pending[: end + 2], pending[end + 2 :]
-                yield whole
 
 
 @contextlib.asynccontextmanager
@@ -675,8 +660,8 @@ async def test_openapi_documents_every_route_and_only_routes(client, static):
         served = {
             (route.path, method)
             for route in routes()
-            if route.path.startswith("/api")  # type: ignore[attr-defined]
-            for method in route.methods or ()  # type: ignore[attr-defined]
+            if isinstance(route, Route) and route.path.startswith("/api")
+            for method in route.methods or ()
             if method != "HEAD"
         }
         assert documented == served
