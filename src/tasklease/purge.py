@@ -264,7 +264,9 @@ async def purge(
                             and (queue is None or task.queue == queue)
                             and task.updated_at <= cutoff
                         ):
-                            index = keys.finished_entry(task.state.value, task.queue, task.updated_at, task.id)
+                            index = keys.finished_entry(
+                                task.state.value, task.queue, task.updated_at, task.id
+                            )
                             await run.add(kv.key, kv.mod_revision, len(kv.value), index)
                     resumes = 0
             break

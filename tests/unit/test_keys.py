@@ -321,7 +321,14 @@ def test_the_scheduler_range_spans_exactly_its_prefixes_in_key_order():
 
     # When / Then they are sorted, and the one watched range runs from the first to the end of the last
     assert list(prefixes) == sorted(prefixes)
-    assert set(prefixes) == {keys.assignments, keys.delayed, keys.nodes, keys.pauses, keys.queues, keys.running}
+    assert set(prefixes) == {
+        keys.assignments,
+        keys.delayed,
+        keys.nodes,
+        keys.pauses,
+        keys.queues,
+        keys.running,
+    }
     assert keys.scheduler_range == (keys.assignments, prefix_end(keys.running))
 
 
