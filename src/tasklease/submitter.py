@@ -120,8 +120,10 @@ class Submitter:
         self.quotas = quotas
         self.hub = hub
         self.hooks = hooks
-        # Queues this client has put in the queue registry (keys.py: queues/{queue}).
+        # Queues this client has put in the queue registry (keys.py: queues/{queue}), or is putting.
         self._registered: set[str] = set()
+        self._registering: set[str] = set()
+        self._background: set[asyncio.Task[None]] = set()
         # Concurrent submits waiting for the next group transaction (its own state, loop only).
         self.group: GroupCommit[Item, Task] = GroupCommit(
             self._write_group,
@@ -132,25 +134,40 @@ class Submitter:
         )
 
     async def close(self) -> None:
-        """Wait for the submits in flight (each caller gets its own answer)."""
+        """Wait for the submits in flight (each caller gets its own answer) and the registry puts."""
         await self.group.drain()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
 
     async def default_retention(self) -> float:
         """The retention of a submit that gives none (the namespace's quota may lower it)."""
         quota = await self.quotas.current()
         return quota.default_retention_s() if quota is not None else DEFAULT_RETENTION_S
 
-    async def register_queues(self, queues: Iterable[str]) -> None:
-        """Put the registry key of each queue this client has not registered yet (one put each, once).
+    def register_queues(self, queues: Iterable[str]) -> None:
+        """Put the registry key of each queue this client has not registered yet, in the background.
 
         The registry lets the overview and listings name the queues without a
-        scan (keys.py); a name registered for a submit that then fails is harmless.
+        scan (keys.py). It is a hint, written beside the submit and never in its
+        transaction (which stays as it was, grouped with its neighbours): a put
+        that fails is logged and tried again at the next submit to that queue;
+        :meth:`close` waits for the puts in flight.
         """
-        new = sorted(set(queues) - self._registered)
-        if not new:
-            return
-        await asyncio.gather(*(self.store.put(self.keys.known_queue(q), b"") for q in new))
-        self._registered.update(new)
+        for queue in set(queues) - self._registered - self._registering:
+            self._registering.add(queue)
+            task = asyncio.create_task(self._register(queue), name=f"tasklease-register-{queue}")
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _register(self, queue: str) -> None:
+        try:
+            await self.store.put(self.keys.known_queue(queue), b"")
+        except StoreError as exc:
+            log.debug("queue registry: %s not registered (%s); tried again at its next submit", queue, exc)
+        else:
+            self._registered.add(queue)
+        finally:
+            self._registering.discard(queue)
 
     def new_task(self, spec: TaskSpec, default_retention_s: float = DEFAULT_RETENTION_S) -> Task:
         """The queued record of a new task (its id, sequence and times are given here).
@@ -222,7 +239,7 @@ class Submitter:
         txn = transitions.rerun(self.keys, old_kv, evolve(old, reruns=(*old.reruns, new.id)), new, data)
         await self.quotas.admit([(new, data)])
         try:
-            await self.register_queues([new.queue])
+            self.register_queues([new.queue])
             result = await self.store.txn(txn.compares, txn.ops)
         except StoreNoSpace as exc:
             raise explain_nospace(exc, "the new task was") from exc
@@ -241,7 +258,7 @@ class Submitter:
             data = encode_queued(task)
             try:
                 await self.quotas.admit([(task, data)])
-                await self.register_queues([task.queue])
+                self.register_queues([task.queue])
                 return await self.group.submit((task, data))
             except StoreNoSpace as exc:
                 raise explain_nospace(exc, "the submit was") from exc
@@ -331,7 +348,7 @@ class Submitter:
                 raise InvalidOption("a batch holds the same task id twice")
             try:
                 await self.quotas.admit(list(zip(tasks, encoded, strict=True)))
-                await self.register_queues(t.queue for t in tasks)
+                self.register_queues(t.queue for t in tasks)
                 return await self._write_batch(tasks, encoded)
             except StoreNoSpace as exc:
                 raise explain_nospace(exc, "the batch was") from exc

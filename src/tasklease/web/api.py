@@ -110,42 +110,71 @@ class Feed(Protocol):
         """SSE bytes from after ``last_event_id`` (None: from now)."""
         ...
 
+    @property
+    def revision(self) -> int:
+        """The last etcd revision the feed has seen."""
+        ...
+
 
 class SharedOverview:
-    """The overview, counted at most once per ``max_age_s`` for every browser, one count at a time.
+    """The overview, counted once for every browser that needs the same changes, one count at a time.
 
-    Each dashboard refetches the overview when the feed shows changes (about once a
-    second while tasks flow); counting costs etcd a walk of the index keys
-    (overview.py), so concurrent and close requests share one count.
+    Each dashboard refetches the overview when the feed shows changes; counting
+    costs etcd a walk of the index keys (overview.py). A request needs a count
+    that saw at least the feed's revision at the time it came: the last count if
+    it did, else the count in flight if it started after that revision, else a
+    new count, started at most every ``min_interval_s`` (requests meanwhile wait
+    and share it). So an answer is never older than the changes the feed had
+    shown, and etcd counts at most one overview at a time.
+
+    Args:
+        min_interval_s: Least time between the starts of two counts.
     """
 
-    def __init__(self, max_age_s: float = 1.0) -> None:
-        self.max_age_s = max_age_s
+    def __init__(self, min_interval_s: float = 0.5) -> None:
+        self.min_interval_s = min_interval_s
         self._value: dict[str, Any] | None = None
-        self._at = -math.inf
+        self._value_revision = -1  # the feed's revision when the last count started
         self._pending: asyncio.Future[dict[str, Any]] | None = None
+        self._pending_revision = -1
+        self._last_start = -math.inf
 
-    async def get(self, client: Client, *, fresh: bool = False) -> dict[str, Any]:
-        """The overview's JSON form; ``fresh``: counted after this call (after an action)."""
+    async def get(
+        self, client: Client, revision: Callable[[], int], *, fresh: bool = False
+    ) -> dict[str, Any]:
+        """The overview's JSON form, counted after the feed's ``revision()`` now (``fresh``: after this call)."""
         loop = asyncio.get_running_loop()
-        if not fresh and self._value is not None and loop.time() - self._at < self.max_age_s:
-            return self._value
-        if self._pending is not None and not fresh:
-            return await asyncio.shield(self._pending)
-        started = loop.time()
+        needed = revision()
+        while not fresh:
+            if self._value is not None and self._value_revision >= needed:
+                return self._value
+            pending = self._pending
+            if pending is not None:
+                if self._pending_revision >= needed:
+                    return await asyncio.shield(pending)
+                await asyncio.wait([pending])  # an older count: wait for it, then count again
+                continue
+            wait = self._last_start + self.min_interval_s - loop.time()
+            if wait <= 0:
+                break
+            await asyncio.sleep(wait)  # another request may start the count meanwhile
+        return await self._count(client, revision(), loop)
+
+    async def _count(self, client: Client, started: int, loop: asyncio.AbstractEventLoop) -> dict[str, Any]:
+        self._last_start = loop.time()
         pending = self._pending = loop.create_future()
+        self._pending_revision = started
         try:
             value = (await client.overview()).as_dict()
         except BaseException as exc:
-            if not pending.done():
-                pending.set_exception(exc)
-                pending.exception()  # retrieved: no "never retrieved" warning when nobody waits
+            pending.set_exception(exc)
+            pending.exception()  # retrieved: no "never retrieved" warning when nobody waits
             raise
         finally:
             if self._pending is pending:
                 self._pending = None
-        if started >= self._at:
-            self._value, self._at = value, started
+        if started >= self._value_revision:
+            self._value, self._value_revision = value, started
         pending.set_result(value)
         return value
 
@@ -174,6 +203,10 @@ class WebState:
     static: Any = None
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     overview: SharedOverview = field(default_factory=SharedOverview)
+
+    def feed_revision(self) -> int:
+        """The last etcd revision the event feed has seen (what an overview must include)."""
+        return self.feed.revision
 
 
 Handler = Callable[[Request, WebState], Awaitable[Response]]
@@ -348,7 +381,7 @@ async def get_config(request: Request, state: WebState) -> Response:
 @endpoint
 async def get_overview(request: Request, state: WebState) -> Response:
     """``GET /api/overview``."""
-    return JSONResponse(await state.overview.get(state.client))
+    return JSONResponse(await state.overview.get(state.client, state.feed_revision))
 
 
 @endpoint
@@ -475,7 +508,7 @@ async def rerun_task(request: Request, state: WebState) -> Response:
 @endpoint
 async def list_queues(request: Request, state: WebState) -> Response:
     """``GET /api/queues``."""
-    return JSONResponse((await state.overview.get(state.client))["queues"])
+    return JSONResponse((await state.overview.get(state.client, state.feed_revision))["queues"])
 
 
 def _queue_name(request: Request) -> str:
@@ -491,7 +524,9 @@ async def pause_queue(request: Request, state: WebState) -> Response:
     body = await read_object(request, state)
     _only(body, "reason")
     await state.client.pause(name, _reason(body, ""))
-    return JSONResponse(_queue_object(await state.overview.get(state.client, fresh=True), name))
+    return JSONResponse(
+        _queue_object(await state.overview.get(state.client, state.feed_revision, fresh=True), name)
+    )
 
 
 @endpoint
@@ -501,7 +536,9 @@ async def resume_queue(request: Request, state: WebState) -> Response:
     body = await read_object(request, state)
     _only(body)
     await state.client.resume(name)
-    return JSONResponse(_queue_object(await state.overview.get(state.client, fresh=True), name))
+    return JSONResponse(
+        _queue_object(await state.overview.get(state.client, state.feed_revision, fresh=True), name)
+    )
 
 
 async def assignments(client: Client) -> dict[str, list[str]]:
