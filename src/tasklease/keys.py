@@ -88,8 +88,9 @@ The queue registry (``queues/{queue}``) lets the readers that count or list per
 queue (overview.py, finished.py) name the queues without a scan: etcd 3.5
 walks every key of a range even to return one, so finding queue names by
 reading "the next key" of the indexes would cost as much as counting them. A
-client puts the key (one put, no transaction) before its first submit to a
-queue; nothing deletes it.
+client puts the key (one put, no transaction) with its first submit to a
+queue, beside the submit (in the background, never in its transaction); nothing
+deletes it.
 
 ``paused/`` sorts between ``node/`` and ``queue/``, inside the scheduler's range
 (it is one of :attr:`Keyspace.scheduler_prefixes`): the leader sees a pause by
