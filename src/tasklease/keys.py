@@ -32,7 +32,7 @@ key                                    value                           written b
 ``/{ns}/paused/{queue}``               JSON: when and why the queue    client          none
                                        was paused (the scheduler       (``tasklease
                                        assigns nothing from it)        pause``)
-``/{ns}/queues/{queue}``               empty: the queue registry (a    client, before  none
+``/{ns}/queues/{queue}``               empty: the queue registry (a    client, with    none
                                        queue's name, once it had a     its first
                                        task)                           submit to it
 ``/{ns}/drain/{worker}``               JSON: when a drain was asked    client          worker's
