@@ -678,6 +678,10 @@ def _print_task(task: Task) -> None:
         _say(f"result:    {orjson.dumps(task.result).decode()}")
     if task.error:
         _say(f"error:     {task.error}")
+    if task.rerun_of:
+        _say(f"rerun of:  {task.rerun_of}")
+    if task.reruns:
+        _say(f"rerun as:  {', '.join(task.reruns)}")
     if task.attempts:
         _say("attempts:")
         for a in task.attempts:

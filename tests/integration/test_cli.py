@@ -388,8 +388,12 @@ def test_pause_queues_resume_and_rerun_from_the_command_line(tasklease_bin, cli_
     again = tl(tasklease_bin, cli_env, "rerun", task_id, "--json")
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["rerun_of"] == task_id
+    new_id = json.loads(again.stdout)["id"]
     old = json.loads(tl(tasklease_bin, cli_env, "status", task_id, "--json").stdout)
-    assert old["reruns"] == [json.loads(again.stdout)["id"]]
+    assert old["reruns"] == [new_id]
+    # ... and the plain status of each names the other (found by a newcomer walkthrough: it did not)
+    assert f"rerun as:  {new_id}" in tl(tasklease_bin, cli_env, "status", task_id).stdout
+    assert f"rerun of:  {task_id}" in tl(tasklease_bin, cli_env, "status", new_id).stdout
     # `list --state cancelled --since` shows it (newest first, from the finished index)
     listed = json.loads(
         tl(tasklease_bin, cli_env, "list", "--state", "cancelled", "--since", "600", "--json").stdout
