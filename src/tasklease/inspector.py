@@ -178,8 +178,6 @@ class Inspector:
                 and (task_type is None or task.type == task_type)
             )
 
-        if state is TaskState.QUEUED and queue is not None and task_type is None:
-            return await self._queue_page(queue, limit, cursor)
         if state is TaskState.QUEUED:
             prefix = self.keys.queue(queue) if queue is not None else self.keys.queues
             return await self._page(prefix, None, wanted, limit, cursor)
@@ -239,21 +237,6 @@ class Inspector:
         if batch and (next_cursor := await flush()) is not None:
             return TaskPage(found, next_cursor)
         return TaskPage(found, None)
-
-    async def _queue_page(self, queue: str, limit: int, cursor: str | None) -> TaskPage:
-        # A queue key's value is the queued record itself (queue.place_ops).
-        prefix = self.keys.queue(queue)
-        tasks: builtins.list[Task] = []
-        count = 0
-        last = ""
-        async with contextlib.aclosing(self._values(prefix, limit, after=cursor)) as kvs:
-            async for kv in kvs:
-                count += 1
-                last = kv.key
-                task = self._decode_or_log(kv)
-                if task is not None and task.state is TaskState.QUEUED:
-                    tasks.append(task)
-        return TaskPage(tasks, last[len(prefix) :] if count >= limit else None)
 
     async def _values(
         self, prefix: str, limit: int = 0, *, after: str | None = None
