@@ -169,6 +169,21 @@ def task_to_dict(task: Task) -> dict[str, Any]:
         d["rerun_of"] = task.rerun_of
     if task.reruns:
         d["reruns"] = list(task.reruns)
+    if task.depends_on:
+        d["depends_on"] = list(task.depends_on)
+        if task.on_parent_failure != "cancel":
+            d["on_parent_failure"] = task.on_parent_failure
+    if task.workflow:
+        d["workflow"] = task.workflow
+    if task.expires_at is not None:
+        d["expires_at"] = task.expires_at
+    if task.idempotency_key is not None:
+        d["idempotency_key"] = task.idempotency_key
+    if task.unique_until is not None:
+        d["unique_until"] = task.unique_until
+    if task.schedule is not None:
+        d["schedule"] = task.schedule
+        d["tick"] = task.tick
     return d
 
 
@@ -245,7 +260,24 @@ def task_from_dict(d: dict[str, Any]) -> Task:
         trace=bound_trace(d.get("trace")),
         rerun_of=_task_link(d.get("rerun_of")),
         reruns=tuple(i for i in map(_task_link, d.get("reruns") or ()) if i),
+        depends_on=tuple(i for i in map(_task_link, d.get("depends_on") or ()) if i),
+        on_parent_failure="run" if d.get("on_parent_failure") == "run" else "cancel",
+        workflow=_task_link(d.get("workflow")),
+        expires_at=_opt_float(d.get("expires_at")),
+        idempotency_key=d["idempotency_key"] if isinstance(d.get("idempotency_key"), str) else None,
+        unique_until=_opt_float(d.get("unique_until")),
+        schedule=d["schedule"] if isinstance(d.get("schedule"), str) else None,
+        tick=_opt_float(d.get("tick")),
     )
+
+
+def _opt_float(value: Any) -> float | None:
+    """An optional time: a number, or None (anything else is a corrupt record)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"not a number: {value!r:.40}")
+    return float(value)
 
 
 def _task_link(value: Any) -> str | None:
@@ -261,7 +293,8 @@ def task_summary(task: Task) -> dict[str, Any]:
 
     Keys: ``id``, ``type``, ``queue``, ``state``, ``priority``, ``created_at``,
     ``updated_at``, ``attempts`` (how many), ``worker`` (of the last attempt),
-    ``error`` (at most 500 characters), ``rerun_of``, ``reruns``.
+    ``error`` (at most 500 characters), ``rerun_of``, ``reruns``, ``depends_on``,
+    ``workflow``, ``not_before``, ``expires_at``, ``schedule``.
     """
     last = task.current_attempt
     return {
@@ -277,6 +310,11 @@ def task_summary(task: Task) -> dict[str, Any]:
         "error": task.error[:SUMMARY_ERROR_CHARS] if task.error else None,
         "rerun_of": task.rerun_of,
         "reruns": list(task.reruns),
+        "depends_on": list(task.depends_on),
+        "workflow": task.workflow,
+        "not_before": task.not_before,
+        "expires_at": task.expires_at,
+        "schedule": task.schedule,
     }
 
 

@@ -41,6 +41,24 @@ key                                    value                           written b
 ``/{ns}/terminal/{state}/{queue}/      JSON: the finished task's       whoever         the
 {inv}/{id}``                           type and error (the finished    finishes the    record's
                                        index, newest first)            task            retention
+``/{ns}/deps/{id}``                    JSON: the parents a waiting     client (submit  none
+                                       task waits for, its queue       with parents),
+                                       (``q``) and ``on_parent_        scheduler
+                                       failure`` (``p``)               (release)
+``/{ns}/expiring/{due}/{id}``          the task id and queue (a task   client,         none
+                                       with an expiry, until it        scheduler
+                                       starts or expires)
+``/{ns}/cron/{name}``                  a cron schedule (JSON,          client, leader  none
+                                       schedules.py): its definition   (each fired
+                                       and the last tick fired         tick)
+``/{ns}/limit/{kind}/{name}``          JSON: rate, burst, concurrency  client          none
+                                       of a task type or queue         (``tasklease
+                                       (limits.py)                     limit set``)
+``/{ns}/unique/{sha256}``              JSON: the task holding an       client (in the  the record's
+                                       idempotency key                 submit), whoever retention (or
+                                                                       finishes it     unique_for)
+``/{ns}/workflow/{id}``                JSON: a workflow's tasks        client (DAG     none
+                                       (workflows.py)                  submit)
 ``/{ns}/settings/quota``               the namespace's quota (JSON,    an admin        none
                                        quotas.py): most waiting tasks, (``tasklease
                                        bytes of waiting records, most  quota set``);
@@ -68,12 +86,15 @@ election.py). It sorts after ``running/`` and before ``task/``: outside the
 range the leading scheduler mirrors and outside the task records.
 
 The leading scheduler mirrors exactly :attr:`Keyspace.scheduler_prefixes`:
-``assign/``, ``delayed/``, ``node/``, ``paused/``, ``queue/`` and ``running/``. It reads and
+``assign/``, ``cron/``, ``delayed/``, ``deps/``, ``expiring/``, ``limit/``,
+``node/``, ``paused/``, ``queue/`` and ``running/`` (``cron/``, ``deps/``,
+``expiring/`` and ``limit/`` as plain key -> KV maps, :attr:`Keyspace.plain_prefixes`,
+which the leader's parts read and subscribe to: ``Mirror.subscribe``). It reads and
 watches them as one range, :attr:`Keyspace.scheduler_range` (``[assign/,
 running/~)``: one watch stream), so it also receives the keys that sort inside
 that range under other names (``drain/``, ``leader``, ``retention/``, and any prefix added
-later between ``assign/`` and ``running/``, such as ``cron/`` or ``limit/``);
-its mirror (``ClusterView.apply``) ignores every key outside the six prefixes.
+later between ``assign/`` and ``running/``);
+its mirror (``ClusterView.apply``) ignores every key outside those prefixes.
 A new prefix the scheduler must see is added to ``scheduler_prefixes``.
 
 The finished index. Every transaction that writes a finished record
@@ -113,6 +134,7 @@ See docs/architecture.md for every transaction and its compares.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from functools import cached_property
@@ -538,11 +560,130 @@ class Keyspace:
         """
         return self._one_part(key, self.drains, "drain")
 
+    # workflows: dependencies, expiry, schedules, limits, idempotency -----------------------
+    @cached_property
+    def deps(self) -> str:
+        """Prefix of the tasks waiting for their parents (``deps/{child}``)."""
+        return f"{self.root}deps/"
+
+    def deps_entry(self, task_id: str) -> str:
+        """Key of one waiting task: its value names its parents (transitions.deps_value)."""
+        return f"{self.deps}{task_id}"
+
+    def parse_deps(self, key: str) -> str:
+        """Task id from a deps key.
+
+        Raises:
+            ValueError: If the key is not a deps key of this namespace.
+        """
+        return self._one_part(key, self.deps, "deps")
+
+    @cached_property
+    def expiring(self) -> str:
+        """Prefix of the tasks that expire if not started in time, soonest first."""
+        return f"{self.root}expiring/"
+
+    def expiring_entry(self, expires_at: float, task_id: str) -> str:
+        """Key of one task with an expiry; ``expires_at`` in microseconds, 20 digits."""
+        due_us = max(0, int(expires_at * 1_000_000))
+        return f"{self.expiring}{due_us:0{SEQ_DIGITS}d}/{task_id}"
+
+    def parse_expiring(self, key: str) -> DelayedKey:
+        """When a task expires (``due_us``), and its id, from an expiring key.
+
+        Raises:
+            ValueError: If the key is not an expiring key of this namespace.
+        """
+        due, task_id = self._two_parts(key, self.expiring, "expiring")
+        return DelayedKey(_digits(due, key), task_id)
+
+    @cached_property
+    def crons(self) -> str:
+        """Prefix of the cron schedules (``cron/{name}``)."""
+        return f"{self.root}cron/"
+
+    def cron(self, name: str) -> str:
+        """Key of one cron schedule (its definition and the last tick fired)."""
+        return f"{self.crons}{check_name(name, 'schedule')}"
+
+    def parse_cron(self, key: str) -> str:
+        """Schedule name from a cron key.
+
+        Raises:
+            ValueError: If the key is not a cron key of this namespace.
+        """
+        return self._one_part(key, self.crons, "cron")
+
+    @cached_property
+    def limits(self) -> str:
+        """Prefix of the rate and concurrency limits (``limit/{kind}/{name}``)."""
+        return f"{self.root}limit/"
+
+    def limit(self, kind: str, name: str) -> str:
+        """Key of one limit; ``kind`` is ``type`` or ``queue``."""
+        if kind not in ("type", "queue"):
+            raise InvalidOption(f"a limit applies to a type or a queue, not {kind!r}")
+        return f"{self.limits}{kind}/{name}"
+
+    def parse_limit(self, key: str) -> tuple[str, str]:
+        """Kind (``type`` or ``queue``) and name from a limit key.
+
+        Raises:
+            ValueError: If the key is not a limit key of this namespace.
+        """
+        kind, name = self._two_parts(key, self.limits, "limit")
+        if kind not in ("type", "queue"):
+            raise ValueError(f"malformed limit key: {key}")
+        return kind, name
+
+    @cached_property
+    def uniques(self) -> str:
+        """Prefix of the held idempotency keys (``unique/{sha256 of the key}``)."""
+        return f"{self.root}unique/"
+
+    def unique(self, idempotency_key: str) -> str:
+        """Key holding one idempotency key: the SHA-256 of the key, in hex (any text fits)."""
+        digest = hashlib.sha256(idempotency_key.encode()).hexdigest()
+        return f"{self.uniques}{digest}"
+
+    @cached_property
+    def workflows(self) -> str:
+        """Prefix of the workflow records (``workflow/{id}``)."""
+        return f"{self.root}workflow/"
+
+    def workflow(self, workflow_id: str) -> str:
+        """Key of one workflow record (its tasks)."""
+        return f"{self.workflows}{workflow_id}"
+
+    def parse_workflow(self, key: str) -> str:
+        """Workflow id from a workflow key.
+
+        Raises:
+            ValueError: If the key is not a workflow key of this namespace.
+        """
+        return self._one_part(key, self.workflows, "workflow")
+
     # the scheduler's range ----------------------------------------------------------------
+    @cached_property
+    def plain_prefixes(self) -> tuple[str, ...]:
+        """The scheduler prefixes its mirror keeps as plain key -> KV maps (``ClusterView.plain``)."""
+        return (self.crons, self.deps, self.expiring, self.limits)
+
     @cached_property
     def scheduler_prefixes(self) -> tuple[str, ...]:
         """The prefixes the leading scheduler mirrors, in key order (see the module docstring)."""
-        return (self.assignments, self.delayed, self.nodes, self.pauses, self.queues, self.running)
+        return (
+            self.assignments,
+            self.crons,
+            self.delayed,
+            self.deps,
+            self.expiring,
+            self.limits,
+            self.nodes,
+            self.pauses,
+            self.queues,
+            self.running,
+        )
 
     @cached_property
     def scheduler_range(self) -> tuple[str, str]:

@@ -62,3 +62,30 @@ class LeaderPart:
         self.id = ctx.scheduler_id
         self.retention = ctx.retention
         self._ids = ctx.ids
+
+
+class LeaderLoop(LeaderPart):
+    """A leader part with a loop of its own (dependencies, schedules, expiry, limits).
+
+    The seam for new leader capabilities: the scheduler builds each one once
+    (``Scheduler.loops``) and, each time it starts leading, calls
+    :meth:`reset` and then runs :meth:`run` beside the assigner and the
+    recoverer until the leadership ends (it is cancelled then). :meth:`run`
+    starts after the mirror's first load: it reads what it needs from the view
+    (``mirror.view``, e.g. ``view.plain``), learns of changes through
+    ``mirror.subscribe`` (registered once, in the constructor), and writes
+    only under ``election.fence()``. After a reload of the view (a compacted
+    watch) the scheduler calls :meth:`reloaded`: read the view again.
+    """
+
+    name = "loop"
+
+    def reset(self) -> None:
+        """Forget what an earlier leadership saw (called before each :meth:`run`)."""
+
+    def reloaded(self) -> None:
+        """The view was read again from scratch (``mirror.view`` is a new one): look at it again."""
+
+    async def run(self) -> None:
+        """Run until cancelled (the leadership ended)."""
+        raise NotImplementedError

@@ -29,7 +29,7 @@ import contextlib
 import heapq
 import logging
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -272,6 +272,9 @@ class ClusterView:
         self.delayed: dict[str, KV] = {}
         self._delayed_heap: list[tuple[int, str]] = []  # (due in microseconds, delayed key)
         self.changed_nodes = False  # set by apply, cleared by the watch once it woke the assigner
+        # cron/, deps/, expiring/, limit/: key -> KV, read by the leader's parts
+        # (schedules, dependencies, expiry, limits); see Mirror.subscribe
+        self.plain: dict[str, dict[str, KV]] = {prefix: {} for prefix in keys.plain_prefixes}
 
     # the queued tasks, by their former names -----------------------------------------
     @property
@@ -318,6 +321,14 @@ class ClusterView:
         k = self.keys
         if not key.startswith(k.scheduler_prefixes):
             return  # leader, retention/ or a later prefix inside the watched range: not mirrored
+        if key.startswith(k.plain_prefixes):
+            for prefix, kvs in self.plain.items():
+                if key.startswith(prefix):
+                    if deleted:
+                        kvs.pop(key, None)
+                    else:
+                        kvs[key] = kv
+                    return
         if key.startswith(k.assignments):
             try:
                 worker, task_id = k.parse_assignment(key)
@@ -527,6 +538,7 @@ class Mirror:
         self.keys = keys
         self.clock = clock
         self.view = ClusterView(keys, clock)  # replaced by reset() only
+        self.generation = 0  # raised by every reset(): a part that keeps state reads the view again
         # Set when there may be something to assign (a task queued, an assignment
         # deleted, a node changed); waited on and cleared by the assigner.
         self.wake = asyncio.Event()
@@ -535,10 +547,26 @@ class Mirror:
         self.timers_changed = asyncio.Event()
         # Replaced on every applied watch response; waiters hold the old one.
         self._progress = asyncio.Event()
+        # (prefixes, callback) of the leader's parts: called with every watched
+        # change under one of the prefixes, after the view applied it (subscribe)
+        self._subscribers: list[tuple[tuple[str, ...], Callable[[KV, bool], None]]] = []
+
+    def subscribe(self, prefixes: tuple[str, ...], callback: Callable[[KV, bool], None]) -> None:
+        """Call ``callback(kv, deleted)`` for every watched change of a key under ``prefixes``.
+
+        The seam for the leader's parts (dependencies, schedules, expiry,
+        limits): each learns of its keys from the one watch, in revision
+        order, after the view applied the change. Not called for the keys a
+        (re)load reads: a part reads the view itself when it starts and after
+        :meth:`reset` (``ClusterView.plain`` and the other maps). A callback
+        must be quick and must not raise: it runs inside the watch loop.
+        """
+        self._subscribers.append((prefixes, callback))
 
     def reset(self) -> ClusterView:
-        """Start from an empty view (before a (re)load); returns it."""
+        """Start from an empty view (before a (re)load); returns it. Raises :attr:`generation`."""
         self.view = ClusterView(self.keys, self.clock)
+        self.generation += 1
         return self.view
 
     def apply_events(self, events: list[Event]) -> None:
@@ -557,6 +585,9 @@ class Mirror:
                 wake = True
             if not deleted and key.startswith((keys.running, keys.delayed)):
                 self.timers_changed.set()
+            for prefixes, callback in self._subscribers:
+                if key.startswith(prefixes):
+                    callback(ev.kv, deleted)
         if view.changed_nodes:
             view.changed_nodes = False
             wake = True

@@ -2,6 +2,9 @@
 
 States and the transitions allowed between them (``TRANSITIONS``)::
 
+    waiting ──► pending / queued          (its parents finished: released)
+       └──────► cancelled / failed        (a parent failed, or cancelled)
+
     pending ──► queued ──► running ──► succeeded
        │  ▲        │  ▲        │ └────► failed
        │  │        │  └────────┤        (retries or losses used up, or permanent)
@@ -9,7 +12,8 @@ States and the transitions allowed between them (``TRANSITIONS``)::
        ▼           ▼           ▼
     cancelled ◄────┴───────────┘
 
-``pending`` is a task that may not run yet (waiting for a retry backoff);
+``waiting`` is a task whose parents (``depends_on``) have not all finished;
+``pending`` is a task that may not run yet (a delayed submit, or a retry backoff);
 ``queued`` is in a queue; ``running`` is assigned to a worker. A waiting
 (pending or queued) task also goes straight to ``failed`` when no transaction
 can carry it any more (its record is over the limit of the next state, e.g. a
@@ -55,6 +59,7 @@ LAST_ATTEMPTS_KEPT = 20
 class TaskState(enum.StrEnum):
     """Where a task is in its life."""
 
+    WAITING = "waiting"
     PENDING = "pending"
     QUEUED = "queued"
     RUNNING = "running"
@@ -84,6 +89,10 @@ class TaskState(enum.StrEnum):
 TERMINAL_STATES = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED})
 
 TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
+    # waiting -> waiting is a priority change (the deps key stays).
+    TaskState.WAITING: frozenset(
+        {TaskState.WAITING, TaskState.PENDING, TaskState.QUEUED, TaskState.CANCELLED, TaskState.FAILED}
+    ),
     # pending -> pending is a priority change (the delayed key stays).
     TaskState.PENDING: frozenset(
         {TaskState.PENDING, TaskState.QUEUED, TaskState.CANCELLED, TaskState.FAILED}
@@ -200,6 +209,20 @@ class Task:
         rerun_of: The task this one runs again (``Client.run_again``), if any.
         reruns: The tasks that run this one again, oldest first (the last
             ``MAX_RERUNS_KEPT``).
+        depends_on: The tasks that must finish before this one is queued (its
+            parents, workflows.py); a task with parents starts ``waiting``.
+        on_parent_failure: What a failed or cancelled parent does to it:
+            ``"cancel"`` (the default: cancelled, and its descendants with it)
+            or ``"run"`` (released all the same once every parent finished).
+        workflow: The workflow (DAG) it was submitted in, if any.
+        expires_at: A task not started by then is discarded (cancelled with
+            the reason recorded); epoch seconds.
+        idempotency_key: Its submit's idempotency key: a second submit with
+            the same key returns this task (while the key is held).
+        unique_until: When its idempotency key is released if earlier than
+            when its record expires (``unique_for``); epoch seconds.
+        schedule: The cron schedule that fired it, if any (schedules.py).
+        tick: The schedule's tick it was fired for (epoch seconds).
     """
 
     id: str
@@ -223,6 +246,14 @@ class Task:
     trace: TraceContext = ()
     rerun_of: str | None = None
     reruns: tuple[str, ...] = ()
+    depends_on: tuple[str, ...] = ()
+    on_parent_failure: str = "cancel"
+    workflow: str | None = None
+    expires_at: float | None = None
+    idempotency_key: str | None = None
+    unique_until: float | None = None
+    schedule: str | None = None
+    tick: float | None = None
 
     def __post_init__(self) -> None:
         if len(self.reruns) > MAX_RERUNS_KEPT:
@@ -402,6 +433,64 @@ def check_retention(retention_s: object) -> float:
     if not 1 <= retention_s <= MAX_RETENTION_S:
         raise InvalidOption(f"retention must be >= 1 s and <= {MAX_RETENTION_S:g} s, got {retention_s}")
     return float(retention_s)
+
+
+MAX_PARENTS = 1000
+"""A task depends on at most this many parents (its record and its deps key name them all)."""
+PARENT_POLICIES = ("cancel", "run")
+MAX_IDEMPOTENCY_KEY_CHARS = 512
+
+
+def check_depends_on(parents: object) -> tuple[str, ...]:
+    """Validate a task's parents: distinct task ids, at most ``MAX_PARENTS``.
+
+    Raises:
+        InvalidOption: Not a list of task ids, a duplicate, or too many.
+    """
+    from tasklease.ids import is_task_id
+
+    if parents is None:
+        return ()
+    if isinstance(parents, str) or not isinstance(parents, list | tuple):
+        raise InvalidOption(f"depends_on must be a list of task ids, got {parents!r:.80}")
+    if len(parents) > MAX_PARENTS:
+        raise InvalidOption(f"a task depends on at most {MAX_PARENTS} tasks, got {len(parents)}")
+    for parent in parents:
+        if not is_task_id(parent):
+            raise InvalidOption(f"bad task id in depends_on: {parent!r:.80}")
+    if len(set(parents)) != len(parents):
+        raise InvalidOption("depends_on names the same task twice")
+    return tuple(parents)
+
+
+def check_parent_policy(policy: object) -> str:
+    """Validate ``on_parent_failure``: ``"cancel"`` or ``"run"``.
+
+    Raises:
+        InvalidOption: Anything else.
+    """
+    if policy not in PARENT_POLICIES:
+        raise InvalidOption(
+            f"on_parent_failure must be one of {', '.join(PARENT_POLICIES)}, got {policy!r:.80}"
+        )
+    return str(policy)
+
+
+def check_idempotency_key(key: object) -> str:
+    """Validate an idempotency key: 1 to 512 characters, no control characters.
+
+    Raises:
+        InvalidOption: Anything else.
+    """
+    if (
+        not isinstance(key, str)
+        or not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY_CHARS
+        or any(ord(c) < 0x20 or ord(c) == 0x7F for c in key)
+    ):
+        raise InvalidOption(
+            f"idempotency key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} characters without control characters"
+        )
+    return key
 
 
 @dataclass(frozen=True, slots=True)

@@ -78,7 +78,7 @@ from tasklease.errors import InvalidOption, StoreError, WatchCompacted
 from tasklease.events import Event, Hook, Hooks, LeaderElected, LeaderResigned, as_hooks
 from tasklease.ids import IdGenerator, default_process_id
 from tasklease.keys import Keyspace, check_name, prefix_end
-from tasklease.leader import LeaderContext
+from tasklease.leader import LeaderContext, LeaderLoop
 from tasklease.mirror import ClusterView, Mirror
 from tasklease.recoverer import Failer, Promoter, Recoverer
 from tasklease.retention import RetentionLeases
@@ -191,6 +191,9 @@ class Scheduler:
             recoverer=self.recoverer,
             failer=self.failer,
         )
+        # The leader's own loops beyond assigning and recovering (leader.LeaderLoop):
+        # each capability adds its one line here.
+        self.loops: list[LeaderLoop] = []
         self._main: asyncio.Task[None] | None = None
         self._stopping = False
         self.leading = asyncio.Event()
@@ -322,6 +325,8 @@ class Scheduler:
         self.assigner.reset()
         self.failer.reset()
         self.recoverer.reset()
+        for loop in self.loops:
+            loop.reset()
         started = self.clock.monotonic()
         revision = await self._load()
         log.info(
@@ -340,6 +345,7 @@ class Scheduler:
             asyncio.create_task(self.recoverer.run(), name="sched-timers"),
             asyncio.create_task(self.election.lost(), name="sched-lost"),
         ]
+        tasks += [asyncio.create_task(loop.run(), name=f"sched-{loop.name}") for loop in self.loops]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -397,3 +403,5 @@ class Scheduler:
                 self.assigner.reset()
                 revision = await self._load() + 1
                 self.mirror.wake.set()
+                for loop in self.loops:
+                    loop.reloaded()

@@ -170,12 +170,29 @@ class Submitter:
             self._registering.discard(queue)
 
     def new_task(self, spec: TaskSpec, default_retention_s: float = DEFAULT_RETENTION_S) -> Task:
-        """The queued record of a new task (its id, sequence and times are given here).
+        """The record of a new task (its id, sequence, times and first state are given here).
+
+        It starts ``waiting`` if it has parents, ``pending`` if it may not run
+        yet (``delay_s``, ``run_at``), else ``queued``.
 
         Its ``trace`` is what the hooks that carry trace context give (events.py),
         else the spec's own; without such hooks nothing is asked.
         """
         now = self.clock.now()
+        starts = [
+            t for t in (None if spec.delay_s is None else now + spec.delay_s, spec.run_at) if t is not None
+        ]
+        not_before = max(starts) if starts and max(starts) > now else None
+        ends = [
+            t
+            for t in (None if spec.expires_s is None else now + spec.expires_s, spec.expires_at)
+            if t is not None
+        ]
+        state = TaskState.QUEUED
+        if spec.depends_on:
+            state = TaskState.WAITING
+        elif not_before is not None:
+            state = TaskState.PENDING
         task = Task(
             id=spec.task_id or self.ids.task_id(),
             type=spec.type,
@@ -184,13 +201,19 @@ class Submitter:
             priority=spec.priority,
             timeout_s=float(spec.timeout_s),
             retry=spec.retry,
-            state=TaskState.QUEUED,
+            state=state,
             seq=self.ids.sequence(),
             created_at=now,
             updated_at=now,
             retention_s=float(spec.retention_s if spec.retention_s is not None else default_retention_s),
             requires=check_requires(spec.requires),
             trace=bound_trace(spec.trace),
+            not_before=not_before,
+            depends_on=tuple(spec.depends_on or ()),
+            on_parent_failure=spec.on_parent_failure,
+            expires_at=min(ends) if ends else None,
+            idempotency_key=spec.idempotency_key,
+            unique_until=None if spec.unique_for_s is None else now + spec.unique_for_s,
         )
         if self.hooks.carriers and (trace := self.hooks.trace_context(task)):
             task = evolve(task, trace=trace)

@@ -104,7 +104,14 @@ def place_ops(keys: Keyspace, task: Task, data: bytes | None = None) -> list[Op]
         return [Put(queue_key(keys, task), value)]
     if task.state is TaskState.PENDING and task.not_before is not None:
         return [Put(keys.delayed_entry(task.not_before, task.id), delayed_value(task))]
+    if task.state is TaskState.WAITING:
+        return [Put(keys.deps_entry(task.id), deps_value(task))]
     return []
+
+
+def deps_value(task: Task) -> bytes:
+    """A deps key's value: the parents of a waiting task, its queue and its parent-failure policy."""
+    return codec.encode_obj({"parents": list(task.depends_on), "q": task.queue, "p": task.on_parent_failure})
 
 
 def delayed_value(task: Task) -> bytes:
@@ -134,20 +141,34 @@ def unplace_ops(keys: Keyspace, task: Task) -> list[Op]:
         return [Delete(queue_key(keys, task))]
     if task.state is TaskState.PENDING and task.not_before is not None:
         return [Delete(keys.delayed_entry(task.not_before, task.id))]
+    if task.state is TaskState.WAITING:
+        return [Delete(keys.deps_entry(task.id))]
     return []
 
 
 # enqueue ----------------------------------------------------------------------------------
+NEW_STATES = (TaskState.QUEUED, TaskState.PENDING, TaskState.WAITING)
+"""The states a new task starts in: queued, pending (a delayed submit), waiting (it has parents)."""
+
+
 def enqueue(keys: Keyspace, task: Task, data: bytes) -> Txn:
-    """Write a new queued task: its record and its queue key, both ``data``, if the id is free.
+    """Write a new task, if its id is free: its record (``data``) and its index key.
+
+    A queued task gets its queue key (whose value is ``data`` too), a delayed
+    one (pending, ``not_before``) its delayed key, one with parents (waiting)
+    its deps key.
 
     Raises:
-        InvalidTransition: ``task`` is not a new queued task.
+        InvalidTransition: ``task`` is not a new task.
     """
-    if task.state is not TaskState.QUEUED or task.attempts:
+    if (
+        task.state not in NEW_STATES
+        or task.attempts
+        or (task.state is TaskState.PENDING and task.not_before is None)
+    ):
         raise InvalidTransition(task.id, task.state.value, "enqueue")
     task_key = keys.task(task.id)
-    return Txn([Compare.absent(task_key)], [Put(task_key, data), Put(queue_key(keys, task), data)])
+    return Txn([Compare.absent(task_key)], [Put(task_key, data), *place_ops(keys, task, data)])
 
 
 def rerun(keys: Keyspace, old_kv: KV, linked: Task, new: Task, data: bytes) -> Txn:
@@ -473,7 +494,7 @@ def reprioritised(task: Task, priority: int, now: float) -> Task:
     Raises:
         InvalidTransition: It is running or finished.
     """
-    if task.state not in (TaskState.QUEUED, TaskState.PENDING):
+    if task.state not in (TaskState.QUEUED, TaskState.PENDING, TaskState.WAITING):
         raise InvalidTransition(task.id, task.state.value, "change the priority of")
     return transition(task, task.state, now=now, priority=priority)
 

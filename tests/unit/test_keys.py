@@ -298,6 +298,14 @@ BAD_KEYS = {
         [K.task("T"), K.queue("q") + "1/2", K.queue_entry("q", 1, 1, "T") + "/"],
     ),
     "queue": (K.parse_queue_entry, [K.task("T"), K.queue("q") + "1/2", K.queue("q") + "x/1/T/r"]),
+    "deps": (K.parse_deps, [K.task("T"), K.deps, K.deps + "a/b"]),
+    "expiring": (
+        K.parse_expiring,
+        [K.task("T"), K.expiring + "T", K.expiring + "1x/T", K.expiring + "1/T/x"],
+    ),
+    "cron": (K.parse_cron, [K.task("T"), K.crons, K.crons + "a/b"]),
+    "limit": (K.parse_limit, [K.task("T"), K.limits + "type", K.limits + "kind/x", K.limits + "type/a/b"]),
+    "workflow": (K.parse_workflow, [K.task("T"), K.workflows, K.workflows + "a/b"]),
 }
 
 
@@ -323,13 +331,20 @@ def test_the_scheduler_range_spans_exactly_its_prefixes_in_key_order():
     assert list(prefixes) == sorted(prefixes)
     assert set(prefixes) == {
         keys.assignments,
+        keys.crons,
         keys.delayed,
+        keys.deps,
+        keys.expiring,
+        keys.limits,
         keys.nodes,
         keys.pauses,
         keys.queues,
         keys.running,
     }
     assert keys.scheduler_range == (keys.assignments, prefix_end(keys.running))
+    # the plain ones are scheduler prefixes, and the idempotency and workflow keys sort after the records
+    assert set(keys.plain_prefixes) <= set(prefixes)
+    assert keys.uniques > prefix_end(keys.tasks) and keys.workflows > prefix_end(keys.tasks)
 
 
 def test_keys_the_scheduler_does_not_mirror_are_outside_its_prefixes():
@@ -341,7 +356,10 @@ def test_keys_the_scheduler_does_not_mirror_are_outside_its_prefixes():
         keys.scheduler("s"),
         keys.quota,
         keys.retention(60, 1),
-        f"{keys.root}cron/x",
+        keys.drain("w"),
+        keys.unique("k"),
+        keys.workflow("T"),
+        f"{keys.root}later/x",
     ]
 
     # When / Then none is under a mirrored prefix (some lie inside the watched range)
@@ -350,5 +368,24 @@ def test_keys_the_scheduler_does_not_mirror_are_outside_its_prefixes():
     assert {k for k in others if start <= k < end} == {
         keys.leader,
         keys.retention(60, 1),
-        f"{keys.root}cron/x",
+        keys.drain("w"),
+        f"{keys.root}later/x",
     }
+
+
+def test_workflow_keys_round_trip_through_their_parsers():
+    # Given the keys of the workflow capabilities
+    keys = Keyspace("ns")
+    tid = "0" * 26
+
+    # When / Then each parser returns what its builder took
+    assert keys.parse_deps(keys.deps_entry(tid)) == tid
+    assert keys.parse_expiring(keys.expiring_entry(1.5, tid)) == (1_500_000, tid)
+    assert keys.parse_cron(keys.cron("nightly")) == "nightly"
+    assert keys.parse_limit(keys.limit("type", "email")) == ("type", "email")
+    assert keys.parse_workflow(keys.workflow(tid)) == tid
+    # an idempotency key of any text is one fixed-length key (its SHA-256)
+    assert keys.unique("a/b c\u00e9") != keys.unique("a/b c")
+    assert len(keys.unique("x" * 512)) == len(keys.uniques) + 64
+    with pytest.raises(InvalidOption):
+        keys.limit("worker", "w1")

@@ -27,6 +27,11 @@ from tasklease.retry import RetryPolicy
 
 S = TaskState
 ALLOWED = {
+    (S.WAITING, S.WAITING),  # a priority change (the deps key stays)
+    (S.WAITING, S.PENDING),  # released, but its delay has not passed
+    (S.WAITING, S.QUEUED),  # released: its parents finished
+    (S.WAITING, S.CANCELLED),  # a parent failed or was cancelled (or it was)
+    (S.WAITING, S.FAILED),  # no transaction can carry it any more
     (S.PENDING, S.PENDING),  # a priority change (the delayed key stays)
     (S.PENDING, S.QUEUED),
     (S.PENDING, S.CANCELLED),
