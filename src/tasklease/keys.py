@@ -41,7 +41,7 @@ key                                    value                           written b
 ``/{ns}/terminal/{state}/{queue}/      JSON: the finished task's       whoever         the
 {inv}/{id}``                           type and error (the finished    finishes the    record's
                                        index, newest first)            task            retention
-``/{ns}/deps/{id}``                    JSON: the parents a waiting     client (submit  none
+``/{ns}/deps/{queue}/{id}``            JSON: the parents a waiting     client (submit  none
                                        task waits for, its queue       with parents),
                                        (``q``) and ``on_parent_        scheduler
                                        failure`` (``p``)               (release)
@@ -563,20 +563,27 @@ class Keyspace:
     # workflows: dependencies, expiry, schedules, limits, idempotency -----------------------
     @cached_property
     def deps(self) -> str:
-        """Prefix of the tasks waiting for their parents (``deps/{child}``)."""
+        """Prefix of the tasks waiting for their parents (``deps/{queue}/{child}``)."""
         return f"{self.root}deps/"
 
-    def deps_entry(self, task_id: str) -> str:
-        """Key of one waiting task: its value names its parents (transitions.deps_value)."""
-        return f"{self.deps}{task_id}"
+    def deps_queue(self, queue: str) -> str:
+        """Prefix of the tasks of one queue waiting for their parents (counted per queue)."""
+        return f"{self.deps}{check_name(queue)}/"
 
-    def parse_deps(self, key: str) -> str:
-        """Task id from a deps key.
+    def deps_entry(self, queue: str, task_id: str) -> str:
+        """Key of one waiting task: its value names its parents (transitions.deps_value)."""
+        return f"{self.deps_queue(queue)}{task_id}"
+
+    def parse_deps(self, key: str) -> tuple[str, str]:
+        """Queue and task id from a deps key.
+
+        Returns:
+            ``(queue, task_id)``.
 
         Raises:
             ValueError: If the key is not a deps key of this namespace.
         """
-        return self._one_part(key, self.deps, "deps")
+        return self._two_parts(key, self.deps, "deps")
 
     @cached_property
     def expiring(self) -> str:

@@ -23,8 +23,8 @@ fail waiting       :func:`fail_waiting`          scheduler              leader +
 run again          :func:`rerun`                 client (run_again)     old record unchanged + new id free
 =================  ============================  =====================  ========================
 
-A transaction that writes a finished record also writes its finished-index
-entry (:func:`finished_entry`, keys.py), under the same retention lease.
+A transaction that writes a finished record also writes :func:`finished_ops`
+(its finished-index entry, keys.py), under the same retention lease.
 
 The pure record functions (:func:`next_record`, :func:`end_attempt`,
 :func:`fit_record`, :func:`bounded_failure`, :func:`cancelled`) compute the
@@ -105,7 +105,7 @@ def place_ops(keys: Keyspace, task: Task, data: bytes | None = None) -> list[Op]
     if task.state is TaskState.PENDING and task.not_before is not None:
         return [Put(keys.delayed_entry(task.not_before, task.id), delayed_value(task))]
     if task.state is TaskState.WAITING:
-        return [Put(keys.deps_entry(task.id), deps_value(task))]
+        return [Put(keys.deps_entry(task.queue, task.id), deps_value(task))]
     return []
 
 
@@ -135,6 +135,15 @@ def finished_entry(keys: Keyspace, task: Task, lease: int) -> Put:
     return Put(key, codec.encode_obj(value), lease=lease)
 
 
+def finished_ops(keys: Keyspace, task: Task, lease: int) -> list[Op]:
+    """What every transaction that finishes ``task`` writes beside its record, under its ``lease``.
+
+    Its finished-index entry (:func:`finished_entry`). The one place a finish's
+    extra keys are decided: every finish builder here calls it.
+    """
+    return [finished_entry(keys, task, lease)]
+
+
 def unplace_ops(keys: Keyspace, task: Task) -> list[Op]:
     """Delete the index key of a waiting task (queued or pending)."""
     if task.state is TaskState.QUEUED:
@@ -142,7 +151,7 @@ def unplace_ops(keys: Keyspace, task: Task) -> list[Op]:
     if task.state is TaskState.PENDING and task.not_before is not None:
         return [Delete(keys.delayed_entry(task.not_before, task.id))]
     if task.state is TaskState.WAITING:
-        return [Delete(keys.deps_entry(task.id))]
+        return [Delete(keys.deps_entry(task.queue, task.id))]
     return []
 
 
@@ -402,7 +411,7 @@ def _leave_running(keys: Keyspace, new: Task, lease: int, assignment_key: str | 
     ops.append(Delete(keys.running_entry(new.id)))
     ops.extend(place_ops(keys, new, data))
     if new.state.terminal:
-        ops.append(finished_entry(keys, new, lease))
+        ops += finished_ops(keys, new, lease)
     return ops
 
 
@@ -520,7 +529,7 @@ def rewrite(keys: Keyspace, record_kv: KV, old: Task, new: Task, lease: int = 0)
         ops += [Delete(keys.assignment(a.worker, old.id)), Delete(keys.running_entry(old.id))]
     ops += [op for op in placed if op.key not in same or new.state is TaskState.QUEUED]
     if new.state.terminal and not old.state.terminal:
-        ops.append(finished_entry(keys, new, lease))
+        ops += finished_ops(keys, new, lease)
     return Txn([Compare.unchanged(record_kv)], ops)
 
 
@@ -584,6 +593,6 @@ def fail_waiting(
     ops: list[Op] = [
         Delete(index_kv.key),
         Put(record_kv.key, data, lease=lease),
-        finished_entry(keys, failed, lease),
+        *finished_ops(keys, failed, lease),
     ]
     return Txn(compares, ops), failed

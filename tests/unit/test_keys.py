@@ -298,7 +298,7 @@ BAD_KEYS = {
         [K.task("T"), K.queue("q") + "1/2", K.queue_entry("q", 1, 1, "T") + "/"],
     ),
     "queue": (K.parse_queue_entry, [K.task("T"), K.queue("q") + "1/2", K.queue("q") + "x/1/T/r"]),
-    "deps": (K.parse_deps, [K.task("T"), K.deps, K.deps + "a/b"]),
+    "deps": (K.parse_deps, [K.task("T"), K.deps, K.deps + "q", K.deps + "q/", K.deps + "a/b/c"]),
     "expiring": (
         K.parse_expiring,
         [K.task("T"), K.expiring + "T", K.expiring + "1x/T", K.expiring + "1/T/x"],
@@ -379,7 +379,7 @@ def test_workflow_keys_round_trip_through_their_parsers():
     tid = "0" * 26
 
     # When / Then each parser returns what its builder took
-    assert keys.parse_deps(keys.deps_entry(tid)) == tid
+    assert keys.parse_deps(keys.deps_entry("q", tid)) == ("q", tid)
     assert keys.parse_expiring(keys.expiring_entry(1.5, tid)) == (1_500_000, tid)
     assert keys.parse_cron(keys.cron("nightly")) == "nightly"
     assert keys.parse_limit(keys.limit("type", "email")) == ("type", "email")
