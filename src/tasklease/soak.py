@@ -13,7 +13,10 @@ etcd and checks:
    200 KB payload must come back byte for byte);
 4. attempts are consistent: numbered 1..n, all but the last finished, and
    ``lost`` only on workers that were killed;
-5. nothing is left running, assigned, queued or delayed.
+5. nothing is left running, assigned, queued or delayed;
+6. a delayed task (about 8 % of them: ``delay_s`` 0.2 to 3 s) never started
+   before its time (its first attempt's start >= the ``not_before`` its submit
+   recorded).
 
 Payloads are tiny by default; ``--payload-bytes`` makes them realistic: a fixed
 size (``4500``) or a mix chosen per task by the seed (``0,4500,65536,204800``,
@@ -30,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import dataclasses
 import functools
 import random
 import shutil
@@ -144,6 +148,7 @@ class SoakReport:
     # payload size (0 = tiny) -> final state -> tasks
     by_payload: dict[int, Counter[str]] = field(default_factory=dict)
     payload_bytes: int = 0
+    delayed: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -156,6 +161,7 @@ class SoakReport:
             "violations": len(self.violations),
             "seconds": round(self.seconds, 1),
             "payload_bytes": self.payload_bytes,
+            "delayed": self.delayed,
             "by_payload": {str(k): dict(v) for k, v in sorted(self.by_payload.items())},
         }
 
@@ -173,16 +179,38 @@ def payload_sizes(n: int, mix: PayloadMix, seed: int) -> list[int]:
     return rng.choices(sizes, weights, k=n)
 
 
+DELAYED_SHARE = 0.08
+"""About this share of the soak's tasks are submitted with a delay (0.2 to 3 s)."""
+
+
 def make_specs(
-    n: int, rng: random.Random, sizes: Sequence[int] | None = None, pad_rng: random.Random | None = None
+    n: int,
+    rng: random.Random,
+    sizes: Sequence[int] | None = None,
+    pad_rng: random.Random | None = None,
+    delay_rng: random.Random | None = None,
 ) -> list[TaskSpec]:
     """The mixed workload: mostly quick, some slow, some failing, some timing out.
 
     ``sizes[i]`` is task i's payload size in bytes (0 or absent: tiny);
     ``pad_rng`` cuts the padding (its own generator: ``rng`` draws the same
-    workload whatever the sizes).
+    workload whatever the sizes); ``delay_rng`` (if given) delays about 8 % of
+    the tasks by 0.2 to 3 s (its own generator too).
     """
-    pad_rng = pad_rng or random.Random(0)
+    specs = _base_specs(n, rng, sizes, pad_rng or random.Random(0))
+    if delay_rng is None:
+        return specs
+    return [
+        dataclasses.replace(s, delay_s=round(delay_rng.uniform(0.2, 3.0), 3))
+        if delay_rng.random() < DELAYED_SHARE
+        else s
+        for s in specs
+    ]
+
+
+def _base_specs(
+    n: int, rng: random.Random, sizes: Sequence[int] | None, pad_rng: random.Random
+) -> list[TaskSpec]:
     specs = []
     for i in range(n):
         roll = rng.random()
@@ -252,13 +280,22 @@ def check(
     leftovers: dict[str, int],
     report: SoakReport,
     sizes: dict[str, int] | None = None,
+    due: dict[str, float] | None = None,
 ) -> None:
     """Check the invariants; append every violation to the report.
 
-    ``sizes`` maps task ids to their planned payload size (for the counts per size).
+    ``sizes`` maps task ids to their planned payload size (for the counts per
+    size); ``due`` the delayed tasks' ids to the ``not_before`` their submit recorded.
     """
     v = report.violations
+    due = due or {}
     for task in tasks:
+        not_before = due.get(task.id)
+        # (the delayed key holds microseconds: allow for that truncation only)
+        if not_before is not None and task.attempts and task.attempts[0].started_at < not_before - 1e-3:
+            v.append(
+                f"{task.id}: started at {task.attempts[0].started_at:.3f}, before its time {not_before:.3f}"
+            )
         report.states[task.state.value] += 1
         size = (sizes or {}).get(task.id, 0)
         report.by_payload.setdefault(size, Counter())[task.state.value] += 1
@@ -381,13 +418,16 @@ async def run_soak_async(
         stop = asyncio.Event()
         chaos = asyncio.create_task(_chaos(stack, client, rng, interval_s, report, stop, say))
         sizes = payload_sizes(tasks, payloads, seed)
-        specs = make_specs(tasks, rng, sizes, random.Random(seed + 1))
+        specs = make_specs(tasks, rng, sizes, random.Random(seed + 1), random.Random(seed * 7 + 3))
         report.payload_bytes = sum(len(orjson.dumps(s.payload)) for s in specs)
         ids: list[str] = []
+        due: dict[str, float] = {}
         for start in range(0, len(specs), 500):
             # submit_many splits by etcd's request size (a few 200 KB payloads per transaction).
             result = await client.submit_many(specs[start : start + 500])
             ids.extend(t.id for t in result.tasks)
+            due.update((t.id, t.not_before) for t in result.tasks if t.not_before is not None)
+        report.delayed = len(due)
         say(f"  submitted {len(ids)} tasks ({report.payload_bytes / 1e6:.1f} MB of payloads)")
         deadline = time.monotonic() + timeout_s
         k = client.keys
@@ -404,7 +444,7 @@ async def run_soak_async(
         await chaos
         # Let the last repairs land before checking (a killed worker's lease may still run).
         tasks_now, leftovers = await _collect(client, ids)
-        check(tasks_now, leftovers, report, dict(zip(ids, sizes, strict=True)))
+        check(tasks_now, leftovers, report, dict(zip(ids, sizes, strict=True)), due)
     finally:
         report.seconds = time.monotonic() - started
         await client.close()
