@@ -320,15 +320,19 @@ class Limiter(LeaderPart):
 
     def inflight(self) -> list[tuple[str, str]]:
         """(queue, type) of the picks committed (or maybe committed) that the watch has not shown yet."""
-        revision = self.mirror.view.revision
-        mono = self.clock.monotonic()
-        self._inflight = [f for f in self._inflight if f[0] > revision and f[1] > mono]
+        self._prune()
         return [(q, t) for _, _, q, t in self._inflight]
 
     def add_inflight(self, picks: list[tuple[str, str]], revision: float, expiry: float) -> None:
         """Count ``picks`` as running until the view reaches ``revision`` or the clock ``expiry``."""
+        self._prune()  # also when no concurrency limit reads them: the list stays a few batches long
         if picks and revision > self.mirror.view.revision:
             self._inflight += [(revision, expiry, q, t) for q, t in picks]
+
+    def _prune(self) -> None:
+        revision = self.mirror.view.revision
+        mono = self.clock.monotonic()
+        self._inflight = [f for f in self._inflight if f[0] > revision and f[1] > mono]
 
     # waking ------------------------------------------------------------------------------------
     def wake_at(self, at: float) -> None:

@@ -270,6 +270,21 @@ def test_concurrency_counts_running_entries_batches_in_flight_and_the_batch_itse
     assert admitted(leader.limiter.gate(), "default", "email", 5) == 1
 
 
+def test_batches_in_flight_are_forgotten_once_the_watch_shows_them_even_with_rate_limits_only():
+    leader = Leader()
+    leader.limit("type", "email", rate="1000/s", burst=1000)
+    leader.clock.advance(5.0)
+    view = leader.mirror.view
+    for _ in range(100):
+        gate = leader.limiter.gate()
+        assert admitted(gate, "default", "email", 3) == 3
+        gate.commit(view.revision + 1)
+        view.revision += 1  # the watch shows the batch
+    # Then only the last batch is remembered (nothing reads the list without a concurrency limit)
+    assert len(leader.limiter._inflight) <= 3
+    assert leader.limiter.inflight() == []
+
+
 def test_a_batch_of_unknown_outcome_counts_as_running_for_a_while():
     leader = Leader()
     leader.limit("queue", "bulk", concurrency=1)
