@@ -11,8 +11,13 @@ Events (events.py): ``Assigned`` per task once the batch's transaction has
 succeeded (``task`` is the running record, ``queued_at`` the queued record's
 ``updated_at``), then one ``BatchAssigned`` with the batch's size.
 
-May import: balancers (protocol), codec, election, errors, events, keys, mirror,
-models, recoverer, routing, store, transitions. Logs as ``tasklease.scheduler``.
+Limits (limiter.py): the assigner owns a :class:`~tasklease.limiter.Limiter`;
+each batch gathers heads past the groups a rate or concurrency limit holds back
+and lets :func:`plan_batch` ``admit`` each pick (which takes its tokens); a
+batch whose transaction fails gives them back.
+
+May import: balancers (protocol), codec, election, errors, events, keys, limiter,
+mirror, models, recoverer, routing, store, transitions. Logs as ``tasklease.scheduler``.
 """
 
 from __future__ import annotations
@@ -36,11 +41,12 @@ from tasklease.errors import (
 from tasklease.events import Assigned, BatchAssigned
 from tasklease.keys import Keyspace, prefix_end
 from tasklease.leader import LeaderContext, LeaderPart
-from tasklease.mirror import MirroredNode
+from tasklease.limiter import Limiter
+from tasklease.mirror import MirroredNode, QueueIndex
 from tasklease.models import Task
 from tasklease.recoverer import ERROR_BACKOFF_S, Failer, Recoverer
 from tasklease.routing import Route
-from tasklease.store import KV, MAX_TXN_BYTES, Compare, Get, Op, next_page_limit, txn_size
+from tasklease.store import KV, MAX_TXN_BYTES, Compare, Get, Op, TxnResult, next_page_limit, txn_size
 from tasklease.transitions import Pick, Txn
 
 log = logging.getLogger("tasklease.scheduler")
@@ -89,6 +95,7 @@ def plan_batch(
     now: float,
     batch_size: int,
     max_txn_bytes: int = MAX_TXN_BYTES,
+    admit: Callable[[str, str], bool] | None = None,
 ) -> BatchPlan:
     """Decide one batch: which of ``heads`` go to which of ``free``, in one transaction.
 
@@ -103,6 +110,12 @@ def plan_batch(
     ``free`` nodes' ``view.assigned`` (counted by ``ClusterView.free_nodes``)
     is raised for each pick: that is what the balancer and the next batch see.
 
+    ``admit(queue, type)`` is asked last, for each task that would be picked
+    (it fits the transaction): False passes the task over (a rate or
+    concurrency limit holds it back); True counts it and takes its tokens
+    (:meth:`tasklease.limiter.Gate.admit`), so it is never asked about a task
+    that is then left out.
+
     Args:
         heads: Queue heads with their values, in dequeue order.
         free: Live workers with a free slot.
@@ -113,6 +126,7 @@ def plan_batch(
         now: The assignment time (attempts' start, deadlines).
         batch_size: Most tasks.
         max_txn_bytes: Most request bytes (``store.txn_size``).
+        admit: The limits' gate (None: no limits).
 
     Returns:
         The plan (its ``picks`` may be empty).
@@ -162,6 +176,8 @@ def plan_batch(
         pick_size = txn_size(part.compares) + txn_size(part.ops)
         if picks and size + pick_size > max_txn_bytes:
             break  # the next batch takes it (alone if it must)
+        if admit is not None and not admit(entry.queue, queued.type):
+            continue  # held back by a limit; the gate's blocked() skips its group next batch
         node.view.assigned += 1
         picks.append(pick)
         running.append(record)
@@ -207,6 +223,7 @@ class Assigner(LeaderPart):
         self.batch_size = batch_size
         self.recoverer = recoverer
         self.failer = failer
+        self.limiter = Limiter(ctx)  # rate and concurrency limits: this loop's gate
         # (commit revision, tasks per worker, queue keys) of batches the watch has not
         # delivered yet; touched by the assignment loop, reset by the scheduler on a (re)load
         self._inflight: list[tuple[int, dict[str, int], set[str]]] = []
@@ -215,6 +232,7 @@ class Assigner(LeaderPart):
     def reset(self) -> None:
         """Forget the batches in flight (the mirror starts over)."""
         self._inflight = []
+        self.limiter.reset()
 
     def _ctx(self, **extra: Any) -> dict[str, Any]:
         return {"component": "scheduler", "scheduler": self.id, **extra}
@@ -230,6 +248,7 @@ class Assigner(LeaderPart):
                 await self.recoverer.recover_lost()
                 while await self.assign_batch():
                     pass
+                self.limiter.schedule_wake()  # a group held back by a rate: look again at its next token
                 self.failer.check_routes()
                 backoff = ERROR_BACKOFF_S[0]
             except StoreError as exc:
@@ -285,7 +304,9 @@ class Assigner(LeaderPart):
         free = view.free_nodes(inflight)
         if not free:
             return False
-        heads = list(itertools.islice(queues.heads(free, self.batch_size, claimed), self.batch_size))
+        gate = self.limiter.gate()
+        blocked = gate.blocked if gate.active else None
+        heads = list(itertools.islice(queues.heads(free, self.batch_size, claimed, blocked), self.batch_size))
         unloaded = [kv for kv in heads if kv.key in queues.unloaded]
         if unloaded:
             await self._load_values(unloaded)
@@ -300,35 +321,31 @@ class Assigner(LeaderPart):
             fence=self.election.fence(),
             now=now,
             batch_size=self.batch_size,
+            admit=gate.admit if gate.active else None,
         )
-        for qkv, task_id, exc in plan.skipped:
-            log.error("skipping queued task: %s", exc, extra=self._ctx(task_id=task_id))
-            queues.skipped.add(qkv.key)
-        for qkv, record_kv, reason in plan.unassignable:
-            await self.failer.fail_unassignable(qkv, record_kv, reason)
-        picks = plan.picks
-        if not picks:
-            return False
-        txn = plan.txn
+        result: TxnResult | None = None
         try:
-            result = await self.store.txn(txn.compares, txn.ops, txn.failure, timeout_s=2.0)
-        except StoreRequestTooLarge as exc:
-            if len(picks) > 1:
-                raise  # cannot happen (txn_size is an upper bound): back off, log it
-            first = picks[0]
-            await self.failer.fail_unassignable(first.queue_kv, first.record_kv, f"cannot be assigned: {exc}")
-            return True
-        except StoreError as exc:
-            # Maybe committed (the watch will tell), or a worker's lease just ended (its
-            # node key goes next). Either way the compares keep a second attempt from
-            # assigning anything twice; the loop backs off.
-            log.warning("assignment transaction failed: %s", exc, extra=self._ctx())
+            result = await self._send(plan, queues)
+        except StoreRequestTooLarge:
+            gate.rollback()  # refused before it was applied
             raise
+        except StoreError:
+            gate.uncertain()  # maybe committed: the tokens stay spent
+            raise
+        except BaseException:
+            gate.rollback()
+            raise
+        if result is None or not result.succeeded:
+            gate.rollback()  # nothing sent, the task failed instead, or a compare failed
+        if result is None:
+            return bool(plan.picks)
+        picks = plan.picks
         if not result.succeeded:
             self._explain_failure(picks, result.reads)
             log.debug("assignment rejected by a compare at revision %d", result.revision, extra=self._ctx())
             await self.mirror.wait_revision(result.revision)
             return True
+        gate.commit(result.revision)
         self.assigned_total += len(picks)
         if result.revision > self.mirror.view.revision:
             self._inflight.append((result.revision, plan.per_worker, {p.queue_kv.key for p in picks}))
@@ -350,6 +367,40 @@ class Assigner(LeaderPart):
                 )
             hooks.emit(BatchAssigned(at=now, component="scheduler", source=source, size=len(picks)))
         return True
+
+    async def _send(self, plan: BatchPlan, queues: QueueIndex) -> TxnResult | None:
+        """Deal with the plan's passed-over heads, then send its transaction.
+
+        Returns:
+            The transaction's result; None if there was nothing to send (no
+            picks), or its one pick was failed as too large for any transaction.
+
+        Raises:
+            StoreError: etcd failed (the transaction may have committed).
+        """
+        for qkv, task_id, exc in plan.skipped:
+            log.error("skipping queued task: %s", exc, extra=self._ctx(task_id=task_id))
+            queues.skipped.add(qkv.key)
+        for qkv, record_kv, reason in plan.unassignable:
+            await self.failer.fail_unassignable(qkv, record_kv, reason)
+        picks = plan.picks
+        if not picks:
+            return None
+        txn = plan.txn
+        try:
+            return await self.store.txn(txn.compares, txn.ops, txn.failure, timeout_s=2.0)
+        except StoreRequestTooLarge as exc:
+            if len(picks) > 1:
+                raise  # cannot happen (txn_size is an upper bound): back off, log it
+            first = picks[0]
+            await self.failer.fail_unassignable(first.queue_kv, first.record_kv, f"cannot be assigned: {exc}")
+            return None
+        except StoreError as exc:
+            # Maybe committed (the watch will tell), or a worker's lease just ended (its
+            # node key goes next). Either way the compares keep a second attempt from
+            # assigning anything twice; the loop backs off.
+            log.warning("assignment transaction failed: %s", exc, extra=self._ctx())
+            raise
 
     def _explain_failure(self, picks: list[Pick], reads: list[list[KV]]) -> None:
         """Skip picks whose record changed while their queue key did not (an inconsistency).

@@ -642,6 +642,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument(
         "--max-retention", type=_limit(_duration), metavar="AGE", help="longest --retention: 3600, 12h, 7d"
     )
+    from tasklease.cli_limits import add_limit_parser  # lazily: cli_limits imports this module
+
+    COMMANDS.update(add_limit_parser(cmd))
     return parser
 
 

@@ -11,6 +11,7 @@ inspector.py       ``get``, ``list`` / ``list_page``, ``scan``, ``stats``,
                    ``nodes`` (reads only, typed results)
 editor.py          ``cancel``, ``set_priority`` (read-modify-write)
 controls.py        ``pause``, ``resume``, ``paused``, ``drain``
+limits.py          ``set_limit``, ``limits``, ``remove_limit``
 waiting.py         ``wait`` (a lone key watch, or the shared result hub)
 client.py          the composition, ``result``, quotas, ``purge``
 sync.py            :class:`SyncClient`, the blocking facade
@@ -27,6 +28,8 @@ Round trips (each is one etcd request):
                            + 1 transaction of gets per 32 records
 ``stats`` / ``overview``   count-only ranges: a few per queue (overview.py)
 ``pause`` / ``resume``     1 put / 1 delete
+``set_limit``              1 count-only range + 1 put
+``limits`` / ``remove``    1 range / 1 delete
 ``drain``                  1 range + 1 transaction
 ``run_again``              1 range + 1 transaction
 ``nodes``                  1 range per page of node records
@@ -66,7 +69,7 @@ from collections.abc import AsyncGenerator, Iterable, Mapping
 from dataclasses import replace
 from types import TracebackType
 
-from tasklease import controls
+from tasklease import controls, limits
 from tasklease.clock import Clock, SystemClock
 from tasklease.controls import Pause
 from tasklease.editor import MAX_CONFLICT_RETRIES, Editor
@@ -75,6 +78,7 @@ from tasklease.events import Hook, Hooks, as_hooks
 from tasklease.ids import IdGenerator
 from tasklease.inspector import Inspector, TaskPage
 from tasklease.keys import Keyspace
+from tasklease.limits import Limit
 from tasklease.models import DEFAULT_PRIORITY, DEFAULT_QUEUE, DEFAULT_TIMEOUT_S, JSON, Task, TaskState
 from tasklease.nodes import NodeRecord
 from tasklease.overview import Overview
@@ -339,6 +343,45 @@ class Client:
             WorkerNotFound: No live worker with that id.
         """
         await controls.request_drain(self.store, self.keys, worker_id, self.clock.now())
+
+    # rate and concurrency limits (limits.py) ---------------------------------------------------
+    async def set_limit(
+        self,
+        kind: str,
+        name: str,
+        *,
+        rate: str | None = None,
+        burst: int | None = None,
+        concurrency: int | None = None,
+    ) -> Limit:
+        """Limit a task type or a queue, cluster-wide: replaces its limit, if any (1 put).
+
+        The leading scheduler applies it at its next assignment pass.
+
+        Args:
+            kind: ``"type"`` or ``"queue"``.
+            name: The task type or queue.
+            rate: Most starts: ``"100/s"``, ``"100/min"``, ``"5000/h"``, ``"20000/d"``.
+            burst: Most starts at once after a quiet spell (with a rate; default:
+                0.1 s worth of the rate, at least 1).
+            concurrency: Most tasks running at once.
+
+        Raises:
+            InvalidOption: A bad kind, type, rate or number, or neither a rate nor a concurrency.
+            InvalidQueueName: A bad queue name.
+        """
+        limit = limits.make_limit(
+            kind, name, rate=rate, burst=burst, concurrency=concurrency, now=self.clock.now()
+        )
+        return await limits.set_limit(self.store, self.keys, limit)
+
+    async def limits(self) -> builtins.list[Limit]:
+        """Every limit: types first, then queues, by name."""
+        return await limits.list_limits(self.store, self.keys)
+
+    async def remove_limit(self, kind: str, name: str) -> bool:
+        """Remove the limit of a type or queue (1 delete); whether there was one."""
+        return await limits.remove_limit(self.store, self.keys, kind, name)
 
     # quotas and purge ---------------------------------------------------------------------
     async def quota(self) -> Quota | None:

@@ -214,12 +214,21 @@ class QueueIndex:
             self._routes[text] = parse_route(text)
         return self._routes[text]
 
-    def heads(self, free: list[MirroredNode], limit: int, exclude: set[str]) -> Iterator[KV]:
+    def heads(
+        self,
+        free: list[MirroredNode],
+        limit: int,
+        exclude: set[str],
+        blocked: Callable[[str, Route | None], bool] | None = None,
+    ) -> Iterator[KV]:
         """Queue keys some free worker may take, in dequeue order (priority, then FIFO) across queues.
 
         Keys are grouped by queue and route: a group no free worker may take is
         passed over whole, so tasks nobody can run cost nothing however many.
-        A paused queue's groups are passed over the same way.
+        A paused queue's groups are passed over the same way, and so are the
+        groups ``blocked(queue, route)`` says are held back now (a rate or
+        concurrency limit, limiter.py): a blocked group never fills a batch
+        with heads that cannot go while others could.
         """
 
         def one(group: Group, keys_list: SortedList) -> Iterator[tuple[str, KV]]:
@@ -237,7 +246,9 @@ class QueueIndex:
         groups = [
             one(group, keys_list)
             for group, keys_list in self.groups.items()
-            if group[0] not in self.paused and any(n.takes(group[0], self.route(group[1])) for n in free)
+            if group[0] not in self.paused
+            and any(n.takes(group[0], self.route(group[1])) for n in free)
+            and (blocked is None or not blocked(group[0], self.route(group[1])))
         ]
         for _, kv in heapq.merge(*groups, key=lambda item: item[0]):
             yield kv
@@ -267,6 +278,9 @@ class ClusterView:
         self.assignment_rev: dict[str, int] = {}
         self.queues = QueueIndex(keys)
         self.running: dict[str, RunningEntry] = {}
+        # running entries per queue and per type (concurrency limits, limiter.py); kept by apply
+        self.running_by_queue: dict[str, int] = defaultdict(int)
+        self.running_by_type: dict[str, int] = defaultdict(int)
         # task id -> monotonic time this scheduler first saw its running entry (clock-skew guard)
         self.running_seen: dict[str, float] = {}
         self.delayed: dict[str, KV] = {}
@@ -350,14 +364,18 @@ class ClusterView:
                 _malformed(exc, deleted)
                 return
             if deleted:
-                self.running.pop(task_id, None)
+                self._count_running(self.running.pop(task_id, None), -1)
                 self.running_seen.pop(task_id, None)
             else:
                 try:
-                    self.running[task_id] = decode_running(k, kv)
-                    self.running_seen[task_id] = self.clock.monotonic()
+                    entry = decode_running(k, kv)
                 except CorruptRecord as exc:
                     log.error("skipping corrupt running entry: %s", exc)
+                    return
+                self._count_running(self.running.get(task_id), -1)
+                self.running[task_id] = entry
+                self._count_running(entry, 1)
+                self.running_seen[task_id] = self.clock.monotonic()
         elif key.startswith(k.nodes):
             self.changed_nodes = True
             try:
@@ -390,6 +408,17 @@ class ClusterView:
             else:
                 self.delayed[key] = kv
                 heapq.heappush(self._delayed_heap, (due_us, key))
+
+    def _count_running(self, entry: RunningEntry | None, delta: int) -> None:
+        """Add ``delta`` to the running counts of ``entry``'s queue and type (None: nothing)."""
+        if entry is None:
+            return
+        for counts, name in ((self.running_by_queue, entry.queue), (self.running_by_type, entry.type)):
+            n = counts[name] + delta
+            if n > 0:
+                counts[name] = n
+            else:
+                counts.pop(name, None)
 
     def _apply_node(self, worker: str, kv: KV) -> None:
         try:

@@ -40,6 +40,9 @@ class RunningEntry:
             of the scheduler that assigned it).
         mod_revision: The entry's mod revision (for the compare).
         timeout: The attempt's timeout in seconds (0 if the entry predates it).
+        queue: The task's queue ("" if the entry predates it).
+        type: The task's type ("" if the entry predates it): the leader counts
+            running tasks per type and per queue for concurrency limits (limiter.py).
     """
 
     task_id: str
@@ -48,6 +51,8 @@ class RunningEntry:
     deadline: float
     mod_revision: int
     timeout: float = 0.0
+    queue: str = ""
+    type: str = ""
 
 
 def decode_running(keys: Keyspace, kv: KV) -> RunningEntry:
@@ -65,6 +70,8 @@ def decode_running(keys: Keyspace, kv: KV) -> RunningEntry:
             float(d["deadline"]),
             kv.mod_revision,
             float(d.get("t", 0.0)),
+            str(d.get("q", "")),
+            str(d.get("ty", "")),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise CorruptRecord(kv.key, f"bad running entry: {exc}") from exc

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from tasklease.controls import Pause
 from tasklease.events import Hook, Hooks
 from tasklease.inspector import TaskPage
+from tasklease.limits import Limit
 from tasklease.models import JSON, Task
 from tasklease.nodes import NodeRecord
 from tasklease.overview import Overview
@@ -146,6 +147,26 @@ class SyncClient:
     def drain(self, worker_id: str) -> None:
         """See :meth:`Client.drain`."""
         self._run(self._client.drain(worker_id))
+
+    def set_limit(
+        self,
+        kind: str,
+        name: str,
+        *,
+        rate: str | None = None,
+        burst: int | None = None,
+        concurrency: int | None = None,
+    ) -> Limit:
+        """See :meth:`Client.set_limit`."""
+        return self._run(self._client.set_limit(kind, name, rate=rate, burst=burst, concurrency=concurrency))
+
+    def limits(self) -> builtins.list[Limit]:
+        """See :meth:`Client.limits`."""
+        return self._run(self._client.limits())
+
+    def remove_limit(self, kind: str, name: str) -> bool:
+        """See :meth:`Client.remove_limit`."""
+        return self._run(self._client.remove_limit(kind, name))
 
     def wait(self, task_id: str, timeout_s: float | None = None) -> Task:
         """See :meth:`Client.wait`."""

@@ -255,6 +255,7 @@ def assign_task(keys: Keyspace, pick: Pick, task: Task, now: float) -> tuple[Txn
                     "deadline": now + task.timeout_s,
                     "t": task.timeout_s,
                     "q": task.queue,
+                    "ty": task.type,
                 }
             ),
         ),

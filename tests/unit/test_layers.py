@@ -31,12 +31,14 @@ SHARED |= {"tracing"}  # the OpenTelemetry hook: events and models only
 SHARED |= {"metrics"}  # observability: reads no component (protocols), fed by events
 SHARED |= {"httpserver", "health"}  # the HTTP endpoint and its routes: read no component (callables)
 SHARED |= {"overview", "finished", "controls"}  # counts and listings from index keys; pause and drain keys
+SHARED |= {"limits"}  # rate and concurrency limits: the model and the client's operations
 FAMILIES = {
     "worker": {"worker", "membership", "execution", "recorder", "burst"},
-    "scheduler": {"scheduler", "mirror", "assigner", "recoverer", "leader"},
+    "scheduler": {"scheduler", "mirror", "assigner", "recoverer", "leader", "limiter"},
     "client": {"client", "submitter", "inspector", "editor", "waiting", "sync"},
 }
 PROCESSES = {"cli", "__main__", "runners", "dev", "demo", "demo_tasks", "soak", "tasklease"}
+PROCESSES |= {"cli_limits", "web.api_limits"}
 # The REST API and dashboard (tasklease web): a process that uses the client.
 PROCESSES |= {"web", "web.app", "web.api", "web.feed", "web.security", "web.openapi", "web.server"}
 PLUGINS = ("executors", "balancers")

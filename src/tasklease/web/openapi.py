@@ -236,6 +236,42 @@ SCHEMAS: dict[str, Any] = {
     ),
 }
 
+# rate and concurrency limits (web/api_limits.py)
+SCHEMAS["Limit"] = _obj(
+    {
+        "kind": {"enum": ["type", "queue"]},
+        "name": STR,
+        "rate": {**NULL_STR, "description": "Most starts, as given: 100/s, 100/min, 5000/h, 20000/d"},
+        "rate_per_s": NULL_NUM,
+        "burst": {"type": ["integer", "null"], "description": "Most starts at once after a quiet spell"},
+        "concurrency": {"type": ["integer", "null"], "description": "Most running at once, cluster-wide"},
+        "set_at": NUM,
+    }
+)
+LIMIT_PARAMS = [
+    {
+        "name": "kind",
+        "in": "path",
+        "required": True,
+        "schema": {"enum": ["type", "queue"]},
+        "description": "What is limited: a task type or a queue",
+    },
+    _path("name", "The task type or the queue name"),
+]
+LIMIT_BODY = {
+    "required": True,
+    "schema": {
+        "type": "object",
+        "additionalProperties": False,
+        "description": "A rate, a concurrency, or both",
+        "properties": {
+            "rate": {**STR, "pattern": "^[0-9]+(\\.[0-9]+)?/(s|sec|second|min|minute|h|hour|d|day)$"},
+            "burst": {**INT, "minimum": 1, "description": "With a rate; default 0.1 s worth, at least 1"},
+            "concurrency": {**INT, "minimum": 1},
+        },
+    },
+}
+
 RESPONSES = {f"E{status}": _json(_ref("Error"), text) for status, text in ERROR_TEXT.items()}
 
 
@@ -428,6 +464,37 @@ def _document() -> dict[str, Any]:
                 body=EMPTY,
                 write=True,
             )
+        },
+        "/api/limits": {
+            "get": _op(
+                "Every rate and concurrency limit: types first, then queues",
+                {"200": _json({"type": "array", "items": _ref("Limit")}, "")},
+            )
+        },
+        "/api/limits/{kind}/{name}": {
+            "put": _op(
+                "Set the limit of a task type or a queue (replaces it; the scheduler applies it at once)",
+                {"200": _json(_ref("Limit"), "The limit as stored")},
+                413,
+                422,
+                params=LIMIT_PARAMS,
+                body=LIMIT_BODY,
+                write=True,
+            ),
+            "delete": _op(
+                "Remove the limit of a task type or a queue",
+                {
+                    "200": _json(
+                        _obj({"kind": STR, "name": STR, "removed": {"type": "boolean"}}),
+                        "removed: whether there was one",
+                    )
+                },
+                413,
+                422,
+                params=LIMIT_PARAMS,
+                body=EMPTY,
+                write=True,
+            ),
         },
         "/api/events": {
             "get": {
