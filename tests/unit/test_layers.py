@@ -31,9 +31,10 @@ SHARED |= {"tracing"}  # the OpenTelemetry hook: events and models only
 SHARED |= {"metrics"}  # observability: reads no component (protocols), fed by events
 SHARED |= {"httpserver", "health"}  # the HTTP endpoint and its routes: read no component (callables)
 SHARED |= {"overview", "finished", "controls"}  # counts and listings from index keys; pause and drain keys
+SHARED |= {"schedules"}  # cron schedules: the expression, the stored schedule, client ops
 FAMILIES = {
     "worker": {"worker", "membership", "execution", "recorder", "burst"},
-    "scheduler": {"scheduler", "mirror", "assigner", "recoverer", "leader"},
+    "scheduler": {"scheduler", "mirror", "assigner", "recoverer", "leader", "cron"},
     "client": {"client", "submitter", "inspector", "editor", "waiting", "sync"},
 }
 PROCESSES = {"cli", "__main__", "runners", "dev", "demo", "demo_tasks", "soak", "tasklease"}
