@@ -232,6 +232,11 @@ def check_task(spec: TaskSpec) -> TaskSpec:
     return spec
 
 
+def with_retention(spec: TaskSpec, retention_s: float) -> TaskSpec:
+    """``spec`` with ``retention_s`` (the namespace's default when the schedule was added)."""
+    return replace(spec, retention_s=retention_s)
+
+
 def spec_to_dict(spec: TaskSpec) -> dict[str, Any]:
     """A schedule's task in :func:`tasklease.spec.spec_from_dict` form (what the key stores)."""
     d: dict[str, Any] = {

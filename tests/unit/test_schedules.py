@@ -22,8 +22,18 @@ BERLIN = ZoneInfo("Europe/Berlin")
 UTC = ZoneInfo("UTC")
 
 
-def at(*parts: int, tz: ZoneInfo = BERLIN, fold: int = 0) -> float:
-    return datetime(*parts, tzinfo=tz, fold=fold).timestamp()  # type: ignore[misc]
+def at(
+    year: int,
+    month: int,
+    day: int,
+    hour: int,
+    minute: int,
+    second: int = 0,
+    *,
+    tz: ZoneInfo = BERLIN,
+    fold: int = 0,
+) -> float:
+    return datetime(year, month, day, hour, minute, second, tzinfo=tz, fold=fold).timestamp()
 
 
 def local(ts: float, tz: ZoneInfo = BERLIN) -> str:
