@@ -642,6 +642,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument(
         "--max-retention", type=_limit(_duration), metavar="AGE", help="longest --retention: 3600, 12h, 7d"
     )
+
+    from tasklease.cli_schedules import add_parsers as schedule_parsers  # lazy: it imports this module
+
+    COMMANDS.update(schedule_parsers(cmd))
     return parser
 
 

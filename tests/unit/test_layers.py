@@ -38,6 +38,7 @@ FAMILIES = {
     "client": {"client", "submitter", "inspector", "editor", "waiting", "sync"},
 }
 PROCESSES = {"cli", "__main__", "runners", "dev", "demo", "demo_tasks", "soak", "tasklease"}
+PROCESSES |= {"cli_schedules", "web.api_schedules"}  # cron schedules: the command and the REST routes
 # The REST API and dashboard (tasklease web): a process that uses the client.
 PROCESSES |= {"web", "web.app", "web.api", "web.feed", "web.security", "web.openapi", "web.server"}
 PLUGINS = ("executors", "balancers")
