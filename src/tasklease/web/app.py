@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from tasklease.web import api
+from tasklease.web import api, api_schedules
 from tasklease.web.api import JSONResponse, WebState
 from tasklease.web.openapi import openapi_document
 from tasklease.web.security import Guard, SecurityMiddleware, is_api
@@ -111,6 +111,13 @@ def routes() -> list[BaseRoute]:
         Route("/api/queues/{name}/resume", api.resume_queue, methods=["POST"]),
         Route("/api/workers", api.list_workers, methods=["GET"]),
         Route("/api/workers/{id}/drain", api.drain_worker, methods=["POST"]),
+        Route("/api/schedules", api_schedules.list_schedules, methods=["GET"]),
+        Route("/api/schedules", api_schedules.add_schedule, methods=["POST"]),
+        Route("/api/schedules/{name}", api_schedules.get_schedule, methods=["GET"]),
+        Route("/api/schedules/{name}", api_schedules.remove_schedule, methods=["DELETE"]),
+        Route("/api/schedules/{name}/pause", api_schedules.pause_schedule, methods=["POST"]),
+        Route("/api/schedules/{name}/resume", api_schedules.resume_schedule, methods=["POST"]),
+        Route("/api/schedules/{name}/next", api_schedules.next_times, methods=["GET"]),
         Route("/api/events", api.events, methods=["GET"]),
         Route("/api/openapi.json", openapi, methods=["GET"]),
         Route("/", index, methods=["GET"]),
