@@ -645,6 +645,10 @@ def build_parser() -> argparse.ArgumentParser:
     from tasklease.cli_limits import add_limit_parser  # lazily: cli_limits imports this module
 
     COMMANDS.update(add_limit_parser(cmd))
+
+    from tasklease.cli_schedules import add_parsers as schedule_parsers  # lazy: it imports this module
+
+    COMMANDS.update(schedule_parsers(cmd))
     return parser
 
 

@@ -12,6 +12,7 @@ inspector.py       ``get``, ``list`` / ``list_page``, ``scan``, ``stats``,
 editor.py          ``cancel``, ``set_priority`` (read-modify-write)
 controls.py        ``pause``, ``resume``, ``paused``, ``drain``
 limits.py          ``set_limit``, ``limits``, ``remove_limit``
+schedules.py       cron schedules: ``add_schedule``, ``list_schedules``, ...
 waiting.py         ``wait`` (a lone key watch, or the shared result hub)
 client.py          the composition, ``result``, quotas, ``purge``
 sync.py            :class:`SyncClient`, the blocking facade
@@ -30,6 +31,8 @@ Round trips (each is one etcd request):
 ``pause`` / ``resume``     1 put / 1 delete
 ``set_limit``              1 count-only range + 1 put
 ``limits`` / ``remove``    1 range / 1 delete
+``add_schedule``           1 transaction (``replace``: + 1 range + 1 transaction)
+``pause_schedule`` etc.    1 range + 1 transaction (repeated on a race)
 ``drain``                  1 range + 1 transaction
 ``run_again``              1 range + 1 transaction
 ``nodes``                  1 range per page of node records
@@ -69,11 +72,11 @@ from collections.abc import AsyncGenerator, Iterable, Mapping
 from dataclasses import replace
 from types import TracebackType
 
-from tasklease import controls, limits
+from tasklease import controls, limits, schedules
 from tasklease.clock import Clock, SystemClock
 from tasklease.controls import Pause
 from tasklease.editor import MAX_CONFLICT_RETRIES, Editor
-from tasklease.errors import ConflictError, TaskFailed
+from tasklease.errors import ConflictError, InvalidOption, TaskFailed
 from tasklease.events import Hook, Hooks, as_hooks
 from tasklease.ids import IdGenerator
 from tasklease.inspector import Inspector, TaskPage
@@ -86,6 +89,7 @@ from tasklease.purge import PurgeResult, purge
 from tasklease.quotas import Quota, QuotaGuard, Usage, write_quota
 from tasklease.retention import RetentionLeases
 from tasklease.retry import RetryPolicy
+from tasklease.schedules import Schedule
 from tasklease.stats import Stats
 from tasklease.store import Compare, KVStore, Op, Store, StoreConfig
 from tasklease.submitter import (
@@ -382,6 +386,94 @@ class Client:
     async def remove_limit(self, kind: str, name: str) -> bool:
         """Remove the limit of a type or queue (1 delete); whether there was one."""
         return await limits.remove_limit(self.store, self.keys, kind, name)
+
+    # cron schedules (schedules.py) ----------------------------------------------------------
+    async def add_schedule(
+        self,
+        name: str,
+        cron: str,
+        task: TaskSpec,
+        *,
+        tz: str = "UTC",
+        overlap: str = schedules.DEFAULT_OVERLAP,
+        catch_up: str = schedules.DEFAULT_CATCH_UP,
+        paused: bool = False,
+        replace: bool = False,
+    ) -> Schedule:
+        """Add a cron schedule: the leading scheduler submits ``task`` at each tick, exactly once.
+
+        Args:
+            name: Its name (``[A-Za-z0-9_.-]{1,64}``).
+            cron: 5 fields (``minute hour day month weekday``), 6 with the
+                seconds first, or a macro (``@hourly``).
+            task: What each tick submits (no task id, parents, delay or start
+                time, idempotency key or trace: they name one task or one moment).
+                Its retention, if not given, is the namespace's default now.
+            tz: The IANA time zone the expression is read in.
+            overlap: ``allow`` or ``skip`` (skip a tick while the previous task runs).
+            catch_up: Ticks missed in an outage or a pause: ``none``, ``one`` or ``all``.
+            paused: Add it paused.
+            replace: Replace a schedule of that name (its firing state is kept).
+
+        Returns:
+            The schedule as stored.
+
+        Raises:
+            ScheduleExists: The name is taken (and not ``replace``).
+            ValidationError: A bad name, expression, zone, policy or task (nothing written).
+        """
+        if task.retention_s is None:
+            task = schedules.with_retention(task, await self.submitter.default_retention())
+        now = self.clock.now()
+        schedule = Schedule(
+            name,
+            cron,
+            task,
+            tz=tz,
+            overlap=overlap,
+            catch_up=catch_up,
+            paused=paused,
+            created_at=now,
+            updated_at=now,
+            since=now,
+        )
+        return await schedules.add(self.store, self.keys, schedule, replace_existing=replace)
+
+    async def get_schedule(self, name: str) -> Schedule:
+        """The schedule ``name`` (1 range).
+
+        Raises:
+            ScheduleNotFound: None with that name.
+        """
+        return (await schedules.read(self.store, self.keys, name))[0]
+
+    async def list_schedules(self) -> builtins.list[Schedule]:
+        """Every schedule, by name."""
+        return await schedules.list_schedules(self.store, self.keys)
+
+    async def pause_schedule(self, name: str) -> Schedule:
+        """Pause a schedule: it does not fire until resumed (1 range + 1 transaction)."""
+        return await schedules.set_paused(self.store, self.keys, name, True, self.clock.now())
+
+    async def resume_schedule(self, name: str) -> Schedule:
+        """Resume a paused schedule; its catch-up policy decides about the ticks it missed."""
+        return await schedules.set_paused(self.store, self.keys, name, False, self.clock.now())
+
+    async def remove_schedule(self, name: str) -> bool:
+        """Remove a schedule (1 delete); whether it existed. Tasks it fired are not touched."""
+        return await schedules.remove(self.store, self.keys, name)
+
+    async def next_fire_times(self, name: str, count: int = 5) -> builtins.list[float]:
+        """The next ``count`` ticks of ``name`` after now (epoch seconds; as if resumed, when paused).
+
+        Raises:
+            ScheduleNotFound: None with that name.
+            InvalidOption: ``count`` outside 1..1000.
+        """
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= schedules.MAX_NEXT:
+            raise InvalidOption(f"count must be in 1..{schedules.MAX_NEXT}, got {count!r}")
+        schedule = await self.get_schedule(name)
+        return schedule.expr.next_times(max(schedule.cursor, self.clock.now()), count)
 
     # quotas and purge ---------------------------------------------------------------------
     async def quota(self) -> Quota | None:

@@ -12,11 +12,13 @@
     │   ├── QuotaExceeded          a submit over one of the namespace's quotas
     │   └── InvalidOption          timeouts, retries, batch sizes, ...
     │       ├── DuplicateCandidate another live scheduler has this scheduler id
+    │       ├── ScheduleExists     a cron schedule with this name exists
     │       └── WorkerIdInUse      another live worker has this worker id
     │                              (also a ConflictError)
     ├── TaskNotFound               no such task id (CLI exit 2)
     │   └── MalformedTaskId        text that cannot be a task id
     ├── WorkerNotFound             no live worker with this id (CLI exit 2)
+    ├── ScheduleNotFound           no cron schedule with this name (CLI exit 2)
     ├── InvalidTransition          e.g. cancel a finished task (CLI exit 2)
     ├── ConflictError              a compare failed too often: someone else kept
     │                              changing the same keys
@@ -143,6 +145,18 @@ class WorkerNotFound(TaskleaseError, LookupError):
         self.worker_id = worker_id
 
 
+class ScheduleNotFound(TaskleaseError, LookupError):
+    """No cron schedule with this name (schedules.py).
+
+    Attributes:
+        name: The name that was looked up.
+    """
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no schedule {name!r}")
+        self.name = name
+
+
 class MalformedTaskId(TaskNotFound):
     """Text that cannot be a task id (a :class:`TaskNotFound`: no task has it)."""
 
@@ -189,6 +203,18 @@ class DuplicateCandidate(InvalidOption):
         )
         self.candidate = candidate
         self.holder = holder
+
+
+class ScheduleExists(InvalidOption):
+    """A cron schedule with this name exists (add it with ``replace`` to change it).
+
+    Attributes:
+        name: The name.
+    """
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"schedule {name!r} exists: remove it first, or replace it (--replace)")
+        self.name = name
 
 
 class WorkerIdInUse(InvalidOption, ConflictError):

@@ -73,6 +73,7 @@ from typing import Any
 from tasklease.assigner import Assigner
 from tasklease.balancers import Balancer, make_balancer
 from tasklease.clock import Clock, SystemClock
+from tasklease.cron import CronFirer
 from tasklease.election import DuplicateCandidate, Election
 from tasklease.errors import InvalidOption, StoreError, WatchCompacted
 from tasklease.events import Event, Hook, Hooks, LeaderElected, LeaderResigned, as_hooks
@@ -194,6 +195,7 @@ class Scheduler:
         # The leader's own loops beyond assigning and recovering (leader.LeaderLoop):
         # each capability adds its one line here.
         self.loops: list[LeaderLoop] = []
+        self.loops.append(CronFirer(ctx))  # cron schedules (cron.py)
         self._main: asyncio.Task[None] | None = None
         self._stopping = False
         self.leading = asyncio.Event()

@@ -25,6 +25,7 @@ from tasklease.nodes import NodeRecord
 from tasklease.overview import Overview
 from tasklease.purge import PurgeResult
 from tasklease.quotas import Quota
+from tasklease.schedules import Schedule
 from tasklease.stats import Stats
 from tasklease.store import StoreConfig
 from tasklease.submitter import BatchResult, TaskSpec
@@ -187,3 +188,31 @@ class SyncClient:
     def purge(self, older_than_s: float, **options: Any) -> PurgeResult:
         """See :meth:`Client.purge`."""
         return self._run(self._client.purge(older_than_s, **options))
+
+    def add_schedule(self, name: str, cron: str, task: TaskSpec, **options: Any) -> Schedule:
+        """See :meth:`Client.add_schedule`."""
+        return self._run(self._client.add_schedule(name, cron, task, **options))
+
+    def get_schedule(self, name: str) -> Schedule:
+        """See :meth:`Client.get_schedule`."""
+        return self._run(self._client.get_schedule(name))
+
+    def list_schedules(self) -> builtins.list[Schedule]:
+        """See :meth:`Client.list_schedules`."""
+        return self._run(self._client.list_schedules())
+
+    def pause_schedule(self, name: str) -> Schedule:
+        """See :meth:`Client.pause_schedule`."""
+        return self._run(self._client.pause_schedule(name))
+
+    def resume_schedule(self, name: str) -> Schedule:
+        """See :meth:`Client.resume_schedule`."""
+        return self._run(self._client.resume_schedule(name))
+
+    def remove_schedule(self, name: str) -> bool:
+        """See :meth:`Client.remove_schedule`."""
+        return self._run(self._client.remove_schedule(name))
+
+    def next_fire_times(self, name: str, count: int = 5) -> builtins.list[float]:
+        """See :meth:`Client.next_fire_times`."""
+        return self._run(self._client.next_fire_times(name, count))

@@ -684,6 +684,8 @@ async def test_openapi_documents_every_route_and_only_routes(client, static):
                 continue
             if method == "GET":
                 resp = await http.get(url, params={"timeout": "0.1"} if url.endswith("/wait") else None)
+            elif method == "DELETE":
+                resp = await http.delete(url, headers=WRITE)
             else:
                 body = (
                     {"tasks": [{"type": "noop"}]}

@@ -32,13 +32,15 @@ SHARED |= {"metrics"}  # observability: reads no component (protocols), fed by e
 SHARED |= {"httpserver", "health"}  # the HTTP endpoint and its routes: read no component (callables)
 SHARED |= {"overview", "finished", "controls"}  # counts and listings from index keys; pause and drain keys
 SHARED |= {"limits"}  # rate and concurrency limits: the model and the client's operations
+SHARED |= {"schedules"}  # cron schedules: the expression, the stored schedule, client ops
 FAMILIES = {
     "worker": {"worker", "membership", "execution", "recorder", "burst"},
-    "scheduler": {"scheduler", "mirror", "assigner", "recoverer", "leader", "limiter"},
+    "scheduler": {"scheduler", "mirror", "assigner", "recoverer", "leader", "limiter", "cron"},
     "client": {"client", "submitter", "inspector", "editor", "waiting", "sync"},
 }
 PROCESSES = {"cli", "__main__", "runners", "dev", "demo", "demo_tasks", "soak", "tasklease"}
-PROCESSES |= {"cli_limits", "web.api_limits"}
+PROCESSES |= {"cli_limits", "web.api_limits"}  # limits: the command and the REST routes
+PROCESSES |= {"cli_schedules", "web.api_schedules"}  # cron schedules: the command and the REST routes
 # The REST API and dashboard (tasklease web): a process that uses the client.
 PROCESSES |= {"web", "web.app", "web.api", "web.feed", "web.security", "web.openapi", "web.server"}
 PLUGINS = ("executors", "balancers")

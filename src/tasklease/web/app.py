@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from tasklease.web import api, api_limits
+from tasklease.web import api, api_limits, api_schedules
 from tasklease.web.api import JSONResponse, WebState
 from tasklease.web.openapi import openapi_document
 from tasklease.web.security import Guard, SecurityMiddleware, is_api
@@ -114,6 +114,13 @@ def routes() -> list[BaseRoute]:
         Route("/api/limits", api_limits.list_limits, methods=["GET"]),
         Route("/api/limits/{kind}/{name}", api_limits.put_limit, methods=["PUT"]),
         Route("/api/limits/{kind}/{name}", api_limits.delete_limit, methods=["DELETE"]),
+        Route("/api/schedules", api_schedules.list_schedules, methods=["GET"]),
+        Route("/api/schedules", api_schedules.add_schedule, methods=["POST"]),
+        Route("/api/schedules/{name}", api_schedules.get_schedule, methods=["GET"]),
+        Route("/api/schedules/{name}", api_schedules.remove_schedule, methods=["DELETE"]),
+        Route("/api/schedules/{name}/pause", api_schedules.pause_schedule, methods=["POST"]),
+        Route("/api/schedules/{name}/resume", api_schedules.resume_schedule, methods=["POST"]),
+        Route("/api/schedules/{name}/next", api_schedules.next_times, methods=["GET"]),
         Route("/api/events", api.events, methods=["GET"]),
         Route("/api/openapi.json", openapi, methods=["GET"]),
         Route("/", index, methods=["GET"]),

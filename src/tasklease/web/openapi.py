@@ -23,8 +23,8 @@ ERROR_TEXT = {
     400: "Bad JSON, wrong Content-Type, or a bad query parameter",
     401: "No token, or a bad one",
     403: "Read-only dashboard, or a cross-site request",
-    404: "No such task, worker or route",
-    409: "The task's state does not allow it, or a conflict",
+    404: "No such task, worker, schedule or route",
+    409: "The task's state does not allow it, a schedule name taken, or a conflict",
     413: "Request body over the limit (--max-body)",
     422: "Invalid field (priority, queue name, type, payload, ...)",
     429: "Over a quota of the namespace",
@@ -271,6 +271,118 @@ LIMIT_BODY = {
         },
     },
 }
+
+SCHEDULE_NAME = _path("name", "A schedule name ([A-Za-z0-9_.-]{1,64})")
+_SCHEDULE_DEFINITION = {
+    "cron": {**STR, "description": "5 fields, or 6 with the seconds first, or @hourly/@daily/..."},
+    "tz": {**STR, "default": "UTC", "description": "IANA time zone of the expression"},
+    "task": _ref("TaskSpec"),
+    "overlap": {"enum": ["allow", "skip"], "default": "allow"},
+    "catch_up": {"enum": ["none", "one", "all"], "default": "one"},
+    "paused": {"type": "boolean", "default": False},
+}
+SCHEMAS["Schedule"] = _obj(
+    {
+        "name": STR,
+        **_SCHEDULE_DEFINITION,
+        "created_at": NUM,
+        "updated_at": NUM,
+        "since": {**NUM, "description": "Its ticks are those after this (added or replaced)"},
+        "last_tick": {**NULL_NUM, "description": "The newest tick dealt with (fired or skipped)"},
+        "last_task": NULL_STR,
+        "fired": INT,
+        "skipped": INT,
+        "next_at": {**NULL_NUM, "description": "When it fires next (null while paused)"},
+    }
+)
+SCHEMAS["NewSchedule"] = {
+    "type": "object",
+    "required": ["name", "cron", "task"],
+    "additionalProperties": False,
+    "properties": {
+        "name": {**STR, "pattern": "^[A-Za-z0-9_.-]{1,64}$"},
+        **_SCHEDULE_DEFINITION,
+        "replace": {"type": "boolean", "default": False, "description": "Replace one of that name"},
+    },
+}
+
+
+def _schedule_paths() -> dict[str, Any]:
+    """The cron schedules' routes (web/api_schedules.py)."""
+    schedule = _json(_ref("Schedule"), "The schedule")
+    return {
+        "/api/schedules": {
+            "get": _op(
+                "Every cron schedule, by name",
+                {"200": _json({"type": "array", "items": _ref("Schedule")}, "")},
+            ),
+            "post": _op(
+                "Add a cron schedule: the leader submits its task at each tick, exactly once",
+                {
+                    "201": _json(_ref("Schedule"), "Added (Location: /api/schedules/{name})"),
+                    "200": _json(_ref("Schedule"), "Replaced (replace: true)"),
+                },
+                409,
+                413,
+                422,
+                body={"required": True, "schema": _ref("NewSchedule")},
+                write=True,
+            ),
+        },
+        "/api/schedules/{name}": {
+            "get": _op("A cron schedule", {"200": schedule}, 404, params=[SCHEDULE_NAME]),
+            "delete": _op(
+                "Remove a cron schedule (the tasks it fired stay)",
+                {"200": _json(_obj({"name": STR, "removed": {"const": True}}), "Removed")},
+                404,
+                params=[SCHEDULE_NAME],
+                body=EMPTY,
+                write=True,
+            ),
+        },
+        "/api/schedules/{name}/pause": {
+            "post": _op(
+                "Pause a cron schedule: it does not fire until resumed",
+                {"200": schedule},
+                404,
+                413,
+                422,
+                params=[SCHEDULE_NAME],
+                body=EMPTY,
+                write=True,
+            )
+        },
+        "/api/schedules/{name}/resume": {
+            "post": _op(
+                "Resume a cron schedule (its catch-up policy decides about the ticks it missed)",
+                {"200": schedule},
+                404,
+                413,
+                422,
+                params=[SCHEDULE_NAME],
+                body=EMPTY,
+                write=True,
+            )
+        },
+        "/api/schedules/{name}/next": {
+            "get": _op(
+                "The next fire times of a cron schedule",
+                {
+                    "200": _json(
+                        _obj({"name": STR, "tz": STR, "times": {"type": "array", "items": NUM}}),
+                        "Epoch seconds, soonest first",
+                    )
+                },
+                400,
+                404,
+                params=[
+                    SCHEDULE_NAME,
+                    _query("count", {**INT, "minimum": 1, "maximum": 1000, "default": 5}, "How many"),
+                ],
+            )
+        },
+    }
+
 
 RESPONSES = {f"E{status}": _json(_ref("Error"), text) for status, text in ERROR_TEXT.items()}
 
@@ -526,6 +638,7 @@ def _document() -> dict[str, Any]:
         },
         "/api/openapi.json": {"get": _op("This document", {"200": _json({"type": "object"}, "OpenAPI 3.1")})},
     }
+    paths.update(_schedule_paths())
     return {
         "openapi": "3.1.0",
         "info": {
