@@ -447,3 +447,66 @@ async def test_purge_releases_the_keys_of_the_records_it_deletes(client, store, 
     assert (await holder_of(store, keyspace, "waiting"))[0] == waiting.id
     again = await client.submit_unique(TaskSpec("noop", idempotency_key="p0"))
     assert again.created and again.task.id != done[0].id
+
+
+# command line ------------------------------------------------------------------------------------
+def test_cli_submit_with_a_key_from_eight_processes_at_once(tasklease_bin, cli_env, etcd_endpoint):
+    # When 8 `tasklease submit --key` processes run at once
+    procs = [
+        subprocess.Popen(
+            [
+                tasklease_bin,
+                "submit",
+                "noop",
+                "--payload",
+                json.dumps(payload(i)),
+                "--key",
+                "cli-key",
+                "--json",
+            ],
+            env=cli_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(8)
+    ]
+    outs = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err  # a held key is not an error
+        outs.append((json.loads(out), err))
+
+    # Then all print one id; one created it; the others say so on stderr
+    assert len({o["id"] for o, _ in outs}) == 1
+    assert sum(o["created"] for o, _ in outs) == 1
+    for o, err in outs:
+        assert ("already submitted" in err) is (not o["created"])
+        if not o["created"]:
+            assert o["id"] in err
+
+
+def test_cli_submit_key_text_output_and_unique_for(tasklease_bin, cli_env):
+    def tl(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([tasklease_bin, *args], env=cli_env, capture_output=True, text=True, timeout=30)
+
+    # Given a task submitted with a key held for an hour
+    first = tl("submit", "noop", "--key", "report:2026-12-01", "--unique-for", "1h")
+    assert first.returncode == 0, first.stderr
+    task_id = first.stdout.strip()
+    record = json.loads(tl("status", task_id, "--json").stdout)
+    assert record["idempotency_key"] == "report:2026-12-01"
+    assert record["unique_until"] == pytest.approx(record["created_at"] + 3600)
+
+    # When it is submitted again
+    again = tl("submit", "noop", "--key", "report:2026-12-01")
+
+    # Then the same id is printed (stdout), "already submitted" said on stderr, exit 0
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() == task_id
+    assert "already submitted" in again.stderr and task_id in again.stderr
+
+    # and bad uses are refused before anything is written (exit 2)
+    assert tl("submit", "noop", "--unique-for", "1h").returncode == 2  # needs --key
+    assert tl("submit", "noop", "--key", "").returncode == 2
+    assert tl("submit", "noop", "--key", "k", "--unique-for", "soon").returncode == 2
