@@ -19,9 +19,10 @@ from collections import Counter
 
 import pytest
 
+from faultstore import FaultyStore
 from tasklease import codec
 from tasklease.client import Client, TaskSpec
-from tasklease.errors import InvalidOption, TaskNotFound
+from tasklease.errors import InvalidOption, StoreNoSpace, StoreUnavailable, TaskNotFound
 from tasklease.keys import prefix_end
 from tasklease.models import TaskState
 from tasklease.retry import RetryPolicy
@@ -510,3 +511,88 @@ def test_cli_submit_key_text_output_and_unique_for(tasklease_bin, cli_env):
     assert tl("submit", "noop", "--unique-for", "1h").returncode == 2  # needs --key
     assert tl("submit", "noop", "--key", "").returncode == 2
     assert tl("submit", "noop", "--key", "k", "--unique-for", "soon").returncode == 2
+
+
+# lost answers and refusals -------------------------------------------------------------------
+class LostAnswers(Store):
+    """The real store, except that the next ``lose`` transactions commit and then lose their answer."""
+
+    lose = 0
+
+    async def txn(self, compares, success, failure=(), **kwargs):
+        result = await super().txn(compares, success, failure, **kwargs)
+        if self.lose and success:
+            self.lose -= 1
+            raise StoreUnavailable("the answer was lost (the transaction committed)")
+        return result
+
+
+async def test_a_group_whose_answer_was_lost_still_reports_its_tasks_as_created(
+    store_config, store, keyspace
+):
+    async with LostAnswers(store_config) as lossy:
+        client = Client(lossy, keyspace)
+        try:
+            # Given the group transaction of 5 keyed submits commits but its answer is lost
+            lossy.lose = 1
+            results = await asyncio.gather(
+                *(
+                    client.submit_unique(TaskSpec("noop", payload(i), idempotency_key=f"lost-{i}"))
+                    for i in range(5)
+                )
+            )
+        finally:
+            await client.close()
+
+    # Then each submit, sent again alone, finds its key naming its own task: created, once each
+    assert all(r.created for r in results)
+    assert await count(store, keyspace.tasks) == 5
+    for i, r in enumerate(results):
+        assert (await holder_of(store, keyspace, f"lost-{i}"))[0] == r.task.id
+
+
+async def test_a_batch_whose_answer_was_lost_reports_its_tasks_as_created(store_config, store, keyspace):
+    async with LostAnswers(store_config) as lossy:
+        client = Client(lossy, keyspace)
+        try:
+            lossy.lose = 1
+            result = await client.submit_many(
+                [TaskSpec("noop", payload(i), idempotency_key=f"b{i}") for i in range(10)]
+            )
+        finally:
+            await client.close()
+    assert all(result.created) and result.transactions == 1
+    assert await count(store, keyspace.tasks) == 10
+
+
+async def test_a_refused_group_with_a_key_twice_fails_every_submit(store_config, keyspace):
+    async with FaultyStore(store_config) as faulty:
+        client = Client(faulty, keyspace)
+        try:
+            # Given etcd refuses writes (out of space)
+            faulty.fail("txn", lambda: StoreNoSpace("etcdserver: mvcc: database space exceeded"), times=10)
+            # When a group holds one key twice and another key
+            results = await asyncio.gather(
+                *(client.submit_unique(TaskSpec("noop", idempotency_key=k)) for k in ("a", "a", "b")),
+                return_exceptions=True,
+            )
+        finally:
+            await client.close()
+    # Then every submit gets the refusal (nothing was written)
+    assert all(isinstance(r, StoreNoSpace) for r in results), results
+
+
+async def test_a_unique_for_lease_gone_from_etcd_is_replaced(client, store, keyspace):
+    # Given a key held for an hour, under the shared lease of its bucket, which etcd then loses
+    first = await client.submit_unique(TaskSpec("noop", idempotency_key="lease-1", unique_for_s=3600))
+    _, lease = await holder_of(store, keyspace, "lease-1")
+    await store.revoke(lease)  # its keys go too: the key, and the bucket's published lease id
+
+    # When another key is submitted with the same unique_for (the client still caches that lease)
+    second = await client.submit_unique(TaskSpec("noop", idempotency_key="lease-2", unique_for_s=3600))
+
+    # Then the submit gets a new lease and succeeds
+    holder, new_lease = await holder_of(store, keyspace, "lease-2")
+    assert second.created and holder == second.task.id
+    assert new_lease not in (0, lease)
+    assert first.created and (await holder_of(store, keyspace, "lease-1"))[0] is None
