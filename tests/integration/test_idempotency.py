@@ -596,3 +596,29 @@ async def test_a_unique_for_lease_gone_from_etcd_is_replaced(client, store, keys
     assert second.created and holder == second.task.id
     assert new_lease not in (0, lease)
     assert first.created and (await holder_of(store, keyspace, "lease-1"))[0] is None
+
+
+async def test_a_traced_submit_whose_key_was_held_ends_its_span(store, keyspace, provider, exporter):
+    from tasklease.events import default_hooks
+    from tasklease.tracing import TracingHook
+
+    # Given a client whose submits are traced
+    hook = TracingHook(provider)
+    client = Client(store, keyspace, hooks=[*default_hooks(), hook])
+    try:
+        # When one key is submitted twice, alone and in a batch
+        first = await client.submit_unique(TaskSpec("noop", idempotency_key="traced"))
+        again = await client.submit_unique(TaskSpec("noop", idempotency_key="traced"))
+        batch = await client.submit_many([TaskSpec("noop", idempotency_key="traced")])
+    finally:
+        await client.close()
+
+    # Then every submit span ended: the first as stored, the others saying why nothing was
+    spans = [s for s in exporter.get_finished_spans() if s.name == "submit noop"]
+    assert first.created and not again.created and batch.created == [False]
+    assert len(spans) == 3
+    assert spans[0].status.is_ok
+    for span in spans[1:]:
+        messages = [str(e.attributes.get("exception.message", "")) for e in span.events if e.attributes]
+        assert any(f"idempotency key is held by task {first.task.id}" in m for m in messages)
+    assert not hook._submits  # none left open
