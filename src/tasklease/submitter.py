@@ -52,6 +52,7 @@ from tasklease.errors import (
     CorruptRecord,
     InvalidOption,
     PayloadTooLarge,
+    QuotaExceeded,
     StoreAuthError,
     StoreError,
     StoreLeaseNotFound,
@@ -76,7 +77,7 @@ from tasklease.quotas import QuotaGuard
 from tasklease.retention import RetentionLeases
 from tasklease.routing import check_requires
 from tasklease.spec import TaskSpec as TaskSpec  # noqa: PLC0414 (re-exported)
-from tasklease.store import KV, MAX_TXN_BYTES, MAX_TXN_OPS, Compare, KVStore, Op, Put
+from tasklease.store import KV, MAX_TXN_BYTES, MAX_TXN_OPS, Compare, Get, KVStore, Op, Put
 from tasklease.transitions import Txn, unique_holder
 from tasklease.waiters import ResultHub
 
@@ -91,6 +92,8 @@ REFUSALS = (StoreAuthError, StoreNoSpace)
 # A write whose idempotency keys keep changing hands (held, released, taken again) is sent at
 # most once per task plus this many times, then fails with ConflictError.
 EXTRA_ROUNDS = 3
+# Idempotency keys read per transaction when a quota refusal is checked for held keys (small values).
+GETS_PER_TXN = 64
 # Keys to count a new task's operations with (their number does not depend on the namespace).
 _SIZING_KEYS = Keyspace()
 
@@ -324,6 +327,43 @@ class Submitter:
         self._submitted(task, revision)
         return SubmitResult(task)
 
+    async def _admit(self, items: list[Item]) -> dict[str, SubmitResult]:
+        """Admit ``items`` by the quota; a refusal spares those whose idempotency key is held.
+
+        A submit whose key is held writes nothing, so it is not refused for
+        the quota: it gets the holder, as if its transaction had failed on the
+        key. Costs nothing unless the quota refuses (then 1 transaction of gets
+        per 64 keys, and 1 per 32 holders). Every item is admitted (see
+        :meth:`QuotaGuard.admit`) except those answered here.
+
+        Returns:
+            The answers of the items whose keys are held, by task id.
+
+        Raises:
+            QuotaExceeded: The items whose keys are not held are over the quota.
+        """
+        try:
+            await self.quotas.admit(items)
+        except QuotaExceeded:
+            held = await self._holders_now([t for t, _ in items])
+            if not held:
+                raise
+            await self.quotas.admit([item for item in items if item[0].id not in held])
+            return held
+        return {}
+
+    async def _holders_now(self, tasks: Sequence[Task]) -> dict[str, SubmitResult]:
+        """The live tasks holding the idempotency keys of ``tasks`` now (not created), by task id."""
+        keyed = [t for t in tasks if t.idempotency_key is not None]
+        reads: list[list[KV]] = []
+        for start in range(0, len(keyed), GETS_PER_TXN):
+            gets = [
+                Get(self.keys.unique(str(t.idempotency_key))) for t in keyed[start : start + GETS_PER_TXN]
+            ]
+            reads.extend((await self.store.txn([], gets)).reads)
+        answers, _ = await self._resolve(keyed, reads, {})
+        return {k: v for k, v in answers.items() if isinstance(v, SubmitResult) and not v.created}
+
     async def run_again(self, old: Task, old_kv: KV) -> Task | None:
         """Submit a new task with ``old``'s spec, linked both ways (``transitions.rerun``): one transaction.
 
@@ -372,9 +412,12 @@ class Submitter:
         try:
             data = encode_queued(task)
             try:
-                await self.quotas.admit([(task, data)])
-                self.register_queues([task.queue])
-                result = await self.group.submit((task, data))
+                held = await self._admit([(task, data)])
+                if task.id in held:
+                    result = held[task.id]
+                else:
+                    self.register_queues([task.queue])
+                    result = await self.group.submit((task, data))
             except StoreNoSpace as exc:
                 raise explain_nospace(exc, "the submit was") from exc
             finally:
@@ -419,6 +462,7 @@ class Submitter:
             The submits left to be sent alone (with their stale held key, if any).
         """
         remaining, held = group, dict[str, KV]()
+        answered: set[str] = set()  # task ids answered here (a caller that left is not: its task goes on)
         for _ in range(len(group) + EXTRA_ROUNDS):
             txn = await self.submit_txn([p.item for p in remaining], held)
             try:
@@ -451,10 +495,11 @@ class Submitter:
                     pending.settle(answer)
                 elif isinstance(answer, Exception):
                     pending.fail(answer)
-            remaining = [p for p in remaining if not p.future.done()]
+            answered |= answers.keys()
+            remaining = [p for p in remaining if p.item[0].id not in answered]
             if len(remaining) <= 1:
                 break
-        return [(p, held.get(p.item[0].id)) for p in remaining if not p.future.done()]
+        return [(p, held.get(p.item[0].id)) for p in remaining]
 
     async def _answer_alone(self, pending: Pending[Item, SubmitResult], held: KV | None) -> None:
         try:
@@ -605,22 +650,22 @@ class Submitter:
             if len({t.id for t in tasks}) != len(tasks):
                 raise InvalidOption("a batch holds the same task id twice")
             first = duplicate_of(tasks)
-            lead = [i for i, f in enumerate(first) if f == i]
-            items = [(tasks[i], encoded[i]) for i in lead]
+            lead = [(tasks[i], encoded[i]) for i, f in enumerate(first) if f == i]
             try:
-                await self.quotas.admit(items)
+                answer = await self._admit(lead)
+                items = [item for item in lead if item[0].id not in answer]
                 self.register_queues(t.queue for t, _ in items)
                 results, transactions = await self._write_batch(items)
             except StoreNoSpace as exc:
                 raise explain_nospace(exc, "the batch was") from exc
             finally:
-                self.quotas.abandon([t.id for t, _ in items])
+                self.quotas.abandon([t.id for t, _ in lead])
         except BaseException as exc:
             if self.hooks.carriers:  # those written had their Submitted: a carrier ends the others
                 self.hooks.submit_failed([t.id for t in tasks], exc)
             raise
-        answer = dict(zip(lead, results, strict=True))
-        out = [answer[first[i]] for i in range(len(tasks))]
+        answer.update((t.id, r) for (t, _), r in zip(items, results, strict=True))
+        out = [answer[tasks[first[i]].id] for i in range(len(tasks))]
         created = [r.created and first[i] == i for i, r in enumerate(out)]
         if self.hooks.carriers:
             for i, result in enumerate(out):
@@ -629,6 +674,8 @@ class Submitter:
         return BatchResult([r.task for r in out], transactions, created)
 
     async def _write_batch(self, items: list[Item]) -> tuple[list[SubmitResult], int]:
+        if not items:
+            return [], 0
         chunks = chunk([t for t, _ in items], [d for _, d in items])
         if len(chunks) > 1:
             log.info(

@@ -22,11 +22,14 @@ import pytest
 from faultstore import FaultyStore
 from tasklease import codec
 from tasklease.client import Client, TaskSpec
-from tasklease.errors import InvalidOption, StoreNoSpace, StoreUnavailable, TaskNotFound
+from tasklease.errors import InvalidOption, QuotaExceeded, StoreNoSpace, StoreUnavailable, TaskNotFound
+from tasklease.events import default_hooks
 from tasklease.keys import prefix_end
 from tasklease.models import TaskState
+from tasklease.quotas import Quota
 from tasklease.retry import RetryPolicy
 from tasklease.store import Store, StoreObserver
+from tasklease.tracing import TracingHook
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -599,9 +602,6 @@ async def test_a_unique_for_lease_gone_from_etcd_is_replaced(client, store, keys
 
 
 async def test_a_traced_submit_whose_key_was_held_ends_its_span(store, keyspace, provider, exporter):
-    from tasklease.events import default_hooks
-    from tasklease.tracing import TracingHook
-
     # Given a client whose submits are traced
     hook = TracingHook(provider)
     client = Client(store, keyspace, hooks=[*default_hooks(), hook])
@@ -622,3 +622,25 @@ async def test_a_traced_submit_whose_key_was_held_ends_its_span(store, keyspace,
         messages = [str(e.attributes.get("exception.message", "")) for e in span.events if e.attributes]
         assert any(f"idempotency key is held by task {first.task.id}" in m for m in messages)
     assert not hook._submits  # none left open
+
+
+async def test_a_held_key_is_answered_even_when_the_quota_is_full(client):
+    # Given a namespace allowed one waiting task, which a keyed submit took
+    await client.set_quota(Quota(max_queued=1))
+    first = await client.submit("noop", payload(1), idempotency_key="quota-1")
+
+    # When the same key is submitted again (alone, and in a batch), the quota refuses nothing:
+    # such a submit writes nothing, it gets the existing task
+    again = await client.submit_unique(TaskSpec("noop", payload(2), idempotency_key="quota-1"))
+    batch = await client.submit_many([TaskSpec("noop", idempotency_key="quota-1")] * 3)
+    assert not again.created and again.task.id == first.id
+    assert batch.created == [False, False, False] and {t.id for t in batch.tasks} == {first.id}
+    assert batch.transactions == 0
+
+    # Then a new key is still refused, alone or beside a held one
+    with pytest.raises(QuotaExceeded):
+        await client.submit("noop", idempotency_key="quota-2")
+    with pytest.raises(QuotaExceeded):
+        await client.submit_many(
+            [TaskSpec("noop", idempotency_key="quota-1"), TaskSpec("noop", idempotency_key="quota-2")]
+        )
