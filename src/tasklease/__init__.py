@@ -1,6 +1,6 @@
 """tasklease: a distributed task scheduler for Python, coordinated by etcd."""
 
-from tasklease.client import BatchResult, Client, SyncClient, TaskSpec
+from tasklease.client import BatchResult, Client, SubmitResult, SyncClient, TaskSpec
 from tasklease.errors import (
     BatchIncomplete,
     ConflictError,
@@ -65,6 +65,7 @@ __all__ = [
     "StoreNoSpace",
     "StoreRequestTooLarge",
     "StoreUnavailable",
+    "SubmitResult",
     "SyncClient",
     "Task",
     "TaskFailed",

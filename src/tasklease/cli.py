@@ -353,6 +353,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--require", default=None, help="tags a worker must have to run it: zone=eu,gpu=true (its --tags)"
     )
+    p.add_argument(
+        "--key",
+        default=None,
+        metavar="TEXT",
+        help="idempotency key: if a task with this key exists, print its id (stderr says "
+        '"already submitted") instead of submitting another; held until its record expires',
+    )
+    p.add_argument(
+        "--unique-for",
+        type=_duration,
+        default=None,
+        metavar="AGE",
+        help="hold --key this long after the submit instead (90s, 30m, 1h, 7d)",
+    )
     p.add_argument("--wait", action="store_true", help="wait and print the final record")
     p.add_argument("--wait-timeout", type=_positive_float, default=None, help="give up waiting after S s")
 
@@ -726,12 +740,25 @@ def cmd_submit(args: argparse.Namespace) -> int:
         retry=RetryPolicy(max_retries=args.retries, backoff_s=args.backoff),
         retention_s=args.retention,
         requires=parse_requires(args.require) if args.require else None,
+        idempotency_key=args.key,
+        unique_for_s=args.unique_for,
     )
 
     async def run(client: Client) -> int:
-        task = await client.submit_spec(spec)
+        if spec.idempotency_key is None:
+            task, created = await client.submit_spec(spec), True
+        else:
+            result = await client.submit_unique(spec)
+            task, created = result.task, result.created
         route = Route(task.type, task.requires)
-        if not await eligible_workers(client.store, client.keys, task.queue, route):
+        if not created:
+            # Not an error (exit 0): the key did its job. The id printed is the existing task's.
+            _say(
+                f"tasklease: already submitted: idempotency key held by task {task.id} "
+                f"({task.state.value}); nothing new was submitted",
+                file=sys.stderr,
+            )
+        elif not await eligible_workers(client.store, client.keys, task.queue, route):
             # Not an error: a worker may come later (the task waits queued).
             _say(
                 f"tasklease: warning: no live worker runs {route.describe()} in queue {task.queue}; "
@@ -740,7 +767,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
             )
         if not args.wait:
             if args.json:
-                _print_json({"id": task.id})
+                _print_json({"id": task.id, "created": created})
             else:
                 _say(task.id)
             return EXIT_OK

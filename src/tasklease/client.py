@@ -21,7 +21,9 @@ sync.py            :class:`SyncClient`, the blocking facade
 Round trips (each is one etcd request):
 
 =========================  ===============================================
-``submit``                 1 transaction (record + queue key)
+``submit``                 1 transaction (record + queue key; + its
+                           idempotency key, if given: docs/idempotency.md)
+``submit`` of a held key   1 failed transaction + 1 read of the holder
 ``submit_many`` (n tasks)  ceil(n / 64) transactions (fewer if payloads are
                            large: one transaction stays under 1.4 MB)
 ``get``                    1 range
@@ -95,6 +97,7 @@ from tasklease.store import Compare, KVStore, Op, Store, StoreConfig
 from tasklease.submitter import (
     TASKS_PER_TXN,
     BatchResult,
+    SubmitResult,
     Submitter,
     TaskSpec,
     chunk,
@@ -109,6 +112,7 @@ __all__ = [
     "TASKS_PER_TXN",
     "BatchResult",
     "Client",
+    "SubmitResult",
     "SyncClient",
     "TaskPage",
     "TaskSpec",
@@ -162,6 +166,7 @@ class Client:
             quotas=self.quotas,
             hub=self._hub,
             hooks=self.hooks,
+            leases=self.retention,
         )
         self.editor = Editor(
             store, self.inspector, clock=self.clock, retention=self.retention, hooks=self.hooks
@@ -216,11 +221,20 @@ class Client:
         task_id: str | None = None,
         retention_s: float | None = None,
         requires: Mapping[str, str] | None = None,
+        idempotency_key: str | None = None,
+        unique_for_s: float | None = None,
     ) -> Task:
         """Submit one task: one transaction writes its record and its queue key.
 
+        With an ``idempotency_key`` (1..512 characters), a second submit with
+        the same key returns the task the first created instead of a new one,
+        race-free, until that task's record expires (its retention after it
+        finished), or for ``unique_for_s`` seconds after the submit if given
+        (docs/idempotency.md). :meth:`submit_unique` also says whether the task
+        is new.
+
         Returns:
-            The task as stored (state ``queued``).
+            The task as stored (state ``queued``), or the task holding ``idempotency_key``.
 
         Raises:
             ValidationError: Bad priority, queue, timeout, payload (nothing written).
@@ -230,7 +244,17 @@ class Client:
             StoreError: etcd failed.
         """
         spec = TaskSpec(
-            type, payload, queue, priority, timeout_s, retry or RetryPolicy(), task_id, retention_s, requires
+            type,
+            payload,
+            queue,
+            priority,
+            timeout_s,
+            retry or RetryPolicy(),
+            task_id,
+            retention_s,
+            requires,
+            idempotency_key=idempotency_key,
+            unique_for_s=unique_for_s,
         )
         return await self.submitter.submit_spec(spec)
 
@@ -239,12 +263,34 @@ class Client:
 
         Submits made concurrently on one client are grouped: those that arrive
         while a submit transaction is in flight go out together in the next one
-        (group commit). Each returns once its own task is durably stored.
+        (group commit). Each returns once its own task is durably stored. With
+        an idempotency key held already, the task holding it is returned.
         """
         return await self.submitter.submit_spec(spec)
 
+    async def submit_unique(self, spec: TaskSpec) -> SubmitResult:
+        """Submit a :class:`TaskSpec` that has an idempotency key; say whether it created the task.
+
+        Returns:
+            ``SubmitResult(task, created=True)`` for a new task; ``created``
+            False when the key was held: nothing was written, and ``task`` is
+            the task holding it, as stored now.
+
+        Raises:
+            InvalidOption: ``spec`` has no idempotency key; or its task id is used.
+            (And as :meth:`submit`.)
+        """
+        if spec.idempotency_key is None:
+            raise InvalidOption("submit_unique needs a spec with an idempotency_key")
+        return await self.submitter.submit(spec)
+
     async def submit_many(self, specs: Iterable[TaskSpec]) -> BatchResult:
-        """Submit many tasks in as few transactions as etcd allows (:meth:`Submitter.submit_many`)."""
+        """Submit many tasks in as few transactions as etcd allows (:meth:`Submitter.submit_many`).
+
+        Specs with idempotency keys: :attr:`BatchResult.created` tells the new
+        tasks from those whose key was held (by an existing task, or by an
+        earlier spec of the batch).
+        """
         return await self.submitter.submit_many(specs)
 
     def _submit_ops(self, task: Task, data: bytes) -> tuple[Compare, builtins.list[Op]]:

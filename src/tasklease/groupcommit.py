@@ -46,17 +46,26 @@ class Pending(Generic[T, R]):
             self.future.set_exception(exc)
 
 
-def first_group_len(costs: Sequence[int], max_items: int, max_bytes: int) -> int:
+def first_group_len(
+    costs: Sequence[int],
+    max_items: int,
+    max_bytes: int,
+    weights: Sequence[int] | None = None,
+    max_weight: int = 0,
+) -> int:
     """How many of the items (by their ``costs``, in order) the next group takes: at least 1.
 
     The first item always goes (alone if it must: its own transaction says
     whether it fits); the next ones while the group stays within ``max_items``
-    and ``max_bytes``.
+    and ``max_bytes``, and, given ``weights`` (each item's operations in the
+    transaction), within ``max_weight``.
     """
     size = 0
+    weight = 0
     for count, cost in enumerate(costs[:max_items]):
         size += cost
-        if count and size > max_bytes:
+        weight += weights[count] if weights is not None else 0
+        if count and (size > max_bytes or (weights is not None and weight > max_weight)):
             return count
     return max(1, min(len(costs), max_items))
 
@@ -70,6 +79,8 @@ class GroupCommit(Generic[T, R]):
         max_items: At most this many items per group.
         max_bytes: At most this many bytes per group (the first item goes alone if larger).
         name: The flusher task's name.
+        weight: An item's operations in the transaction (None: only counted).
+        max_weight: At most this many operations per group, with ``weight``.
     """
 
     def __init__(
@@ -80,9 +91,13 @@ class GroupCommit(Generic[T, R]):
         max_items: int,
         max_bytes: int,
         name: str,
+        weight: Callable[[T], int] | None = None,
+        max_weight: int = 0,
     ) -> None:
         self._write = write
         self._cost = cost
+        self._weight = weight
+        self.max_weight = max_weight
         self.max_items = max_items
         self.max_bytes = max_bytes
         self._name = name
@@ -108,8 +123,10 @@ class GroupCommit(Generic[T, R]):
             await asyncio.gather(self._flusher, return_exceptions=True)
 
     def _next_group(self) -> list[Pending[T, R]]:
-        costs = [self._cost(p.item) for p in _head(self._queue, self.max_items)]
-        take = first_group_len(costs, self.max_items, self.max_bytes)
+        head = _head(self._queue, self.max_items)
+        costs = [self._cost(p.item) for p in head]
+        weights = None if self._weight is None else [self._weight(p.item) for p in head]
+        take = first_group_len(costs, self.max_items, self.max_bytes, weights, self.max_weight)
         return [self._queue.popleft() for _ in range(take)]
 
     async def _flush(self) -> None:

@@ -5,17 +5,21 @@ space sooner, e.g. when etcd is at its space quota (NOSPACE). It deletes task
 records in state ``succeeded``, ``failed`` or ``cancelled`` (optionally only
 some states, only one queue) that finished at least ``older_than_s`` ago (their
 ``updated_at``, the time of their last transition). Waiting and running tasks
-are never touched. A finished task has no other key (its queue, assignment,
-running and delayed keys went with its last transition), so purge deletes
-``task/{id}`` only.
+are never touched. A finished task's queue, assignment, running and delayed
+keys went with its last transition, so purge deletes ``task/{id}``, its
+finished-index entry and, for a task whose idempotency key is released with
+its record (no ``unique_until``), that key (``unique/{sha256}``: certainly
+still its own while the record exists, transitions.finished_ops). A key held
+for ``unique_for`` is left to its lease; a submit takes it over once the
+record is gone (docs/idempotency.md).
 
 Reads: the task records, in pages bounded by bytes (:meth:`Store.scan`); a
 scan whose snapshot is compacted meanwhile resumes after the last key read.
 Dry run by default: it counts what would go, and deletes nothing.
 
-Deletes: in transactions of at most 64 records (each with its finished-index
-entry, keys.py), each guarded by the record's mod
-revision as read (``if mod(task/{id}) = seen ... then delete task/{id} ...``),
+Deletes: in transactions of at most 64 records and 128 deletes (each record
+with its finished-index entry, keys.py, and its idempotency key), each guarded
+by the record's mod revision as read (``if mod(task/{id}) = seen ... then delete task/{id} ...``),
 so a record that changed meanwhile is kept. When such a transaction fails, its
 records are tried one per transaction, to keep exactly the changed ones.
 
@@ -28,6 +32,12 @@ finished records: no tasklease write ever changes a terminal record (every
 write to a task record is guarded by a compare, and nothing leaves a terminal
 state), and while etcd refuses writes nobody can write anything; the next
 group tries a transaction again. ``PurgeResult.plain_deletes`` counts them.
+Plain deletes (no compare) release a record's idempotency key first, then the
+record: while the record exists no submit can take its key over (a takeover
+compares the holder's record absent), so the key deleted is still the
+record's. (Unless the record expired just before, and a submit created a new
+holder of the key in between: that needs etcd to accept a transaction, which
+it refuses while in NOSPACE.)
 
 Recovery from NOSPACE (docs/operations.md): ``tasklease purge --older-than T
 --yes``, then ``etcdctl compact REV`` (REV: the revision purge prints),
@@ -50,7 +60,7 @@ from tasklease.clock import Clock, SystemClock
 from tasklease.errors import CorruptRecord, InvalidOption, StoreCompacted, StoreNoSpace
 from tasklease.keys import Keyspace, check_name, prefix_end
 from tasklease.models import TERMINAL_STATES, TaskState
-from tasklease.store import Compare, Delete, KVStore
+from tasklease.store import MAX_TXN_OPS, Compare, Delete, KVStore
 
 log = logging.getLogger("tasklease.purge")
 
@@ -113,6 +123,22 @@ class PurgeResult:
     remaining: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class _Doomed:
+    """A finished record to delete: its key and mod revision as read, its size, its other keys."""
+
+    key: str
+    mod_revision: int
+    size: int
+    index: str  # its finished-index entry
+    unique: str | None = None  # its idempotency key, released with it
+
+    @property
+    def deletes(self) -> list[Delete]:
+        """Its deletes, the idempotency key first (see the module docstring)."""
+        return [Delete(k) for k in (self.unique, self.key, self.index) if k is not None]
+
+
 @dataclass
 class _Purge:
     store: KVStore
@@ -120,15 +146,16 @@ class _Purge:
     dry_run: bool
     # PurgeResult's counters (matched, matched_bytes, deleted, ...), filled as the purge goes
     count: Counter[str] = field(default_factory=Counter)
-    # (key, mod revision, size, its finished-index key): the index entry goes with the record
-    group: list[tuple[str, int, int, str]] = field(default_factory=list)
+    group: list[_Doomed] = field(default_factory=list)
 
-    async def add(self, key: str, mod_revision: int, size: int, index_key: str) -> None:
+    async def add(self, doomed: _Doomed) -> None:
         self.count["matched"] += 1
-        self.count["matched_bytes"] += size
+        self.count["matched_bytes"] += doomed.size
         if self.dry_run:
             return
-        self.group.append((key, mod_revision, size, index_key))
+        if sum(len(d.deletes) for d in self.group) + len(doomed.deletes) > MAX_TXN_OPS:
+            await self.flush()
+        self.group.append(doomed)
         if len(self.group) >= DELETES_PER_TXN:
             await self.flush()
 
@@ -138,8 +165,8 @@ class _Purge:
             return
         try:
             result = await self.store.txn(
-                [Compare(key, "mod", "=", mod) for key, mod, _, _ in group],
-                [Delete(k) for key, _, _, index in group for k in (key, index)],
+                [Compare(d.key, "mod", "=", d.mod_revision) for d in group],
+                [op for d in group for op in d.deletes],
             )
         except StoreNoSpace:
             await self._plain(group)
@@ -150,9 +177,8 @@ class _Purge:
             return
         # Something in the group changed (or expired): one by one, keep exactly those.
         for item in group:
-            key, mod, _, index = item
             try:
-                one = await self.store.txn([Compare(key, "mod", "=", mod)], [Delete(key), Delete(index)])
+                one = await self.store.txn([Compare(item.key, "mod", "=", item.mod_revision)], item.deletes)
             except StoreNoSpace:
                 await self._plain([item])
                 continue
@@ -162,12 +188,12 @@ class _Purge:
             else:
                 self.count["kept"] += 1
 
-    def _gone(self, items: Iterable[tuple[str, int, int, str]]) -> None:
-        for _, _, size, _ in items:
+    def _gone(self, items: Iterable[_Doomed]) -> None:
+        for item in items:
             self.count["deleted"] += 1
-            self.count["deleted_bytes"] += size
+            self.count["deleted_bytes"] += item.size
 
-    async def _plain(self, group: list[tuple[str, int, int, str]]) -> None:
+    async def _plain(self, group: list[_Doomed]) -> None:
         if not self.count["plain_deletes"]:
             log.warning(
                 "etcd refuses transactions (NOSPACE): deleting finished records with plain deletes "
@@ -175,10 +201,12 @@ class _Purge:
             )
         limit = asyncio.Semaphore(PLAIN_DELETES_IN_FLIGHT)
 
-        async def one(item: tuple[str, int, int, str]) -> None:
+        async def one(item: _Doomed) -> None:
             async with limit:
-                n = await self.store.delete(item[0])
-                await self.store.delete(item[3])
+                if item.unique is not None:
+                    await self.store.delete(item.unique)
+                n = await self.store.delete(item.key)
+                await self.store.delete(item.index)
             self.count["plain_deletes"] += 1
             if n:
                 self._gone([item])
@@ -267,7 +295,10 @@ async def purge(
                             index = keys.finished_entry(
                                 task.state.value, task.queue, task.updated_at, task.id
                             )
-                            await run.add(kv.key, kv.mod_revision, len(kv.value), index)
+                            unique = None
+                            if task.idempotency_key is not None and task.unique_until is None:
+                                unique = keys.unique(task.idempotency_key)
+                            await run.add(_Doomed(kv.key, kv.mod_revision, len(kv.value), index, unique))
                     resumes = 0
             break
         except StoreCompacted:

@@ -54,11 +54,12 @@ from tasklease.keys import Keyspace
 from tasklease.models import JSON, Outcome, Task
 from tasklease.queue import Assignment
 from tasklease.retention import RetentionLeases
-from tasklease.store import MAX_TXN_BYTES, Compare, KVStore, Op
+from tasklease.store import MAX_TXN_BYTES, MAX_TXN_OPS, Compare, KVStore, Op
 
 log = logging.getLogger("tasklease.worker")
 
-# Outcomes per transaction: 2 compares and up to 4 operations each (etcd allows 128).
+# Outcomes per transaction: 2 compares and up to 5 operations each (transitions.outcome_ops;
+# a finish that releases an idempotency key writes 5), and at most 128 operations (etcd's limit).
 RESULT_BATCH = 30
 # And at most this many bytes (etcd refuses a request over 1.5 MiB; store.MAX_TXN_BYTES).
 RESULT_BATCH_BYTES = MAX_TXN_BYTES
@@ -123,6 +124,8 @@ class OutcomeRecorder:
             max_items=RESULT_BATCH,
             max_bytes=RESULT_BATCH_BYTES,
             name=f"results-{worker_id}",
+            weight=lambda ready: transitions.outcome_ops(ready.new),
+            max_weight=MAX_TXN_OPS,
         )
         self.completed = 0  # outcomes written; incremented by the writes only
 

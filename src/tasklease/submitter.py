@@ -8,38 +8,59 @@ is :func:`tasklease.transitions.enqueue`'s; a :class:`tasklease.events.Submitted
 is emitted for each task once its transaction landed.
 
 Sizes. Every write of many tasks (``submit_many``, and the group commit of
-concurrent submits) is cut into transactions of at most 64 tasks and
-``MAX_TXN_BYTES`` (1.4 MB): a task too large to share a transaction goes alone.
+concurrent submits) is cut into transactions of at most 128 operations (64
+plain tasks, 42 with idempotency keys: :func:`txn_ops`) and ``MAX_TXN_BYTES``
+(1.4 MB): a task too large to share a transaction goes alone.
+
+Idempotency keys (docs/idempotency.md). A task with an ``idempotency_key``
+takes ``unique/{sha256}`` in its own transaction (``transitions.claim_unique``),
+so two submits with one key never both create a task, whichever clients send
+them. A transaction that fails reads, in its failure branch, who holds each of
+its keys; the holders' records are then read (one transaction of gets per 32)
+and each submit whose key is held gets the holder as a :class:`SubmitResult`
+with ``created`` False; the others are sent again together. Within one group or
+one batch, a key given twice is written once: the later submits get the first
+one's task (not created). A key whose holder's record is gone (expired,
+purged) is taken over: compared unchanged since it was read, the holder's
+record still absent.
 
 Errors. Every submit gets the outcome of its own task: when a group
 transaction fails, each of its submits either receives the error (etcd refused
-the request: auth, permission, no space) or is sent again alone, which tells
-whether it was stored (no answer, request too large, a used id in the group).
+the request: auth, permission, no space), the task holding its idempotency key,
+or is sent again (together with the others, or alone, which tells whether it
+was stored: no answer, request too large, a used id in the group).
 
 May import: codec, transitions, events, groupcommit, ids, keys, models,
-quotas, purge (the no-space hint), retry, routing, store, waiters, errors,
-inspector (:func:`stored_revision`). Nothing imports it but client.py and sync.py.
+quotas, purge (the no-space hint), retention (``unique_for`` leases), retry,
+routing, store, waiters, errors, inspector (:func:`stored_revision`), finished
+(:func:`read_records`). Nothing imports it but client.py and sync.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import NoReturn
 
 from tasklease import codec, transitions
 from tasklease.clock import Clock
 from tasklease.errors import (
     BatchIncomplete,
+    ConflictError,
+    CorruptRecord,
     InvalidOption,
     PayloadTooLarge,
+    QuotaExceeded,
     StoreAuthError,
     StoreError,
+    StoreLeaseNotFound,
     StoreNoSpace,
     StoreUnavailable,
 )
 from tasklease.events import Hooks, Submitted
+from tasklease.finished import read_records
 from tasklease.groupcommit import GroupCommit, Pending, first_group_len
 from tasklease.ids import IdGenerator
 from tasklease.inspector import stored_revision
@@ -53,21 +74,46 @@ from tasklease.models import (
 )
 from tasklease.purge import explain_nospace
 from tasklease.quotas import QuotaGuard
+from tasklease.retention import RetentionLeases
 from tasklease.routing import check_requires
 from tasklease.spec import TaskSpec as TaskSpec  # noqa: PLC0414 (re-exported)
-from tasklease.store import KV, MAX_TXN_BYTES, MAX_TXN_OPS, Compare, KVStore, Op
+from tasklease.store import KV, MAX_TXN_BYTES, MAX_TXN_OPS, Compare, Get, KVStore, Op, Put
+from tasklease.transitions import Txn, unique_holder
 from tasklease.waiters import ResultHub
 
 log = logging.getLogger("tasklease.client")
 
-# Each submitted task is one compare and two puts: 64 fill etcd's 128 ops.
+# A plain task is one compare and two puts: 64 fill etcd's 128 ops. An idempotency key adds a
+# compare and a put (42 such tasks per transaction): transactions are cut by operations (txn_ops).
 TASKS_PER_TXN = MAX_TXN_OPS // 2
 # Errors by which etcd refused a whole transaction: nothing was written, and each
 # of its tasks alone would be refused the same way.
 REFUSALS = (StoreAuthError, StoreNoSpace)
+# A write whose idempotency keys keep changing hands (held, released, taken again) is sent at
+# most once per task plus this many times, then fails with ConflictError.
+EXTRA_ROUNDS = 3
+# Idempotency keys read per transaction when a quota refusal is checked for held keys (small values).
+GETS_PER_TXN = 64
+# Keys to count a new task's operations with (their number does not depend on the namespace).
+_SIZING_KEYS = Keyspace()
 
 # One submit in a group: the new task and its encoded record.
 Item = tuple[Task, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitResult:
+    """What one submit did: the task, and whether this submit created it.
+
+    Attributes:
+        task: The new task; or, when ``created`` is False, the task that holds
+            the submit's idempotency key (as stored now: it may have run).
+        created: False when the idempotency key was already held: nothing was
+            written, and ``task`` is the existing task.
+    """
+
+    task: Task
+    created: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,18 +121,32 @@ class BatchResult:
     """What ``submit_many`` wrote.
 
     Attributes:
-        tasks: The submitted tasks, in the order given.
-        transactions: How many etcd transactions it took. With 1 the batch was
-            atomic; with more, each transaction was atomic on its own.
+        tasks: The submitted tasks, in the order given; for a spec whose
+            idempotency key was held (by an existing task, or by an earlier
+            spec of the same batch) the task holding it.
+        transactions: How many etcd transactions wrote tasks. With 1 the batch
+            was atomic; with more, each transaction was atomic on its own.
+        created: For each of ``tasks``, whether this batch created it (False:
+            its idempotency key was held, nothing written for that spec).
     """
 
     tasks: list[Task]
     transactions: int
+    created: list[bool] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.created:  # built without it: every task was created
+            object.__setattr__(self, "created", [True] * len(self.tasks))
 
     @property
     def atomic(self) -> bool:
         """Whether the whole batch was written by one transaction."""
         return self.transactions <= 1
+
+    @property
+    def existing(self) -> list[Task]:
+        """The tasks this batch did not create (their idempotency keys were held), in order."""
+        return [t for t, new in zip(self.tasks, self.created, strict=True) if not new]
 
 
 class Submitter:
@@ -100,6 +160,8 @@ class Submitter:
         quotas: The namespace's quota, checked before anything is written.
         hub: The client's result hub, told the revision of each own submit.
         hooks: Receive a :class:`Submitted` per task once it is stored.
+        leases: The shared leases (retention.py) that ``unique_for`` keys go
+            under (None: its own).
     """
 
     def __init__(
@@ -112,6 +174,7 @@ class Submitter:
         quotas: QuotaGuard,
         hub: ResultHub,
         hooks: Hooks,
+        leases: RetentionLeases | None = None,
     ) -> None:
         self.store = store
         self.keys = keys
@@ -120,17 +183,20 @@ class Submitter:
         self.quotas = quotas
         self.hub = hub
         self.hooks = hooks
+        self.leases = leases or RetentionLeases(store, keys, clock)
         # Queues this client has put in the queue registry (keys.py: queues/{queue}), or is putting.
         self._registered: set[str] = set()
         self._registering: set[str] = set()
         self._background: set[asyncio.Task[None]] = set()
         # Concurrent submits waiting for the next group transaction (its own state, loop only).
-        self.group: GroupCommit[Item, Task] = GroupCommit(
+        self.group: GroupCommit[Item, SubmitResult] = GroupCommit(
             self._write_group,
             cost=lambda item: txn_cost(*item),
             max_items=TASKS_PER_TXN,
             max_bytes=MAX_TXN_BYTES,
             name="tasklease-submits",
+            weight=lambda item: txn_ops(item[0]),
+            max_weight=MAX_TXN_OPS,
         )
 
     async def close(self) -> None:
@@ -220,29 +286,90 @@ class Submitter:
         return task
 
     def submit_ops(self, task: Task, data: bytes) -> tuple[Compare, list[Op]]:
-        """The compare and the puts that enqueue one task (``transitions.enqueue``)."""
+        """The first compare and the puts that enqueue one task (``transitions.enqueue``).
+
+        A task with an idempotency key has more compares: see :meth:`submit_txn`.
+        """
         txn = transitions.enqueue(self.keys, task, data)
         return txn.compares[0], txn.ops
 
-    def _merged(self, items: Iterable[Item]) -> tuple[list[Compare], list[Op]]:
-        compares: list[Compare] = []
-        ops: list[Op] = []
+    async def submit_txn(self, items: Sequence[Item], held: Mapping[str, KV] | None = None) -> Txn:
+        """One transaction that enqueues ``items``: their compares, puts and failure reads.
+
+        A task with ``unique_for`` puts its idempotency key under the shared
+        lease of that duration and time bucket (retention.py's leases: about a
+        hundred per duration, never one per submit). ``held`` maps a task id to
+        its key as read, held by a task whose record is gone (taken over).
+        """
+        txn = Txn()
         for task, data in items:
-            compare, task_ops = self.submit_ops(task, data)
-            compares.append(compare)
-            ops.extend(task_ops)
-        return compares, ops
+            lease = 0
+            if task.idempotency_key is not None and task.unique_until is not None:
+                lease = await self.leases.lease_for(task.unique_until - task.created_at)
+            held_kv = None if held is None else held.get(task.id)
+            txn.extend(transitions.enqueue(self.keys, task, data, unique_lease=lease, held=held_kv))
+        return txn
+
+    def _forget_leases(self, txn: Txn) -> None:
+        """Drop the leases of ``txn`` from the cache: etcd no longer has one of them (a restore?)."""
+        for op in txn.ops:
+            if isinstance(op, Put) and op.lease:
+                self.leases.forget(op.lease)
 
     def _submitted(self, task: Task, revision: int) -> None:
         """``task`` is stored at ``revision``: account for it and tell the hooks."""
         self.quotas.landed(task.id, revision)
         self.hooks.emit(Submitted(at=self.clock.now(), component="client", task=task))
 
+    def _created(self, task: Task, revision: int) -> SubmitResult:
+        """``task`` was created by the transaction at ``revision``: tell the hub, quotas and hooks."""
+        self.hub.expect(task.id, revision)
+        self._submitted(task, revision)
+        return SubmitResult(task)
+
+    async def _admit(self, items: list[Item]) -> dict[str, SubmitResult]:
+        """Admit ``items`` by the quota; a refusal spares those whose idempotency key is held.
+
+        A submit whose key is held writes nothing, so it is not refused for
+        the quota: it gets the holder, as if its transaction had failed on the
+        key. Costs nothing unless the quota refuses (then 1 transaction of gets
+        per 64 keys, and 1 per 32 holders). Every item is admitted (see
+        :meth:`QuotaGuard.admit`) except those answered here.
+
+        Returns:
+            The answers of the items whose keys are held, by task id.
+
+        Raises:
+            QuotaExceeded: The items whose keys are not held are over the quota.
+        """
+        try:
+            await self.quotas.admit(items)
+        except QuotaExceeded:
+            held = await self._holders_now([t for t, _ in items])
+            if not held:
+                raise
+            await self.quotas.admit([item for item in items if item[0].id not in held])
+            return held
+        return {}
+
+    async def _holders_now(self, tasks: Sequence[Task]) -> dict[str, SubmitResult]:
+        """The live tasks holding the idempotency keys of ``tasks`` now (not created), by task id."""
+        keyed = [t for t in tasks if t.idempotency_key is not None]
+        reads: list[list[KV]] = []
+        for start in range(0, len(keyed), GETS_PER_TXN):
+            gets = [
+                Get(self.keys.unique(str(t.idempotency_key))) for t in keyed[start : start + GETS_PER_TXN]
+            ]
+            reads.extend((await self.store.txn([], gets)).reads)
+        answers, _ = await self._resolve(keyed, reads, {})
+        return {k: v for k, v in answers.items() if isinstance(v, SubmitResult) and not v.created}
+
     async def run_again(self, old: Task, old_kv: KV) -> Task | None:
         """Submit a new task with ``old``'s spec, linked both ways (``transitions.rerun``): one transaction.
 
         Admitted by the quota like any submit. ``None`` if ``old`` changed
-        since it was read (read it again and retry).
+        since it was read (read it again and retry). The new task has no
+        idempotency key (the key stays with ``old``).
 
         Raises:
             InvalidTransition: ``old`` is not failed or cancelled.
@@ -274,15 +401,23 @@ class Submitter:
         return new
 
     # one task ---------------------------------------------------------------------------------
-    async def submit_spec(self, spec: TaskSpec) -> Task:
-        """Submit one validated :class:`TaskSpec` (see :meth:`tasklease.Client.submit_spec`)."""
+    async def submit(self, spec: TaskSpec) -> SubmitResult:
+        """Submit one validated :class:`TaskSpec`; with an idempotency key, maybe the existing task.
+
+        Returns:
+            The new task (``created``), or the task holding the spec's
+            idempotency key (not ``created``: nothing was written).
+        """
         task = self.new_task(spec, await self.default_retention())
         try:
             data = encode_queued(task)
             try:
-                await self.quotas.admit([(task, data)])
-                self.register_queues([task.queue])
-                return await self.group.submit((task, data))
+                held = await self._admit([(task, data)])
+                if task.id in held:
+                    result = held[task.id]
+                else:
+                    self.register_queues([task.queue])
+                    result = await self.group.submit((task, data))
             except StoreNoSpace as exc:
                 raise explain_nospace(exc, "the submit was") from exc
             finally:
@@ -291,66 +426,208 @@ class Submitter:
             if self.hooks.carriers:
                 self.hooks.submit_failed([task.id], exc)
             raise
+        if not result.created and self.hooks.carriers:
+            self.hooks.submit_failed([task.id], _not_stored(result.task))
+        return result
 
-    async def _write_group(self, group: list[Pending[Item, Task]]) -> None:
-        """Write a group of submits in one transaction; settle every one of them."""
-        if len(group) > 1:
-            compares, ops = self._merged(p.item for p in group)
+    async def submit_spec(self, spec: TaskSpec) -> Task:
+        """Submit one validated :class:`TaskSpec` (see :meth:`tasklease.Client.submit_spec`)."""
+        return (await self.submit(spec)).task
+
+    async def _write_group(self, group: list[Pending[Item, SubmitResult]]) -> None:
+        """Write a group of submits in one transaction; settle every one of them.
+
+        A key given by several submits of the group is written by the first;
+        the others get its task, not created (etcd refuses a transaction that
+        puts one key twice, and only one of them may create a task anyway).
+        """
+        first = duplicate_of([p.item[0] for p in group])
+        leaders = [p for i, p in enumerate(group) if first[i] == i]
+        alone: list[tuple[Pending[Item, SubmitResult], KV | None]] = [(p, None) for p in leaders]
+        if len(leaders) > 1:
+            alone = await self._write_together(leaders)
+        # Alone, or the group failed: one transaction each tells who is who.
+        for pending, held in alone:
+            await self._answer_alone(pending, held)
+        for i, pending in enumerate(group):
+            if first[i] != i:
+                await self._follow(pending, group[first[i]])
+
+    async def _write_together(
+        self, group: list[Pending[Item, SubmitResult]]
+    ) -> list[tuple[Pending[Item, SubmitResult], KV | None]]:
+        """Write ``group`` in one transaction, again without those whose keys are held.
+
+        Returns:
+            The submits left to be sent alone (with their stale held key, if any).
+        """
+        remaining, held = group, dict[str, KV]()
+        answered: set[str] = set()  # task ids answered here (a caller that left is not: its task goes on)
+        for _ in range(len(group) + EXTRA_ROUNDS):
+            txn = await self.submit_txn([p.item for p in remaining], held)
             try:
-                result = await self.store.txn(compares, ops)
+                result = await self.store.txn(txn.compares, txn.ops, txn.failure)
             except REFUSALS as exc:
                 # Refused as a whole: nothing was written; every submit gets the error.
-                for pending in group:
+                for pending in remaining:
                     pending.fail(exc)
-                return
+                return []
+            except StoreLeaseNotFound:
+                self._forget_leases(txn)  # a unique_for lease is gone: a new one next round
+                continue
             except StoreError as exc:
                 # No answer (it may have landed), too large, or another failure:
                 # one transaction each tells what became of every task.
-                log.debug("group submit of %d tasks failed (%s); sending them one by one", len(group), exc)
-                result = None
-            if result is not None and result.succeeded:
-                for pending in group:
-                    task = pending.item[0]
-                    self.hub.expect(task.id, result.revision)
-                    self._submitted(task, result.revision)
-                    pending.settle(task)
-                return
-        # Alone, or the group failed: one transaction each tells who is who.
-        for pending in group:
-            try:
-                stored = await self._submit_one(*pending.item)
-            except Exception as exc:
-                pending.fail(exc)
-            else:
-                pending.settle(stored)
+                log.debug(
+                    "group submit of %d tasks failed (%s); sending them one by one", len(remaining), exc
+                )
+                break
+            if result.succeeded:
+                for pending in remaining:
+                    pending.settle(self._created(pending.item[0], result.revision))
+                return []
+            answers, changed = await self._resolve([p.item[0] for p in remaining], result.reads, held)
+            if not changed:
+                break  # no key is held: a used task id, which one transaction each tells
+            for pending in remaining:
+                answer = answers.get(pending.item[0].id)
+                if isinstance(answer, SubmitResult):
+                    pending.settle(answer)
+                elif isinstance(answer, Exception):
+                    pending.fail(answer)
+            answered |= answers.keys()
+            remaining = [p for p in remaining if p.item[0].id not in answered]
+            if len(remaining) <= 1:
+                break
+        return [(p, held.get(p.item[0].id)) for p in remaining]
 
-    async def _submit_one(self, task: Task, data: bytes) -> Task:
-        compare, ops = self.submit_ops(task, data)
+    async def _answer_alone(self, pending: Pending[Item, SubmitResult], held: KV | None) -> None:
         try:
-            result = await self.store.txn([compare], ops)
-        except StoreUnavailable:
-            # The transaction may have committed before the answer was lost.
+            answer = await self._submit_one(*pending.item, held=held)
+        except Exception as exc:
+            pending.fail(exc)
+        else:
+            pending.settle(answer)
+
+    async def _follow(
+        self, pending: Pending[Item, SubmitResult], leader: Pending[Item, SubmitResult]
+    ) -> None:
+        """Answer a submit whose key an earlier submit of its group wrote: that one's task."""
+        done = leader.future
+        error = None if not done.done() or done.cancelled() else done.exception()
+        if done.done() and not done.cancelled() and error is None:
+            pending.settle(SubmitResult(done.result().task, created=False))
+        elif isinstance(error, REFUSALS):
+            pending.fail(error)  # etcd refuses every write alike (auth, no space)
+        else:  # the first failed otherwise (or its caller left): this one finds out for itself
+            await self._answer_alone(pending, None)
+
+    async def _resolve(
+        self, tasks: Sequence[Task], reads: Sequence[Sequence[KV]], held: dict[str, KV]
+    ) -> tuple[dict[str, SubmitResult | Exception], bool]:
+        """After a failed transaction: the answer of each task whose idempotency key is held.
+
+        ``reads`` are the transaction's failure reads (its keys as they were).
+        A key held by a live task answers with that task (not created); one
+        whose holder's record is gone is put in ``held`` (to be taken over by
+        the next transaction) and not answered.
+
+        Returns:
+            The answers by task id, and whether anything changed: an answer, or
+            a stale key not in ``held`` yet. Nothing changed: the transaction
+            failed for another reason (a used task id).
+
+        Raises:
+            StoreError: Reading the holders failed (nothing was written).
+        """
+        found = {kv.key: kv for kvs in reads for kv in kvs}
+        taken: dict[str, tuple[KV, str]] = {}
+        answers: dict[str, SubmitResult | Exception] = {}
+        for task in tasks:
+            if task.idempotency_key is None:
+                continue
+            kv = found.get(self.keys.unique(task.idempotency_key))
+            if kv is None or (task.id in held and held[task.id].mod_revision == kv.mod_revision):
+                continue  # free, or the stale key it was taking over: not why it failed
+            try:
+                taken[task.id] = (kv, unique_holder(kv))
+            except CorruptRecord as exc:
+                answers[task.id] = exc
+        if not taken:
+            return answers, bool(answers)
+        holders = await read_records(self.store, self.keys, list({h for _, h in taken.values()}))
+        by_id = {t.id: t for t in holders}
+        for task_id, (kv, holder_id) in taken.items():
+            holder = by_id.get(holder_id)
+            if holder is None:
+                held[task_id] = kv  # its holder's record is gone: take the key over
+            elif holder_id == task_id:
+                own = next(t for t in tasks if t.id == task_id)
+                answers[task_id] = self._created(own, kv.create_revision)  # an earlier send landed
+            else:
+                answers[task_id] = SubmitResult(holder, created=False)
+        return answers, True
+
+    async def _landed(self, task: Task, data: bytes) -> int | None:
+        """After a lost answer: the revision that created ``task``, if it was created."""
+        if (revision := await stored_revision(self.store, self.keys, task.id, data)) is not None:
+            return revision
+        if task.idempotency_key is None:
+            return None
+        try:  # the record may have moved on (assigned already): its key still names it
+            kv, _ = await self.store.get(self.keys.unique(task.idempotency_key))
+            if kv is not None and unique_holder(kv) == task.id:
+                return kv.create_revision
+        except (StoreUnavailable, CorruptRecord):
+            pass
+        return None
+
+    async def _submit_one(self, task: Task, data: bytes, *, held: KV | None = None) -> SubmitResult:
+        stale = {} if held is None else {task.id: held}
+        for _ in range(1 + EXTRA_ROUNDS):
+            txn = await self.submit_txn([(task, data)], stale)
+            try:
+                result = await self.store.txn(txn.compares, txn.ops, txn.failure)
+            except StoreUnavailable:
+                # The transaction may have committed before the answer was lost.
+                if (revision := await self._landed(task, data)) is not None:
+                    self._submitted(task, revision)
+                    return SubmitResult(task)
+                raise
+            except StoreLeaseNotFound:
+                self._forget_leases(txn)
+                continue
+            if result.succeeded:
+                return self._created(task, result.revision)
+            answers, changed = await self._resolve([task], result.reads, stale)
+            answer = answers.get(task.id)
+            if isinstance(answer, SubmitResult):
+                return answer
+            if isinstance(answer, Exception):
+                raise answer
+            if changed:
+                continue  # its key's holder is gone: take the key over
             if (revision := await stored_revision(self.store, self.keys, task.id, data)) is not None:
                 self._submitted(task, revision)
-                return task
-            raise
-        if not result.succeeded:
-            if (revision := await stored_revision(self.store, self.keys, task.id, data)) is not None:
-                self._submitted(task, revision)
-                return task  # an earlier group transaction landed after all
+                return SubmitResult(task)  # an earlier group transaction landed after all
             raise InvalidOption(f"task id {task.id} is already used")
-        self.hub.expect(task.id, result.revision)
-        self._submitted(task, result.revision)
-        return task
+        raise ConflictError(f"idempotency key of task {task.id} kept changing hands; submit again")
 
     # batches ----------------------------------------------------------------------------------
     async def submit_many(self, specs: Iterable[TaskSpec]) -> BatchResult:
         """Submit many tasks in as few transactions as etcd allows.
 
         Every spec is validated and encoded before anything is written, so one
-        invalid task writes nothing. Up to 64 tasks (and 1.4 MB) go in one
-        transaction, which is all or nothing; a larger batch is split at that
-        limit, and :attr:`BatchResult.transactions` says into how many.
+        invalid task writes nothing. Up to 128 operations (64 plain tasks, 42
+        with idempotency keys) and 1.4 MB go in one transaction, which is all or
+        nothing; a larger batch is split at that limit, and
+        :attr:`BatchResult.transactions` says into how many.
+
+        Idempotency keys: a spec whose key is held by an existing task gets
+        that task; a key given twice in the batch creates one task (the first
+        spec's), which the later ones get; :attr:`BatchResult.created` says
+        which tasks are new. A transaction that fails because some of its keys
+        are held is sent again without them.
 
         Raises:
             ValidationError: Some spec is invalid (nothing written).
@@ -358,6 +635,9 @@ class Submitter:
             StoreNoSpace: etcd is out of space before anything was written.
             BatchIncomplete: A later transaction failed after earlier ones were
                 committed; its ``written`` attribute lists the tasks that were.
+            ConflictError: Idempotency keys kept changing hands (held by tasks
+                whose records expire just then); the ``written`` of a
+                :class:`BatchIncomplete` if earlier transactions were committed.
         """
         tasks: list[Task] = []
         encoded: list[bytes] = []
@@ -369,66 +649,127 @@ class Submitter:
                 encoded.append(encode_queued(task))
             if len({t.id for t in tasks}) != len(tasks):
                 raise InvalidOption("a batch holds the same task id twice")
+            first = duplicate_of(tasks)
+            lead = [(tasks[i], encoded[i]) for i, f in enumerate(first) if f == i]
             try:
-                await self.quotas.admit(list(zip(tasks, encoded, strict=True)))
-                self.register_queues(t.queue for t in tasks)
-                return await self._write_batch(tasks, encoded)
+                answer = await self._admit(lead)
+                items = [item for item in lead if item[0].id not in answer]
+                self.register_queues(t.queue for t, _ in items)
+                results, transactions = await self._write_batch(items)
             except StoreNoSpace as exc:
                 raise explain_nospace(exc, "the batch was") from exc
             finally:
-                self.quotas.abandon([t.id for t in tasks])
+                self.quotas.abandon([t.id for t, _ in lead])
         except BaseException as exc:
             if self.hooks.carriers:  # those written had their Submitted: a carrier ends the others
                 self.hooks.submit_failed([t.id for t in tasks], exc)
             raise
+        answer.update((t.id, r) for (t, _), r in zip(items, results, strict=True))
+        out = [answer[tasks[first[i]].id] for i in range(len(tasks))]
+        created = [r.created and first[i] == i for i, r in enumerate(out)]
+        if self.hooks.carriers:
+            for i, result in enumerate(out):
+                if not created[i]:
+                    self.hooks.submit_failed([tasks[i].id], _not_stored(result.task))
+        return BatchResult([r.task for r in out], transactions, created)
 
-    async def _write_batch(self, tasks: list[Task], encoded: list[bytes]) -> BatchResult:
-        chunks = chunk(tasks, encoded)
+    async def _write_batch(self, items: list[Item]) -> tuple[list[SubmitResult], int]:
+        if not items:
+            return [], 0
+        chunks = chunk([t for t, _ in items], [d for _, d in items])
         if len(chunks) > 1:
             log.info(
                 "batch of %d tasks split into %d transactions (etcd allows %d ops each)",
-                len(tasks),
+                len(items),
                 len(chunks),
                 MAX_TXN_OPS,
             )
         written: list[Task] = []
+        results: list[SubmitResult] = []
+        transactions = 0
         for part in chunks:
-            revision = await self._write_chunk(part, written)
-            for task, _ in part:
-                self._submitted(task, revision)
-            written.extend(task for task, _ in part)
-        return BatchResult(tasks, len(chunks))
+            answers, committed = await self._write_chunk(part, written)
+            transactions += committed
+            results.extend(answers)
+            written.extend(r.task for r in answers if r.created)
+        return results, transactions
 
-    async def _write_chunk(self, part: list[Item], written: list[Task]) -> int:
-        """Write one transaction of a batch; the revision it landed at.
+    async def _write_chunk(self, part: list[Item], written: list[Task]) -> tuple[list[SubmitResult], int]:
+        """Write one transaction of a batch (again without the tasks whose keys are held).
+
+        Returns:
+            Each task's answer, and how many transactions were committed (0 or 1).
 
         Raises:
             BatchIncomplete: It failed after earlier parts (``written``) were committed.
         """
-        compares, ops = self._merged(part)
-        try:
-            result = await self.store.txn(compares, ops)
-        except StoreUnavailable as exc:
-            first_task, first_data = part[0]
-            stored = await stored_revision(self.store, self.keys, first_task.id, first_data)
-            if stored is None:
+        answers: dict[str, SubmitResult] = {}
+        held: dict[str, KV] = {}
+        remaining = part
+        for _ in range(len(part) + EXTRA_ROUNDS):
+            txn = await self.submit_txn(remaining, held)
+            try:
+                result = await self.store.txn(txn.compares, txn.ops, txn.failure)
+            except StoreUnavailable as exc:
+                first_task, first_data = remaining[0]
+                stored = await self._landed(first_task, first_data)
+                if stored is None:
+                    if written:
+                        raise BatchIncomplete(written, str(exc)) from exc
+                    raise
+                return self._chunk_landed(part, remaining, answers, stored), 1
+            except StoreLeaseNotFound:
+                self._forget_leases(txn)
+                continue
+            except StoreError as exc:
+                # Refused (auth, no space, too large, ...): this part was not written.
                 if written:
+                    if isinstance(exc, StoreNoSpace):
+                        exc = explain_nospace(exc, "the rest of the batch was")
                     raise BatchIncomplete(written, str(exc)) from exc
                 raise
-            return stored
-        except StoreError as exc:
-            # Refused (auth, no space, too large, ...): this part was not written.
-            if written:
-                if isinstance(exc, StoreNoSpace):
-                    exc = explain_nospace(exc, "the rest of the batch was")
-                raise BatchIncomplete(written, str(exc)) from exc
-            raise
-        if not result.succeeded:
-            reason = "a task id in the batch is already used"
-            if written:
-                raise BatchIncomplete(written, reason)
-            raise InvalidOption(reason)
-        return result.revision
+            if result.succeeded:
+                return self._chunk_landed(part, remaining, answers, result.revision), 1
+            found, changed = await self._resolve([t for t, _ in remaining], result.reads, held)
+            if not changed:
+                self._chunk_failed(written, InvalidOption("a task id in the batch is already used"))
+            for task_id, answer in found.items():
+                if isinstance(answer, Exception):
+                    self._chunk_failed(written, answer)
+                answers[task_id] = answer
+            remaining = [item for item in remaining if item[0].id not in answers]
+            if not remaining:
+                return [answers[t.id] for t, _ in part], 0
+        self._chunk_failed(written, ConflictError("idempotency keys of the batch kept changing hands"))
+
+    def _chunk_landed(
+        self, part: list[Item], remaining: list[Item], answers: dict[str, SubmitResult], revision: int
+    ) -> list[SubmitResult]:
+        for task, _ in remaining:
+            self._submitted(task, revision)
+            answers[task.id] = SubmitResult(task)
+        return [answers[t.id] for t, _ in part]
+
+    @staticmethod
+    def _chunk_failed(written: list[Task], exc: Exception) -> NoReturn:
+        """Raise ``exc``, as a :class:`BatchIncomplete` if earlier parts were committed."""
+        if written:
+            raise BatchIncomplete(written, str(exc)) from exc
+        raise exc
+
+
+def _not_stored(holder: Task) -> InvalidOption:
+    """Why a submit whose idempotency key was held wrote nothing (told to the trace carriers)."""
+    return InvalidOption(f"not stored: its idempotency key is held by task {holder.id}")
+
+
+def duplicate_of(tasks: Sequence[Task]) -> list[int]:
+    """For each task, the index of the first task with its idempotency key (its own if none)."""
+    first: dict[str, int] = {}
+    return [
+        i if t.idempotency_key is None else first.setdefault(t.idempotency_key, i)
+        for i, t in enumerate(tasks)
+    ]
 
 
 def encode_queued(task: Task) -> bytes:
@@ -446,21 +787,38 @@ def encode_queued(task: Task) -> bytes:
 def txn_cost(task: Task, data: bytes) -> int:
     """Request bytes one submitted task adds to a transaction (an upper bound)."""
     # record + queue key (whose value is the record too) + the compare.
-    return 2 * len(data) + 4 * (len(task.id) + len(task.queue) + 100) + 64
+    cost = 2 * len(data) + 4 * (len(task.id) + len(task.queue) + 100) + 64
+    if task.idempotency_key is not None:
+        # Its key (about 100 bytes) in up to 2 compares, a put and a failure read; the holder's
+        # record key in a compare; the put's value (the id and the key's text, JSON-escaped).
+        cost += 5 * 200 + 2 * len(task.idempotency_key.encode()) + 64
+    return cost
+
+
+def txn_ops(task: Task) -> int:
+    """Operations one new task adds to a transaction (``transitions.enqueue``'s puts).
+
+    Its compares and failure reads are never more: a plain queued task is 2
+    (record, queue key), one with an idempotency key 3 (and its key's read).
+    """
+    return len(transitions.enqueue(_SIZING_KEYS, task, b"").ops)
 
 
 def chunk(tasks: Sequence[Task], encoded: Sequence[bytes]) -> list[list[Item]]:
-    """Cut tasks, in order, into transactions of at most 64 tasks and ``MAX_TXN_BYTES``."""
+    """Cut tasks, in order, into transactions of at most 128 operations (64 tasks) and ``MAX_TXN_BYTES``."""
     chunks: list[list[Item]] = []
     current: list[Item] = []
-    size = 0
+    size = ops = 0
     for task, data in zip(tasks, encoded, strict=True):
-        cost = txn_cost(task, data)
-        if current and (len(current) >= TASKS_PER_TXN or size + cost > MAX_TXN_BYTES):
+        cost, weight = txn_cost(task, data), txn_ops(task)
+        if current and (
+            len(current) >= TASKS_PER_TXN or size + cost > MAX_TXN_BYTES or ops + weight > MAX_TXN_OPS
+        ):
             chunks.append(current)
-            current, size = [], 0
+            current, size, ops = [], 0, 0
         current.append((task, data))
         size += cost
+        ops += weight
     if current:
         chunks.append(current)
     return chunks
@@ -468,4 +826,11 @@ def chunk(tasks: Sequence[Task], encoded: Sequence[bytes]) -> list[list[Item]]:
 
 def first_chunk_len(items: Sequence[Item]) -> int:
     """How many of ``items`` the first transaction of :func:`chunk` takes (at least 1)."""
-    return first_group_len([txn_cost(t, d) for t, d in items[:TASKS_PER_TXN]], TASKS_PER_TXN, MAX_TXN_BYTES)
+    head = items[:TASKS_PER_TXN]
+    return first_group_len(
+        [txn_cost(t, d) for t, d in head],
+        TASKS_PER_TXN,
+        MAX_TXN_BYTES,
+        [txn_ops(t) for t, _ in head],
+        MAX_TXN_OPS,
+    )

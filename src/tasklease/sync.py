@@ -28,7 +28,7 @@ from tasklease.quotas import Quota
 from tasklease.schedules import Schedule
 from tasklease.stats import Stats
 from tasklease.store import StoreConfig
-from tasklease.submitter import BatchResult, TaskSpec
+from tasklease.submitter import BatchResult, SubmitResult, TaskSpec
 
 if TYPE_CHECKING:
     from tasklease.client import Client
@@ -92,6 +92,10 @@ class SyncClient:
     def submit(self, type: str, payload: JSON = None, **options: Any) -> Task:
         """See :meth:`Client.submit`."""
         return self._run(self._client.submit(type, payload, **options))
+
+    def submit_unique(self, spec: TaskSpec) -> SubmitResult:
+        """See :meth:`Client.submit_unique`."""
+        return self._run(self._client.submit_unique(spec))
 
     def submit_many(self, specs: Iterable[TaskSpec]) -> BatchResult:
         """See :meth:`Client.submit_many`."""

@@ -11,7 +11,7 @@ decides *what is written* and checks each move against ``models.TRANSITIONS``.
 =================  ============================  =====================  ========================
 transition         builder                       caller                 guarded by
 =================  ============================  =====================  ========================
-enqueue            :func:`enqueue`               client (submit)        record absent
+enqueue            :func:`enqueue`               client (submit)        record absent (+ key free)
 assign             :func:`assign`                scheduler (assigner)   queue key + record unchanged
 finish (outcome)   :func:`record_outcome`        worker (recorder)      assignment incarnation + record
 finish (repair)    :func:`repair`                scheduler (recoverer)  leader + entry + record + assignment
@@ -24,7 +24,15 @@ run again          :func:`rerun`                 client (run_again)     old reco
 =================  ============================  =====================  ========================
 
 A transaction that writes a finished record also writes :func:`finished_ops`
-(its finished-index entry, keys.py), under the same retention lease.
+(its finished-index entry, keys.py, and the release of its idempotency key),
+under the same retention lease.
+
+Idempotency keys (``unique/{sha256}``, docs/idempotency.md). A new task with
+an ``idempotency_key`` takes its key in its enqueue transaction
+(:func:`claim_unique`: the key absent, or held by a task whose record is gone);
+the key has no lease while the task is unfinished (or the shared lease of its
+``unique_for``), and :func:`finished_ops` puts it again under the record's
+retention lease, so it is released exactly when the record expires.
 
 The pure record functions (:func:`next_record`, :func:`end_attempt`,
 :func:`fit_record`, :func:`bounded_failure`, :func:`cancelled`) compute the
@@ -38,7 +46,7 @@ import random
 from dataclasses import dataclass, field
 
 from tasklease import codec
-from tasklease.errors import InvalidTransition, PayloadTooLarge
+from tasklease.errors import CorruptRecord, InvalidTransition, PayloadTooLarge
 from tasklease.keys import Keyspace
 from tasklease.models import (
     JSON,
@@ -138,10 +146,81 @@ def finished_entry(keys: Keyspace, task: Task, lease: int) -> Put:
 def finished_ops(keys: Keyspace, task: Task, lease: int) -> list[Op]:
     """What every transaction that finishes ``task`` writes beside its record, under its ``lease``.
 
-    Its finished-index entry (:func:`finished_entry`). The one place a finish's
-    extra keys are decided: every finish builder here calls it.
+    Its finished-index entry (:func:`finished_entry`) and, for a task with an
+    idempotency key held until its record expires (no ``unique_until``), that
+    key again, now under the record's retention lease: the key is released
+    exactly when the record expires (or is purged with it). The one place a
+    finish's extra keys are decided: every finish builder here calls it.
+
+    Why no compare on the key: without ``unique_until`` the key is this task's
+    for as long as its record exists. It was put without a lease in the
+    enqueue transaction; only purge deletes it, in the transaction that deletes
+    the record; and a submit takes over a held key only when the holder's
+    record is absent (:func:`claim_unique`). A key with ``unique_until`` is
+    left alone: it lives under its ``unique_for`` lease, which may have run out
+    and let another task take the key, so re-putting it could overwrite that
+    task's key. It is released when that lease expires, or earlier when the
+    record is gone (the next submit with the key takes it over).
     """
-    return [finished_entry(keys, task, lease)]
+    ops: list[Op] = [finished_entry(keys, task, lease)]
+    if _keeps_key_with_record(task):
+        assert task.idempotency_key is not None
+        ops.append(Put(keys.unique(task.idempotency_key), unique_value(task), lease=lease))
+    return ops
+
+
+def _keeps_key_with_record(task: Task) -> bool:
+    """Whether ``task``'s idempotency key is released with its record (see :func:`finished_ops`)."""
+    return task.idempotency_key is not None and task.unique_until is None
+
+
+def outcome_ops(new: Task) -> int:
+    """How many operations :func:`record_outcome` writes for ``new`` (for batching outcomes).
+
+    The record, the assignment's and the running entry's deletes; a retry's
+    queue or delayed key; a finish's :func:`finished_ops`.
+    """
+    placed = 1 if new.state in (TaskState.QUEUED, TaskState.PENDING) else 0
+    finished = (2 if _keeps_key_with_record(new) else 1) if new.state.terminal else 0
+    return 3 + placed + finished
+
+
+# idempotency keys ---------------------------------------------------------------------------
+def unique_value(task: Task) -> bytes:
+    """A held idempotency key's value: the holding task's id and the key's text (JSON)."""
+    return codec.encode_obj({"id": task.id, "key": task.idempotency_key})
+
+
+def unique_holder(kv: KV) -> str:
+    """The id of the task holding an idempotency key (a ``unique/`` key as read).
+
+    Raises:
+        CorruptRecord: The value is not what :func:`unique_value` writes.
+    """
+    holder = codec.decode_obj(kv.key, kv.value).get("id")
+    if not isinstance(holder, str) or not holder:
+        raise CorruptRecord(kv.key, "an idempotency key without the id of its task")
+    return holder
+
+
+def claim_unique(keys: Keyspace, task: Task, lease: int = 0, held: KV | None = None) -> Txn:
+    """The part of a new task's transaction that takes its idempotency key.
+
+    The compares: the key is absent; or, with ``held`` (the key as read, held
+    by a task whose record was found gone: expired, purged, deleted), the key
+    is unchanged since that read and the holder's record still absent, so a
+    stale key is taken over and a live one never. The put: the key, naming the
+    task, under ``lease`` (0 while the task is unfinished; the shared
+    ``unique_for`` lease with one). The failure branch reads the key: a
+    failed transaction tells who holds it, with no other request.
+    """
+    assert task.idempotency_key is not None
+    key = keys.unique(task.idempotency_key)
+    if held is None:
+        compares = [Compare.absent(key)]
+    else:
+        compares = [Compare.unchanged(held), Compare.absent(keys.task(unique_holder(held)))]
+    return Txn(compares, [Put(key, unique_value(task), lease=lease)], [Get(key)])
 
 
 def unplace_ops(keys: Keyspace, task: Task) -> list[Op]:
@@ -160,12 +239,14 @@ NEW_STATES = (TaskState.QUEUED, TaskState.PENDING, TaskState.WAITING)
 """The states a new task starts in: queued, pending (a delayed submit), waiting (it has parents)."""
 
 
-def enqueue(keys: Keyspace, task: Task, data: bytes) -> Txn:
+def enqueue(keys: Keyspace, task: Task, data: bytes, *, unique_lease: int = 0, held: KV | None = None) -> Txn:
     """Write a new task, if its id is free: its record (``data``) and its index key.
 
     A queued task gets its queue key (whose value is ``data`` too), a delayed
     one (pending, ``not_before``) its delayed key, one with parents (waiting)
-    its deps key.
+    its deps key. A task with an idempotency key takes it in the same
+    transaction (:func:`claim_unique`, with ``unique_lease`` and ``held``):
+    one more compare, one more put, and a read of the key if it fails.
 
     Raises:
         InvalidTransition: ``task`` is not a new task.
@@ -177,7 +258,10 @@ def enqueue(keys: Keyspace, task: Task, data: bytes) -> Txn:
     ):
         raise InvalidTransition(task.id, task.state.value, "enqueue")
     task_key = keys.task(task.id)
-    return Txn([Compare.absent(task_key)], [Put(task_key, data), *place_ops(keys, task, data)])
+    txn = Txn([Compare.absent(task_key)], [Put(task_key, data), *place_ops(keys, task, data)])
+    if task.idempotency_key is not None:
+        txn.extend(claim_unique(keys, task, unique_lease, held))
+    return txn
 
 
 def rerun(keys: Keyspace, old_kv: KV, linked: Task, new: Task, data: bytes) -> Txn:

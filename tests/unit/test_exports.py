@@ -35,6 +35,7 @@ EXPECTED = {
     "StoreNoSpace",
     "StoreRequestTooLarge",
     "StoreUnavailable",
+    "SubmitResult",
     "SyncClient",
     "Task",
     "TaskFailed",

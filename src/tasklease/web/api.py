@@ -427,19 +427,32 @@ def _spec(value: Any, where: str = "") -> TaskSpec:
         raise
 
 
+# Set (to "true") on a submit answered with the task already holding its idempotency key.
+REPLAYED = "idempotent-replayed"
+
+
 @endpoint
 async def submit_task(request: Request, state: WebState) -> Response:
-    """``POST /api/tasks``: 201 and the task."""
+    """``POST /api/tasks``: 201 and the task; 200 and the existing task if its idempotency key is held."""
     body = await read_json(request, state.max_body)
-    task = await state.client.submit_spec(_spec(body))
-    return JSONResponse(
-        codec.task_to_dict(task), status_code=201, headers={"location": f"/api/tasks/{task.id}"}
-    )
+    spec = _spec(body)
+    if spec.idempotency_key is None:
+        task, created = await state.client.submit_spec(spec), True
+    else:
+        result = await state.client.submit_unique(spec)
+        task, created = result.task, result.created
+    headers = {"location": f"/api/tasks/{task.id}"}
+    if not created:
+        headers[REPLAYED] = "true"
+    return JSONResponse(codec.task_to_dict(task), status_code=201 if created else 200, headers=headers)
 
 
 @endpoint
 async def submit_batch(request: Request, state: WebState) -> Response:
-    """``POST /api/tasks/batch``: 201, the new ids and the number of transactions."""
+    """``POST /api/tasks/batch``: the ids (each saying whether it is new) and the number of transactions.
+
+    201 if the batch created a task, 200 if every spec's idempotency key was held.
+    """
     body = await read_object(request, state)
     _only(body, "tasks")
     items = body.get("tasks")
@@ -449,8 +462,10 @@ async def submit_batch(request: Request, state: WebState) -> Response:
         raise ApiError(422, f"at most {MAX_BATCH} tasks per batch, got {len(items)}")
     specs = [_spec(item, f"tasks[{i}]: ") for i, item in enumerate(items)]
     result = await state.client.submit_many(specs)
+    tasks = [{"id": t.id, "created": new} for t, new in zip(result.tasks, result.created, strict=True)]
     return JSONResponse(
-        {"tasks": [{"id": t.id} for t in result.tasks], "transactions": result.transactions}, status_code=201
+        {"tasks": tasks, "transactions": result.transactions},
+        status_code=201 if any(result.created) else 200,
     )
 
 

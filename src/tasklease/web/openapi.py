@@ -123,6 +123,19 @@ SCHEMAS: dict[str, Any] = {
             "retention_s": {**NUM, "exclusiveMinimum": 0},
             "requires": {"type": "object", "additionalProperties": STR},
             "task_id": STR,
+            "idempotency_key": {
+                **STR,
+                "minLength": 1,
+                "maxLength": 512,
+                "description": "A submit with a key already held returns the task holding it (200) "
+                "instead of creating one (docs/idempotency.md)",
+            },
+            "unique_for_s": {
+                **NUM,
+                "exclusiveMinimum": 0,
+                "description": "Hold the idempotency key this many seconds after the submit "
+                "(default: until the task's record expires)",
+            },
         },
     },
     "Attempt": _obj(
@@ -158,8 +171,21 @@ SCHEMAS: dict[str, Any] = {
             "requires": {"type": "object"},
             "rerun_of": NULL_STR,
             "reruns": {"type": "array", "items": STR},
+            "idempotency_key": NULL_STR,
+            "unique_until": NULL_NUM,
         },
     },
+    "BatchResult": _obj(
+        {
+            "tasks": {
+                "type": "array",
+                "items": _obj({"id": STR, "created": {"type": "boolean"}}),
+                "description": "created false: the spec's idempotency key was held (by an existing task, "
+                "or an earlier spec of the batch) and id is that task's",
+            },
+            "transactions": INT,
+        }
+    ),
     "TaskSummary": _obj(
         {
             "id": STR,
@@ -424,7 +450,21 @@ def _document() -> dict[str, Any]:
             ),
             "post": _op(
                 "Submit a task",
-                {"201": _json(_ref("Task"), "The new task (Location: /api/tasks/{id})")},
+                {
+                    "201": _json(_ref("Task"), "The new task (Location: /api/tasks/{id})"),
+                    "200": {
+                        **_json(
+                            _ref("Task"),
+                            "Its idempotency key is held: the task holding it, nothing new submitted",
+                        ),
+                        "headers": {
+                            "Idempotent-Replayed": {
+                                "description": "true: the answer is the existing task",
+                                "schema": STR,
+                            }
+                        },
+                    },
+                },
                 413,
                 422,
                 429,
@@ -436,15 +476,10 @@ def _document() -> dict[str, Any]:
             "post": _op(
                 "Submit up to 1000 tasks in as few transactions as etcd allows",
                 {
-                    "201": _json(
-                        _obj(
-                            {
-                                "tasks": {"type": "array", "items": _obj({"id": STR})},
-                                "transactions": INT,
-                            }
-                        ),
-                        "The new ids, in order",
-                    )
+                    "201": _json(_ref("BatchResult"), "The ids, in order (some may be existing tasks)"),
+                    "200": _json(
+                        _ref("BatchResult"), "Every spec's idempotency key was held: existing tasks only"
+                    ),
                 },
                 413,
                 422,
