@@ -70,8 +70,10 @@ ON_TIME_S = 60.0
 """Catch-up ``none``: the newest due tick still fires if it is at most this late."""
 CATCH_UP_BATCH = 1000
 """Most missed ticks counted (``none``, ``one``) or fired (``all``) per schedule per pass."""
-MAX_TICKS_PER_TXN = 40
-"""Most ticks of one schedule per transaction (3 ops each at most, the cron key's put: within 128)."""
+MAX_TICKS_PER_TXN = 30
+"""Most ticks of one schedule per transaction: each tick's task is at most 4 ops (record, queue
+key, expiring key with ``--expires``; a schedule's task has no idempotency key), plus the
+cron key's put and the queue registry puts: 30 * 4 + 1 + a few within etcd's 128."""
 BACKSTOP_S = 60.0
 """Longest sleep: then the loop looks at the schedules again (a wall clock that jumped)."""
 ERROR_BACKOFF_S = (0.2, 2.0)
