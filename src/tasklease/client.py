@@ -62,7 +62,7 @@ quotas, retention, retry, stats, nodes, store, waiters, errors, codec.
 from __future__ import annotations
 
 import builtins
-from collections.abc import AsyncGenerator, Iterable, Mapping
+from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from dataclasses import replace
 from types import TracebackType
 
@@ -154,6 +154,7 @@ class Client:
             quotas=self.quotas,
             hub=self._hub,
             hooks=self.hooks,
+            retention=self.retention,
         )
         self.editor = Editor(
             store, self.inspector, clock=self.clock, retention=self.retention, hooks=self.hooks
@@ -208,13 +209,23 @@ class Client:
         task_id: str | None = None,
         retention_s: float | None = None,
         requires: Mapping[str, str] | None = None,
+        depends_on: Sequence[str] | None = None,
+        on_parent_failure: str = "cancel",
     ) -> Task:
         """Submit one task: one transaction writes its record and its queue key.
 
+        With ``depends_on`` (its parents' ids) the task runs once they all
+        succeeded (docs/workflows.md): the parents are read first (1
+        transaction of gets per 32); it is stored ``waiting`` until then, or
+        ``queued`` at once if they already succeeded. ``on_parent_failure``:
+        ``"cancel"`` (a parent that fails or is cancelled cancels it, and its
+        descendants) or ``"run"`` (it runs anyway once every parent finished).
+
         Returns:
-            The task as stored (state ``queued``).
+            The task as stored (state ``queued``; ``waiting`` with parents).
 
         Raises:
+            TaskNotFound: A parent does not exist (nothing written).
             ValidationError: Bad priority, queue, timeout, payload (nothing written).
             QuotaExceeded: Over a quota of the namespace (nothing written).
             InvalidOption: ``task_id`` is already used.
@@ -222,7 +233,17 @@ class Client:
             StoreError: etcd failed.
         """
         spec = TaskSpec(
-            type, payload, queue, priority, timeout_s, retry or RetryPolicy(), task_id, retention_s, requires
+            type,
+            payload,
+            queue,
+            priority,
+            timeout_s,
+            retry or RetryPolicy(),
+            task_id,
+            retention_s,
+            requires,
+            depends_on=depends_on,
+            on_parent_failure=on_parent_failure,
         )
         return await self.submitter.submit_spec(spec)
 

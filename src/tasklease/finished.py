@@ -259,6 +259,35 @@ async def list_finished(
     return merged, bound
 
 
+async def read_kvs(store: KVStore, keys: Keyspace, ids: Sequence[str]) -> dict[str, KV | None]:
+    """The records of ``ids`` as stored (``None``: no such record), by id.
+
+    Transactions of at most ``GETS_PER_TXN`` gets, halved when the answer
+    would be over the receive limit (down to a lone get). Used where a
+    missing record means something (a task's parents: workflows.py,
+    release.py) and where the caller needs a record's revision for a compare.
+    """
+    found: dict[str, KV | None] = {}
+
+    async def read(chunk: Sequence[str]) -> None:
+        try:
+            result = await store.txn([], [Get(keys.task(i)) for i in chunk])
+        except StoreRequestTooLarge:
+            if len(chunk) == 1:
+                raise
+            half = len(chunk) // 2
+            await read(chunk[:half])
+            await read(chunk[half:])
+            return
+        for task_id, kvs in zip(chunk, result.reads, strict=True):
+            found[task_id] = kvs[0] if kvs else None
+
+    unique = list(dict.fromkeys(ids))
+    for i in range(0, len(unique), GETS_PER_TXN):
+        await read(unique[i : i + GETS_PER_TXN])
+    return found
+
+
 async def read_records(store: KVStore, keys: Keyspace, ids: Sequence[str]) -> list[Task]:
     """The records of ``ids``, in that order; those gone (expired, purged) or corrupt are left out.
 

@@ -81,6 +81,7 @@ from tasklease.keys import Keyspace, check_name, prefix_end
 from tasklease.leader import LeaderContext, LeaderLoop
 from tasklease.mirror import ClusterView, Mirror
 from tasklease.recoverer import Failer, Promoter, Recoverer
+from tasklease.release import Releaser
 from tasklease.retention import RetentionLeases
 from tasklease.store import KV, KVStore
 
@@ -194,6 +195,7 @@ class Scheduler:
         # The leader's own loops beyond assigning and recovering (leader.LeaderLoop):
         # each capability adds its one line here.
         self.loops: list[LeaderLoop] = []
+        self.loops.append(Releaser(ctx))  # dependencies: release.py
         self._main: asyncio.Task[None] | None = None
         self._stopping = False
         self.leading = asyncio.Event()

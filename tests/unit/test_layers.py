@@ -36,9 +36,12 @@ FAMILIES = {
     "scheduler": {"scheduler", "mirror", "assigner", "recoverer", "leader"},
     "client": {"client", "submitter", "inspector", "editor", "waiting", "sync"},
 }
+FAMILIES["scheduler"] |= {"release"}  # dependencies: the leader's Releaser
+FAMILIES["client"] |= {"workflows"}  # dependencies: DAG submit, status, cancel
 PROCESSES = {"cli", "__main__", "runners", "dev", "demo", "demo_tasks", "soak", "tasklease"}
 # The REST API and dashboard (tasklease web): a process that uses the client.
 PROCESSES |= {"web", "web.app", "web.api", "web.feed", "web.security", "web.openapi", "web.server"}
+PROCESSES |= {"cli_workflows", "web.api_workflows"}
 PLUGINS = ("executors", "balancers")
 # Imports inside a function, to break a cycle, each with its reason in the code.
 LAZY = {
