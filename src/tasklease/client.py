@@ -10,6 +10,8 @@ submitter.py       :class:`TaskSpec`, :class:`BatchResult`, ``submit`` /
 inspector.py       ``get``, ``list`` / ``list_page``, ``scan``, ``stats``,
                    ``nodes`` (reads only, typed results)
 editor.py          ``cancel``, ``set_priority`` (read-modify-write)
+workflows.py       ``workflow`` (a DAG builder), ``workflow_status``,
+                   ``cancel_workflow``
 controls.py        ``pause``, ``resume``, ``paused``, ``drain``
 waiting.py         ``wait`` (a lone key watch, or the shared result hub)
 client.py          the composition, ``result``, quotas, ``purge``
@@ -31,6 +33,10 @@ Round trips (each is one etcd request):
 ``run_again``              1 range + 1 transaction
 ``nodes``                  1 range per page of node records
 ``cancel`` / ``priority``  1 range + 1 transaction (repeated on a race)
+``submit`` with parents    + 1 transaction of gets per 32 parents
+``workflow(...).submit()`` ceil((n + 1) / 64) transactions for n tasks (+ 1
+                           transaction of gets per 32 parents outside it)
+``workflow_status``        1-3 ranges + 1 transaction of gets per 32 tasks
 ``wait``                   1 range + 1 watch stream
 ``purge``                  1 range per page of task records + 1
                            transaction per 64 deletes (purge.py)
@@ -65,8 +71,9 @@ import builtins
 from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from dataclasses import replace
 from types import TracebackType
+from typing import Any
 
-from tasklease import controls
+from tasklease import controls, workflows
 from tasklease.clock import Clock, SystemClock
 from tasklease.controls import Pause
 from tasklease.editor import MAX_CONFLICT_RETRIES, Editor
@@ -96,6 +103,7 @@ from tasklease.submitter import (
 from tasklease.sync import SyncClient
 from tasklease.waiters import ResultHub
 from tasklease.waiting import Waiter
+from tasklease.workflows import Workflow, WorkflowBuilder, WorkflowStatus, builder_from_dict
 
 __all__ = [
     "TASKS_PER_TXN",
@@ -262,6 +270,40 @@ class Client:
 
     def _submit_ops(self, task: Task, data: bytes) -> tuple[Compare, builtins.list[Op]]:
         return self.submitter.submit_ops(task, data)
+
+    # workflows (workflows.py) ------------------------------------------------------------------
+    def workflow(self, name: str = "", *, workflow_id: str | None = None) -> WorkflowBuilder:
+        """Start building a workflow (a DAG of tasks); ``await builder.submit()`` writes it.
+
+        ``builder.add(type, payload, after=[...])`` returns a node to name as a
+        later task's parent (docs/workflows.md).
+        """
+        return WorkflowBuilder(self.submitter, name=name, workflow_id=workflow_id)
+
+    async def submit_workflow(self, workflow: WorkflowBuilder | Mapping[str, Any]) -> Workflow:
+        """Submit a workflow: a builder, or its JSON form (:func:`tasklease.workflows.builder_from_dict`)."""
+        if not isinstance(workflow, WorkflowBuilder):
+            workflow = builder_from_dict(self.submitter, workflow)
+        return await workflow.submit()
+
+    async def workflow_status(self, workflow_id: str) -> WorkflowStatus:
+        """The workflow (by its id, or the id of any of its tasks) and each task's state.
+
+        Raises:
+            WorkflowNotFound: No such workflow (a ``TaskNotFound``).
+        """
+        return await workflows.read_status(self.store, self.keys, workflow_id)
+
+    async def cancel_workflow(
+        self, workflow_id: str, reason: str = "workflow cancelled by request"
+    ) -> builtins.list[Task]:
+        """Cancel every task of the workflow that has not finished (waiting ones too); those cancelled.
+
+        Raises:
+            WorkflowNotFound: No such workflow (a ``TaskNotFound``).
+        """
+        _, cancelled = await workflows.cancel(self.store, self.keys, self.editor, workflow_id, reason)
+        return cancelled
 
     # read (inspector.py) ---------------------------------------------------------------------
     async def get(self, task_id: str) -> Task:
