@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from tasklease.web import api
+from tasklease.web import api, api_workflows
 from tasklease.web.api import JSONResponse, WebState
 from tasklease.web.openapi import openapi_document
 from tasklease.web.security import Guard, SecurityMiddleware, is_api
@@ -111,6 +111,9 @@ def routes() -> list[BaseRoute]:
         Route("/api/queues/{name}/resume", api.resume_queue, methods=["POST"]),
         Route("/api/workers", api.list_workers, methods=["GET"]),
         Route("/api/workers/{id}/drain", api.drain_worker, methods=["POST"]),
+        Route("/api/workflows", api_workflows.submit_workflow, methods=["POST"]),
+        Route("/api/workflows/{id}", api_workflows.get_workflow, methods=["GET"]),
+        Route("/api/workflows/{id}/cancel", api_workflows.cancel_workflow, methods=["POST"]),
         Route("/api/events", api.events, methods=["GET"]),
         Route("/api/openapi.json", openapi, methods=["GET"]),
         Route("/", index, methods=["GET"]),
