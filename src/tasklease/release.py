@@ -73,6 +73,8 @@ PARENTS_PER_PASS = 256
 CHILDREN_PER_PASS = 128
 # A child whose release kept failing its compares this often is left until its next trigger.
 MAX_TRIES = 10
+# Longest wait for the watch to show what made a release fail its compares.
+RETRY_WAIT_S = 0.5
 ERROR_BACKOFF_S = (0.2, 2.0)
 
 
@@ -118,6 +120,8 @@ class Releaser(LeaderLoop):
         self._unread: set[str] = set()  # parents that may have ended: read their records
         self._due: set[str] = set()  # children to decide (an end of one of their parents is known)
         self._tries: dict[str, int] = {}  # child -> releases that failed their compares in a row
+        # children this leader is moving (released or cancelled): their deps key's deletion needs no read
+        self._moved: set[str] = set()
         self._active = False  # True while run() holds a view built from the mirror
         self._wake = asyncio.Event()
         self.released_total = 0
@@ -138,6 +142,7 @@ class Releaser(LeaderLoop):
         self._unread.clear()
         self._due.clear()
         self._tries.clear()
+        self._moved.clear()
 
     def reloaded(self) -> None:
         """The view was read again: rebuild from it, and check every waiting child again."""
@@ -163,7 +168,10 @@ class Releaser(LeaderLoop):
                 except ValueError:
                     return
                 self._forget(child)
-                self._touch(child)  # released or ended: its own children may be concerned
+                if child in self._moved:
+                    self._moved.discard(child)  # we moved it: released (not ended), or its end is known
+                else:
+                    self._touch(child)  # released or ended by another: its own children may be concerned
             else:
                 self._add(kv)
             return
@@ -275,7 +283,10 @@ class Releaser(LeaderLoop):
         kvs = await read_kvs(self.store, self.keys, [*parents, *dict.fromkeys(preread)]) if parents else {}
         for parent in parents:
             self._note(parent, kvs.get(parent))
-        due = list(itertools.islice(self._due, CHILDREN_PER_PASS))
+        # Those whose records were read with their parents first.
+        ready = [c for c in dict.fromkeys(preread) if c in self._due]
+        rest = (c for c in self._due if c not in kvs)
+        due = list(itertools.islice(itertools.chain(ready, rest), CHILDREN_PER_PASS))
         self._due.difference_update(due)
         decided: list[Decided] = []
         for child in due:
@@ -303,8 +314,8 @@ class Releaser(LeaderLoop):
                 log.error("cannot read a parent's record (%s): its children wait", exc, extra=self._ctx())
                 return
         end = transitions.parent_end(parent, task)
-        if end is None:
-            return  # not ended: a later deletion of its index key brings it back here
+        if end is None or parent not in self._children:
+            return  # not ended (a later deletion of its index key brings it back here), or no child left
         self._ends[parent] = end
         self._due.update(self._children.get(parent, ()))
 
@@ -372,6 +383,25 @@ class Releaser(LeaderLoop):
         return txn, new
 
     async def _send(self, batch: list[tuple[Decided, Txn, Task | None]]) -> None:
+        """Write ``batch`` in one transaction; one by one if it fails a compare.
+
+        Each child is marked moved before it is sent: the deletion of its deps
+        key, which the watch may bring before the answer, then needs no read
+        (it was released, or its end is known: :meth:`_done`). A child that was
+        not moved after all is unmarked, and looked at again if its deps key
+        went meanwhile (someone else moved it: it may have ended).
+        """
+        unsettled = {item.child for item, _, new in batch if new is not None}
+        self._moved.update(unsettled)
+        try:
+            await self._send_all(batch, unsettled)
+        finally:
+            for child in unsettled:
+                self._moved.discard(child)
+                if child not in self._waiting:
+                    self._touch(child)
+
+    async def _send_all(self, batch: list[tuple[Decided, Txn, Task | None]], unsettled: set[str]) -> None:
         fence = batch[0][1].compares[0]
         combined = Txn([fence])
         for _, txn, _ in batch:
@@ -381,6 +411,7 @@ class Releaser(LeaderLoop):
             result = await self.store.txn(combined.compares, combined.ops)
             if result.succeeded:
                 for item, _, new in batch:
+                    unsettled.discard(item.child)
                     self._done(item, new)
                 return
         # Alone, or the batch failed a compare: one by one tells which.
@@ -391,6 +422,7 @@ class Releaser(LeaderLoop):
                 log.error("cannot release a waiting task: %s", exc, extra=self._ctx(task_id=item.child))
                 continue
             if result.succeeded:
+                unsettled.discard(item.child)
                 self._done(item, new)
                 continue
             tries = self._tries.get(item.child, 0) + 1
@@ -402,9 +434,10 @@ class Releaser(LeaderLoop):
                     extra=self._ctx(task_id=item.child),
                 )
                 continue
-            # A cancel or a priority change came in between (or we were deposed): once the
-            # watch has caught up, decide again with what it shows.
-            await self.mirror.wait_revision(result.revision)
+            # A cancel or a priority change came in between (or we were deposed): decide again
+            # with what the watch shows once it has caught up (a priority change rewrites
+            # only the record, outside the watched range: then after a short wait).
+            await self.mirror.wait_revision(result.revision, timeout_s=RETRY_WAIT_S)
             if item.child in self._waiting:
                 self._due.add(item.child)
 
@@ -414,6 +447,13 @@ class Releaser(LeaderLoop):
             return
         now = self.clock.now()
         extra = self._ctx(task_id=new.id)
+        if new.state.terminal and new.id in self._children:
+            # Its end is known without a read: its own children are due now (the cascade).
+            self._ends[new.id] = transitions.ParentEnd(new.id, new.state, new.error)
+            self._due.update(self._children[new.id])
+            self._wake.set()
+        if new.id not in self._waiting:
+            self._moved.discard(new.id)  # its deps key's deletion came already (else it unmarks it)
         if new.state in (TaskState.QUEUED, TaskState.PENDING):
             self.released_total += 1
             log.debug("released: its parents finished (%s)", new.state.value, extra=extra)
