@@ -57,7 +57,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from tasklease import codec, transitions
-from tasklease.errors import CorruptRecord, PayloadTooLarge, StoreError, StoreRequestTooLarge
+from tasklease.errors import (
+    CorruptRecord,
+    PayloadTooLarge,
+    StoreError,
+    StoreLeaseNotFound,
+    StoreRequestTooLarge,
+)
 from tasklease.events import Cancelled, Failed
 from tasklease.finished import read_kvs
 from tasklease.leader import LeaderContext, LeaderLoop
@@ -123,6 +129,7 @@ class Releaser(LeaderLoop):
         # children this leader is moving (released or cancelled): their deps key's deletion needs no read
         self._moved: set[str] = set()
         self._active = False  # True while run() holds a view built from the mirror
+        self._leases: set[int] = set()  # retention leases written under this pass (forgotten if gone)
         self._wake = asyncio.Event()
         self.released_total = 0
         self.cancelled_total = 0
@@ -248,6 +255,10 @@ class Releaser(LeaderLoop):
                 await self.work()
                 backoff = ERROR_BACKOFF_S[0]
             except StoreError as exc:
+                if isinstance(exc, StoreLeaseNotFound):
+                    # A retention lease that expired or was revoked: take a new one next time.
+                    for lease in self._leases:
+                        self.retention.forget(lease)
                 log.warning("releases paused: %s; retrying in %.1f s", exc, backoff, extra=self._ctx())
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, ERROR_BACKOFF_S[1])
@@ -260,6 +271,7 @@ class Releaser(LeaderLoop):
         children per pass; it wakes itself again while some are left.
         """
         view = self.mirror.view
+        self._leases.clear()
         parents: list[str] = []
         for parent in list(self._unread):
             if len(parents) >= PARENTS_PER_PASS:
@@ -280,7 +292,13 @@ class Releaser(LeaderLoop):
                     p in self._ends or p in reading for p in entry.parents
                 ):
                     preread.append(child)
-        kvs = await read_kvs(self.store, self.keys, [*parents, *dict.fromkeys(preread)]) if parents else {}
+        try:
+            kvs = (
+                await read_kvs(self.store, self.keys, [*parents, *dict.fromkeys(preread)]) if parents else {}
+            )
+        except BaseException:
+            self._unread.update(parents)  # read again next pass (or by the next leader)
+            raise
         for parent in parents:
             self._note(parent, kvs.get(parent))
         # Those whose records were read with their parents first.
@@ -296,10 +314,16 @@ class Releaser(LeaderLoop):
             verdict = transitions.verdict(waiting.parents, waiting.policy, self._ends)
             if verdict.action != "wait":
                 decided.append(Decided(child, verdict))
-        missing = [d.child for d in decided if d.child not in kvs]
-        if missing:
-            kvs.update(await read_kvs(self.store, self.keys, missing))
-        await self._write(decided, kvs)
+        try:
+            missing = [d.child for d in decided if d.child not in kvs]
+            if missing:
+                kvs.update(await read_kvs(self.store, self.keys, missing))
+            await self._write(decided, kvs)
+        except BaseException:
+            # A store error part-way: decide them again next pass (a child that was moved
+            # meanwhile fails its compares then, or is gone from the index).
+            self._due.update(c for c in due if c in self._waiting)
+            raise
         if self._unread or self._due:
             self._wake.set()
 
@@ -374,11 +398,13 @@ class Releaser(LeaderLoop):
         else:
             new = transitions.cancelled(task, item.verdict.reason, now)
             lease = await self.retention.lease_for(new.retention_s)
+            self._leases.add(lease)
         try:
             txn = transitions.release(self.keys, fence, deps_kv, record_kv, task, new, lease)
         except PayloadTooLarge as exc:
             new = transition(task, TaskState.FAILED, now=now, error=f"cannot be queued: {exc}")
             lease = await self.retention.lease_for(new.retention_s)
+            self._leases.add(lease)
             txn = transitions.release(self.keys, fence, deps_kv, record_kv, task, new, lease)
         return txn, new
 

@@ -24,13 +24,15 @@ from tasklease.errors import (
     BatchIncomplete,
     InvalidOption,
     StoreNoSpace,
+    StoreUnavailable,
     TaskNotFound,
     WorkflowNotFound,
 )
 from tasklease.executors.builtin import builtin_registry
 from tasklease.keys import Keyspace, prefix_end
 from tasklease.models import Task, TaskState
-from tasklease.store import Put, Store, StoreConfig
+from tasklease.scheduler import Scheduler, SchedulerConfig
+from tasklease.store import Delete, Put, Store, StoreConfig
 from tasklease.workflows import builder_from_dict
 
 pytestmark = pytest.mark.timeout(180)
@@ -431,3 +433,27 @@ async def test_a_new_leader_releases_children_whose_parents_finished_while_none_
     # Then the child is released and runs, once
     done = await client.wait(child.id, timeout_s=WAIT_S)
     assert done.state is TaskState.SUCCEEDED and len(done.attempts) == 1
+
+
+async def test_a_release_refused_by_etcd_is_tried_again(client, cluster, store_config, keyspace):
+    # Given a leader whose store refuses its first two release transactions (etcd unavailable)
+    async with FaultyStore(store_config) as faulty:
+
+        def releases(compares, success, failure) -> bool:
+            return any(isinstance(op, Delete) and op.key.startswith(keyspace.deps) for op in success)
+
+        fault = faulty.fail("txn", lambda: StoreUnavailable("etcd is away"), times=2, when=releases)
+        scheduler = Scheduler(faulty, keyspace, SchedulerConfig(scheduler_id="faulty", lease_ttl_s=3))
+        await scheduler.start()
+        try:
+            await cluster.worker(types=types())
+            parent = await client.submit("number", {"n": 1})
+            children = [
+                await client.submit("seen", {"tag": str(i)}, depends_on=[parent.id]) for i in range(3)
+            ]
+            # When the parent succeeds, Then every child runs once all the same
+            done = await finals(client, [c.id for c in children])
+            assert all(t.state is TaskState.SUCCEEDED and len(t.attempts) == 1 for t in done)
+            assert fault.fired == 2
+        finally:
+            await scheduler.stop()
