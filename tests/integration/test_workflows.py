@@ -457,3 +457,20 @@ async def test_a_release_refused_by_etcd_is_tried_again(client, cluster, store_c
             assert fault.fired == 2
         finally:
             await scheduler.stop()
+
+
+def test_the_sync_client_submits_with_parents_and_workflows(etcd_endpoint, namespace):
+    from tasklease import SyncClient
+
+    with SyncClient(StoreConfig.from_text(etcd_endpoint), namespace=namespace) as sync:
+        parent = sync.submit("noop")
+        child = sync.submit("noop", depends_on=[parent.id], on_parent_failure="run")
+        assert child.state is TaskState.WAITING and child.on_parent_failure == "run"
+        wf = sync.workflow(name="sync")
+        first = wf.add("noop")
+        wf.add("noop", after=[first, parent.id])
+        workflow = sync.submit_workflow(wf)
+        assert sync.workflow_status(workflow.id).states == {"queued": 1, "waiting": 1}
+        assert len(sync.cancel_workflow(first.id)) == 2
+        with pytest.raises(WorkflowNotFound):
+            sync.workflow_status(parent.id)
