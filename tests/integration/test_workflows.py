@@ -435,6 +435,33 @@ async def test_a_new_leader_releases_children_whose_parents_finished_while_none_
     assert done.state is TaskState.SUCCEEDED and len(done.attempts) == 1
 
 
+async def test_a_parent_whose_record_is_gone_cancels_its_child_and_a_deps_key_alone_is_dropped(
+    client, cluster, store, keyspace
+):
+    # Given a child whose parent's record then vanished (expired, purged: here deleted by hand,
+    # with its queue key), and a deps key whose task record was deleted
+    parent = await client.submit("noop")
+    child = await client.submit("noop", depends_on=[parent.id])
+    orphan = await client.submit("noop", depends_on=[parent.id])
+    await store.delete(keyspace.task(parent.id))
+    for key in await keys_under(store, keyspace.queues):
+        await store.delete(key)
+    await store.delete(keyspace.task(orphan.id))
+    # When a leader looks at them
+    await cluster.scheduler()
+    # Then the child is cancelled saying so, and the lone deps key is deleted
+    done = await client.wait(child.id, timeout_s=WAIT_S)
+    assert done.state is TaskState.CANCELLED
+    assert done.error == f"parent {parent.id} no longer exists"
+
+    async def deps_left() -> list[str]:
+        while keys := await keys_under(store, keyspace.deps):
+            await asyncio.sleep(0.05)
+        return keys
+
+    assert await asyncio.wait_for(deps_left(), WAIT_S) == []
+
+
 async def test_a_release_refused_by_etcd_is_tried_again(client, cluster, store_config, keyspace):
     # Given a leader whose store refuses its first two release transactions (etcd unavailable)
     async with FaultyStore(store_config) as faulty:
