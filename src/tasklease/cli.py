@@ -39,7 +39,7 @@ from tasklease.errors import (
     WorkerNotFound,
 )
 from tasklease.fleet import eligible_workers, waiting_without_worker
-from tasklease.ids import default_process_id
+from tasklease.ids import default_process_id, parse_task_id
 from tasklease.logs import escape_json, escape_text
 from tasklease.models import Task, TaskState, check_type
 from tasklease.retry import RetryPolicy
@@ -112,6 +112,11 @@ def _log_level(text: str) -> str:
 
 # Durations (90s, 30m, 12h, 7d), sizes (64MiB) and quota limits ("none" removes one).
 NO_LIMIT = "none"
+
+
+def _task_ids(text: str) -> list[str]:
+    """``ID[,ID]``: task ids, read case-insensitively (a malformed one: exit 2)."""
+    return [parse_task_id(part) for part in text.split(",") if part.strip()]
 
 
 def _duration(text: str) -> float:
@@ -366,6 +371,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="AGE",
         help="hold --key this long after the submit instead (90s, 30m, 1h, 7d)",
+    )
+    p.add_argument(
+        "--after",
+        type=_task_ids,
+        default=None,
+        metavar="ID[,ID]",
+        help="run only after these tasks succeeded (it waits in state waiting until then)",
+    )
+    p.add_argument(
+        "--on-parent-failure",
+        choices=["cancel", "run"],
+        default="cancel",
+        help="a parent that fails or is cancelled: cancel this task (default) or run it anyway",
     )
     p.add_argument("--wait", action="store_true", help="wait and print the final record")
     p.add_argument("--wait-timeout", type=_positive_float, default=None, help="give up waiting after S s")
@@ -663,6 +681,10 @@ def build_parser() -> argparse.ArgumentParser:
     from tasklease.cli_schedules import add_parsers as schedule_parsers  # lazy: it imports this module
 
     COMMANDS.update(schedule_parsers(cmd))
+    # imported here: cli_workflows imports this module's helpers
+    from tasklease.cli_workflows import add_parser as add_workflow
+
+    COMMANDS.update(add_workflow(cmd))
     return parser
 
 
@@ -703,6 +725,10 @@ def _print_task(task: Task) -> None:
         _say(f"rerun of:  {task.rerun_of}")
     if task.reruns:
         _say(f"rerun as:  {', '.join(task.reruns)}")
+    if task.depends_on:
+        _say(f"after:     {', '.join(task.depends_on)} (on parent failure: {task.on_parent_failure})")
+    if task.workflow:
+        _say(f"workflow:  {task.workflow}")
     if task.attempts:
         _say("attempts:")
         for a in task.attempts:
@@ -742,6 +768,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         requires=parse_requires(args.require) if args.require else None,
         idempotency_key=args.key,
         unique_for_s=args.unique_for,
+        depends_on=args.after,
+        on_parent_failure=args.on_parent_failure,
     )
 
     async def run(client: Client) -> int:
@@ -904,12 +932,13 @@ def cmd_queues(args: argparse.Namespace) -> int:
                 str(q["queued"]),
                 str(q["running"]),
                 str(q["pending"]),
+                str(q["waiting"]),
                 str(q["failed"]),
                 "paused" if q["paused"] else "",
             )
             for q in view["queues"]
         ]
-        _table(rows, ("QUEUE", "DEPTH 3/2/1/0", "QUEUED", "RUNNING", "PENDING", "FAILED", ""))
+        _table(rows, ("QUEUE", "DEPTH 3/2/1/0", "QUEUED", "RUNNING", "PENDING", "WAITING", "FAILED", ""))
         return EXIT_OK
 
     return asyncio.run(_with_client(args, run))

@@ -10,6 +10,8 @@ submitter.py       :class:`TaskSpec`, :class:`BatchResult`, ``submit`` /
 inspector.py       ``get``, ``list`` / ``list_page``, ``scan``, ``stats``,
                    ``nodes`` (reads only, typed results)
 editor.py          ``cancel``, ``set_priority`` (read-modify-write)
+workflows.py       ``workflow`` (a DAG builder), ``workflow_status``,
+                   ``cancel_workflow``
 controls.py        ``pause``, ``resume``, ``paused``, ``drain``
 limits.py          ``set_limit``, ``limits``, ``remove_limit``
 schedules.py       cron schedules: ``add_schedule``, ``list_schedules``, ...
@@ -39,6 +41,10 @@ Round trips (each is one etcd request):
 ``run_again``              1 range + 1 transaction
 ``nodes``                  1 range per page of node records
 ``cancel`` / ``priority``  1 range + 1 transaction (repeated on a race)
+``submit`` with parents    + 1 transaction of gets per 32 parents
+``workflow(...).submit()`` ceil((n + 1) / 64) transactions for n tasks (+ 1
+                           transaction of gets per 32 parents outside it)
+``workflow_status``        1-3 ranges + 1 transaction of gets per 32 tasks
 ``wait``                   1 range + 1 watch stream
 ``purge``                  1 range per page of task records + 1
                            transaction per 64 deletes (purge.py)
@@ -70,11 +76,12 @@ quotas, retention, retry, stats, nodes, store, waiters, errors, codec.
 from __future__ import annotations
 
 import builtins
-from collections.abc import AsyncGenerator, Iterable, Mapping
+from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from dataclasses import replace
 from types import TracebackType
+from typing import Any
 
-from tasklease import controls, limits, schedules
+from tasklease import controls, limits, schedules, workflows
 from tasklease.clock import Clock, SystemClock
 from tasklease.controls import Pause
 from tasklease.editor import MAX_CONFLICT_RETRIES, Editor
@@ -107,6 +114,7 @@ from tasklease.submitter import (
 from tasklease.sync import SyncClient
 from tasklease.waiters import ResultHub
 from tasklease.waiting import Waiter
+from tasklease.workflows import Workflow, WorkflowBuilder, WorkflowStatus, builder_from_dict
 
 __all__ = [
     "TASKS_PER_TXN",
@@ -166,7 +174,7 @@ class Client:
             quotas=self.quotas,
             hub=self._hub,
             hooks=self.hooks,
-            leases=self.retention,
+            retention=self.retention,
         )
         self.editor = Editor(
             store, self.inspector, clock=self.clock, retention=self.retention, hooks=self.hooks
@@ -223,6 +231,8 @@ class Client:
         requires: Mapping[str, str] | None = None,
         idempotency_key: str | None = None,
         unique_for_s: float | None = None,
+        depends_on: Sequence[str] | None = None,
+        on_parent_failure: str = "cancel",
     ) -> Task:
         """Submit one task: one transaction writes its record and its queue key.
 
@@ -233,10 +243,19 @@ class Client:
         (docs/idempotency.md). :meth:`submit_unique` also says whether the task
         is new.
 
+        With ``depends_on`` (its parents' ids) the task runs once they all
+        succeeded (docs/workflows.md): the parents are read first (1
+        transaction of gets per 32); it is stored ``waiting`` until then, or
+        ``queued`` at once if they already succeeded. ``on_parent_failure``:
+        ``"cancel"`` (a parent that fails or is cancelled cancels it, and its
+        descendants) or ``"run"`` (it runs anyway once every parent finished).
+
         Returns:
-            The task as stored (state ``queued``), or the task holding ``idempotency_key``.
+            The task as stored (state ``queued``; ``waiting`` with parents), or
+            the task holding ``idempotency_key``.
 
         Raises:
+            TaskNotFound: A parent does not exist (nothing written).
             ValidationError: Bad priority, queue, timeout, payload (nothing written).
             QuotaExceeded: Over a quota of the namespace (nothing written).
             InvalidOption: ``task_id`` is already used.
@@ -255,6 +274,8 @@ class Client:
             requires,
             idempotency_key=idempotency_key,
             unique_for_s=unique_for_s,
+            depends_on=depends_on,
+            on_parent_failure=on_parent_failure,
         )
         return await self.submitter.submit_spec(spec)
 
@@ -295,6 +316,40 @@ class Client:
 
     def _submit_ops(self, task: Task, data: bytes) -> tuple[Compare, builtins.list[Op]]:
         return self.submitter.submit_ops(task, data)
+
+    # workflows (workflows.py) ------------------------------------------------------------------
+    def workflow(self, name: str = "", *, workflow_id: str | None = None) -> WorkflowBuilder:
+        """Start building a workflow (a DAG of tasks); ``await builder.submit()`` writes it.
+
+        ``builder.add(type, payload, after=[...])`` returns a node to name as a
+        later task's parent (docs/workflows.md).
+        """
+        return WorkflowBuilder(self.submitter, name=name, workflow_id=workflow_id)
+
+    async def submit_workflow(self, workflow: WorkflowBuilder | Mapping[str, Any]) -> Workflow:
+        """Submit a workflow: a builder, or its JSON form (:func:`tasklease.workflows.builder_from_dict`)."""
+        if not isinstance(workflow, WorkflowBuilder):
+            workflow = builder_from_dict(self.submitter, workflow)
+        return await workflow.submit()
+
+    async def workflow_status(self, workflow_id: str) -> WorkflowStatus:
+        """The workflow (by its id, or the id of any of its tasks) and each task's state.
+
+        Raises:
+            WorkflowNotFound: No such workflow (a ``TaskNotFound``).
+        """
+        return await workflows.read_status(self.store, self.keys, workflow_id)
+
+    async def cancel_workflow(
+        self, workflow_id: str, reason: str = "workflow cancelled by request"
+    ) -> builtins.list[Task]:
+        """Cancel every task of the workflow that has not finished (waiting ones too); those cancelled.
+
+        Raises:
+            WorkflowNotFound: No such workflow (a ``TaskNotFound``).
+        """
+        _, cancelled = await workflows.cancel(self.store, self.keys, self.editor, workflow_id, reason)
+        return cancelled
 
     # read (inspector.py) ---------------------------------------------------------------------
     async def get(self, task_id: str) -> Task:

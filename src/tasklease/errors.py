@@ -16,7 +16,8 @@
     │       └── WorkerIdInUse      another live worker has this worker id
     │                              (also a ConflictError)
     ├── TaskNotFound               no such task id (CLI exit 2)
-    │   └── MalformedTaskId        text that cannot be a task id
+    │   ├── MalformedTaskId        text that cannot be a task id
+    │   └── WorkflowNotFound       no such workflow (nor a task of one)
     ├── WorkerNotFound             no live worker with this id (CLI exit 2)
     ├── ScheduleNotFound           no cron schedule with this name (CLI exit 2)
     ├── InvalidTransition          e.g. cancel a finished task (CLI exit 2)
@@ -165,6 +166,18 @@ class MalformedTaskId(TaskNotFound):
 
         super().__init__(text)
         self.args = (f"malformed task id {text!r}: a task id is {ID_LENGTH} characters of Crockford base32",)
+
+
+class WorkflowNotFound(TaskNotFound):
+    """No workflow with this id, and no task of a workflow with this id (workflows.py).
+
+    Attributes:
+        task_id: The id that was looked up.
+    """
+
+    def __init__(self, workflow_id: str) -> None:
+        super().__init__(workflow_id)
+        self.args = (f"workflow {workflow_id!r} not found (nor a task of a workflow with this id)",)
 
 
 class InvalidTransition(TaskleaseError):

@@ -57,6 +57,9 @@ from tasklease.store import KV
 
 log = logging.getLogger("tasklease.worker")
 
+ReadParents = Callable[[Sequence[str]], Awaitable[dict[str, JSON]]]
+"""Reads the results of the given parents, by id (finished.parent_results)."""
+
 RecordOutcome = Callable[[Assignment, Outcome, JSON, "str | None", bool, "float | None"], Awaitable[None]]
 """Writes an attempt's outcome: (assignment, outcome, result, error, permanent, retry_after)."""
 
@@ -126,6 +129,8 @@ class Execution:
         record: Writes an attempt's outcome (recorder.py).
         lease_id: The worker's current lease (0 when not registered).
         on_idle: Called whenever the last run is forgotten (burst mode).
+        read_parents: Reads the results of a task's parents (finished.parent_results),
+            for a task with parents whose executor wants them (``wants_parents``).
     """
 
     def __init__(
@@ -143,6 +148,7 @@ class Execution:
         record: RecordOutcome,
         lease_id: Callable[[], int],
         on_idle: Callable[[], None] | None = None,
+        read_parents: ReadParents | None = None,
     ) -> None:
         self.keys = keys
         self.registry = registry
@@ -152,6 +158,7 @@ class Execution:
         self._record = record
         self._lease_id = lease_id
         self._on_idle = on_idle
+        self._read_parents = read_parents
         self._extra = {"component": "worker", "worker": worker_id}
         # What processes started for tasks get of our environment, and where http may go.
         self.child_env = child_environment(pass_env)
@@ -349,6 +356,17 @@ class Execution:
         executor = self.executors.get(task.type)
         if executor is None:
             return unknown_type(task, self.registry, extra)
+        parents = None
+        if task.depends_on and self._read_parents is not None and getattr(executor, "wants_parents", False):
+            try:
+                parents = await self._read_parents(task.depends_on)
+            except PayloadTooLarge as exc:
+                log.warning("task failed: %s", exc, extra=extra)
+                return AttemptResult(Outcome.FAILED, error=truncate_error(str(exc)), permanent=True)
+            except TaskleaseError as exc:
+                # etcd failed: give it back (its place kept, no retry spent); it runs again soon.
+                log.warning("cannot read its parents' results (%s): handed back", exc, extra=extra)
+                return AttemptResult(Outcome.HANDED_BACK, error=f"could not read its parents' results: {exc}")
         ctx = TaskContext(
             task.id,
             number,
@@ -358,6 +376,7 @@ class Execution:
             self.worker_id,
             env=self.child_env,
             network=self.network,
+            parents=parents,
         )
         now = self._clock.now()
         self._hooks.emit(

@@ -32,9 +32,10 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from tasklease import codec
-from tasklease.errors import CorruptRecord, InvalidOption, StoreRequestTooLarge
+from tasklease.errors import CorruptRecord, InvalidOption, PayloadTooLarge, StoreRequestTooLarge
 from tasklease.keys import INV_MAX, SEQ_DIGITS, Keyspace, check_name, inverted_us, prefix_end
 from tasklease.models import TERMINAL_STATES, Task, TaskState
 from tasklease.store import KV, Get, KVStore
@@ -257,6 +258,72 @@ async def list_finished(
     if len(merged) >= limit:
         return merged, merged[-1].position
     return merged, bound
+
+
+async def read_kvs(store: KVStore, keys: Keyspace, ids: Sequence[str]) -> dict[str, KV | None]:
+    """The records of ``ids`` as stored (``None``: no such record), by id.
+
+    Transactions of at most ``GETS_PER_TXN`` gets, halved when the answer
+    would be over the receive limit (down to a lone get). Used where a
+    missing record means something (a task's parents: workflows.py,
+    release.py) and where the caller needs a record's revision for a compare.
+    """
+    found: dict[str, KV | None] = {}
+
+    async def read(chunk: Sequence[str]) -> None:
+        try:
+            result = await store.txn([], [Get(keys.task(i)) for i in chunk])
+        except StoreRequestTooLarge:
+            if len(chunk) == 1:
+                raise
+            half = len(chunk) // 2
+            await read(chunk[:half])
+            await read(chunk[half:])
+            return
+        for task_id, kvs in zip(chunk, result.reads, strict=True):
+            found[task_id] = kvs[0] if kvs else None
+
+    unique = list(dict.fromkeys(ids))
+    for i in range(0, len(unique), GETS_PER_TXN):
+        await read(unique[i : i + GETS_PER_TXN])
+    return found
+
+
+MAX_PARENT_RESULTS_BYTES = 64 * 1024 * 1024
+"""The most bytes of (JSON) results a task receives from its parents in all."""
+
+
+async def parent_results(store: KVStore, keys: Keyspace, parents: Sequence[str]) -> dict[str, Any]:
+    """The results of ``parents``, by id in their order: ``None`` for one that did not succeed or is gone.
+
+    Read a group of ``GETS_PER_TXN`` records at a time (only the results are
+    kept), at most ``MAX_PARENT_RESULTS_BYTES`` of results in all.
+
+    Raises:
+        PayloadTooLarge: The results are over that limit.
+        StoreError: etcd failed.
+    """
+    results: dict[str, Any] = {}
+    total = 0
+    for start in range(0, len(parents), GETS_PER_TXN):
+        group = parents[start : start + GETS_PER_TXN]
+        kvs = await read_kvs(store, keys, group)
+        for parent in group:
+            kv = kvs.get(parent)
+            result = None
+            if kv is not None:
+                try:
+                    task = codec.decode_task(kv.key, kv.value)
+                except CorruptRecord as exc:
+                    log.error("a parent's record cannot be read (its result is None): %s", exc)
+                else:
+                    if task.state is TaskState.SUCCEEDED:
+                        result = task.result
+                        total += len(codec.encode_json(result, "result", MAX_PARENT_RESULTS_BYTES))
+            if total > MAX_PARENT_RESULTS_BYTES:
+                raise PayloadTooLarge("the parents' results", total, MAX_PARENT_RESULTS_BYTES)
+            results[parent] = result
+    return results
 
 
 async def read_records(store: KVStore, keys: Keyspace, ids: Sequence[str]) -> list[Task]:

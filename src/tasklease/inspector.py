@@ -127,6 +127,8 @@ class Inspector:
         running                     by id; the running index, then the records
         pending                     soonest due first; the delayed keys, then
                                     the records
+        waiting                     by queue, then id; the deps keys, then the
+                                    records
         none                        by id (oldest first): every record is read
                                     until the page is full (a scan)
         ==========================  ==============================================
@@ -187,6 +189,9 @@ class Inspector:
             return await self._page(
                 self.keys.delayed, lambda key: self.keys.parse_delayed(key).task_id, wanted, limit, cursor
             )
+        if state is TaskState.WAITING:
+            prefix = self.keys.deps_queue(queue) if queue is not None else self.keys.deps
+            return await self._page(prefix, lambda key: self.keys.parse_deps(key)[1], wanted, limit, cursor)
         return await self._page(self.keys.tasks, None, wanted, limit, cursor)
 
     async def _page(

@@ -7,6 +7,8 @@ Nothing here reads a task record but the few latest failures. Every count is a
 queues                 the queue registry ``queues/`` (keys.py) and the paused
                        queues
 queued, per priority   ``count_only`` of each band ``queue/{q}/{band}/``
+waiting                ``count_only`` of ``deps/{q}/`` (tasks waiting for their
+                       parents)
 running                the running index ``running/`` (small values that name
                        the queue; at most the fleet's capacity)
 pending                the delayed keys ``delayed/`` (small values that name the
@@ -150,6 +152,20 @@ async def _queued(
     await asyncio.gather(*(band(n, p) for n in names for p in range(MAX_PRIORITY + 1)))
 
 
+async def _waiting(
+    store: KVStore, keys: Keyspace, revision: int, names: list[str], queues: dict[str, QueueCounts]
+) -> None:
+    """Tasks waiting for their parents per queue: one ``count_only`` range of ``deps/{q}/`` each."""
+
+    async def count(name: str) -> None:
+        prefix = keys.deps_queue(name)
+        n = (await store.range(prefix, prefix_end(prefix), count_only=True, revision=revision)).count
+        if n:
+            queues.setdefault(name, QueueCounts(name)).counts[TaskState.WAITING.value] += n
+
+    await asyncio.gather(*(count(n) for n in names))
+
+
 async def _index_queue(store: KVStore, prefix: str, revision: int) -> Counter[str]:
     """Entries of ``running/`` or ``delayed/`` per queue (from their values; ``""`` when not named)."""
     per: Counter[str] = Counter()
@@ -182,6 +198,7 @@ async def read_overview(
     pauses = await paused(store, keys)
     names = sorted(set(await known_queue_names(store, keys, revision)) | set(pauses))
     await _queued(store, keys, revision, names, queues)
+    await _waiting(store, keys, revision, names, queues)
     for state, prefix in ((TaskState.RUNNING, keys.running), (TaskState.PENDING, keys.delayed)):
         for name, n in (await _index_queue(store, prefix, revision)).items():
             if name:

@@ -82,6 +82,7 @@ from tasklease.keys import Keyspace, check_name, prefix_end
 from tasklease.leader import LeaderContext, LeaderLoop
 from tasklease.mirror import ClusterView, Mirror
 from tasklease.recoverer import Failer, Promoter, Recoverer
+from tasklease.release import Releaser
 from tasklease.retention import RetentionLeases
 from tasklease.store import KV, KVStore
 
@@ -196,6 +197,7 @@ class Scheduler:
         # each capability adds its one line here.
         self.loops: list[LeaderLoop] = []
         self.loops.append(CronFirer(ctx))  # cron schedules (cron.py)
+        self.loops.append(Releaser(ctx))  # dependencies: release.py
         self._main: asyncio.Task[None] | None = None
         self._stopping = False
         self.leading = asyncio.Event()

@@ -24,6 +24,12 @@ one's task (not created). A key whose holder's record is gone (expired,
 purged) is taken over: compared unchanged since it was read, the holder's
 record still absent.
 
+Parents. A task with ``depends_on`` has its parents read first
+(:meth:`Submitter.settle_parents`: transactions of 32 gets): an unknown parent
+is refused (``TaskNotFound``, nothing written); a child whose parents all
+finished is written queued (or pending, or cancelled if one failed) at once,
+otherwise waiting, with its deps key (release.py says how it leaves it).
+
 Errors. Every submit gets the outcome of its own task: when a group
 transaction fails, each of its submits either receives the error (etcd refused
 the request: auth, permission, no space), the task holding its idempotency key,
@@ -58,9 +64,10 @@ from tasklease.errors import (
     StoreLeaseNotFound,
     StoreNoSpace,
     StoreUnavailable,
+    TaskNotFound,
 )
 from tasklease.events import Hooks, Submitted
-from tasklease.finished import read_records
+from tasklease.finished import read_kvs, read_records
 from tasklease.groupcommit import GroupCommit, Pending, first_group_len
 from tasklease.ids import IdGenerator
 from tasklease.inspector import stored_revision
@@ -160,8 +167,9 @@ class Submitter:
         quotas: The namespace's quota, checked before anything is written.
         hub: The client's result hub, told the revision of each own submit.
         hooks: Receive a :class:`Submitted` per task once it is stored.
-        leases: The shared leases (retention.py) that ``unique_for`` keys go
-            under (None: its own).
+        retention: The shared retention leases (retention.py): for ``unique_for``
+            keys and for a child written cancelled at its submit (its parent
+            already failed); None: its own, made here.
     """
 
     def __init__(
@@ -174,7 +182,7 @@ class Submitter:
         quotas: QuotaGuard,
         hub: ResultHub,
         hooks: Hooks,
-        leases: RetentionLeases | None = None,
+        retention: RetentionLeases | None = None,
     ) -> None:
         self.store = store
         self.keys = keys
@@ -183,7 +191,7 @@ class Submitter:
         self.quotas = quotas
         self.hub = hub
         self.hooks = hooks
-        self.leases = leases or RetentionLeases(store, keys, clock)
+        self.retention = retention or RetentionLeases(store, keys, clock)
         # Queues this client has put in the queue registry (keys.py: queues/{queue}), or is putting.
         self._registered: set[str] = set()
         self._registering: set[str] = set()
@@ -305,7 +313,7 @@ class Submitter:
         for task, data in items:
             lease = 0
             if task.idempotency_key is not None and task.unique_until is not None:
-                lease = await self.leases.lease_for(task.unique_until - task.created_at)
+                lease = await self.retention.lease_for(task.unique_until - task.created_at)
             held_kv = None if held is None else held.get(task.id)
             txn.extend(transitions.enqueue(self.keys, task, data, unique_lease=lease, held=held_kv))
         return txn
@@ -314,7 +322,7 @@ class Submitter:
         """Drop the leases of ``txn`` from the cache: etcd no longer has one of them (a restore?)."""
         for op in txn.ops:
             if isinstance(op, Put) and op.lease:
-                self.leases.forget(op.lease)
+                self.retention.forget(op.lease)
 
     def _submitted(self, task: Task, revision: int) -> None:
         """``task`` is stored at ``revision``: account for it and tell the hooks."""
@@ -400,6 +408,88 @@ class Submitter:
         self._submitted(new, result.revision)
         return new
 
+    # parents (dependencies) -------------------------------------------------------------------
+    async def settle_parents(self, tasks: Sequence[Task], *, cancel: bool) -> list[Task]:
+        """New tasks as their parents let them start: waiting, or queued/pending if they all succeeded.
+
+        The parents that are not among ``tasks`` are read (transactions of 32
+        gets); those among them must come before their children (a workflow
+        builds them in that order). A child whose parents already finished is
+        decided now by ``transitions.verdict``: released (queued, or pending
+        if delayed), or, with ``cancel``, cancelled with the reason (without
+        ``cancel`` it is written waiting and the leader cancels it when it sees
+        its deps key: one scheduler hop). A child whose parents have not all
+        finished is written waiting; the leader checks its parents again when
+        its deps key appears, which closes the window between this read and
+        that write (release.py).
+
+        Raises:
+            TaskNotFound: A parent does not exist (nothing written).
+            InvalidOption: A task names itself, or a later task of ``tasks``, as a parent.
+            CorruptRecord: A parent's record cannot be read.
+        """
+        ids = {t.id for t in tasks}
+        seen: set[str] = set()
+        outside: dict[str, None] = {}
+        for task in tasks:
+            for parent in task.depends_on:
+                if parent not in ids:
+                    outside[parent] = None
+                elif parent not in seen:
+                    raise InvalidOption(
+                        f"task {task.id} depends on {parent}, which is not submitted before it: "
+                        "give parents before their children (a task cannot depend on itself)"
+                    )
+            seen.add(task.id)
+        if not outside:
+            return list(tasks)
+        ends: dict[str, transitions.ParentEnd] = {}
+        kvs = await read_kvs(self.store, self.keys, list(outside))
+        for parent in outside:
+            kv = kvs.get(parent)
+            if kv is None:
+                missing = TaskNotFound(parent)
+                missing.args = (f"parent task {parent!r} not found",)
+                raise missing
+            end = transitions.parent_end(parent, codec.decode_task(kv.key, kv.value))
+            if end is not None:
+                ends[parent] = end
+        now = self.clock.now()
+        settled: list[Task] = []
+        for task in tasks:
+            new = task
+            if task.depends_on:
+                verdict = transitions.verdict(task.depends_on, task.on_parent_failure, ends)
+                if verdict.action == "release":
+                    new = transitions.released(task, now, task.seq)
+                elif verdict.action == "cancel" and cancel:
+                    new = transitions.cancelled(task, verdict.reason, now)
+            settled.append(new)
+        return settled
+
+    async def _submit_ended(self, task: Task) -> Task:
+        """Write a child that is cancelled at its submit (a parent already failed): one transaction."""
+        lease = await self.retention.lease_for(task.retention_s)
+        txn = transitions.enqueue_ended(self.keys, task, lease)
+        try:
+            result = await self.store.txn(txn.compares, txn.ops)
+        except StoreUnavailable:
+            data = codec.encode_task(task)
+            if (revision := await stored_revision(self.store, self.keys, task.id, data)) is None:
+                raise
+        else:
+            if not result.succeeded:
+                raise InvalidOption(f"task id {task.id} is already used")
+            revision = result.revision
+        self.register_queues([task.queue])
+        self._submitted(task, revision)
+        return task
+
+    def stored(self, task: Task, revision: int) -> None:
+        """A new task written by a transaction of another part (workflows.py) landed at ``revision``."""
+        self.hub.expect(task.id, revision)
+        self._submitted(task, revision)
+
     # one task ---------------------------------------------------------------------------------
     async def submit(self, spec: TaskSpec) -> SubmitResult:
         """Submit one validated :class:`TaskSpec`; with an idempotency key, maybe the existing task.
@@ -410,6 +500,12 @@ class Submitter:
         """
         task = self.new_task(spec, await self.default_retention())
         try:
+            if task.depends_on:
+                # A keyed child is never written ended: its key must be taken with a
+                # compare (enqueue); written waiting, the leader cancels it one hop later.
+                task = (await self.settle_parents([task], cancel=task.idempotency_key is None))[0]
+                if task.state.terminal:
+                    return SubmitResult(await self._submit_ended(task))
             data = encode_queued(task)
             try:
                 held = await self._admit([(task, data)])
@@ -629,8 +725,12 @@ class Submitter:
         which tasks are new. A transaction that fails because some of its keys
         are held is sent again without them.
 
+        Tasks with parents (``depends_on``) may name tasks that exist or tasks
+        earlier in the batch; see :meth:`settle_parents`.
+
         Raises:
             ValidationError: Some spec is invalid (nothing written).
+            TaskNotFound: A parent does not exist (nothing written).
             QuotaExceeded: The whole batch is over a quota (nothing written).
             StoreNoSpace: etcd is out of space before anything was written.
             BatchIncomplete: A later transaction failed after earlier ones were
@@ -644,11 +744,12 @@ class Submitter:
         default_retention = await self.default_retention()
         try:
             for spec in specs:
-                task = self.new_task(spec, default_retention)
-                tasks.append(task)
-                encoded.append(encode_queued(task))
+                tasks.append(self.new_task(spec, default_retention))
             if len({t.id for t in tasks}) != len(tasks):
                 raise InvalidOption("a batch holds the same task id twice")
+            if any(t.depends_on for t in tasks):
+                tasks = await self.settle_parents(tasks, cancel=False)
+            encoded = [encode_queued(t) for t in tasks]
             first = duplicate_of(tasks)
             lead = [(tasks[i], encoded[i]) for i, f in enumerate(first) if f == i]
             try:

@@ -5,7 +5,8 @@ in a background thread and waits for each call: it is a facade, never a second
 implementation (every method has the async client's meaning and errors).
 
 May import: client (at construction, since client.py re-exports this class),
-submitter, inspector's result types, models, nodes, purge, quotas, stats, store.
+submitter, inspector's result types, models, nodes, purge, quotas, stats, store,
+workflows (its result types).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import threading
-from collections.abc import Coroutine, Iterable
+from collections.abc import Coroutine, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from tasklease.controls import Pause
@@ -29,6 +30,7 @@ from tasklease.schedules import Schedule
 from tasklease.stats import Stats
 from tasklease.store import StoreConfig
 from tasklease.submitter import BatchResult, SubmitResult, TaskSpec
+from tasklease.workflows import Workflow, WorkflowBuilder, WorkflowStatus
 
 if TYPE_CHECKING:
     from tasklease.client import Client
@@ -100,6 +102,24 @@ class SyncClient:
     def submit_many(self, specs: Iterable[TaskSpec]) -> BatchResult:
         """See :meth:`Client.submit_many`."""
         return self._run(self._client.submit_many(builtins.list(specs)))
+
+    def workflow(self, name: str = "", *, workflow_id: str | None = None) -> WorkflowBuilder:
+        """See :meth:`Client.workflow`; submit the builder with :meth:`submit_workflow`."""
+        return self._client.workflow(name, workflow_id=workflow_id)
+
+    def submit_workflow(self, workflow: WorkflowBuilder | Mapping[str, Any]) -> Workflow:
+        """See :meth:`Client.submit_workflow`."""
+        return self._run(self._client.submit_workflow(workflow))
+
+    def workflow_status(self, workflow_id: str) -> WorkflowStatus:
+        """See :meth:`Client.workflow_status`."""
+        return self._run(self._client.workflow_status(workflow_id))
+
+    def cancel_workflow(
+        self, workflow_id: str, reason: str = "workflow cancelled by request"
+    ) -> builtins.list[Task]:
+        """See :meth:`Client.cancel_workflow`."""
+        return self._run(self._client.cancel_workflow(workflow_id, reason))
 
     def get(self, task_id: str) -> Task:
         """See :meth:`Client.get`."""

@@ -21,7 +21,15 @@ promote            :func:`promote`               scheduler (recoverer)  leader +
 re-prioritise      :func:`rewrite`               client (set_priority)  record unchanged
 fail waiting       :func:`fail_waiting`          scheduler              leader + index key + record
 run again          :func:`rerun`                 client (run_again)     old record unchanged + new id free
+release, cascade   :func:`release`               scheduler (releaser)   leader + deps key + record
+submit as ended    :func:`enqueue_ended`         client (submit)        record absent
 =================  ============================  =====================  ========================
+
+Dependencies. :func:`verdict` decides whether a waiting child may run (its
+parents' ends, :class:`ParentEnd`, and its policy); the client applies it at
+submit (a child whose parents already finished is written queued, pending or
+cancelled at once: :func:`released`, :func:`enqueue_ended`), the leader when a
+parent finishes (release.py: :func:`release`, one or many per transaction).
 
 A transaction that writes a finished record also writes :func:`finished_ops`
 (its finished-index entry, keys.py, and the release of its idempotency key),
@@ -681,3 +689,166 @@ def fail_waiting(
         *finished_ops(keys, failed, lease),
     ]
     return Txn(compares, ops), failed
+
+
+# dependencies: decide, release, cascade ---------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ParentEnd:
+    """How a parent ended, as far as its child is concerned.
+
+    Attributes:
+        task_id: The parent.
+        state: Its finished state (succeeded, failed, cancelled), or ``None``:
+            its record no longer exists (expired or purged).
+        error: Its error, if any (the start of it goes into a cancelled child's reason).
+    """
+
+    task_id: str
+    state: TaskState | None
+    error: str | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        """Whether it succeeded."""
+        return self.state is TaskState.SUCCEEDED
+
+    def reason(self) -> str:
+        """Why a child with ``on_parent_failure="cancel"`` is cancelled: names this parent."""
+        if self.state is None:
+            return f"parent {self.task_id} no longer exists"
+        text = f"parent {self.task_id} {self.state.value}"
+        if self.error:
+            text += f": {self.error[:PARENT_ERROR_CHARS]}"
+        return text
+
+
+PARENT_ERROR_CHARS = 200
+"""How much of a failed parent's error a cancelled child's reason quotes."""
+
+
+def parent_end(task_id: str, task: Task | None) -> ParentEnd | None:
+    """The end of parent ``task_id`` from its record (``None``: missing), or ``None`` if it has not finished."""
+    if task is None:
+        return ParentEnd(task_id, None)
+    if not task.state.terminal:
+        return None
+    return ParentEnd(task_id, task.state, task.error)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What happens to a waiting child, given what is known of its parents.
+
+    Attributes:
+        action: ``"wait"`` (some parent has not finished), ``"release"`` (run
+            it: every parent succeeded, or finished with policy ``run``) or
+            ``"cancel"`` (a parent failed, was cancelled or no longer exists,
+            with policy ``cancel``).
+        reason: For ``cancel``: the reason recorded, naming the parent.
+    """
+
+    action: str
+    reason: str = ""
+
+
+WAIT = Verdict("wait")
+RELEASE = Verdict("release")
+
+
+def verdict(parents: tuple[str, ...], policy: str, ends: dict[str, ParentEnd]) -> Verdict:
+    """The one pure function for "may this child run yet" (client at submit, leader at release).
+
+    Args:
+        parents: The child's parents, in its order.
+        policy: Its ``on_parent_failure``: ``"cancel"`` or ``"run"``.
+        ends: The known ends of (some of) its parents; a parent not in it has
+            not finished.
+
+    Returns:
+        With ``cancel``: the first parent (in the child's order) that did not
+        succeed cancels it at once, whether or not the others finished. Else
+        it is released once every parent has an end, and waits until then.
+    """
+    if policy == "cancel":
+        for parent in parents:
+            end = ends.get(parent)
+            if end is not None and not end.succeeded:
+                return Verdict("cancel", end.reason())
+    if all(parent in ends for parent in parents):
+        return RELEASE
+    return WAIT
+
+
+def released(task: Task, now: float, new_seq: int) -> Task:
+    """The record of a waiting ``task`` whose parents let it run: queued (at the back of its band).
+
+    Pending instead, if its own delay (``not_before``) is still ahead.
+
+    Raises:
+        InvalidTransition: It is not waiting.
+    """
+    if task.state is not TaskState.WAITING:
+        raise InvalidTransition(task.id, task.state.value, "release")
+    if task.not_before is not None and task.not_before > now:
+        return transition(task, TaskState.PENDING, now=now)
+    return transition(task, TaskState.QUEUED, now=now, seq=new_seq, not_before=None)
+
+
+def release(
+    keys: Keyspace, fence: Compare, deps_kv: KV, record_kv: KV, old: Task, new: Task, lease: int = 0
+) -> Txn:
+    """The leader moves a waiting task on: released (queued or pending) or cascaded (cancelled, failed).
+
+    Guarded by the leadership ``fence``, the deps key and the record being
+    unchanged since read: a cancel, a re-prioritisation or another leader's
+    release in between makes it fail (and the caller reads again). Deletes the
+    deps key and writes the record and its new index key (:func:`rewrite`); a
+    cancelled or failed record goes under its retention ``lease`` with
+    :func:`finished_ops`. Several of these go in one transaction (:meth:`Txn.extend`).
+
+    Raises:
+        InvalidTransition: ``old`` is not waiting, or the move is not allowed.
+        PayloadTooLarge: A queued ``new`` is over the queued record limit.
+    """
+    if old.state is not TaskState.WAITING:
+        raise InvalidTransition(old.id, old.state.value, "release")
+    if new.state is TaskState.QUEUED:
+        codec.encode_for_write(new)  # written twice (record and queue key): within the queued limit
+    txn = rewrite(keys, record_kv, old, new, lease)
+    if deps_kv.key != keys.deps_entry(old.queue, old.id):  # never in practice: the key names the queue
+        txn.ops.append(Delete(deps_kv.key))
+    txn.compares[:0] = [fence, Compare.unchanged(deps_kv)]
+    return txn
+
+
+def enqueue_ended(keys: Keyspace, task: Task, lease: int) -> Txn:
+    """Write a new task that ends at its submit (its parent already failed): record and finished ops.
+
+    Guarded by its id being free, like :func:`enqueue`; the record goes under
+    its retention ``lease``.
+
+    Raises:
+        InvalidTransition: ``task`` is not finished, or has attempts.
+    """
+    if not task.state.terminal or task.attempts or task.idempotency_key is not None:
+        # (a key is taken only with a compare: a keyed task is written waiting instead)
+        raise InvalidTransition(task.id, task.state.value, "submit as finished")
+    task_key = keys.task(task.id)
+    data = codec.encode_task(task)
+    return Txn(
+        [Compare.absent(task_key)], [Put(task_key, data, lease=lease), *finished_ops(keys, task, lease)]
+    )
+
+
+def parse_deps_value(key: str, value: bytes) -> tuple[tuple[str, ...], str]:
+    """The parents and the parent-failure policy a deps key holds (:func:`deps_value`).
+
+    Raises:
+        CorruptRecord: It is not such a value.
+    """
+    d = codec.decode_obj(key, value)
+    parents = d.get("parents")
+    if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
+        raise CorruptRecord(key, "deps value without a list of parents")
+    policy = "run" if d.get("p") == "run" else "cancel"
+    return tuple(parents), policy

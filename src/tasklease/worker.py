@@ -27,7 +27,7 @@ per-task lines ("task started", "outcome recorded: task ...", "outcome
 rejected: ..."); the process lines ("worker registered", "worker stopped",
 "lease lost: ...") are still written where they happen.
 
-May import: burst, execution, membership, recorder, events, and what they do.
+May import: burst, execution, membership, recorder, events, finished (the parents' results), and what they do.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ from tasklease.execution import Execution, Run
 from tasklease.executors.base import Registry, check_pass_env
 from tasklease.executors.netpolicy import NetworkPolicy
 from tasklease.executors.python import ProcessPool
+from tasklease.finished import parent_results
 from tasklease.keys import NAME_RE, Keyspace, check_name
 from tasklease.membership import Membership
 from tasklease.nodes import NodeRecord
@@ -284,6 +285,7 @@ class Worker:
             record=self.recorder.record,
             lease_id=lambda: self.lease_id,
             on_idle=self._burst.wake if self.config.burst else None,
+            read_parents=lambda parents: parent_results(store, keys, parents),
         )
         self.membership = Membership(
             store,

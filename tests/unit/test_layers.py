@@ -38,11 +38,14 @@ FAMILIES = {
     "scheduler": {"scheduler", "mirror", "assigner", "recoverer", "leader", "limiter", "cron"},
     "client": {"client", "submitter", "inspector", "editor", "waiting", "sync"},
 }
+FAMILIES["scheduler"] |= {"release"}  # dependencies: the leader's Releaser
+FAMILIES["client"] |= {"workflows"}  # dependencies: DAG submit, status, cancel
 PROCESSES = {"cli", "__main__", "runners", "dev", "demo", "demo_tasks", "soak", "tasklease"}
 PROCESSES |= {"cli_limits", "web.api_limits"}  # limits: the command and the REST routes
 PROCESSES |= {"cli_schedules", "web.api_schedules"}  # cron schedules: the command and the REST routes
 # The REST API and dashboard (tasklease web): a process that uses the client.
 PROCESSES |= {"web", "web.app", "web.api", "web.feed", "web.security", "web.openapi", "web.server"}
+PROCESSES |= {"cli_workflows", "web.api_workflows"}
 PLUGINS = ("executors", "balancers")
 # Imports inside a function, to break a cycle, each with its reason in the code.
 LAZY = {

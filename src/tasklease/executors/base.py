@@ -101,6 +101,11 @@ class TaskContext:
         env: The environment for processes the attempt starts (the worker's
             minimal one: :func:`child_environment`).
         network: Which addresses the attempt may connect to (``http``).
+        parents: The results of the task's parents (``depends_on``), by parent
+            id in its order (``None`` for a parent that did not succeed, or
+            whose record is gone); read by the worker only for a task with
+            parents whose executor has ``wants_parents`` (a task function
+            with a ``parents`` parameter), else ``None``.
     """
 
     task_id: str
@@ -111,11 +116,17 @@ class TaskContext:
     worker: str
     env: Mapping[str, str] = field(default_factory=child_environment)
     network: NetworkPolicy = field(default_factory=NetworkPolicy)
+    parents: Mapping[str, JSON] | None = None
 
 
 @runtime_checkable
 class Executor(Protocol):
-    """Runs attempts of one task type (see the module docstring for the contract)."""
+    """Runs attempts of one task type (see the module docstring for the contract).
+
+    An executor that sets ``wants_parents = True`` (an attribute) receives the
+    results of a task's parents in :attr:`TaskContext.parents`; the worker
+    reads them only then (docs/workflows.md).
+    """
 
     async def run(self, ctx: TaskContext) -> JSON:
         """Run one attempt and return its JSON result."""
@@ -135,6 +146,22 @@ def call_args(payload: JSON) -> tuple[tuple[Any, ...], dict[str, Any]]:
     if isinstance(payload, list):
         return tuple(payload), {}
     return (payload,), {}
+
+
+PARENTS_PARAMETER = "parents"
+"""A task function with a parameter of this name receives its parents' results (docs/workflows.md)."""
+
+
+def wants_parents(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` takes a ``parents`` argument by keyword: it then gets its parents' results."""
+    try:
+        parameter = inspect.signature(fn).parameters.get(PARENTS_PARAMETER)
+    except (TypeError, ValueError):
+        return False
+    return parameter is not None and parameter.kind in (
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        inspect.Parameter.KEYWORD_ONLY,
+    )
 
 
 class TaskFunction(Generic[P, R]):
@@ -157,6 +184,7 @@ class TaskFunction(Generic[P, R]):
         self.fn = fn
         self.name = name
         self.is_async = inspect.iscoroutinefunction(fn)
+        self.wants_parents = wants_parents(fn)
         self.module = fn.__module__
         self.qualname = fn.__qualname__
         if "<locals>" in self.qualname and not self.is_async:

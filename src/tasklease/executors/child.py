@@ -2,7 +2,8 @@
 
 Protocol on the pipes: the parent writes frames to our stdin, we write frames
 to the original stdout; a frame is a 4-byte big-endian length and a JSON
-object. Request ``{"module", "qualname", "payload"}``; reply ``{"ok": result}``
+object. Request ``{"module", "qualname", "payload"}`` (and ``"parents"``, the
+function's ``parents`` argument, when it takes one); reply ``{"ok": result}``
 or ``{"error", "kind", "permanent"}``. Task code's own prints go to stderr so
 they cannot corrupt the protocol. The parent kills our process group at a
 deadline; we never need to clean up.
@@ -19,7 +20,7 @@ from typing import Any, BinaryIO
 import orjson
 
 from tasklease.errors import Retry
-from tasklease.executors.base import PermanentError, TaskFunction, call_args
+from tasklease.executors.base import PARENTS_PARAMETER, PermanentError, TaskFunction, call_args
 from tasklease.executors.orphan import die_with_parent, watch_parent
 
 
@@ -54,6 +55,8 @@ def serve(inp: BinaryIO, out: BinaryIO) -> None:
         try:
             fn = resolve(request["module"], request["qualname"])
             args, kwargs = call_args(request["payload"])
+            if "parents" in request:  # the function takes its parents' results (PARENTS_PARAMETER)
+                kwargs = {**kwargs, PARENTS_PARAMETER: request["parents"]}
             result = fn(*args, **kwargs)
             try:
                 reply: dict[str, Any] = {"ok": orjson.loads(orjson.dumps(result))}

@@ -28,6 +28,7 @@ import orjson
 
 from tasklease.errors import Retry, TaskleaseError
 from tasklease.executors.base import (
+    PARENTS_PARAMETER,
     PermanentError,
     TaskContext,
     TaskError,
@@ -74,16 +75,27 @@ class ChildCrashed(TaskError):
     """The child process running a task died (killed, crashed, out of memory)."""
 
 
+def with_parents(tf: TaskFunction[Any, Any], kwargs: dict[str, Any], parents: JSON) -> dict[str, Any]:
+    """The call's keyword arguments, with ``parents`` (its parents' results) if the function takes it.
+
+    The worker's value wins over a payload key of that name.
+    """
+    if not tf.wants_parents:
+        return kwargs
+    return {**kwargs, PARENTS_PARAMETER: dict(parents or {})}
+
+
 class AsyncFunctionExecutor:
     """Runs an ``async def`` task function on the event loop."""
 
     def __init__(self, tf: TaskFunction[Any, Any]) -> None:
         self.tf = tf
+        self.wants_parents = tf.wants_parents
 
     async def run(self, ctx: TaskContext) -> JSON:
-        """Await the function with the payload's arguments."""
+        """Await the function with the payload's arguments (and ``parents``, if it takes them)."""
         args, kwargs = call_args(ctx.payload)
-        return await self.tf.fn(*args, **kwargs)
+        return await self.tf.fn(*args, **with_parents(self.tf, kwargs, ctx.parents))
 
 
 class Child:
@@ -114,14 +126,17 @@ class Child:
         """Whether the process still runs."""
         return self.proc.returncode is None
 
-    async def call(self, module: str, qualname: str, payload: JSON) -> dict[str, Any]:
-        """Send one request and read its reply.
+    async def call(self, module: str, qualname: str, payload: JSON, parents: JSON = None) -> dict[str, Any]:
+        """Send one request and read its reply (``parents``: the function's ``parents`` argument, if not None).
 
         Raises:
             ChildCrashed: If the child died before answering.
         """
         assert self.proc.stdin is not None and self.proc.stdout is not None
-        data = orjson.dumps({"module": module, "qualname": qualname, "payload": payload})
+        request: dict[str, Any] = {"module": module, "qualname": qualname, "payload": payload}
+        if parents is not None:
+            request["parents"] = parents
+        data = orjson.dumps(request)
         try:
             self.proc.stdin.write(len(data).to_bytes(4, "big") + data)
             await self.proc.stdin.drain()
@@ -179,8 +194,8 @@ class ProcessPool:
         self._all.add(child)
         return child
 
-    async def call(self, tf: TaskFunction[Any, Any], payload: JSON) -> JSON:
-        """Run ``tf`` with ``payload`` in a child; kill the child if we are cancelled.
+    async def call(self, tf: TaskFunction[Any, Any], payload: JSON, parents: JSON = None) -> JSON:
+        """Run ``tf`` with ``payload`` (and ``parents``, if it takes them) in a child; kill it if we are cancelled.
 
         Raises:
             PermanentError: The function raised one (or its result is not JSON).
@@ -189,7 +204,9 @@ class ProcessPool:
         """
         child = await self._take()
         try:
-            reply = await child.call(tf.module, tf.qualname, payload)
+            reply = await child.call(
+                tf.module, tf.qualname, payload, dict(parents or {}) if tf.wants_parents else None
+            )
         except BaseException:
             # Cancelled (timeout, cancel, shutdown) or crashed: the child may
             # still be running the task. Kill it and its whole process group.
@@ -220,11 +237,12 @@ class SyncFunctionExecutor:
     def __init__(self, tf: TaskFunction[Any, Any], pool: ProcessPool) -> None:
         self.tf = tf
         self.pool = pool
+        self.wants_parents = tf.wants_parents
 
     async def run(self, ctx: TaskContext) -> JSON:
         """Call the function in a child process."""
         try:
-            return await self.pool.call(self.tf, ctx.payload)
+            return await self.pool.call(self.tf, ctx.payload, ctx.parents)
         except TaskleaseError:
             raise
         except OSError as exc:

@@ -355,6 +355,7 @@ def _queue_object(overview: Mapping[str, Any], name: str) -> dict[str, Any]:
         "queued": 0,
         "running": 0,
         "pending": 0,
+        "waiting": 0,
         "succeeded": 0,
         "failed": 0,
         "cancelled": 0,

@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from tasklease.web import api, api_limits, api_schedules
+from tasklease.web import api, api_limits, api_schedules, api_workflows
 from tasklease.web.api import JSONResponse, WebState
 from tasklease.web.openapi import openapi_document
 from tasklease.web.security import Guard, SecurityMiddleware, is_api
@@ -121,6 +121,9 @@ def routes() -> list[BaseRoute]:
         Route("/api/schedules/{name}/pause", api_schedules.pause_schedule, methods=["POST"]),
         Route("/api/schedules/{name}/resume", api_schedules.resume_schedule, methods=["POST"]),
         Route("/api/schedules/{name}/next", api_schedules.next_times, methods=["GET"]),
+        Route("/api/workflows", api_workflows.submit_workflow, methods=["POST"]),
+        Route("/api/workflows/{id}", api_workflows.get_workflow, methods=["GET"]),
+        Route("/api/workflows/{id}/cancel", api_workflows.cancel_workflow, methods=["POST"]),
         Route("/api/events", api.events, methods=["GET"]),
         Route("/api/openapi.json", openapi, methods=["GET"]),
         Route("/", index, methods=["GET"]),

@@ -78,6 +78,7 @@ def _path(name: str, description: str) -> dict[str, Any]:
 TASK_ID = _path("id", "A task id (26 characters of Crockford base32; read case-insensitively)")
 QUEUE = _path("name", "A queue name ([A-Za-z0-9_.-]{1,64})")
 WORKER_ID = _path("id", "A live worker's id")
+WORKFLOW_ID = _path("id", "A workflow id, or the id of any of its tasks")
 REASON = {
     "schema": {
         "type": "object",
@@ -91,7 +92,7 @@ INT = {"type": "integer"}
 STR = {"type": "string"}
 NULL_STR = {"type": ["string", "null"]}
 NULL_NUM = {"type": ["number", "null"]}
-STATES = ["queued", "pending", "running", "succeeded", "failed", "cancelled"]
+STATES = ["waiting", "queued", "pending", "running", "succeeded", "failed", "cancelled"]
 
 
 def _obj(props: dict[str, Any], required: bool = True, extra: bool = True) -> dict[str, Any]:
@@ -136,6 +137,13 @@ SCHEMAS: dict[str, Any] = {
                 "description": "Hold the idempotency key this many seconds after the submit "
                 "(default: until the task's record expires)",
             },
+            "depends_on": {
+                "type": "array",
+                "items": STR,
+                "maxItems": 1000,
+                "description": "Parents: it runs once they all succeeded (waits in state waiting)",
+            },
+            "on_parent_failure": {"enum": ["cancel", "run"], "default": "cancel"},
         },
     },
     "Attempt": _obj(
@@ -173,6 +181,9 @@ SCHEMAS: dict[str, Any] = {
             "reruns": {"type": "array", "items": STR},
             "idempotency_key": NULL_STR,
             "unique_until": NULL_NUM,
+            "depends_on": {"type": "array", "items": STR},
+            "on_parent_failure": {"enum": ["cancel", "run"]},
+            "workflow": NULL_STR,
         },
     },
     "BatchResult": _obj(
@@ -212,6 +223,7 @@ SCHEMAS: dict[str, Any] = {
             "queued": INT,
             "running": INT,
             "pending": INT,
+            "waiting": INT,
             "succeeded": INT,
             "failed": INT,
             "cancelled": INT,
@@ -409,6 +421,67 @@ def _schedule_paths() -> dict[str, Any]:
         },
     }
 
+
+SCHEMAS["WorkflowSpec"] = {
+    "type": "object",
+    "required": ["tasks"],
+    "additionalProperties": False,
+    "description": "A DAG: each task may only come after tasks listed before it (or tasks that exist)",
+    "properties": {
+        "name": {**STR, "maxLength": 200},
+        "id": {**STR, "description": "A workflow id to use (default: a new one)"},
+        "tasks": {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": 10000,
+            "items": {
+                "allOf": [_ref("TaskSpec")],
+                "description": "A TaskSpec plus key and after",
+                "properties": {
+                    "key": {**STR, "pattern": "^[A-Za-z0-9_.:-]{1,64}$"},
+                    "after": {
+                        "type": "array",
+                        "items": STR,
+                        "description": "Keys of earlier tasks, or task ids",
+                    },
+                },
+            },
+        },
+    },
+}
+SCHEMAS["Workflow"] = _obj(
+    {
+        "id": STR,
+        "name": STR,
+        "tasks": {"type": "array", "items": _obj({"id": STR, "type": STR, "state": {"enum": STATES}})},
+        "keys": {"type": "object", "additionalProperties": STR, "description": "Task key -> task id"},
+        "transactions": {**INT, "description": "1: written all or nothing"},
+    }
+)
+SCHEMAS["WorkflowStatus"] = _obj(
+    {
+        "id": STR,
+        "name": STR,
+        "created_at": NUM,
+        "finished": {"type": "boolean"},
+        "states": {"type": "object", "additionalProperties": INT},
+        "tasks": {
+            "type": "array",
+            "description": "In the order they were added (a topological order)",
+            "items": _obj(
+                {
+                    "id": STR,
+                    "state": {"enum": [*STATES, "missing"]},
+                    "type": NULL_STR,
+                    "queue": NULL_STR,
+                    "parents": {"type": "array", "items": STR},
+                    "error": NULL_STR,
+                    "updated_at": NULL_NUM,
+                }
+            ),
+        },
+    }
+)
 
 RESPONSES = {f"E{status}": _json(_ref("Error"), text) for status, text in ERROR_TEXT.items()}
 
@@ -670,6 +743,47 @@ def _document() -> dict[str, Any]:
                     400,
                 ),
             }
+        },
+        "/api/workflows": {
+            "post": _op(
+                "Submit a workflow (a DAG of tasks): one transaction when it fits",
+                {"201": _json(_ref("Workflow"), "The workflow (Location: /api/workflows/{id})")},
+                404,
+                413,
+                422,
+                429,
+                write=True,
+                body={"required": True, "schema": _ref("WorkflowSpec")},
+            )
+        },
+        "/api/workflows/{id}": {
+            "get": _op(
+                "A workflow (by its id, or any of its tasks' ids) and each task's state and parents",
+                {"200": _json(_ref("WorkflowStatus"), "")},
+                404,
+                params=[WORKFLOW_ID],
+            )
+        },
+        "/api/workflows/{id}/cancel": {
+            "post": _op(
+                "Cancel every task of the workflow that has not finished (waiting ones too)",
+                {
+                    "200": _json(
+                        _obj(
+                            {
+                                "id": STR,
+                                "cancelled": {"type": "array", "items": STR},
+                                "states": {"type": "object", "additionalProperties": INT},
+                            }
+                        ),
+                        "The tasks cancelled by this call",
+                    )
+                },
+                404,
+                params=[WORKFLOW_ID],
+                write=True,
+                body=REASON,
+            )
         },
         "/api/openapi.json": {"get": _op("This document", {"200": _json({"type": "object"}, "OpenAPI 3.1")})},
     }

@@ -117,7 +117,7 @@ export function fmtAgo(seconds) {
 export const PRIORITY_NAMES = {3: 'urgent', 2: 'high', 1: 'normal', 0: 'low'};
 
 export function stateBadge(state, testid) {
-  const known = ['queued', 'pending', 'running', 'succeeded', 'failed', 'cancelled'];
+  const known = ['waiting', 'queued', 'pending', 'running', 'succeeded', 'failed', 'cancelled'];
   const cls = known.includes(state) ? `state state-${state}` : 'state';
   return h('span', {class: cls, testid}, state ?? '?');
 }

@@ -3,7 +3,7 @@ import {api, refresher} from './api.js';
 import {renderChart} from './chart.js';
 import {fill, fmtAgo, h, queueLink, shorten, stateBadge, syncList, table, taskLink} from './dom.js';
 
-const STATES = ['queued', 'pending', 'running', 'succeeded', 'failed', 'cancelled'];
+const STATES = ['waiting', 'queued', 'pending', 'running', 'succeeded', 'failed', 'cancelled'];
 
 function tile(label, value, testid, extra) {
   return h('div', {class: 'tile'}, h('div', {class: 'tile-value', testid}, String(value ?? '—')),
@@ -19,6 +19,7 @@ function queueRow(q) {
     ['3', '2', '1', '0'].map((p) => h('td', {class: 'num', testid: `queue-depth-${p}`}, String(depth[p] ?? 0))),
     h('td', {class: 'num', testid: 'queue-queued'}, String(q.queued ?? 0)),
     h('td', {class: 'num', testid: 'queue-pending'}, String(q.pending ?? 0)),
+    h('td', {class: 'num', testid: 'queue-waiting'}, String(q.waiting ?? 0)),
     h('td', {class: 'num', testid: 'queue-running'}, String(q.running ?? 0)),
     h('td', {class: 'num', testid: 'queue-succeeded'}, String(q.succeeded ?? 0)),
     h('td', {class: 'num', testid: 'queue-failed'}, String(q.failed ?? 0)),
@@ -50,8 +51,8 @@ export function mount(root, ctx) {
     h('h2', null, 'Workers ', h('a', {href: '#/workers', class: 'small'}, 'details')), workerTiles,
     h('p', {class: 'muted small'}, 'Leading scheduler: ', leader),
     h('h2', null, 'Queues'),
-    table('overview-queues', ['queue', 'paused', 'p3', 'p2', 'p1', 'p0', 'queued', 'pending', 'running',
-      'succeeded', 'failed', 'cancelled'], queueBody),
+    table('overview-queues', ['queue', 'paused', 'p3', 'p2', 'p1', 'p0', 'queued', 'pending', 'waiting',
+      'running', 'succeeded', 'failed', 'cancelled'], queueBody),
     noQueues,
     h('h2', null, 'Throughput'), chartBox,
     h('h2', null, 'Latest failures ', h('a', {href: '#/tasks?state=failed', class: 'small'}, 'all')),

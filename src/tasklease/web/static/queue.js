@@ -3,7 +3,7 @@ import {api, query, refresher} from './api.js';
 import {failureRow} from './overview.js';
 import {fill, fmtAgo, fmtTime, h, PRIORITY_NAMES, syncList, table, taskLink} from './dom.js';
 
-const COUNTS = ['queued', 'pending', 'running', 'succeeded', 'failed', 'cancelled'];
+const COUNTS = ['waiting', 'queued', 'pending', 'running', 'succeeded', 'failed', 'cancelled'];
 
 function queuedRow(t, now) {
   return h('tr', {testid: `queued-row-${t.id}`},

@@ -90,7 +90,7 @@ export function mount(root, ctx, route) {
         ` (${PRIORITY_NAMES[t.priority] ?? '?'})`));
     fill(actions);
     if (ctx.canAct && !gone) {
-      if (t.state === 'queued' || t.state === 'pending') {
+      if (t.state === 'queued' || t.state === 'pending' || t.state === 'waiting') {
         if (shownPriority !== t.priority) prioritySelect.value = String(t.priority); // keep a pending choice
         shownPriority = t.priority;
         actions.append(prioritySelect, priorityButton);
@@ -101,6 +101,14 @@ export function mount(root, ctx, route) {
     fill(links);
     if (t.rerun_of) {
       links.append(h('p', null, 'Run again from ', taskLink(t.rerun_of, 'rerun-of-link')));
+    }
+    if (Array.isArray(t.depends_on) && t.depends_on.length) {
+      links.append(h('p', {testid: 'parents'}, 'After ',
+        t.depends_on.map((p, i) => [i ? ', ' : '', taskLink(p, `parent-link-${p}`)]),
+        t.on_parent_failure === 'run' ? ' (runs even if one fails)' : ''));
+    }
+    if (t.workflow) {
+      links.append(h('p', {testid: 'workflow'}, 'In workflow ', h('span', {class: 'mono'}, t.workflow)));
     }
     if (Array.isArray(t.reruns) && t.reruns.length) {
       links.append(h('p', {testid: 'reruns'}, 'Run again as ',

@@ -2,7 +2,7 @@
 import {api, query, refresher} from './api.js';
 import {fmtAgo, h, queueLink, shorten, stateBadge, syncList, table, taskLink, workerLink} from './dom.js';
 
-const STATES = ['', 'queued', 'pending', 'running', 'succeeded', 'failed', 'cancelled'];
+const STATES = ['', 'waiting', 'queued', 'pending', 'running', 'succeeded', 'failed', 'cancelled'];
 const FIELDS = ['state', 'queue', 'type', 'priority', 'attempts', 'worker', 'updated_at', 'error', 'rerun_of'];
 
 function taskRow(t, now) {
