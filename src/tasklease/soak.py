@@ -16,7 +16,12 @@ etcd and checks:
 5. nothing is left running, assigned, queued or delayed;
 6. a delayed task (about 8 % of them: ``delay_s`` 0.2 to 3 s) never started
    before its time (its first attempt's start >= the ``not_before`` its submit
-   recorded).
+   recorded);
+7. the workflow mix (soak_workflows.py): diamond workflows end as planned
+   (a failed parent cancels its child, or not, by its policy; no child starts
+   before its parents finished; none is left waiting), a cron schedule firing
+   every second fired each tick exactly once, and a concurrency limit on the
+   ``sleep`` type was never exceeded.
 
 Payloads are tiny by default; ``--payload-bytes`` makes them realistic: a fixed
 size (``4500``) or a mix chosen per task by the seed (``0,4500,65536,204800``,
@@ -49,7 +54,7 @@ from typing import Any
 
 import orjson
 
-from tasklease import codec
+from tasklease import codec, soak_workflows
 from tasklease.client import Client, TaskSpec
 from tasklease.dev import Stack
 from tasklease.errors import InvalidOption, ValidationError
@@ -149,6 +154,10 @@ class SoakReport:
     by_payload: dict[int, Counter[str]] = field(default_factory=dict)
     payload_bytes: int = 0
     delayed: int = 0
+    workflows: int = 0
+    cancelled_by_parent: int = 0
+    ticks: int = 0
+    sleep_peak: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -162,6 +171,10 @@ class SoakReport:
             "seconds": round(self.seconds, 1),
             "payload_bytes": self.payload_bytes,
             "delayed": self.delayed,
+            "workflows": self.workflows,
+            "cancelled_by_parent": self.cancelled_by_parent,
+            "ticks": self.ticks,
+            "sleep_peak": self.sleep_peak,
             "by_payload": {str(k): dict(v) for k, v in sorted(self.by_payload.items())},
         }
 
@@ -335,9 +348,15 @@ def _short(value: Any, limit: int = 200) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
 
 
-async def _collect(client: Client, ids: list[str]) -> tuple[list[Task], dict[str, int]]:
+async def _collect(client: Client, ids: list[str]) -> tuple[list[Task], list[Task], dict[str, int]]:
+    """The tasks of ``ids``, the cron schedule's tasks, and the keys left under each index."""
     wanted = set(ids)
-    tasks = [t async for t in client.scan() if t.id in wanted]  # paged, not one read per task
+    tasks, ticks = [], []
+    async for t in client.scan():  # paged, not one read per task
+        if t.id in wanted:
+            tasks.append(t)
+        elif t.schedule == soak_workflows.SCHEDULE:
+            ticks.append(t)
     if len(tasks) != len(wanted):
         found = {t.id for t in tasks}
         tasks += [await client.get(i) for i in ids if i not in found]  # raises TaskNotFound if lost
@@ -348,9 +367,10 @@ async def _collect(client: Client, ids: list[str]) -> tuple[list[Task], dict[str
         ("assign", k.assignments),
         ("queue", k.queues),
         ("delayed", k.delayed),
+        ("deps", k.deps),
     ):
         leftovers[name] = (await client.store.range(prefix, prefix_end(prefix), count_only=True)).count
-    return tasks, leftovers
+    return tasks, ticks, leftovers
 
 
 async def _wait_workers(client: Client, n: int, timeout_s: float = 60) -> None:
@@ -415,6 +435,7 @@ async def run_soak_async(
     started = time.monotonic()
     try:
         await _wait_workers(client, stack.n_workers)
+        await soak_workflows.start(client)
         stop = asyncio.Event()
         chaos = asyncio.create_task(_chaos(stack, client, rng, interval_s, report, stop, say))
         sizes = payload_sizes(tasks, payloads, seed)
@@ -428,13 +449,20 @@ async def run_soak_async(
             ids.extend(t.id for t in result.tasks)
             due.update((t.id, t.not_before) for t in result.tasks if t.not_before is not None)
         report.delayed = len(due)
+        diamonds = await soak_workflows.submit_diamonds(client, max(5, tasks // 60), random.Random(seed + 2))
+        say(f"  submitted {len(diamonds)} diamond workflows ({4 * len(diamonds)} tasks)")
         say(f"  submitted {len(ids)} tasks ({report.payload_bytes / 1e6:.1f} MB of payloads)")
         deadline = time.monotonic() + timeout_s
         k = client.keys
         while time.monotonic() < deadline:
             # Cheap counts (no record scan): what is still waiting or running.
             counts = {}
-            for name, prefix in (("queued", k.queues), ("running", k.running), ("delayed", k.delayed)):
+            for name, prefix in (
+                ("queued", k.queues),
+                ("running", k.running),
+                ("delayed", k.delayed),
+                ("waiting", k.deps),
+            ):
                 counts[name] = (await client.store.range(prefix, prefix_end(prefix), count_only=True)).count
             say("  progress: " + "  ".join(f"{n} {c}" for n, c in counts.items()))
             if not any(counts.values()):
@@ -442,9 +470,33 @@ async def run_soak_async(
             await asyncio.sleep(2.0)
         stop.set()
         await chaos
-        # Let the last repairs land before checking (a killed worker's lease may still run).
-        tasks_now, leftovers = await _collect(client, ids)
-        check(tasks_now, leftovers, report, dict(zip(ids, sizes, strict=True)), due)
+        # The schedule stops; its last tasks finish (they are counted under queued/running).
+        await client.remove_schedule(soak_workflows.SCHEDULE)
+        while time.monotonic() < deadline:
+            left = [
+                (await client.store.range(p, prefix_end(p), count_only=True)).count
+                for p in (k.queues, k.running)
+            ]
+            if not any(left):
+                break
+            await asyncio.sleep(0.5)
+        workflow_ids = [tid for dm in diamonds for tid in dm.ids.values()]
+        everything, ticks, leftovers = await _collect(client, ids + workflow_ids)
+        mine = set(ids)
+        check(
+            [t for t in everything if t.id in mine],
+            leftovers,
+            report,
+            dict(zip(ids, sizes, strict=True)),
+            due,
+        )
+        extra = soak_workflows.WorkflowReport()
+        soak_workflows.check_diamonds(diamonds, {t.id: t for t in everything}, extra)
+        soak_workflows.check_ticks(ticks, extra)
+        soak_workflows.check_concurrency(everything + ticks, extra)
+        report.violations += extra.violations
+        report.workflows, report.cancelled_by_parent = extra.workflows, extra.cancelled_by_parent
+        report.ticks, report.sleep_peak = extra.ticks, extra.sleep_peak
     finally:
         report.seconds = time.monotonic() - started
         await client.close()
@@ -529,6 +581,11 @@ def run_soak(
         if payloads != TINY:
             for size, states in sorted(report.by_payload.items()):
                 print(f"payload {size:>7} B: " + ", ".join(f"{k} {v}" for k, v in sorted(states.items())))
+        print(
+            f"workflows: {report.workflows} diamonds ({report.cancelled_by_parent} children cancelled by a "
+            f"failed parent); cron: {report.ticks} ticks; sleep tasks at once: at most {report.sleep_peak} "
+            f"(limit {soak_workflows.SLEEP_CONCURRENCY})"
+        )
         print(f"violations: {len(report.violations)}")
         for line in report.violations[:20]:
             print(f"  {line}", file=sys.stderr)

@@ -66,6 +66,12 @@ def test_short_soak_has_no_violations(tasklease_bin):
     assert report["payload_bytes"] > 10_000_000
     # about 8 % were delayed, and none started before its time (a violation otherwise)
     assert report["delayed"] > 60
+    # the workflow mix ran under the same chaos (its invariants are violations otherwise):
+    # 25 diamonds, some children cancelled by their failed parent, a cron tick every second
+    assert report["workflows"] == 25
+    assert report["cancelled_by_parent"] >= 1
+    assert report["ticks"] >= 10
+    assert 1 <= report["sleep_peak"] <= 4
     # the chaos really happened and really cost attempts
     assert report["worker_kills"] >= 3
     assert report["leader_kills"] + report["worker_kills"] >= 5
