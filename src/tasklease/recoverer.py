@@ -28,6 +28,7 @@ import itertools
 import logging
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from tasklease import codec, transitions
@@ -45,6 +46,14 @@ log = logging.getLogger("tasklease.scheduler")
 # Records read per transaction by recovery and promotion (each at most 1.3 MB:
 # the response stays far below the channel's receive limit).
 READ_GROUP = 16
+# Records read per transaction by promotion and expiry: at most READ_MAX, and about
+# READ_BYTES by the sizes their index keys name (delayed keys carry it: ``n``).
+READ_MAX = 64
+READ_BYTES = 4 * 1024 * 1024
+# Delayed keys taken per pass of the timer loop (it comes back at once while more are due).
+PROMOTE_PASS = 1024
+# Deadline of the leader's fenced writes (safe to send again).
+WRITE_TIMEOUT_S = 2.0
 # Backoff of the assignment and timer loops after a store error.
 ERROR_BACKOFF_S = (0.2, 2.0)
 # Longest sleep of the timer loop: then it re-examines the mirror (and wakes the assigner).
@@ -228,14 +237,17 @@ class Recoverer(LeaderPart):
         return {"component": "scheduler", "scheduler": self.id, **extra}
 
     async def run(self) -> None:
-        """Deadlines (F3) and retry backoffs (E3): sleep until the next one is due. Runs until cancelled."""
+        """Deadlines (F3), due delayed tasks and retries (W2, E3): sleep until the next one. Runs until cancelled."""
         backoff = ERROR_BACKOFF_S[0]
         while True:
             now = self.clock.now()
             try:
                 await self.end_overdue(now)
-                await self.promoter.promote_due(now)
+                more_due = await self.promoter.promote_due(now)
                 await self.failer.fail_unroutable()
+                if more_due:  # a full pass: take the next one at once (the others ran)
+                    await asyncio.sleep(0)
+                    continue
                 backoff = ERROR_BACKOFF_S[0]
                 view = self.mirror.view
                 mono = self.clock.monotonic()
@@ -398,7 +410,15 @@ class Recoverer(LeaderPart):
 
 
 class Promoter(LeaderPart):
-    """Queues again the pending tasks whose retry backoff has passed (E3).
+    """Queues the pending tasks whose time has come: delayed submits (W2) and retry backoffs (E3).
+
+    Each pass of the timer loop takes the due delayed keys from the mirror's
+    heap (at most :data:`PROMOTE_PASS`; the loop comes back at once while more
+    are due), reads their records in groups bounded by count and bytes, and
+    writes the promotions several per transaction (``transitions.pack``; on a
+    failed compare, each alone). What it could not finish (a store error, a
+    lost race) is given back to the heap and tried again once the watch has
+    caught up.
 
     Args:
         ctx: What the leader's parts share (store, keys, election, mirror, hooks, retention, ids).
@@ -412,27 +432,54 @@ class Promoter(LeaderPart):
     def _ctx(self, **extra: Any) -> dict[str, Any]:
         return {"component": "scheduler", "scheduler": self.id, **extra}
 
-    async def promote_due(self, now: float) -> None:
-        """Queue again the pending tasks whose retry backoff has passed."""
-        due = self.mirror.view.due(now)
+    async def promote_due(self, now: float) -> bool:
+        """Queue the pending tasks due at ``now``. Returns whether more may be due (the pass was full)."""
+        view = self.mirror.view
+        due = view.due(now, PROMOTE_PASS)
+        if not due:
+            return False
+        done: set[str] = set()  # delayed keys settled (promoted, failed, dropped, or never to retry)
         promoted = 0
-        for start in range(0, len(due), READ_GROUP):
-            chunk = due[start : start + READ_GROUP]
-            ids = [self.keys.parse_delayed(kv.key).task_id for kv in chunk]
-            records = await _records(self.store, self.keys, ids)
-            for delayed_kv, record_kv in zip(chunk, records, strict=True):
-                try:
-                    promoted += await self._promote_one(delayed_kv, record_kv, now)
-                except StoreRequestTooLarge as exc:
-                    log.error(
-                        "cannot promote: %s",
-                        exc,
-                        extra=self._ctx(task_id=self.keys.parse_delayed(delayed_kv.key).task_id),
-                    )
+        lost_race = 0
+        try:
+            for group in read_groups(due, delayed_record_bytes):
+                ids = [self.keys.parse_delayed(kv.key).task_id for kv in group]
+                records = await _records(self.store, self.keys, ids)
+                parts: list[tuple[KV, transitions.Txn, Task | None, bool]] = []
+                for delayed_kv, record_kv in zip(group, records, strict=True):
+                    part = await self._part(delayed_kv, record_kv, now)
+                    parts.append((delayed_kv, *part))
+                outcome = await commit_parts(self.store, [p[1] for p in parts])
+                if any(ok is False for ok in outcome.succeeded):
+                    lost_race = max(lost_race, outcome.revision)
+                for (delayed_kv, _, written, queued), ok in zip(parts, outcome.succeeded, strict=True):
+                    if ok is None:  # refused for its size: cannot happen (logged); never retried
+                        done.add(delayed_kv.key)
+                    elif ok:
+                        done.add(delayed_kv.key)
+                        if written is None:
+                            continue
+                        if queued:
+                            promoted += 1
+                            if self.hooks:
+                                self.hooks.emit(
+                                    Promoted(at=now, component="scheduler", source=self.id, task=written)
+                                )
+                        else:
+                            self.failer.emit_failed(written, now)
+        finally:
+            view.delayed_due.give_back(kv for kv in due if kv.key not in done)
+        if lost_race:
+            await self.mirror.wait_revision(lost_race)
         _ran(self.hooks, self.clock.now, self.id, "promoted", promoted)
+        return len(due) >= PROMOTE_PASS
 
-    async def _promote_one(self, delayed_kv: KV, record_kv: KV | None, now: float) -> bool:
+    async def _part(
+        self, delayed_kv: KV, record_kv: KV | None, now: float
+    ) -> tuple[transitions.Txn, Task | None, bool]:
+        """One delayed key's transaction: ``(txn, record written or None, queued?)``."""
         task: Task | None = None
+        fence = self.election.fence()
         if record_kv is not None:
             try:
                 task = codec.decode_task(record_kv.key, record_kv.value)
@@ -446,32 +493,96 @@ class Promoter(LeaderPart):
         ):
             # Nothing to promote (the record is gone, corrupt, or no longer waiting):
             # delete the key, or the timer would read it again and again.
-            drop = transitions.drop_delayed(self.election.fence(), delayed_kv)
-            await self.store.txn(drop.compares, drop.ops)
-            return False
+            return transitions.drop_delayed(fence, delayed_kv), None, False
         try:
             txn, queued = transitions.promote(
-                self.keys, self.election.fence(), delayed_kv, record_kv, task, now, self._ids.sequence()
+                self.keys, fence, delayed_kv, record_kv, task, now, self._ids.sequence()
             )
         except PayloadTooLarge as exc:
             lease = await self.retention.lease_for(task.retention_s)
             txn, failed = transitions.fail_waiting(
-                self.keys,
-                self.election.fence(),
-                delayed_kv,
-                record_kv,
-                task,
-                f"cannot be queued again: {exc}",
-                now,
-                lease,
+                self.keys, fence, delayed_kv, record_kv, task, f"cannot be queued again: {exc}", now, lease
             )
-            result = await self.store.txn(txn.compares, txn.ops)
+            return txn, failed, False
+        return txn, queued, True
+
+
+def delayed_record_bytes(kv: KV) -> int:
+    """The record size a delayed key names (``n``); the most a pending record may be if it names none."""
+    try:
+        size = codec.decode_obj(kv.key, kv.value).get("n")
+    except CorruptRecord:
+        size = None  # an older delayed key holds the bare id
+    if isinstance(size, int) and not isinstance(size, bool) and 0 < size <= codec.MAX_QUEUED_RECORD_BYTES:
+        return size
+    return codec.MAX_QUEUED_RECORD_BYTES
+
+
+def read_groups(kvs: list[KV], size_of: Callable[[KV], int]) -> list[list[KV]]:
+    """Cut ``kvs`` into groups whose records are read by one transaction each.
+
+    At most :data:`READ_MAX` records and about :data:`READ_BYTES` (by
+    ``size_of``, the record size each index key names) per group; a group
+    always has at least one.
+    """
+    groups: list[list[KV]] = []
+    current: list[KV] = []
+    size = 0
+    for kv in kvs:
+        n = size_of(kv) + 256
+        if current and (len(current) >= READ_MAX or size + n > READ_BYTES):
+            groups.append(current)
+            current, size = [], 0
+        current.append(kv)
+        size += n
+    if current:
+        groups.append(current)
+    return groups
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """What :func:`commit_parts` did.
+
+    Attributes:
+        succeeded: Per part: True written, False a compare failed, None refused
+            for its size (it fits no transaction; logged).
+        revision: The highest revision etcd answered with (to wait for the watch after a lost race).
+    """
+
+    succeeded: list[bool | None]
+    revision: int
+
+
+async def commit_parts(store: KVStore, parts: list[transitions.Txn]) -> Committed:
+    """Write independent one-task transactions, several per etcd transaction (``transitions.pack``).
+
+    A group whose compares all hold is written at once; one where some
+    compare fails (a race with a client or a worker) is sent again part by
+    part, so each part gets its own answer. Each is fenced by the leadership,
+    so sending one again is safe.
+
+    Raises:
+        StoreError: etcd failed (parts not answered yet are unknown: the caller retries them).
+    """
+    succeeded: list[bool | None] = [False] * len(parts)
+    revision = 0
+    for txn, indexes in transitions.pack(parts):
+        if len(indexes) > 1:
+            result = await store.txn(txn.compares, txn.ops, timeout_s=WRITE_TIMEOUT_S)
+            revision = max(revision, result.revision)
             if result.succeeded:
-                self.failer.emit_failed(failed, now)
-            return False
-        result = await self.store.txn(txn.compares, txn.ops)
-        if not result.succeeded:
-            return False
-        if self.hooks:
-            self.hooks.emit(Promoted(at=now, component="scheduler", source=self.id, task=queued))
-        return True
+                for i in indexes:
+                    succeeded[i] = True
+                continue
+        for i in indexes:
+            part = parts[i]
+            try:
+                result = await store.txn(part.compares, part.ops, timeout_s=WRITE_TIMEOUT_S)
+            except StoreRequestTooLarge as exc:
+                log.error("cannot write a repair of the leader: %s", exc)
+                succeeded[i] = None
+                continue
+            revision = max(revision, result.revision)
+            succeeded[i] = result.succeeded
+    return Committed(succeeded, revision)

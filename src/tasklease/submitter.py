@@ -450,17 +450,21 @@ def txn_cost(task: Task, data: bytes) -> int:
 
 
 def chunk(tasks: Sequence[Task], encoded: Sequence[bytes]) -> list[list[Item]]:
-    """Cut tasks, in order, into transactions of at most 64 tasks and ``MAX_TXN_BYTES``."""
+    """Cut tasks, in order, into transactions of at most 64 tasks, 128 ops and ``MAX_TXN_BYTES``."""
     chunks: list[list[Item]] = []
     current: list[Item] = []
-    size = 0
+    size = ops = 0
     for task, data in zip(tasks, encoded, strict=True):
         cost = txn_cost(task, data)
-        if current and (len(current) >= TASKS_PER_TXN or size + cost > MAX_TXN_BYTES):
+        n_ops = transitions.enqueue_op_count(task)  # 3 with an expiring key
+        if current and (
+            len(current) >= TASKS_PER_TXN or size + cost > MAX_TXN_BYTES or ops + n_ops > MAX_TXN_OPS
+        ):
             chunks.append(current)
-            current, size = [], 0
+            current, size, ops = [], 0, 0
         current.append((task, data))
         size += cost
+        ops += n_ops
     if current:
         chunks.append(current)
     return chunks

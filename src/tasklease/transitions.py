@@ -20,11 +20,15 @@ requeue, delay     the finishes above, when the next state is queued (requeue) o
 promote            :func:`promote`               scheduler (recoverer)  leader + delayed key + record
 re-prioritise      :func:`rewrite`               client (set_priority)  record unchanged
 fail waiting       :func:`fail_waiting`          scheduler              leader + index key + record
+expire             :func:`expire`                scheduler (expiry)     leader + record + expiring key
 run again          :func:`rerun`                 client (run_again)     old record unchanged + new id free
 =================  ============================  =====================  ========================
 
 A transaction that writes a finished record also writes :func:`finished_ops`
 (its finished-index entry, keys.py), under the same retention lease.
+
+The leader's promotions and expiries are built one task at a time and sent
+several per transaction: :func:`pack` groups them within etcd's limits.
 
 The pure record functions (:func:`next_record`, :func:`end_attempt`,
 :func:`fit_record`, :func:`bounded_failure`, :func:`cancelled`) compute the
@@ -35,7 +39,9 @@ table. docs/architecture.md lists every transaction with its keys.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from tasklease import codec
 from tasklease.errors import InvalidTransition, PayloadTooLarge
@@ -52,7 +58,7 @@ from tasklease.models import (
     transition,
     truncate_error,
 )
-from tasklease.store import KV, Compare, Delete, Get, Op, Put, txn_size
+from tasklease.store import KV, MAX_TXN_BYTES, MAX_TXN_OPS, Compare, Delete, Get, Op, Put, txn_size
 
 
 @dataclass(slots=True)
@@ -103,7 +109,8 @@ def place_ops(keys: Keyspace, task: Task, data: bytes | None = None) -> list[Op]
         value = data if data is not None else codec.encode_task(task)
         return [Put(queue_key(keys, task), value)]
     if task.state is TaskState.PENDING and task.not_before is not None:
-        return [Put(keys.delayed_entry(task.not_before, task.id), delayed_value(task))]
+        size = len(data) if data is not None else None
+        return [Put(keys.delayed_entry(task.not_before, task.id), delayed_value(task, size))]
     if task.state is TaskState.WAITING:
         return [Put(keys.deps_entry(task.queue, task.id), deps_value(task))]
     return []
@@ -114,9 +121,30 @@ def deps_value(task: Task) -> bytes:
     return codec.encode_obj({"parents": list(task.depends_on), "q": task.queue, "p": task.on_parent_failure})
 
 
-def delayed_value(task: Task) -> bytes:
-    """A delayed key's value: the task's id and queue (JSON; older versions wrote the bare id)."""
+def delayed_value(task: Task, size: int | None = None) -> bytes:
+    """A delayed key's value: the task's id, queue and record size (JSON; older versions wrote the bare id).
+
+    ``n``, the bytes of the record when the key was written, lets the leader
+    read the due records in groups bounded by bytes (recoverer.py); the
+    record itself is not copied here (it would double the bytes of every
+    pending task, in etcd and in the leader's memory: docs/delays.md).
+    """
+    value: dict[str, object] = {"id": task.id, "q": task.queue}
+    if size is not None:
+        value["n"] = size
+    return codec.encode_obj(value)
+
+
+def expiring_value(task: Task) -> bytes:
+    """An expiring key's value: the task's id and queue (JSON)."""
     return codec.encode_obj({"id": task.id, "q": task.queue})
+
+
+def expiring_ops(keys: Keyspace, task: Task) -> list[Op]:
+    """The expiring key of a new task with an expiry (none without one)."""
+    if task.expires_at is None:
+        return []
+    return [Put(keys.expiring_entry(task.expires_at, task.id), expiring_value(task))]
 
 
 FINISHED_ERROR_CHARS = 200
@@ -165,7 +193,7 @@ def enqueue(keys: Keyspace, task: Task, data: bytes) -> Txn:
 
     A queued task gets its queue key (whose value is ``data`` too), a delayed
     one (pending, ``not_before``) its delayed key, one with parents (waiting)
-    its deps key.
+    its deps key; one with an expiry (``expires_at``) also its expiring key.
 
     Raises:
         InvalidTransition: ``task`` is not a new task.
@@ -177,7 +205,13 @@ def enqueue(keys: Keyspace, task: Task, data: bytes) -> Txn:
     ):
         raise InvalidTransition(task.id, task.state.value, "enqueue")
     task_key = keys.task(task.id)
-    return Txn([Compare.absent(task_key)], [Put(task_key, data), *place_ops(keys, task, data)])
+    ops = [Put(task_key, data), *place_ops(keys, task, data), *expiring_ops(keys, task)]
+    return Txn([Compare.absent(task_key)], ops)
+
+
+def enqueue_op_count(task: Task) -> int:
+    """How many operations :func:`enqueue` writes for ``task`` (for cutting batches by etcd's limit)."""
+    return 2 + (task.expires_at is not None)
 
 
 def rerun(keys: Keyspace, old_kv: KV, linked: Task, new: Task, data: bytes) -> Txn:
@@ -596,3 +630,105 @@ def fail_waiting(
         *finished_ops(keys, failed, lease),
     ]
     return Txn(compares, ops), failed
+
+
+# scheduler: expire --------------------------------------------------------------------------
+EXPIRABLE = (TaskState.WAITING, TaskState.PENDING, TaskState.QUEUED)
+"""The states of a task that has not started yet (if it never ran): it may expire."""
+
+
+def expired(task: Task, now: float) -> Task:
+    """The record of ``task`` discarded at ``now`` because it had not started by its expiry.
+
+    Cancelled, the reason naming the expiry time (UTC).
+    """
+    assert task.expires_at is not None
+    when = datetime.fromtimestamp(task.expires_at, UTC).isoformat(timespec="milliseconds")
+    return cancelled(task, f"expired: not started by {when.replace('+00:00', 'Z')}", now)
+
+
+def expire(
+    keys: Keyspace,
+    fence: Compare,
+    expiring_kv: KV,
+    record_kv: KV,
+    task: Task,
+    now: float,
+    lease: int,
+) -> tuple[Txn, Task]:
+    """Discard a task that has not started by its expiry: cancelled, with the reason recorded.
+
+    Guarded by the leadership, the record and the expiring key being as read:
+    the record goes cancelled under its retention ``lease`` with its finished
+    ops; its index key (queue, delayed or deps key) and its expiring key go.
+    A task assigned meanwhile changed its record: the compares fail.
+
+    Returns:
+        The transaction and the cancelled record it writes.
+
+    Raises:
+        InvalidTransition: It is not waiting, pending or queued, or it ran before.
+    """
+    if task.state not in EXPIRABLE or task.attempts:
+        raise InvalidTransition(task.id, task.state.value, "expire")
+    new = expired(task, now)
+    compares = [fence, Compare.unchanged(record_kv), Compare.unchanged(expiring_kv)]
+    ops: list[Op] = [
+        Put(record_kv.key, codec.encode_task(new), lease=lease),
+        *unplace_ops(keys, task),
+        *finished_ops(keys, new, lease),
+        Delete(expiring_kv.key),
+    ]
+    return Txn(compares, ops), new
+
+
+def drop_expiring(fence: Compare, expiring_kv: KV) -> Txn:
+    """Delete an expiring key with nothing to expire (the task started, finished or vanished)."""
+    return Txn([fence, Compare.unchanged(expiring_kv)], [Delete(expiring_kv.key)])
+
+
+# batches of the leader's repairs --------------------------------------------------------------
+def pack(
+    parts: Sequence[Txn], *, max_ops: int = MAX_TXN_OPS, max_bytes: int = MAX_TXN_BYTES
+) -> list[tuple[Txn, list[int]]]:
+    """Group independent transactions (one task each) into as few as etcd's limits allow.
+
+    Each part stays whole and keeps its order; a compare that several parts
+    share (the leadership fence) is sent once per group; a group never names
+    a key twice among its writes (etcd refuses that) and stays within
+    ``max_ops`` compares, ``max_ops`` operations and ``max_bytes`` (an upper
+    bound: ``Txn.size``). A part that fits no group goes alone. The group is
+    all or nothing: if a compare of one part fails, nothing of the group is
+    written, and the sender tries each part alone (``recoverer.commit_parts``).
+
+    Returns:
+        ``(transaction, indexes of its parts)`` for each group, in order.
+    """
+    groups: list[tuple[Txn, list[int]]] = []
+    current = Txn()
+    indexes: list[int] = []
+    seen: set[Compare] = set()
+    written: set[str] = set()
+    size = 0
+    for i, part in enumerate(parts):
+        new_compares = [c for c in dict.fromkeys(part.compares) if c not in seen]
+        keys_written = {op.key for op in part.ops}
+        fits = (
+            len(current.compares) + len(new_compares) <= max_ops
+            and len(current.ops) + len(part.ops) <= max_ops
+            and size + part.size() <= max_bytes
+            and not keys_written & written
+        )
+        if indexes and not fits:
+            groups.append((current, indexes))
+            current, indexes, seen, written, size = Txn(), [], set(), set(), 0
+            new_compares = list(dict.fromkeys(part.compares))
+        current.compares.extend(new_compares)
+        current.ops.extend(part.ops)
+        seen.update(new_compares)
+        written |= keys_written
+        size += part.size()
+        indexes.append(i)
+    if indexes:
+        groups.append((current, indexes))
+    return groups
