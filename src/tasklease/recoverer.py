@@ -60,7 +60,7 @@ ERROR_BACKOFF_S = (0.2, 2.0)
 BACKSTOP_S = 5.0
 
 
-async def _records(store: KVStore, keys: Keyspace, task_ids: list[str]) -> list[KV | None]:
+async def record_kvs(store: KVStore, keys: Keyspace, task_ids: list[str]) -> list[KV | None]:
     """The records of ``task_ids`` (None for a missing one), in one read transaction."""
     result = await store.txn([], [Get(keys.task(t)) for t in task_ids])
     return [kvs[0] if kvs else None for kvs in result.reads]
@@ -322,7 +322,7 @@ class Recoverer(LeaderPart):
 
     async def _repair(self, entries: list[RunningEntry], outcome: Outcome) -> int:
         """End each entry's attempt with ``outcome``; returns how many were ended."""
-        records = await _records(self.store, self.keys, [e.task_id for e in entries])
+        records = await record_kvs(self.store, self.keys, [e.task_id for e in entries])
         repaired = 0
         for entry, record_kv in zip(entries, records, strict=True):
             extra = self._ctx(task_id=entry.task_id, attempt=entry.attempt, worker=entry.worker)
@@ -444,7 +444,7 @@ class Promoter(LeaderPart):
         try:
             for group in read_groups(due, delayed_record_bytes):
                 ids = [self.keys.parse_delayed(kv.key).task_id for kv in group]
-                records = await _records(self.store, self.keys, ids)
+                records = await record_kvs(self.store, self.keys, ids)
                 parts: list[tuple[KV, transitions.Txn, Task | None, bool]] = []
                 for delayed_kv, record_kv in zip(group, records, strict=True):
                     part = await self._part(delayed_kv, record_kv, now)

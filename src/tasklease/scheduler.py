@@ -76,6 +76,7 @@ from tasklease.clock import Clock, SystemClock
 from tasklease.election import DuplicateCandidate, Election
 from tasklease.errors import InvalidOption, StoreError, WatchCompacted
 from tasklease.events import Event, Hook, Hooks, LeaderElected, LeaderResigned, as_hooks
+from tasklease.expiry import Expirer
 from tasklease.ids import IdGenerator, default_process_id
 from tasklease.keys import Keyspace, check_name, prefix_end
 from tasklease.leader import LeaderContext, LeaderLoop
@@ -194,6 +195,7 @@ class Scheduler:
         # The leader's own loops beyond assigning and recovering (leader.LeaderLoop):
         # each capability adds its one line here.
         self.loops: list[LeaderLoop] = []
+        self.loops.append(Expirer(ctx))  # W2: tasks not started by their expiry
         self._main: asyncio.Task[None] | None = None
         self._stopping = False
         self.leading = asyncio.Event()

@@ -135,16 +135,16 @@ def delayed_value(task: Task, size: int | None = None) -> bytes:
     return codec.encode_obj(value)
 
 
-def expiring_value(task: Task) -> bytes:
-    """An expiring key's value: the task's id and queue (JSON)."""
-    return codec.encode_obj({"id": task.id, "q": task.queue})
+def expiring_value(task: Task, size: int) -> bytes:
+    """An expiring key's value: the task's id, queue and record size at submit (JSON; see :func:`delayed_value`)."""
+    return codec.encode_obj({"id": task.id, "q": task.queue, "n": size})
 
 
-def expiring_ops(keys: Keyspace, task: Task) -> list[Op]:
-    """The expiring key of a new task with an expiry (none without one)."""
+def expiring_ops(keys: Keyspace, task: Task, data: bytes) -> list[Op]:
+    """The expiring key of a new task with an expiry (none without one); ``data``: its record."""
     if task.expires_at is None:
         return []
-    return [Put(keys.expiring_entry(task.expires_at, task.id), expiring_value(task))]
+    return [Put(keys.expiring_entry(task.expires_at, task.id), expiring_value(task, len(data)))]
 
 
 FINISHED_ERROR_CHARS = 200
@@ -205,7 +205,7 @@ def enqueue(keys: Keyspace, task: Task, data: bytes) -> Txn:
     ):
         raise InvalidTransition(task.id, task.state.value, "enqueue")
     task_key = keys.task(task.id)
-    ops = [Put(task_key, data), *place_ops(keys, task, data), *expiring_ops(keys, task)]
+    ops = [Put(task_key, data), *place_ops(keys, task, data), *expiring_ops(keys, task, data)]
     return Txn([Compare.absent(task_key)], ops)
 
 

@@ -36,6 +36,7 @@ FAMILIES = {
     "scheduler": {"scheduler", "mirror", "assigner", "recoverer", "leader"},
     "client": {"client", "submitter", "inspector", "editor", "waiting", "sync"},
 }
+FAMILIES["scheduler"].add("expiry")  # W2: the leader's loop that discards tasks not started in time
 PROCESSES = {"cli", "__main__", "runners", "dev", "demo", "demo_tasks", "soak", "tasklease"}
 # The REST API and dashboard (tasklease web): a process that uses the client.
 PROCESSES |= {"web", "web.app", "web.api", "web.feed", "web.security", "web.openapi", "web.server"}
