@@ -311,18 +311,23 @@ class DueHeap:
             self._held.discard(heapq.heappop(heap)[1])
 
     def next_due(self) -> float:
-        """Due time of the earliest key, in epoch seconds (inf if none)."""
+        """When the earliest key may be taken, in epoch seconds (inf if none): see :meth:`take`."""
         self._drop_gone()
-        return self._heap[0][0] / 1_000_000 if self._heap else float("inf")
+        return (self._heap[0][0] + 1) / 1_000_000 if self._heap else float("inf")
 
     def take(self, now: float, limit: int) -> list[KV]:
-        """Pop up to ``limit`` keys due at ``now``, soonest first (their current KVs)."""
+        """Pop up to ``limit`` keys due before ``now``, soonest first (their current KVs).
+
+        A key's due time is its time rounded down to the microsecond, so a key
+        is due only once ``now`` is past it by a whole microsecond: then the
+        time it stands for has surely passed (a delayed task never runs early).
+        """
         now_us = int(now * 1_000_000)
         heap = self._heap
         result: list[KV] = []
         while heap and len(result) < limit:
             self._drop_gone()
-            if not heap or heap[0][0] > now_us:
+            if not heap or heap[0][0] >= now_us:
                 break
             key = heapq.heappop(heap)[1]
             self._held.discard(key)

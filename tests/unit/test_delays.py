@@ -7,11 +7,14 @@ import random
 import pytest
 
 from tasklease import codec, transitions
+from tasklease.assigner import plan_batch
+from tasklease.balancers import LeastLoad, NodeView
 from tasklease.errors import InvalidTransition
 from tasklease.keys import Keyspace
-from tasklease.mirror import ClusterView, DueHeap
+from tasklease.mirror import ClusterView, DueHeap, MirroredNode
 from tasklease.models import Attempt, Task, TaskState
 from tasklease.recoverer import READ_BYTES, READ_MAX, delayed_record_bytes, read_groups
+from tasklease.routing import parse_route
 from tasklease.store import KV, MAX_TXN_OPS, Compare, Delete, Put
 from tasklease.submitter import chunk
 
@@ -62,14 +65,17 @@ def test_take_pops_only_what_is_due_soonest_first_up_to_the_limit():
     kvs = [delayed_kv(NOW + i, i) for i in range(1000)]
     for kv in random.Random(1).sample(kvs, len(kvs)):
         add(live, heap, kv)
-    assert heap.next_due() == NOW
+    assert heap.next_due() == NOW + 0.000001
     # When taking what is due 9.5 s later, 4 at a time
     first = heap.take(NOW + 9.5, 4)
     rest = heap.take(NOW + 9.5, 100)
     # Then the 10 due keys come out in due order, each once, and nothing else
     assert [kv.key for kv in first + rest] == [kv.key for kv in kvs[:10]]
     assert heap.take(NOW + 9.5, 100) == []
-    assert heap.next_due() == NOW + 10
+    assert heap.next_due() == NOW + 10.000001
+    # a key is taken only once its time has surely passed (whole microseconds)
+    assert heap.take(NOW + 10, 100) == []
+    assert heap.take(NOW + 10.000001, 100) == [kvs[10]]
 
 
 def test_deleted_keys_are_skipped_and_taken_keys_come_back_only_when_given_back():
@@ -79,7 +85,7 @@ def test_deleted_keys_are_skipped_and_taken_keys_come_back_only_when_given_back(
         add(live, heap, kv)
     # a deleted key (cancelled task) is never offered, nor its due time
     del live[kvs[0].key]
-    assert heap.next_due() == NOW + 1
+    assert heap.next_due() == NOW + 1.000001
     taken = heap.take(NOW + 10, 10)
     assert [kv.key for kv in taken] == [kv.key for kv in kvs[1:]]
     # while taken, a key is not offered again (even if put again by the watch: held once)
@@ -97,7 +103,7 @@ def test_a_key_put_twice_is_held_once():
     add(live, heap, kv)
     heap.give_back([kv])
     assert len(heap) == 1
-    assert heap.take(NOW, 10) == [kv]
+    assert heap.take(NOW + 1, 10) == [kv]
 
 
 def test_the_heap_is_rebuilt_when_deleted_keys_outnumber_the_live_ones():
@@ -127,9 +133,9 @@ def test_the_view_takes_due_delayed_keys_from_its_heap():
     for kv in reversed(kvs):
         view.apply(kv, deleted=False)
     view.apply(kvs[1], deleted=True)
-    assert view.next_due() == NOW
-    assert [kv.key for kv in view.due(NOW + 3, 10)] == [kvs[0].key, kvs[2].key, kvs[3].key]
-    assert view.next_due() == NOW + 4
+    assert view.next_due() == NOW + 0.000001
+    assert [kv.key for kv in view.due(NOW + 3.5, 10)] == [kvs[0].key, kvs[2].key, kvs[3].key]
+    assert view.next_due() == NOW + 4.000001
 
 
 # reading and writing in groups -----------------------------------------------------------
@@ -228,3 +234,29 @@ def test_a_task_that_ran_or_runs_does_not_expire():
             transitions.expire(K, FENCE, ekv, record_kv(t), t, NOW, 0)
     drop = transitions.drop_expiring(FENCE, ekv)
     assert drop.compares == [FENCE, Compare.unchanged(ekv)] and drop.ops == [Delete(ekv.key)]
+
+
+def test_the_assigner_passes_over_a_queued_task_whose_expiry_has_passed():
+    # Given three queued heads, the first expired (its Expirer has not discarded it yet)
+    heads = []
+    for i, expires in enumerate((NOW - 1, NOW + 60, None)):
+        t = task(i, state=TaskState.QUEUED, not_before=None, type="noop", expires_at=expires)
+        key = K.queue_entry(t.queue, t.priority, t.seq, t.id, t.route)
+        heads.append(KV(key, codec.encode_task(t), 5, 5, 1))
+    worker = MirroredNode(
+        NodeView(id="w1", capacity=4), frozenset({"default"}), 101, False, frozenset({"noop"})
+    )
+    # When a batch is planned
+    plan = plan_batch(
+        heads,
+        [worker],
+        keys=K,
+        route=lambda text: parse_route(text) if text else None,
+        balancer=LeastLoad(),
+        fence=FENCE,
+        now=NOW,
+        batch_size=10,
+    )
+    # Then the expired one is not assigned, the others are
+    assert [K.parse_queue_entry(p.queue_kv.key).task_id for p in plan.picks] == [task_id(1), task_id(2)]
+    assert plan.skipped == [] and plan.unassignable == []
