@@ -208,11 +208,21 @@ class Client:
         task_id: str | None = None,
         retention_s: float | None = None,
         requires: Mapping[str, str] | None = None,
+        delay_s: float | None = None,
+        run_at: float | None = None,
+        expires_s: float | None = None,
+        expires_at: float | None = None,
     ) -> Task:
         """Submit one task: one transaction writes its record and its queue key.
 
+        ``delay_s`` / ``run_at`` (epoch seconds) delay it: it waits ``pending``
+        and the scheduler queues it when due (the later of the two).
+        ``expires_s`` / ``expires_at`` discard it (cancelled, the reason
+        recorded) if it has not started by then (the earlier of the two).
+        See docs/delays.md.
+
         Returns:
-            The task as stored (state ``queued``).
+            The task as stored (state ``queued``, or ``pending`` if delayed).
 
         Raises:
             ValidationError: Bad priority, queue, timeout, payload (nothing written).
@@ -222,7 +232,19 @@ class Client:
             StoreError: etcd failed.
         """
         spec = TaskSpec(
-            type, payload, queue, priority, timeout_s, retry or RetryPolicy(), task_id, retention_s, requires
+            type,
+            payload,
+            queue,
+            priority,
+            timeout_s,
+            retry or RetryPolicy(),
+            task_id,
+            retention_s,
+            requires,
+            delay_s=delay_s,
+            run_at=run_at,
+            expires_s=expires_s,
+            expires_at=expires_at,
         )
         return await self.submitter.submit_spec(spec)
 
