@@ -260,3 +260,24 @@ def test_the_assigner_passes_over_a_queued_task_whose_expiry_has_passed():
     # Then the expired one is not assigned, the others are
     assert [K.parse_queue_entry(p.queue_kv.key).task_id for p in plan.picks] == [task_id(1), task_id(2)]
     assert plan.skipped == [] and plan.unassignable == []
+
+
+def test_the_assigner_still_assigns_a_retry_past_the_expiry():
+    # a task that started before its expiry (its retry is queued now) is not expired
+    attempt = Attempt(number=1, worker="w0", started_at=NOW - 10, finished_at=NOW - 9)
+    t = task(0, state=TaskState.QUEUED, not_before=None, type="noop", expires_at=NOW - 5, attempts=(attempt,))
+    key = K.queue_entry(t.queue, t.priority, t.seq, t.id, t.route)
+    worker = MirroredNode(
+        NodeView(id="w1", capacity=4), frozenset({"default"}), 101, False, frozenset({"noop"})
+    )
+    plan = plan_batch(
+        [KV(key, codec.encode_task(t), 5, 5, 1)],
+        [worker],
+        keys=K,
+        route=lambda text: parse_route(text) if text else None,
+        balancer=LeastLoad(),
+        fence=FENCE,
+        now=NOW,
+        batch_size=10,
+    )
+    assert len(plan.picks) == 1
