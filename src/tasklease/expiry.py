@@ -39,7 +39,14 @@ from tasklease.events import Cancelled
 from tasklease.leader import LeaderContext, LeaderLoop
 from tasklease.mirror import DueHeap
 from tasklease.models import Task
-from tasklease.recoverer import BACKSTOP_S, ERROR_BACKOFF_S, commit_parts, read_groups, record_kvs
+from tasklease.recoverer import (
+    BACKSTOP_S,
+    ERROR_BACKOFF_S,
+    MIN_SLEEP_S,
+    commit_parts,
+    read_groups,
+    record_kvs,
+)
 from tasklease.store import KV
 
 log = logging.getLogger("tasklease.scheduler")
@@ -127,7 +134,7 @@ class Expirer(LeaderLoop):
                 backoff = min(backoff * 2, ERROR_BACKOFF_S[1])
             self.changed.clear()
             try:
-                async with asyncio.timeout(max(0.01, min(delay, BACKSTOP_S))):
+                async with asyncio.timeout(max(MIN_SLEEP_S, min(delay, BACKSTOP_S))):
                     await self.changed.wait()
             except TimeoutError:
                 pass

@@ -28,12 +28,12 @@ import itertools
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from tasklease import codec, transitions
 from tasklease.errors import CorruptRecord, PayloadTooLarge, StoreError, StoreRequestTooLarge
-from tasklease.events import Failed, Hooks, Promoted, RecoveryRan, attempt_ended
+from tasklease.events import Failed, Hooks, LoggingHook, Promoted, RecoveryRan, attempt_ended
 from tasklease.keys import Keyspace
 from tasklease.leader import LeaderContext, LeaderPart
 from tasklease.mirror import STALE_MARGIN_S, Group
@@ -52,12 +52,17 @@ READ_MAX = 64
 READ_BYTES = 4 * 1024 * 1024
 # Delayed keys taken per pass of the timer loop (it comes back at once while more are due).
 PROMOTE_PASS = 1024
+# Promotion transactions in flight at once (the next group's records are read meanwhile).
+COMMITS_IN_FLIGHT = 2
 # Deadline of the leader's fenced writes (safe to send again).
 WRITE_TIMEOUT_S = 2.0
 # Backoff of the assignment and timer loops after a store error.
 ERROR_BACKOFF_S = (0.2, 2.0)
 # Longest sleep of the timer loop: then it re-examines the mirror (and wakes the assigner).
 BACKSTOP_S = 5.0
+# Shortest sleep of the timer loops: a due time that just passed is taken within it (a
+# delayed task's lateness), and a loop with nothing it can finish does not spin.
+MIN_SLEEP_S = 0.002
 
 
 async def record_kvs(store: KVStore, keys: Keyspace, task_ids: list[str]) -> list[KV | None]:
@@ -264,7 +269,7 @@ class Recoverer(LeaderPart):
             # delayed key (which may be due sooner) wakes us early.
             self.mirror.timers_changed.clear()
             try:
-                async with asyncio.timeout(max(0.01, min(delay, BACKSTOP_S))):
+                async with asyncio.timeout(max(MIN_SLEEP_S, min(delay, BACKSTOP_S))):
                     await self.mirror.timers_changed.wait()
             except TimeoutError:
                 # Backstop: re-examine the mirror when nothing happened for a while
@@ -433,53 +438,73 @@ class Promoter(LeaderPart):
         return {"component": "scheduler", "scheduler": self.id, **extra}
 
     async def promote_due(self, now: float) -> bool:
-        """Queue the pending tasks due at ``now``. Returns whether more may be due (the pass was full)."""
+        """Queue the pending tasks due at ``now``. Returns whether more may be due (the pass was full).
+
+        Reads and writes overlap: while one group's promotions are being
+        written (at most :data:`COMMITS_IN_FLIGHT` transactions at once), the
+        next group's records are read.
+        """
         view = self.mirror.view
         due = view.due(now, PROMOTE_PASS)
         if not due:
             return False
-        done: set[str] = set()  # delayed keys settled (promoted, failed, dropped, or never to retry)
-        promoted = 0
-        lost_race = 0
+        tally = _Tally(events=_wants_promoted(self.hooks))
+        commits: list[asyncio.Task[None]] = []
         try:
             for group in read_groups(due, delayed_record_bytes):
                 ids = [self.keys.parse_delayed(kv.key).task_id for kv in group]
                 records = await record_kvs(self.store, self.keys, ids)
-                parts: list[tuple[KV, transitions.Txn, Task | None, bool]] = []
-                for delayed_kv, record_kv in zip(group, records, strict=True):
-                    part = await self._part(delayed_kv, record_kv, now)
-                    parts.append((delayed_kv, *part))
-                outcome = await commit_parts(self.store, [p[1] for p in parts])
-                if any(ok is False for ok in outcome.succeeded):
-                    lost_race = max(lost_race, outcome.revision)
-                for (delayed_kv, _, written, queued), ok in zip(parts, outcome.succeeded, strict=True):
-                    if ok is None:  # refused for its size: cannot happen (logged); never retried
-                        done.add(delayed_kv.key)
-                    elif ok:
-                        done.add(delayed_kv.key)
-                        if written is None:
-                            continue
-                        if queued:
-                            promoted += 1
-                            if self.hooks:
-                                self.hooks.emit(
-                                    Promoted(at=now, component="scheduler", source=self.id, task=written)
-                                )
-                        else:
-                            self.failer.emit_failed(written, now)
+                parts = [
+                    await self._part(delayed_kv, record_kv, now)
+                    for delayed_kv, record_kv in zip(group, records, strict=True)
+                ]
+                commits.append(asyncio.create_task(self._commit(parts, now, tally)))
+                while sum(not c.done() for c in commits) >= COMMITS_IN_FLIGHT:
+                    await asyncio.wait(
+                        [c for c in commits if not c.done()], return_when=asyncio.FIRST_COMPLETED
+                    )
+            errors = [e for e in await asyncio.gather(*commits, return_exceptions=True) if e is not None]
+            if errors:
+                raise errors[0]
+        except BaseException:
+            for commit in commits:
+                commit.cancel()
+            await asyncio.gather(*commits, return_exceptions=True)
+            raise
         finally:
-            view.delayed_due.give_back(kv for kv in due if kv.key not in done)
-        if lost_race:
-            await self.mirror.wait_revision(lost_race)
-        _ran(self.hooks, self.clock.now, self.id, "promoted", promoted)
+            view.delayed_due.give_back(kv for kv in due if kv.key not in tally.done)
+        if tally.lost_race:
+            await self.mirror.wait_revision(tally.lost_race)
+        _ran(self.hooks, self.clock.now, self.id, "promoted", tally.promoted)
         return len(due) >= PROMOTE_PASS
 
-    async def _part(
-        self, delayed_kv: KV, record_kv: KV | None, now: float
-    ) -> tuple[transitions.Txn, Task | None, bool]:
-        """One delayed key's transaction: ``(txn, record written or None, queued?)``."""
-        task: Task | None = None
+    async def _commit(self, parts: list[_Promotion], now: float, tally: _Tally) -> None:
+        """Write one group's promotions (several per transaction) and account for each."""
+        outcome = await commit_parts(self.store, [p.txn for p in parts])
+        for part, ok in zip(parts, outcome.succeeded, strict=True):
+            if ok is False:
+                tally.lost_race = max(tally.lost_race, outcome.revision)
+                continue
+            tally.done.add(part.delayed_kv.key)  # written, or refused for its size (logged; never retried)
+            if not ok or part.written is None:
+                continue
+            if part.queued:
+                tally.promoted += 1
+                if tally.events and (task := part.task()) is not None:
+                    self.hooks.emit(Promoted(at=now, component="scheduler", source=self.id, task=task))
+            elif (task := part.task()) is not None:
+                self.failer.emit_failed(task, now)
+
+    async def _part(self, delayed_kv: KV, record_kv: KV | None, now: float) -> _Promotion:
+        """One delayed key's transaction (a promotion, a failure or a drop)."""
         fence = self.election.fence()
+        if record_kv is not None:
+            fast = transitions.promote_record(
+                self.keys, fence, delayed_kv, record_kv, now, self._ids.sequence()
+            )
+            if fast is not None:
+                return _Promotion(delayed_kv, fast[0], fast[1], queued=True)
+        task: Task | None = None
         if record_kv is not None:
             try:
                 task = codec.decode_task(record_kv.key, record_kv.value)
@@ -493,7 +518,7 @@ class Promoter(LeaderPart):
         ):
             # Nothing to promote (the record is gone, corrupt, or no longer waiting):
             # delete the key, or the timer would read it again and again.
-            return transitions.drop_delayed(fence, delayed_kv), None, False
+            return _Promotion(delayed_kv, transitions.drop_delayed(fence, delayed_kv))
         try:
             txn, queued = transitions.promote(
                 self.keys, fence, delayed_kv, record_kv, task, now, self._ids.sequence()
@@ -503,8 +528,52 @@ class Promoter(LeaderPart):
             txn, failed = transitions.fail_waiting(
                 self.keys, fence, delayed_kv, record_kv, task, f"cannot be queued again: {exc}", now, lease
             )
-            return txn, failed, False
-        return txn, queued, True
+            return _Promotion(delayed_kv, txn, failed)
+        return _Promotion(delayed_kv, txn, queued, queued=True)
+
+
+def _wants_promoted(hooks: Hooks) -> bool:
+    """Whether some hook would see a ``Promoted`` event (each costs decoding the record written).
+
+    Not when the only hook is the logging hook and its line for ``Promoted``
+    is below the scheduler logger's level (the default): it would drop the
+    event. Any other hook (metrics, tracing, a user's) gets every event.
+    """
+    if not hooks:
+        return False
+    if any(not isinstance(h, LoggingHook) for h in hooks.hooks):
+        return True
+    level, _ = LoggingHook.LINES[("scheduler", Promoted)]
+    return log.isEnabledFor(level)
+
+
+@dataclass(slots=True)
+class _Tally:
+    """What one promotion pass did (its commits run side by side; one event loop)."""
+
+    events: bool  # emit Promoted per task (_wants_promoted)
+    done: set[str] = field(default_factory=set)  # delayed keys settled
+    promoted: int = 0
+    lost_race: int = 0  # the highest revision at which a compare failed (0: none)
+
+
+@dataclass(frozen=True, slots=True)
+class _Promotion:
+    """One delayed key's transaction and the record it writes (None: the key is only dropped)."""
+
+    delayed_kv: KV
+    txn: transitions.Txn
+    written: Task | dict[str, Any] | None = None  # a dict from the fast path (decoded for events only)
+    queued: bool = False
+
+    def task(self) -> Task | None:
+        """The record written, as a Task (for an event)."""
+        if isinstance(self.written, dict):
+            try:
+                return codec.task_from_dict(self.written)
+            except (KeyError, TypeError, ValueError):
+                return None
+        return self.written
 
 
 def delayed_record_bytes(kv: KV) -> int:

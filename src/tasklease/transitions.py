@@ -42,22 +42,29 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
+
+import orjson
 
 from tasklease import codec
 from tasklease.errors import InvalidTransition, PayloadTooLarge
 from tasklease.keys import Keyspace
 from tasklease.models import (
     JSON,
+    SCHEMA_VERSION,
     Attempt,
     Outcome,
     Task,
     TaskState,
     can_transition,
+    check_priority,
+    check_type,
     decide,
     evolve,
     transition,
     truncate_error,
 )
+from tasklease.routing import route
 from tasklease.store import KV, MAX_TXN_BYTES, MAX_TXN_OPS, Compare, Delete, Get, Op, Put, txn_size
 
 
@@ -589,6 +596,55 @@ def promote(
     return Txn(compares, ops), queued
 
 
+def promote_record(
+    keys: Keyspace, fence: Compare, delayed_kv: KV, record_kv: KV, now: float, new_seq: int
+) -> tuple[Txn, dict[str, Any]] | None:
+    """:func:`promote` without building a :class:`Task`: the leader's fast path for many due tasks.
+
+    Promotion changes four fields of the record (state, sequence, update time,
+    ``not_before``), so the record's JSON is patched in place (its keys keep
+    their order): the bytes written are exactly those :func:`promote` writes
+    (a unit test checks it), at a fraction of the CPU (no decoding into a
+    ``Task``, no validation of what the submit validated). It applies only to
+    a pending record of this schema version whose queue-key fields are sound;
+    for anything else it returns None and the caller takes :func:`promote`
+    (which validates everything and raises what is wrong).
+
+    Returns:
+        The transaction and the queued record's dict (to decode for an event), or None.
+    """
+    try:
+        d = orjson.loads(record_kv.value)
+        if (
+            not isinstance(d, dict)
+            or d.get("v") != SCHEMA_VERSION
+            or d.get("state") != TaskState.PENDING.value
+            or isinstance(d.get("not_before"), bool)
+            or not isinstance(d.get("not_before"), int | float)
+            or not isinstance(d.get("type"), str)
+            or not isinstance(d.get("priority"), int)
+            or d.get("id") != keys.task_id_of(record_kv.key)
+        ):
+            return None
+        requires = d.get("requires") or {}
+        if not isinstance(requires, dict) or not all(isinstance(v, str) for v in requires.values()):
+            return None
+        d["state"] = TaskState.QUEUED.value
+        d["seq"] = new_seq
+        d["updated_at"] = now
+        d["not_before"] = None
+        data = orjson.dumps(d)
+        task_route = route(check_type(d["type"]), tuple(sorted(requires.items())))
+        key = keys.queue_entry(d["queue"], check_priority(d["priority"]), new_seq, d["id"], task_route)
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):  # ValidationError is a ValueError
+        return None
+    if len(data) > codec.MAX_QUEUED_RECORD_BYTES:
+        return None  # promote() fails it with the reason
+    compares = [fence, Compare.unchanged(delayed_kv), Compare.unchanged(record_kv)]
+    ops: list[Op] = [Delete(delayed_kv.key), Put(record_kv.key, data), Put(key, data)]
+    return Txn(compares, ops), d
+
+
 def drop_delayed(fence: Compare, delayed_kv: KV) -> Txn:
     """Delete a delayed key with nothing to promote (record gone, corrupt or no longer pending)."""
     return Txn([fence, Compare.unchanged(delayed_kv)], [Delete(delayed_kv.key)])
@@ -713,10 +769,11 @@ def pack(
     for i, part in enumerate(parts):
         new_compares = [c for c in dict.fromkeys(part.compares) if c not in seen]
         keys_written = {op.key for op in part.ops}
+        part_size = part.size()
         fits = (
             len(current.compares) + len(new_compares) <= max_ops
             and len(current.ops) + len(part.ops) <= max_ops
-            and size + part.size() <= max_bytes
+            and size + part_size <= max_bytes
             and not keys_written & written
         )
         if indexes and not fits:
@@ -727,7 +784,7 @@ def pack(
         current.ops.extend(part.ops)
         seen.update(new_compares)
         written |= keys_written
-        size += part.size()
+        size += part_size
         indexes.append(i)
     if indexes:
         groups.append((current, indexes))

@@ -281,3 +281,43 @@ def test_the_assigner_still_assigns_a_retry_past_the_expiry():
         batch_size=10,
     )
     assert len(plan.picks) == 1
+
+
+# the leader's fast path ------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"requires": (("gpu", "true"), ("zone", "eu west")), "priority": 3, "queue": "mail.q-1"},
+        {"expires_at": NOW + 900, "trace": {"traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01"}},
+        {"attempts": (Attempt(number=1, worker="w1", started_at=NOW - 9, finished_at=NOW - 8),)},
+    ],
+)
+def test_the_fast_promotion_writes_exactly_what_promote_writes(changes):
+    t = task(7, not_before=NOW - 1, **changes)
+    dkv = KV(K.delayed_entry(NOW - 1, t.id), b"{}", 3, 3, 0)
+    rkv = record_kv(t)
+    slow, queued = transitions.promote(K, FENCE, dkv, rkv, t, NOW, 10**16)
+    fast = transitions.promote_record(K, FENCE, dkv, rkv, NOW, 10**16)
+    assert fast is not None
+    assert fast[0] == slow
+    assert codec.encode_task(codec.task_from_dict(fast[1])) == codec.encode_task(queued)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"not json",
+        b"[]",
+        codec.encode_task(task(7, state=TaskState.QUEUED, not_before=None)),  # not pending
+        codec.encode_task(task(8)),  # another task's record
+        codec.encode_task(task(7)).replace(b'"v":1', b'"v":2'),
+        codec.encode_task(task(7)).replace(b'"queue":"default"', b'"queue":"bad/name"'),
+        codec.encode_task(task(7)).replace(b'"priority":1', b'"priority":true'),
+        codec.encode_task(task(7, payload="x" * (codec.MAX_QUEUED_RECORD_BYTES + 1))),
+    ],
+)
+def test_the_fast_promotion_leaves_anything_unusual_to_promote(value):
+    dkv = KV(K.delayed_entry(NOW - 1, task_id(7)), b"{}", 3, 3, 0)
+    rkv = KV(K.task(task_id(7)), value, 5, 5, 0)
+    assert transitions.promote_record(K, FENCE, dkv, rkv, NOW, 10**16) is None
