@@ -52,8 +52,10 @@ READ_MAX = 64
 READ_BYTES = 4 * 1024 * 1024
 # Delayed keys taken per pass of the timer loop (it comes back at once while more are due).
 PROMOTE_PASS = 1024
-# Promotion transactions in flight at once (the next group's records are read meanwhile).
-COMMITS_IN_FLIGHT = 2
+# Groups of a promotion pass in flight at once (each: one read, then its transactions).
+GROUPS_IN_FLIGHT = 3
+# Records a promotion group reads: two full transactions of promotions (42 each: 3 ops a task).
+PROMOTE_READ = 84
 # Deadline of the leader's fenced writes (safe to send again).
 WRITE_TIMEOUT_S = 2.0
 # Backoff of the assignment and timer loops after a store error.
@@ -440,36 +442,40 @@ class Promoter(LeaderPart):
     async def promote_due(self, now: float) -> bool:
         """Queue the pending tasks due at ``now``. Returns whether more may be due (the pass was full).
 
-        Reads and writes overlap: while one group's promotions are being
-        written (at most :data:`COMMITS_IN_FLIGHT` transactions at once), the
-        next group's records are read.
+        The pass's groups (read, then written) run side by side, at most
+        :data:`GROUPS_IN_FLIGHT` at once, so that reads, writes and the work
+        between them overlap. Each task's new sequence is drawn in due order
+        first: tasks due earlier are queued ahead, whichever group lands first.
         """
         view = self.mirror.view
         due = view.due(now, PROMOTE_PASS)
         if not due:
             return False
         tally = _Tally(events=_wants_promoted(self.hooks))
-        commits: list[asyncio.Task[None]] = []
-        try:
-            for group in read_groups(due, delayed_record_bytes):
+        seqs = {kv.key: self._ids.sequence() for kv in due}
+        slots = asyncio.Semaphore(GROUPS_IN_FLIGHT)
+
+        async def group_pass(group: list[KV]) -> None:
+            async with slots:
                 ids = [self.keys.parse_delayed(kv.key).task_id for kv in group]
                 records = await record_kvs(self.store, self.keys, ids)
                 parts = [
-                    await self._part(delayed_kv, record_kv, now)
+                    await self._part(delayed_kv, record_kv, now, seqs[delayed_kv.key])
                     for delayed_kv, record_kv in zip(group, records, strict=True)
                 ]
-                commits.append(asyncio.create_task(self._commit(parts, now, tally)))
-                while sum(not c.done() for c in commits) >= COMMITS_IN_FLIGHT:
-                    await asyncio.wait(
-                        [c for c in commits if not c.done()], return_when=asyncio.FIRST_COMPLETED
-                    )
-            errors = [e for e in await asyncio.gather(*commits, return_exceptions=True) if e is not None]
+                await self._commit(parts, now, tally)
+
+        groups = [
+            asyncio.create_task(group_pass(g)) for g in read_groups(due, delayed_record_bytes, PROMOTE_READ)
+        ]
+        try:
+            errors = [e for e in await asyncio.gather(*groups, return_exceptions=True) if e is not None]
             if errors:
                 raise errors[0]
         except BaseException:
-            for commit in commits:
-                commit.cancel()
-            await asyncio.gather(*commits, return_exceptions=True)
+            for group_task in groups:
+                group_task.cancel()
+            await asyncio.gather(*groups, return_exceptions=True)
             raise
         finally:
             view.delayed_due.give_back(kv for kv in due if kv.key not in tally.done)
@@ -495,13 +501,11 @@ class Promoter(LeaderPart):
             elif (task := part.task()) is not None:
                 self.failer.emit_failed(task, now)
 
-    async def _part(self, delayed_kv: KV, record_kv: KV | None, now: float) -> _Promotion:
+    async def _part(self, delayed_kv: KV, record_kv: KV | None, now: float, seq: int) -> _Promotion:
         """One delayed key's transaction (a promotion, a failure or a drop)."""
         fence = self.election.fence()
         if record_kv is not None:
-            fast = transitions.promote_record(
-                self.keys, fence, delayed_kv, record_kv, now, self._ids.sequence()
-            )
+            fast = transitions.promote_record(self.keys, fence, delayed_kv, record_kv, now, seq)
             if fast is not None:
                 return _Promotion(delayed_kv, fast[0], fast[1], queued=True)
         task: Task | None = None
@@ -520,9 +524,7 @@ class Promoter(LeaderPart):
             # delete the key, or the timer would read it again and again.
             return _Promotion(delayed_kv, transitions.drop_delayed(fence, delayed_kv))
         try:
-            txn, queued = transitions.promote(
-                self.keys, fence, delayed_kv, record_kv, task, now, self._ids.sequence()
-            )
+            txn, queued = transitions.promote(self.keys, fence, delayed_kv, record_kv, task, now, seq)
         except PayloadTooLarge as exc:
             lease = await self.retention.lease_for(task.retention_s)
             txn, failed = transitions.fail_waiting(
@@ -587,10 +589,11 @@ def delayed_record_bytes(kv: KV) -> int:
     return codec.MAX_QUEUED_RECORD_BYTES
 
 
-def read_groups(kvs: list[KV], size_of: Callable[[KV], int]) -> list[list[KV]]:
+def read_groups(kvs: list[KV], size_of: Callable[[KV], int], most: int = READ_MAX) -> list[list[KV]]:
     """Cut ``kvs`` into groups whose records are read by one transaction each.
 
-    At most :data:`READ_MAX` records and about :data:`READ_BYTES` (by
+    At most ``most`` records (:data:`READ_MAX`, or a little more where that
+    fills whole write transactions) and about :data:`READ_BYTES` (by
     ``size_of``, the record size each index key names) per group; a group
     always has at least one.
     """
@@ -599,7 +602,7 @@ def read_groups(kvs: list[KV], size_of: Callable[[KV], int]) -> list[list[KV]]:
     size = 0
     for kv in kvs:
         n = size_of(kv) + 256
-        if current and (len(current) >= READ_MAX or size + n > READ_BYTES):
+        if current and (len(current) >= most or size + n > READ_BYTES):
             groups.append(current)
             current, size = [], 0
         current.append(kv)

@@ -38,6 +38,7 @@ table. docs/architecture.md lists every transaction with its keys.
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -634,7 +635,7 @@ def promote_record(
         d["updated_at"] = now
         d["not_before"] = None
         data = orjson.dumps(d)
-        task_route = route(check_type(d["type"]), tuple(sorted(requires.items())))
+        task_route = _route_text(d["type"], tuple(sorted(requires.items())))
         key = keys.queue_entry(d["queue"], check_priority(d["priority"]), new_seq, d["id"], task_route)
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):  # ValidationError is a ValueError
         return None
@@ -643,6 +644,12 @@ def promote_record(
     compares = [fence, Compare.unchanged(delayed_kv), Compare.unchanged(record_kv)]
     ops: list[Op] = [Delete(delayed_kv.key), Put(record_kv.key, data), Put(key, data)]
     return Txn(compares, ops), d
+
+
+@functools.lru_cache(maxsize=1024)
+def _route_text(task_type: str, requires: tuple[tuple[str, str], ...]) -> str:
+    """A route's text, checked once per (type, tags): promotions of one kind of task share it."""
+    return route(check_type(task_type), requires)
 
 
 def drop_delayed(fence: Compare, delayed_kv: KV) -> Txn:
