@@ -440,35 +440,57 @@ class Promoter(LeaderPart):
         return {"component": "scheduler", "scheduler": self.id, **extra}
 
     async def promote_due(self, now: float) -> bool:
-        """Queue the pending tasks due at ``now``. Returns whether more may be due (the pass was full).
+        """Queue the pending tasks due at ``now`` and those falling due meanwhile.
 
-        The pass's groups (read, then written) run side by side, at most
-        :data:`GROUPS_IN_FLIGHT` at once, so that reads, writes and the work
-        between them overlap. Each task's new sequence is drawn in due order
-        first: tasks due earlier are queued ahead, whichever group lands first.
+        A pass takes the due keys a group at a time (at most
+        :data:`PROMOTE_READ`: one read, then its transactions) and runs up to
+        :data:`GROUPS_IN_FLIGHT` groups side by side, so that reads, writes and
+        the work between them overlap; whenever a group's slot frees, it takes
+        what is due by then, so a task falling due while others are written
+        waits for a slot, not for the whole pass. Each task's new sequence is
+        drawn when it is taken, in due order: tasks due earlier are queued
+        ahead, whichever group lands first.
+
+        Returns:
+            Whether more may be due (the pass took :data:`PROMOTE_PASS` keys).
         """
         view = self.mirror.view
-        due = view.due(now, PROMOTE_PASS)
-        if not due:
-            return False
         tally = _Tally(events=_wants_promoted(self.hooks))
-        seqs = {kv.key: self._ids.sequence() for kv in due}
         slots = asyncio.Semaphore(GROUPS_IN_FLIGHT)
+        groups: list[asyncio.Task[None]] = []
+        taken: list[KV] = []
 
-        async def group_pass(group: list[KV]) -> None:
-            async with slots:
+        async def group_pass(group: list[KV], seqs: list[int]) -> None:
+            try:
                 ids = [self.keys.parse_delayed(kv.key).task_id for kv in group]
                 records = await record_kvs(self.store, self.keys, ids)
                 parts = [
-                    await self._part(delayed_kv, record_kv, now, seqs[delayed_kv.key])
-                    for delayed_kv, record_kv in zip(group, records, strict=True)
+                    await self._part(delayed_kv, record_kv, now, seq)
+                    for delayed_kv, record_kv, seq in zip(group, records, seqs, strict=True)
                 ]
                 await self._commit(parts, now, tally)
+            finally:
+                slots.release()
 
-        groups = [
-            asyncio.create_task(group_pass(g)) for g in read_groups(due, delayed_record_bytes, PROMOTE_READ)
-        ]
         try:
+            while len(taken) < PROMOTE_PASS:
+                await slots.acquire()
+                now = max(now, self.clock.now())
+                due = view.due(now, min(PROMOTE_READ, PROMOTE_PASS - len(taken)))
+                if not due:
+                    slots.release()
+                    busy = [g for g in groups if not g.done()]
+                    if not busy:
+                        break
+                    # more may fall due while the last groups are written: take them then
+                    wait_s = max(MIN_SLEEP_S, view.next_due() - self.clock.now())
+                    await asyncio.wait(busy, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                due, *rest = read_groups(due, delayed_record_bytes, PROMOTE_READ)  # bounded by bytes too
+                view.delayed_due.give_back(kv for group in rest for kv in group)
+                taken += due
+                seqs = [self._ids.sequence() for _ in due]
+                groups.append(asyncio.create_task(group_pass(due, seqs)))
             errors = [e for e in await asyncio.gather(*groups, return_exceptions=True) if e is not None]
             if errors:
                 raise errors[0]
@@ -478,11 +500,11 @@ class Promoter(LeaderPart):
             await asyncio.gather(*groups, return_exceptions=True)
             raise
         finally:
-            view.delayed_due.give_back(kv for kv in due if kv.key not in tally.done)
+            view.delayed_due.give_back(kv for kv in taken if kv.key not in tally.done)
         if tally.lost_race:
             await self.mirror.wait_revision(tally.lost_race)
         _ran(self.hooks, self.clock.now, self.id, "promoted", tally.promoted)
-        return len(due) >= PROMOTE_PASS
+        return len(taken) >= PROMOTE_PASS
 
     async def _commit(self, parts: list[_Promotion], now: float, tally: _Tally) -> None:
         """Write one group's promotions (several per transaction) and account for each."""
