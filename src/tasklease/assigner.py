@@ -173,6 +173,8 @@ def plan_batch(
         except TaskleaseError as exc:
             skipped.append((qkv, task_id, exc))
             continue
+        if queued.expires_at is not None and queued.expires_at <= now and not queued.attempts:
+            continue  # not started by its expiry: the Expirer discards it (expiry.py)
         pick_size = txn_size(part.compares) + txn_size(part.ops)
         if picks and size + pick_size > max_txn_bytes:
             break  # the next batch takes it (alone if it must)

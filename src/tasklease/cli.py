@@ -128,6 +128,48 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _time(text: str) -> float:
+    """A time: ISO 8601 with a zone (2026-12-01T10:00:00Z) or epoch seconds."""
+    from tasklease.spec import parse_time
+
+    try:
+        return parse_time(float(text) if _is_number(text) else text, "the time")
+    except ValidationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _expiry(text: str) -> tuple[str, float]:
+    """``--expires``: a duration from now (10m, 2h, 90) -> ("s", seconds), or a time -> ("at", epoch)."""
+    from tasklease.quotas import parse_duration
+    from tasklease.spec import parse_time
+
+    try:
+        seconds = parse_duration(text)
+    except ValidationError:
+        pass
+    else:
+        if seconds <= 0:
+            raise argparse.ArgumentTypeError(f"an expiry must be > 0, got {text!r}")
+        return "s", seconds
+    try:
+        return "at", parse_time(text, "the time")
+    except ValidationError as exc:
+        if "time zone" in str(exc):
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        raise argparse.ArgumentTypeError(
+            f"bad expiry {text!r}: use a duration (90s, 10m, 2h, 1d) or an ISO 8601 time "
+            "with a zone (2026-12-01T10:00:00Z)"
+        ) from None
+
+
 def _limit(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     def limit(text: str) -> Any:
         if text.strip().lower() in (NO_LIMIT, "off"):
@@ -384,6 +426,27 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["cancel", "run"],
         default="cancel",
         help="a parent that fails or is cancelled: cancel this task (default) or run it anyway",
+    )
+    p.add_argument(
+        "--delay",
+        type=_duration,
+        default=None,
+        metavar="DURATION",
+        help="run no sooner than this: 30s, 10m, 2h",
+    )
+    p.add_argument(
+        "--at",
+        type=_time,
+        default=None,
+        metavar="TIME",
+        help="run no sooner than this time: 2026-12-01T10:00:00Z",
+    )
+    p.add_argument(
+        "--expires",
+        type=_expiry,
+        default=None,
+        metavar="DURATION|TIME",
+        help="discard it (cancelled, reason recorded) if not started by then: 10m, or 2026-12-01T10:00:00Z",
     )
     p.add_argument("--wait", action="store_true", help="wait and print the final record")
     p.add_argument("--wait-timeout", type=_positive_float, default=None, help="give up waiting after S s")
@@ -707,6 +770,14 @@ def _when(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) + f".{int(ts * 1000) % 1000:03d}"
 
 
+def _from_now(ts: float) -> str:
+    """`` (in 4m 30s)`` or `` (12s ago)``."""
+    delta = ts - time.time()
+    seconds = round(abs(delta))
+    text = f"{seconds // 60}m {seconds % 60}s" if seconds >= 60 else f"{seconds}s"
+    return f" (in {text})" if delta >= 0 else f" ({text} ago)"
+
+
 def _print_task(task: Task) -> None:
     _say(f"id:        {task.id}")
     _say(f"type:      {task.type}")
@@ -715,7 +786,9 @@ def _print_task(task: Task) -> None:
     _say(f"retries:   {task.retry.max_retries} (backoff {task.retry.backoff_s:g} s)")
     _say(f"created:   {_when(task.created_at)}   updated: {_when(task.updated_at)}")
     if task.not_before:
-        _say(f"not before {_when(task.not_before)}")
+        _say(f"not before: {_when(task.not_before)}{_from_now(task.not_before)}")
+    if task.expires_at:
+        _say(f"expires:   {_when(task.expires_at)}{_from_now(task.expires_at)} (if not started by then)")
     _say(f"payload:   {orjson.dumps(task.payload).decode()}")
     if task.state is TaskState.SUCCEEDED:
         _say(f"result:    {orjson.dumps(task.result).decode()}")
@@ -770,6 +843,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
         unique_for_s=args.unique_for,
         depends_on=args.after,
         on_parent_failure=args.on_parent_failure,
+        delay_s=args.delay,
+        run_at=args.at,
+        expires_s=args.expires[1] if args.expires and args.expires[0] == "s" else None,
+        expires_at=args.expires[1] if args.expires and args.expires[0] == "at" else None,
     )
 
     async def run(client: Client) -> int:

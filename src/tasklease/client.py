@@ -233,6 +233,10 @@ class Client:
         unique_for_s: float | None = None,
         depends_on: Sequence[str] | None = None,
         on_parent_failure: str = "cancel",
+        delay_s: float | None = None,
+        run_at: float | None = None,
+        expires_s: float | None = None,
+        expires_at: float | None = None,
     ) -> Task:
         """Submit one task: one transaction writes its record and its queue key.
 
@@ -250,9 +254,15 @@ class Client:
         ``"cancel"`` (a parent that fails or is cancelled cancels it, and its
         descendants) or ``"run"`` (it runs anyway once every parent finished).
 
+        ``delay_s`` / ``run_at`` (epoch seconds) delay it: it waits ``pending``
+        and the scheduler queues it when due (the later of the two).
+        ``expires_s`` / ``expires_at`` discard it (cancelled, the reason
+        recorded) if it has not started by then (the earlier of the two).
+        See docs/delays.md.
+
         Returns:
-            The task as stored (state ``queued``; ``waiting`` with parents), or
-            the task holding ``idempotency_key``.
+            The task as stored (state ``queued``; ``pending`` if delayed; ``waiting``
+            with parents), or the task holding ``idempotency_key``.
 
         Raises:
             TaskNotFound: A parent does not exist (nothing written).
@@ -276,6 +286,10 @@ class Client:
             unique_for_s=unique_for_s,
             depends_on=depends_on,
             on_parent_failure=on_parent_failure,
+            delay_s=delay_s,
+            run_at=run_at,
+            expires_s=expires_s,
+            expires_at=expires_at,
         )
         return await self.submitter.submit_spec(spec)
 

@@ -18,8 +18,10 @@ key                                    value                           written b
                                        assignment wrote it
 ``/{ns}/running/{id}``                 JSON: worker, attempt ``n``,    with the        none
                                        ``deadline``, timeout ``t``     assignment
-``/{ns}/delayed/{due}/{id}``           the task id (a pending task     worker,         none
-                                       waiting for its retry backoff)  scheduler
+``/{ns}/delayed/{due}/{id}``           JSON: id, queue ``q``, record   client,         none
+                                       size ``n`` (a pending task: a   worker,
+                                       delayed submit or a retry       scheduler
+                                       backoff; older: the bare id)
 ``/{ns}/leader``                       the leading scheduler's id      scheduler       leader's
 ``/{ns}/scheduler/{id}``               a scheduler's registration      scheduler       scheduler's
                                        (JSON: host, pid, ttl,          (election)
@@ -45,9 +47,10 @@ key                                    value                           written b
                                        task waits for, its queue       with parents),
                                        (``q``) and ``on_parent_        scheduler
                                        failure`` (``p``)               (release)
-``/{ns}/expiring/{due}/{id}``          the task id and queue (a task   client,         none
-                                       with an expiry, until it        scheduler
-                                       starts or expires)
+``/{ns}/expiring/{due}/{id}``          JSON: id, queue ``q``, record   client,         none
+                                       size ``n`` (a task with an      scheduler
+                                       expiry, until it expires or
+                                       its key is dropped when due)
 ``/{ns}/cron/{name}``                  a cron schedule (JSON,          client, leader  none
                                        schedules.py): its definition   (each fired
                                        and the last tick fired         tick)

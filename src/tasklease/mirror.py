@@ -29,7 +29,7 @@ import contextlib
 import heapq
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -262,6 +262,96 @@ class QueueIndex:
         }
 
 
+class DueHeap:
+    """Keys with a due time, soonest first: what is due is popped, never sorted again.
+
+    The delayed keys (``delayed/{due}/{id}``) and the expiring keys
+    (``expiring/{due}/{id}``) carry their due time in the key. The keys that
+    exist are ``live`` (the view's own map, which the watch keeps); this heap
+    holds each of them once, pushed when it appears. A deleted key stays in the
+    heap until it comes to the top (lazy deletion: ``live`` says it is gone),
+    so a put and a delete cost O(log n) and O(1), and taking what is due costs
+    O(k log n) for k due keys, whatever the number waiting: the cost of 100k
+    delayed tasks is flat. When deleted keys outnumber the live ones the heap
+    is rebuilt from ``live`` (once per as many deletions as there are keys).
+
+    A key taken (:meth:`take`) leaves the heap: it is not offered again while
+    its owner works on it. The owner gives back what it did not finish
+    (:meth:`give_back`: a store error, a lost race); what it finished is
+    deleted by the watch.
+
+    Touched only by the leader's tasks (one event loop).
+
+    Args:
+        live: The keys that exist, key -> KV (the view's map: read, never written here).
+        due_us: The due time of a key, in microseconds since the epoch (from the key).
+    """
+
+    def __init__(self, live: Mapping[str, KV], due_us: Callable[[str], int]) -> None:
+        self.live = live
+        self.due_us = due_us
+        self._heap: list[tuple[int, str]] = []  # (due in microseconds, key)
+        self._held: set[str] = set()  # the keys in _heap (each once)
+
+    def __len__(self) -> int:
+        """Entries in the heap, deleted keys not yet popped included."""
+        return len(self._heap)
+
+    def push(self, key: str) -> None:
+        """Add a key that appeared (a key already held is not added twice)."""
+        if key in self._held:
+            return
+        try:
+            due = self.due_us(key)
+        except ValueError:
+            return  # not a key of this kind: the view logged it
+        self._held.add(key)
+        heapq.heappush(self._heap, (due, key))
+        if len(self._heap) > 2 * len(self.live) + 1024:
+            self._rebuild()
+
+    def _rebuild(self) -> None:
+        """Drop the entries of deleted keys (more of them than live ones)."""
+        self._heap = [(due, key) for due, key in self._heap if key in self.live]
+        heapq.heapify(self._heap)
+        self._held = {key for _, key in self._heap}
+
+    def _drop_gone(self) -> None:
+        heap = self._heap
+        while heap and heap[0][1] not in self.live:
+            self._held.discard(heapq.heappop(heap)[1])
+
+    def next_due(self) -> float:
+        """When the earliest key may be taken, in epoch seconds (inf if none): see :meth:`take`."""
+        self._drop_gone()
+        return (self._heap[0][0] + 1) / 1_000_000 if self._heap else float("inf")
+
+    def take(self, now: float, limit: int) -> list[KV]:
+        """Pop up to ``limit`` keys due before ``now``, soonest first (their current KVs).
+
+        A key's due time is its time rounded down to the microsecond, so a key
+        is due only once ``now`` is past it by a whole microsecond: then the
+        time it stands for has surely passed (a delayed task never runs early).
+        """
+        now_us = int(now * 1_000_000)
+        heap = self._heap
+        result: list[KV] = []
+        while heap and len(result) < limit:
+            self._drop_gone()
+            if not heap or heap[0][0] >= now_us:
+                break
+            key = heapq.heappop(heap)[1]
+            self._held.discard(key)
+            result.append(self.live[key])
+        return result
+
+    def give_back(self, kvs: Iterable[KV]) -> None:
+        """Offer again keys taken but not finished (those that still exist)."""
+        for kv in kvs:
+            if kv.key in self.live:
+                self.push(kv.key)
+
+
 class ClusterView:
     """The scheduler's mirror of the watched range. Pure bookkeeping, no I/O.
 
@@ -284,7 +374,8 @@ class ClusterView:
         # task id -> monotonic time this scheduler first saw its running entry (clock-skew guard)
         self.running_seen: dict[str, float] = {}
         self.delayed: dict[str, KV] = {}
-        self._delayed_heap: list[tuple[int, str]] = []  # (due in microseconds, delayed key)
+        # the delayed keys by due time (the promoter takes the due ones from it)
+        self.delayed_due = DueHeap(self.delayed, lambda key: keys.parse_delayed(key).due_us)
         self.changed_nodes = False  # set by apply, cleared by the watch once it woke the assigner
         # cron/, deps/, expiring/, limit/: key -> KV, read by the leader's parts
         # (schedules, dependencies, expiry, limits); see Mirror.subscribe
@@ -399,7 +490,7 @@ class ClusterView:
                 self.queues.paused.add(queue)
         elif key.startswith(k.delayed):
             try:
-                due_us = k.parse_delayed(key).due_us
+                k.parse_delayed(key)
             except ValueError as exc:
                 _malformed(exc, deleted)
                 return
@@ -407,7 +498,7 @@ class ClusterView:
                 self.delayed.pop(key, None)
             else:
                 self.delayed[key] = kv
-                heapq.heappush(self._delayed_heap, (due_us, key))
+                self.delayed_due.push(key)
 
     def _count_running(self, entry: RunningEntry | None, delta: int) -> None:
         """Add ``delta`` to the running counts of ``entry``'s queue and type (None: nothing)."""
@@ -479,24 +570,16 @@ class ClusterView:
 
     # timers --------------------------------------------------------------------------------
     def next_due(self) -> float:
-        """Time of the earliest delayed task (inf if none)."""
-        while self._delayed_heap and self._delayed_heap[0][1] not in self.delayed:
-            heapq.heappop(self._delayed_heap)
-        if not self._delayed_heap:
-            return float("inf")
-        return self._delayed_heap[0][0] / 1_000_000
+        """Time of the earliest delayed task not taken yet (inf if none)."""
+        return self.delayed_due.next_due()
 
-    def due(self, now: float) -> list[KV]:
-        """Delayed keys due at ``now``, soonest first."""
-        if self.next_due() > now:
-            return []
-        now_us = int(now * 1_000_000)
-        result = []
-        for key in sorted(self.delayed):
-            if self.keys.parse_delayed(key).due_us > now_us:
-                break
-            result.append(self.delayed[key])
-        return result
+    def due(self, now: float, limit: int) -> list[KV]:
+        """Take up to ``limit`` delayed keys due at ``now``, soonest first (:meth:`DueHeap.take`).
+
+        The caller promotes them and gives back what it did not finish
+        (``delayed_due.give_back``).
+        """
+        return self.delayed_due.take(now, limit)
 
     def overdue(self, now: float, grace: float) -> list[RunningEntry]:
         """Running entries past their deadline, on this scheduler's clock and by its own watch.

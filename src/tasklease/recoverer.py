@@ -28,11 +28,12 @@ import itertools
 import logging
 import random
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from tasklease import codec, transitions
 from tasklease.errors import CorruptRecord, PayloadTooLarge, StoreError, StoreRequestTooLarge
-from tasklease.events import Failed, Hooks, Promoted, RecoveryRan, attempt_ended
+from tasklease.events import Failed, Hooks, LoggingHook, Promoted, RecoveryRan, attempt_ended
 from tasklease.keys import Keyspace
 from tasklease.leader import LeaderContext, LeaderPart
 from tasklease.mirror import STALE_MARGIN_S, Group
@@ -45,13 +46,28 @@ log = logging.getLogger("tasklease.scheduler")
 # Records read per transaction by recovery and promotion (each at most 1.3 MB:
 # the response stays far below the channel's receive limit).
 READ_GROUP = 16
+# Records read per transaction by promotion and expiry: at most READ_MAX, and about
+# READ_BYTES by the sizes their index keys name (delayed keys carry it: ``n``).
+READ_MAX = 64
+READ_BYTES = 4 * 1024 * 1024
+# Delayed keys taken per pass of the timer loop (it comes back at once while more are due).
+PROMOTE_PASS = 1024
+# Groups of a promotion pass in flight at once (each: one read, then its transactions).
+GROUPS_IN_FLIGHT = 3
+# Records a promotion group reads: two full transactions of promotions (42 each: 3 ops a task).
+PROMOTE_READ = 84
+# Deadline of the leader's fenced writes (safe to send again).
+WRITE_TIMEOUT_S = 2.0
 # Backoff of the assignment and timer loops after a store error.
 ERROR_BACKOFF_S = (0.2, 2.0)
 # Longest sleep of the timer loop: then it re-examines the mirror (and wakes the assigner).
 BACKSTOP_S = 5.0
+# Shortest sleep of the timer loops: a due time that just passed is taken within it (a
+# delayed task's lateness), and a loop with nothing it can finish does not spin.
+MIN_SLEEP_S = 0.002
 
 
-async def _records(store: KVStore, keys: Keyspace, task_ids: list[str]) -> list[KV | None]:
+async def record_kvs(store: KVStore, keys: Keyspace, task_ids: list[str]) -> list[KV | None]:
     """The records of ``task_ids`` (None for a missing one), in one read transaction."""
     result = await store.txn([], [Get(keys.task(t)) for t in task_ids])
     return [kvs[0] if kvs else None for kvs in result.reads]
@@ -228,14 +244,17 @@ class Recoverer(LeaderPart):
         return {"component": "scheduler", "scheduler": self.id, **extra}
 
     async def run(self) -> None:
-        """Deadlines (F3) and retry backoffs (E3): sleep until the next one is due. Runs until cancelled."""
+        """Deadlines (F3), due delayed tasks and retries (W2, E3): sleep until the next one. Runs until cancelled."""
         backoff = ERROR_BACKOFF_S[0]
         while True:
             now = self.clock.now()
             try:
                 await self.end_overdue(now)
-                await self.promoter.promote_due(now)
+                more_due = await self.promoter.promote_due(now)
                 await self.failer.fail_unroutable()
+                if more_due:  # a full pass: take the next one at once (the others ran)
+                    await asyncio.sleep(0)
+                    continue
                 backoff = ERROR_BACKOFF_S[0]
                 view = self.mirror.view
                 mono = self.clock.monotonic()
@@ -252,7 +271,7 @@ class Recoverer(LeaderPart):
             # delayed key (which may be due sooner) wakes us early.
             self.mirror.timers_changed.clear()
             try:
-                async with asyncio.timeout(max(0.01, min(delay, BACKSTOP_S))):
+                async with asyncio.timeout(max(MIN_SLEEP_S, min(delay, BACKSTOP_S))):
                     await self.mirror.timers_changed.wait()
             except TimeoutError:
                 # Backstop: re-examine the mirror when nothing happened for a while
@@ -310,7 +329,7 @@ class Recoverer(LeaderPart):
 
     async def _repair(self, entries: list[RunningEntry], outcome: Outcome) -> int:
         """End each entry's attempt with ``outcome``; returns how many were ended."""
-        records = await _records(self.store, self.keys, [e.task_id for e in entries])
+        records = await record_kvs(self.store, self.keys, [e.task_id for e in entries])
         repaired = 0
         for entry, record_kv in zip(entries, records, strict=True):
             extra = self._ctx(task_id=entry.task_id, attempt=entry.attempt, worker=entry.worker)
@@ -398,7 +417,15 @@ class Recoverer(LeaderPart):
 
 
 class Promoter(LeaderPart):
-    """Queues again the pending tasks whose retry backoff has passed (E3).
+    """Queues the pending tasks whose time has come: delayed submits (W2) and retry backoffs (E3).
+
+    Each pass of the timer loop takes the due delayed keys from the mirror's
+    heap (at most :data:`PROMOTE_PASS`; the loop comes back at once while more
+    are due), reads their records in groups bounded by count and bytes, and
+    writes the promotions several per transaction (``transitions.pack``; on a
+    failed compare, each alone). What it could not finish (a store error, a
+    lost race) is given back to the heap and tried again once the watch has
+    caught up.
 
     Args:
         ctx: What the leader's parts share (store, keys, election, mirror, hooks, retention, ids).
@@ -412,26 +439,97 @@ class Promoter(LeaderPart):
     def _ctx(self, **extra: Any) -> dict[str, Any]:
         return {"component": "scheduler", "scheduler": self.id, **extra}
 
-    async def promote_due(self, now: float) -> None:
-        """Queue again the pending tasks whose retry backoff has passed."""
-        due = self.mirror.view.due(now)
-        promoted = 0
-        for start in range(0, len(due), READ_GROUP):
-            chunk = due[start : start + READ_GROUP]
-            ids = [self.keys.parse_delayed(kv.key).task_id for kv in chunk]
-            records = await _records(self.store, self.keys, ids)
-            for delayed_kv, record_kv in zip(chunk, records, strict=True):
-                try:
-                    promoted += await self._promote_one(delayed_kv, record_kv, now)
-                except StoreRequestTooLarge as exc:
-                    log.error(
-                        "cannot promote: %s",
-                        exc,
-                        extra=self._ctx(task_id=self.keys.parse_delayed(delayed_kv.key).task_id),
-                    )
-        _ran(self.hooks, self.clock.now, self.id, "promoted", promoted)
+    async def promote_due(self, now: float) -> bool:
+        """Queue the pending tasks due at ``now`` and those falling due meanwhile.
 
-    async def _promote_one(self, delayed_kv: KV, record_kv: KV | None, now: float) -> bool:
+        A pass takes the due keys a group at a time (at most
+        :data:`PROMOTE_READ`: one read, then its transactions) and runs up to
+        :data:`GROUPS_IN_FLIGHT` groups side by side, so that reads, writes and
+        the work between them overlap; whenever a group's slot frees, it takes
+        what is due by then, so a task falling due while others are written
+        waits for a slot, not for the whole pass. Each task's new sequence is
+        drawn when it is taken, in due order: tasks due earlier are queued
+        ahead, whichever group lands first.
+
+        Returns:
+            Whether more may be due (the pass took :data:`PROMOTE_PASS` keys).
+        """
+        view = self.mirror.view
+        tally = _Tally(events=_wants_promoted(self.hooks))
+        slots = asyncio.Semaphore(GROUPS_IN_FLIGHT)
+        groups: list[asyncio.Task[None]] = []
+        taken: list[KV] = []
+
+        async def group_pass(group: list[KV], seqs: list[int]) -> None:
+            try:
+                ids = [self.keys.parse_delayed(kv.key).task_id for kv in group]
+                records = await record_kvs(self.store, self.keys, ids)
+                parts = [
+                    await self._part(delayed_kv, record_kv, now, seq)
+                    for delayed_kv, record_kv, seq in zip(group, records, seqs, strict=True)
+                ]
+                await self._commit(parts, now, tally)
+            finally:
+                slots.release()
+
+        try:
+            while len(taken) < PROMOTE_PASS:
+                await slots.acquire()
+                now = max(now, self.clock.now())
+                due = view.due(now, min(PROMOTE_READ, PROMOTE_PASS - len(taken)))
+                if not due:
+                    slots.release()
+                    busy = [g for g in groups if not g.done()]
+                    if not busy:
+                        break
+                    # more may fall due while the last groups are written: take them then
+                    wait_s = max(MIN_SLEEP_S, view.next_due() - self.clock.now())
+                    await asyncio.wait(busy, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                due, *rest = read_groups(due, delayed_record_bytes, PROMOTE_READ)  # bounded by bytes too
+                view.delayed_due.give_back(kv for group in rest for kv in group)
+                taken += due
+                seqs = [self._ids.sequence() for _ in due]
+                groups.append(asyncio.create_task(group_pass(due, seqs)))
+            errors = [e for e in await asyncio.gather(*groups, return_exceptions=True) if e is not None]
+            if errors:
+                raise errors[0]
+        except BaseException:
+            for group_task in groups:
+                group_task.cancel()
+            await asyncio.gather(*groups, return_exceptions=True)
+            raise
+        finally:
+            view.delayed_due.give_back(kv for kv in taken if kv.key not in tally.done)
+        if tally.lost_race:
+            await self.mirror.wait_revision(tally.lost_race)
+        _ran(self.hooks, self.clock.now, self.id, "promoted", tally.promoted)
+        return len(taken) >= PROMOTE_PASS
+
+    async def _commit(self, parts: list[_Promotion], now: float, tally: _Tally) -> None:
+        """Write one group's promotions (several per transaction) and account for each."""
+        outcome = await commit_parts(self.store, [p.txn for p in parts])
+        for part, ok in zip(parts, outcome.succeeded, strict=True):
+            if ok is False:
+                tally.lost_race = max(tally.lost_race, outcome.revision)
+                continue
+            tally.done.add(part.delayed_kv.key)  # written, or refused for its size (logged; never retried)
+            if not ok or part.written is None:
+                continue
+            if part.queued:
+                tally.promoted += 1
+                if tally.events and (task := part.task()) is not None:
+                    self.hooks.emit(Promoted(at=now, component="scheduler", source=self.id, task=task))
+            elif (task := part.task()) is not None:
+                self.failer.emit_failed(task, now)
+
+    async def _part(self, delayed_kv: KV, record_kv: KV | None, now: float, seq: int) -> _Promotion:
+        """One delayed key's transaction (a promotion, a failure or a drop)."""
+        fence = self.election.fence()
+        if record_kv is not None:
+            fast = transitions.promote_record(self.keys, fence, delayed_kv, record_kv, now, seq)
+            if fast is not None:
+                return _Promotion(delayed_kv, fast[0], fast[1], queued=True)
         task: Task | None = None
         if record_kv is not None:
             try:
@@ -446,32 +544,139 @@ class Promoter(LeaderPart):
         ):
             # Nothing to promote (the record is gone, corrupt, or no longer waiting):
             # delete the key, or the timer would read it again and again.
-            drop = transitions.drop_delayed(self.election.fence(), delayed_kv)
-            await self.store.txn(drop.compares, drop.ops)
-            return False
+            return _Promotion(delayed_kv, transitions.drop_delayed(fence, delayed_kv))
         try:
-            txn, queued = transitions.promote(
-                self.keys, self.election.fence(), delayed_kv, record_kv, task, now, self._ids.sequence()
-            )
+            txn, queued = transitions.promote(self.keys, fence, delayed_kv, record_kv, task, now, seq)
         except PayloadTooLarge as exc:
             lease = await self.retention.lease_for(task.retention_s)
             txn, failed = transitions.fail_waiting(
-                self.keys,
-                self.election.fence(),
-                delayed_kv,
-                record_kv,
-                task,
-                f"cannot be queued again: {exc}",
-                now,
-                lease,
+                self.keys, fence, delayed_kv, record_kv, task, f"cannot be queued again: {exc}", now, lease
             )
-            result = await self.store.txn(txn.compares, txn.ops)
-            if result.succeeded:
-                self.failer.emit_failed(failed, now)
-            return False
-        result = await self.store.txn(txn.compares, txn.ops)
-        if not result.succeeded:
-            return False
-        if self.hooks:
-            self.hooks.emit(Promoted(at=now, component="scheduler", source=self.id, task=queued))
+            return _Promotion(delayed_kv, txn, failed)
+        return _Promotion(delayed_kv, txn, queued, queued=True)
+
+
+def _wants_promoted(hooks: Hooks) -> bool:
+    """Whether some hook would see a ``Promoted`` event (each costs decoding the record written).
+
+    Not when the only hook is the logging hook and its line for ``Promoted``
+    is below the scheduler logger's level (the default): it would drop the
+    event. Any other hook (metrics, tracing, a user's) gets every event.
+    """
+    if not hooks:
+        return False
+    if any(not isinstance(h, LoggingHook) for h in hooks.hooks):
         return True
+    level, _ = LoggingHook.LINES[("scheduler", Promoted)]
+    return log.isEnabledFor(level)
+
+
+@dataclass(slots=True)
+class _Tally:
+    """What one promotion pass did (its commits run side by side; one event loop)."""
+
+    events: bool  # emit Promoted per task (_wants_promoted)
+    done: set[str] = field(default_factory=set)  # delayed keys settled
+    promoted: int = 0
+    lost_race: int = 0  # the highest revision at which a compare failed (0: none)
+
+
+@dataclass(frozen=True, slots=True)
+class _Promotion:
+    """One delayed key's transaction and the record it writes (None: the key is only dropped)."""
+
+    delayed_kv: KV
+    txn: transitions.Txn
+    written: Task | dict[str, Any] | None = None  # a dict from the fast path (decoded for events only)
+    queued: bool = False
+
+    def task(self) -> Task | None:
+        """The record written, as a Task (for an event)."""
+        if isinstance(self.written, dict):
+            try:
+                return codec.task_from_dict(self.written)
+            except (KeyError, TypeError, ValueError):
+                return None
+        return self.written
+
+
+def delayed_record_bytes(kv: KV) -> int:
+    """The record size a delayed key names (``n``); the most a pending record may be if it names none."""
+    try:
+        size = codec.decode_obj(kv.key, kv.value).get("n")
+    except CorruptRecord:
+        size = None  # an older delayed key holds the bare id
+    if isinstance(size, int) and not isinstance(size, bool) and 0 < size <= codec.MAX_QUEUED_RECORD_BYTES:
+        return size
+    return codec.MAX_QUEUED_RECORD_BYTES
+
+
+def read_groups(kvs: list[KV], size_of: Callable[[KV], int], most: int = READ_MAX) -> list[list[KV]]:
+    """Cut ``kvs`` into groups whose records are read by one transaction each.
+
+    At most ``most`` records (:data:`READ_MAX`, or a little more where that
+    fills whole write transactions) and about :data:`READ_BYTES` (by
+    ``size_of``, the record size each index key names) per group; a group
+    always has at least one.
+    """
+    groups: list[list[KV]] = []
+    current: list[KV] = []
+    size = 0
+    for kv in kvs:
+        n = size_of(kv) + 256
+        if current and (len(current) >= most or size + n > READ_BYTES):
+            groups.append(current)
+            current, size = [], 0
+        current.append(kv)
+        size += n
+    if current:
+        groups.append(current)
+    return groups
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """What :func:`commit_parts` did.
+
+    Attributes:
+        succeeded: Per part: True written, False a compare failed, None refused
+            for its size (it fits no transaction; logged).
+        revision: The highest revision etcd answered with (to wait for the watch after a lost race).
+    """
+
+    succeeded: list[bool | None]
+    revision: int
+
+
+async def commit_parts(store: KVStore, parts: list[transitions.Txn]) -> Committed:
+    """Write independent one-task transactions, several per etcd transaction (``transitions.pack``).
+
+    A group whose compares all hold is written at once; one where some
+    compare fails (a race with a client or a worker) is sent again part by
+    part, so each part gets its own answer. Each is fenced by the leadership,
+    so sending one again is safe.
+
+    Raises:
+        StoreError: etcd failed (parts not answered yet are unknown: the caller retries them).
+    """
+    succeeded: list[bool | None] = [False] * len(parts)
+    revision = 0
+    for txn, indexes in transitions.pack(parts):
+        if len(indexes) > 1:
+            result = await store.txn(txn.compares, txn.ops, timeout_s=WRITE_TIMEOUT_S)
+            revision = max(revision, result.revision)
+            if result.succeeded:
+                for i in indexes:
+                    succeeded[i] = True
+                continue
+        for i in indexes:
+            part = parts[i]
+            try:
+                result = await store.txn(part.compares, part.ops, timeout_s=WRITE_TIMEOUT_S)
+            except StoreRequestTooLarge as exc:
+                log.error("cannot write a repair of the leader: %s", exc)
+                succeeded[i] = None
+                continue
+            revision = max(revision, result.revision)
+            succeeded[i] = result.succeeded
+    return Committed(succeeded, revision)

@@ -77,6 +77,7 @@ from tasklease.cron import CronFirer
 from tasklease.election import DuplicateCandidate, Election
 from tasklease.errors import InvalidOption, StoreError, WatchCompacted
 from tasklease.events import Event, Hook, Hooks, LeaderElected, LeaderResigned, as_hooks
+from tasklease.expiry import Expirer
 from tasklease.ids import IdGenerator, default_process_id
 from tasklease.keys import Keyspace, check_name, prefix_end
 from tasklease.leader import LeaderContext, LeaderLoop
@@ -198,6 +199,7 @@ class Scheduler:
         self.loops: list[LeaderLoop] = []
         self.loops.append(CronFirer(ctx))  # cron schedules (cron.py)
         self.loops.append(Releaser(ctx))  # dependencies: release.py
+        self.loops.append(Expirer(ctx))  # W2: tasks not started by their expiry
         self._main: asyncio.Task[None] | None = None
         self._stopping = False
         self.leading = asyncio.Event()

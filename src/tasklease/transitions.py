@@ -20,6 +20,7 @@ requeue, delay     the finishes above, when the next state is queued (requeue) o
 promote            :func:`promote`               scheduler (recoverer)  leader + delayed key + record
 re-prioritise      :func:`rewrite`               client (set_priority)  record unchanged
 fail waiting       :func:`fail_waiting`          scheduler              leader + index key + record
+expire             :func:`expire`                scheduler (expiry)     leader + record + expiring key
 run again          :func:`rerun`                 client (run_again)     old record unchanged + new id free
 release, cascade   :func:`release`               scheduler (releaser)   leader + deps key + record
 submit as ended    :func:`enqueue_ended`         client (submit)        record absent
@@ -42,6 +43,9 @@ the key has no lease while the task is unfinished (or the shared lease of its
 ``unique_for``), and :func:`finished_ops` puts it again under the record's
 retention lease, so it is released exactly when the record expires.
 
+The leader's promotions and expiries are built one task at a time and sent
+several per transaction: :func:`pack` groups them within etcd's limits.
+
 The pure record functions (:func:`next_record`, :func:`end_attempt`,
 :func:`fit_record`, :func:`bounded_failure`, :func:`cancelled`) compute the
 record a transition writes; they use ``models.transition``, which checks the
@@ -50,25 +54,35 @@ table. docs/architecture.md lists every transaction with its keys.
 
 from __future__ import annotations
 
+import functools
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
 
 from tasklease import codec
 from tasklease.errors import CorruptRecord, InvalidTransition, PayloadTooLarge
 from tasklease.keys import Keyspace
 from tasklease.models import (
     JSON,
+    SCHEMA_VERSION,
     Attempt,
     Outcome,
     Task,
     TaskState,
     can_transition,
+    check_priority,
+    check_type,
     decide,
     evolve,
     transition,
     truncate_error,
 )
-from tasklease.store import KV, Compare, Delete, Get, Op, Put, txn_size
+from tasklease.routing import route
+from tasklease.store import KV, MAX_TXN_BYTES, MAX_TXN_OPS, Compare, Delete, Get, Op, Put, txn_size
 
 
 @dataclass(slots=True)
@@ -119,7 +133,8 @@ def place_ops(keys: Keyspace, task: Task, data: bytes | None = None) -> list[Op]
         value = data if data is not None else codec.encode_task(task)
         return [Put(queue_key(keys, task), value)]
     if task.state is TaskState.PENDING and task.not_before is not None:
-        return [Put(keys.delayed_entry(task.not_before, task.id), delayed_value(task))]
+        size = len(data) if data is not None else None
+        return [Put(keys.delayed_entry(task.not_before, task.id), delayed_value(task, size))]
     if task.state is TaskState.WAITING:
         return [Put(keys.deps_entry(task.queue, task.id), deps_value(task))]
     return []
@@ -130,9 +145,30 @@ def deps_value(task: Task) -> bytes:
     return codec.encode_obj({"parents": list(task.depends_on), "q": task.queue, "p": task.on_parent_failure})
 
 
-def delayed_value(task: Task) -> bytes:
-    """A delayed key's value: the task's id and queue (JSON; older versions wrote the bare id)."""
-    return codec.encode_obj({"id": task.id, "q": task.queue})
+def delayed_value(task: Task, size: int | None = None) -> bytes:
+    """A delayed key's value: the task's id, queue and record size (JSON; older versions wrote the bare id).
+
+    ``n``, the bytes of the record when the key was written, lets the leader
+    read the due records in groups bounded by bytes (recoverer.py); the
+    record itself is not copied here (it would double the bytes of every
+    pending task, in etcd and in the leader's memory: docs/delays.md).
+    """
+    value: dict[str, object] = {"id": task.id, "q": task.queue}
+    if size is not None:
+        value["n"] = size
+    return codec.encode_obj(value)
+
+
+def expiring_value(task: Task, size: int) -> bytes:
+    """An expiring key's value: the task's id, queue and record size at submit (JSON; see :func:`delayed_value`)."""
+    return codec.encode_obj({"id": task.id, "q": task.queue, "n": size})
+
+
+def expiring_ops(keys: Keyspace, task: Task, data: bytes) -> list[Op]:
+    """The expiring key of a new task with an expiry (none without one); ``data``: its record."""
+    if task.expires_at is None:
+        return []
+    return [Put(keys.expiring_entry(task.expires_at, task.id), expiring_value(task, len(data)))]
 
 
 FINISHED_ERROR_CHARS = 200
@@ -255,6 +291,7 @@ def enqueue(keys: Keyspace, task: Task, data: bytes, *, unique_lease: int = 0, h
     its deps key. A task with an idempotency key takes it in the same
     transaction (:func:`claim_unique`, with ``unique_lease`` and ``held``):
     one more compare, one more put, and a read of the key if it fails.
+    One with an expiry (``expires_at``) also gets its expiring key.
 
     Raises:
         InvalidTransition: ``task`` is not a new task.
@@ -266,7 +303,8 @@ def enqueue(keys: Keyspace, task: Task, data: bytes, *, unique_lease: int = 0, h
     ):
         raise InvalidTransition(task.id, task.state.value, "enqueue")
     task_key = keys.task(task.id)
-    txn = Txn([Compare.absent(task_key)], [Put(task_key, data), *place_ops(keys, task, data)])
+    ops = [Put(task_key, data), *place_ops(keys, task, data), *expiring_ops(keys, task, data)]
+    txn = Txn([Compare.absent(task_key)], ops)
     if task.idempotency_key is not None:
         txn.extend(claim_unique(keys, task, unique_lease, held))
     return txn
@@ -648,6 +686,61 @@ def promote(
     return Txn(compares, ops), queued
 
 
+def promote_record(
+    keys: Keyspace, fence: Compare, delayed_kv: KV, record_kv: KV, now: float, new_seq: int
+) -> tuple[Txn, dict[str, Any]] | None:
+    """:func:`promote` without building a :class:`Task`: the leader's fast path for many due tasks.
+
+    Promotion changes four fields of the record (state, sequence, update time,
+    ``not_before``), so the record's JSON is patched in place (its keys keep
+    their order): the bytes written are exactly those :func:`promote` writes
+    (a unit test checks it), at a fraction of the CPU (no decoding into a
+    ``Task``, no validation of what the submit validated). It applies only to
+    a pending record of this schema version whose queue-key fields are sound;
+    for anything else it returns None and the caller takes :func:`promote`
+    (which validates everything and raises what is wrong).
+
+    Returns:
+        The transaction and the queued record's dict (to decode for an event), or None.
+    """
+    try:
+        d = orjson.loads(record_kv.value)
+        if (
+            not isinstance(d, dict)
+            or d.get("v") != SCHEMA_VERSION
+            or d.get("state") != TaskState.PENDING.value
+            or isinstance(d.get("not_before"), bool)
+            or not isinstance(d.get("not_before"), int | float)
+            or not isinstance(d.get("type"), str)
+            or not isinstance(d.get("priority"), int)
+            or d.get("id") != keys.task_id_of(record_kv.key)
+        ):
+            return None
+        requires = d.get("requires") or {}
+        if not isinstance(requires, dict) or not all(isinstance(v, str) for v in requires.values()):
+            return None
+        d["state"] = TaskState.QUEUED.value
+        d["seq"] = new_seq
+        d["updated_at"] = now
+        d["not_before"] = None
+        data = orjson.dumps(d)
+        task_route = _route_text(d["type"], tuple(sorted(requires.items())))
+        key = keys.queue_entry(d["queue"], check_priority(d["priority"]), new_seq, d["id"], task_route)
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):  # ValidationError is a ValueError
+        return None
+    if len(data) > codec.MAX_QUEUED_RECORD_BYTES:
+        return None  # promote() fails it with the reason
+    compares = [fence, Compare.unchanged(delayed_kv), Compare.unchanged(record_kv)]
+    ops: list[Op] = [Delete(delayed_kv.key), Put(record_kv.key, data), Put(key, data)]
+    return Txn(compares, ops), d
+
+
+@functools.lru_cache(maxsize=1024)
+def _route_text(task_type: str, requires: tuple[tuple[str, str], ...]) -> str:
+    """A route's text, checked once per (type, tags): promotions of one kind of task share it."""
+    return route(check_type(task_type), requires)
+
+
 def drop_delayed(fence: Compare, delayed_kv: KV) -> Txn:
     """Delete a delayed key with nothing to promote (record gone, corrupt or no longer pending)."""
     return Txn([fence, Compare.unchanged(delayed_kv)], [Delete(delayed_kv.key)])
@@ -852,3 +945,106 @@ def parse_deps_value(key: str, value: bytes) -> tuple[tuple[str, ...], str]:
         raise CorruptRecord(key, "deps value without a list of parents")
     policy = "run" if d.get("p") == "run" else "cancel"
     return tuple(parents), policy
+
+
+# scheduler: expire --------------------------------------------------------------------------
+EXPIRABLE = (TaskState.WAITING, TaskState.PENDING, TaskState.QUEUED)
+"""The states of a task that has not started yet (if it never ran): it may expire."""
+
+
+def expired(task: Task, now: float) -> Task:
+    """The record of ``task`` discarded at ``now`` because it had not started by its expiry.
+
+    Cancelled, the reason naming the expiry time (UTC).
+    """
+    assert task.expires_at is not None
+    when = datetime.fromtimestamp(task.expires_at, UTC).isoformat(timespec="milliseconds")
+    return cancelled(task, f"expired: not started by {when.replace('+00:00', 'Z')}", now)
+
+
+def expire(
+    keys: Keyspace,
+    fence: Compare,
+    expiring_kv: KV,
+    record_kv: KV,
+    task: Task,
+    now: float,
+    lease: int,
+) -> tuple[Txn, Task]:
+    """Discard a task that has not started by its expiry: cancelled, with the reason recorded.
+
+    Guarded by the leadership, the record and the expiring key being as read:
+    the record goes cancelled under its retention ``lease`` with its finished
+    ops; its index key (queue, delayed or deps key) and its expiring key go.
+    A task assigned meanwhile changed its record: the compares fail.
+
+    Returns:
+        The transaction and the cancelled record it writes.
+
+    Raises:
+        InvalidTransition: It is not waiting, pending or queued, or it ran before.
+    """
+    if task.state not in EXPIRABLE or task.attempts:
+        raise InvalidTransition(task.id, task.state.value, "expire")
+    new = expired(task, now)
+    compares = [fence, Compare.unchanged(record_kv), Compare.unchanged(expiring_kv)]
+    ops: list[Op] = [
+        Put(record_kv.key, codec.encode_task(new), lease=lease),
+        *unplace_ops(keys, task),
+        *finished_ops(keys, new, lease),
+        Delete(expiring_kv.key),
+    ]
+    return Txn(compares, ops), new
+
+
+def drop_expiring(fence: Compare, expiring_kv: KV) -> Txn:
+    """Delete an expiring key with nothing to expire (the task started, finished or vanished)."""
+    return Txn([fence, Compare.unchanged(expiring_kv)], [Delete(expiring_kv.key)])
+
+
+# batches of the leader's repairs --------------------------------------------------------------
+def pack(
+    parts: Sequence[Txn], *, max_ops: int = MAX_TXN_OPS, max_bytes: int = MAX_TXN_BYTES
+) -> list[tuple[Txn, list[int]]]:
+    """Group independent transactions (one task each) into as few as etcd's limits allow.
+
+    Each part stays whole and keeps its order; a compare that several parts
+    share (the leadership fence) is sent once per group; a group never names
+    a key twice among its writes (etcd refuses that) and stays within
+    ``max_ops`` compares, ``max_ops`` operations and ``max_bytes`` (an upper
+    bound: ``Txn.size``). A part that fits no group goes alone. The group is
+    all or nothing: if a compare of one part fails, nothing of the group is
+    written, and the sender tries each part alone (``recoverer.commit_parts``).
+
+    Returns:
+        ``(transaction, indexes of its parts)`` for each group, in order.
+    """
+    groups: list[tuple[Txn, list[int]]] = []
+    current = Txn()
+    indexes: list[int] = []
+    seen: set[Compare] = set()
+    written: set[str] = set()
+    size = 0
+    for i, part in enumerate(parts):
+        new_compares = [c for c in dict.fromkeys(part.compares) if c not in seen]
+        keys_written = {op.key for op in part.ops}
+        part_size = part.size()
+        fits = (
+            len(current.compares) + len(new_compares) <= max_ops
+            and len(current.ops) + len(part.ops) <= max_ops
+            and size + part_size <= max_bytes
+            and not keys_written & written
+        )
+        if indexes and not fits:
+            groups.append((current, indexes))
+            current, indexes, seen, written, size = Txn(), [], set(), set(), 0
+            new_compares = list(dict.fromkeys(part.compares))
+        current.compares.extend(new_compares)
+        current.ops.extend(part.ops)
+        seen.update(new_compares)
+        written |= keys_written
+        size += part_size
+        indexes.append(i)
+    if indexes:
+        groups.append((current, indexes))
+    return groups

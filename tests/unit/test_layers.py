@@ -43,6 +43,7 @@ FAMILIES["client"] |= {"workflows"}  # dependencies: DAG submit, status, cancel
 PROCESSES = {"cli", "__main__", "runners", "dev", "demo", "demo_tasks", "soak", "soak_workflows", "tasklease"}
 PROCESSES |= {"cli_limits", "web.api_limits"}  # limits: the command and the REST routes
 PROCESSES |= {"cli_schedules", "web.api_schedules"}  # cron schedules: the command and the REST routes
+FAMILIES["scheduler"].add("expiry")  # W2: the leader's loop that discards tasks not started in time
 # The REST API and dashboard (tasklease web): a process that uses the client.
 PROCESSES |= {"web", "web.app", "web.api", "web.feed", "web.security", "web.openapi", "web.server"}
 PROCESSES |= {"cli_workflows", "web.api_workflows"}

@@ -92,6 +92,11 @@ INT = {"type": "integer"}
 STR = {"type": "string"}
 NULL_STR = {"type": ["string", "null"]}
 NULL_NUM = {"type": ["number", "null"]}
+TIME = {
+    "type": ["string", "number"],
+    "examples": ["2026-12-01T10:00:00Z"],
+    "format": "date-time or epoch seconds",
+}
 STATES = ["waiting", "queued", "pending", "running", "succeeded", "failed", "cancelled"]
 
 
@@ -144,6 +149,20 @@ SCHEMAS: dict[str, Any] = {
                 "description": "Parents: it runs once they all succeeded (waits in state waiting)",
             },
             "on_parent_failure": {"enum": ["cancel", "run"], "default": "cancel"},
+            "delay_s": {**NUM, "minimum": 0, "description": "Run no sooner than this many seconds from now"},
+            "run_at": {
+                **TIME,
+                "description": "Run no sooner than this time (the later of delay_s and run_at)",
+            },
+            "expires_s": {
+                **NUM,
+                "exclusiveMinimum": 0,
+                "description": "Discard it (cancelled, reason recorded) if not started this many seconds from now",
+            },
+            "expires_at": {
+                **TIME,
+                "description": "Discard it if not started by then (the earlier of the two)",
+            },
         },
     },
     "Attempt": _obj(
@@ -172,6 +191,7 @@ SCHEMAS: dict[str, Any] = {
             "created_at": NUM,
             "updated_at": NUM,
             "not_before": NULL_NUM,
+            "expires_at": {**NULL_NUM, "description": "Discarded if not started by then (epoch seconds)"},
             "attempts": {"type": "array", "items": _ref("Attempt")},
             "result": {},
             "error": NULL_STR,
