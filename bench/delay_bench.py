@@ -13,9 +13,13 @@ worker: nothing is assigned, the queued tasks stay queued):
 3. p50 / p99 / max lateness are printed, with the scheduler's CPU time in the
    window and its memory.
 
-The small run (1,000 tasks) and the large one (100,000) use the same window,
-so the large one is queued at 100 times the rate and with 100 times as many
-waiting: the lateness must stay flat (goal: p99 <= 100 ms at 100k).
+By default (``--rate R``, 200 a second) both runs fall due at the same rate:
+the small run (1,000 tasks) over 5 s, the large one (100,000) over 500 s, of
+which the first ``--measure`` seconds (30: 6,000 tasks, while 94,000 more
+still wait) are measured. That isolates the cost of how many wait: lateness
+must stay flat (goal: p99 <= 100 ms at 100k waiting). ``--window S`` instead
+spreads all N over S seconds (the large run then falls due 100 times faster
+than the small one: a throughput test of promotion, not of waiting).
 
 ``--costs`` also measures, on the small stack, what promotion spends per task
 on reading records (groups of 16 and 64) and on writing promotions (42 per
@@ -112,7 +116,8 @@ def _cpu(pid: int) -> float:
     return float(t.user + t.system)
 
 
-async def run_one(n: int, window_s: float, *, costs: bool) -> dict[str, Any]:
+async def run_one(n: int, window_s: float, *, costs: bool, measure_s: float | None = None) -> dict[str, Any]:
+    """One fresh stack: ``n`` delayed tasks due over ``window_s``; the first ``measure_s`` of it measured."""
     with (
         tempfile.TemporaryDirectory(prefix="tl-delays-") as tmp,
         stack(Path(tmp), fsync=True, workers=0) as s,
@@ -125,7 +130,9 @@ async def run_one(n: int, window_s: float, *, costs: bool) -> dict[str, Any]:
                 client.keys.queues, prefix_end(client.keys.queues), count_only=True
             )
             seen: dict[str, float] = {}
-            watcher = asyncio.create_task(_watch_queued(client, head.revision + 1, seen, n))
+            measure_s = window_s if measure_s is None else min(measure_s, window_s)
+            measured = min(n, round(n * measure_s / window_s))
+            watcher = asyncio.create_task(_watch_queued(client, head.revision + 1, seen, measured))
             # the window starts once the submits are surely done (estimated; checked below)
             t0 = time.time()
             start = t0 + 10 + n / 800
@@ -144,18 +151,20 @@ async def run_one(n: int, window_s: float, *, costs: bool) -> dict[str, Any]:
             load0 = os.getloadavg()[0]
             cpu0 = _cpu(scheduler)
             try:
-                async with asyncio.timeout(start + window_s + 120 - time.time()):
+                async with asyncio.timeout(start + measure_s + 120 - time.time()):
                     await watcher
             except TimeoutError:
                 pass
             cpu1 = _cpu(scheduler)
             rss = psutil.Process(scheduler).memory_info().rss
-            due = {t.id: t.not_before for t in tasks}
+            due = {t.id: t.not_before for t in tasks[:measured]}
             late = [(seen[i] - due[i]) * 1000 for i in due if i in seen]
             result: dict[str, Any] = {
                 "delayed": n,
                 "window_s": window_s,
                 "due_per_s": round(n / window_s, 1),
+                "measured_s": round(measure_s, 1),
+                "measured": measured,
                 "record_bytes": round(record_bytes),
                 "submit_s": round(submitted_s, 1),
                 "first_due_after_submit_s": round(start - t0 - submitted_s, 1),
@@ -166,7 +175,7 @@ async def run_one(n: int, window_s: float, *, costs: bool) -> dict[str, Any]:
                 "lateness_ms_p99": round(percentile(late, 99), 1),
                 "lateness_ms_max": round(max(late), 1) if late else None,
                 "scheduler_cpu_s": round(cpu1 - cpu0, 1),
-                "scheduler_cpu_ms_per_task": round((cpu1 - cpu0) / n * 1000, 3),
+                "scheduler_cpu_ms_per_task": round((cpu1 - cpu0) / measured * 1000, 3),
                 "scheduler_rss_mib": round(rss / 2**20),
                 "load_avg_1m_before_after": [round(load0, 2), round(os.getloadavg()[0], 2)],
             }
@@ -212,13 +221,22 @@ async def _kv(client: Client, key: str) -> Any:
     return kv
 
 
-async def run(quick: bool, window_s: float, costs: bool) -> dict[str, Any]:
-    small = await run_one(1000, window_s, costs=costs)
-    print(json.dumps({"small": small}), flush=True)
-    large = await run_one(10_000 if quick else 100_000, window_s, costs=False)
+async def run(
+    quick: bool, window_s: float | None, costs: bool, rate: float = 200.0, measure_s: float = 30.0
+) -> dict[str, Any]:
+    big = 10_000 if quick else 100_000
+    if window_s is None:  # the same rate: only how many wait differs
+        small = await run_one(1000, 1000 / rate, costs=costs)
+        print(json.dumps({"small": small}), flush=True)
+        large = await run_one(big, big / rate, costs=False, measure_s=measure_s)
+    else:  # the same window: the large run also falls due faster
+        small = await run_one(1000, window_s, costs=costs)
+        print(json.dumps({"small": small}), flush=True)
+        large = await run_one(big, window_s, costs=False)
     return {
         "bench": "delays",
         "date": time.strftime("%Y-%m-%d %H:%M"),
+        "mode": "same rate" if window_s is None else "same window",
         "quick": quick,
         "small": small,
         "large": large,
@@ -228,15 +246,19 @@ async def run(quick: bool, window_s: float, costs: bool) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="10,000 instead of 100,000")
-    parser.add_argument("--window", type=float, default=50.0, help="seconds over which the tasks fall due")
+    parser.add_argument(
+        "--window", type=float, default=None, help="spread all N over S seconds instead (a throughput test)"
+    )
+    parser.add_argument("--rate", type=float, default=200.0, help="tasks due per second (default mode)")
+    parser.add_argument("--measure", type=float, default=30.0, help="seconds of the large run measured")
     parser.add_argument("--costs", action="store_true", help="also measure read and write costs per task")
     args = parser.parse_args(argv)
-    result = asyncio.run(run(args.quick, args.window, args.costs))
+    result = asyncio.run(run(args.quick, args.window, args.costs, args.rate, args.measure))
     print(json.dumps(result, indent=2))
     for name in ("small", "large"):
         r = result[name]
         print(
-            f"{r['delayed']:>7,} delayed, {r['due_per_s']:>7,.0f} due/s: lateness p50 {r['lateness_ms_p50']} ms, "
+            f"{r['delayed']:>7,} delayed, {r['due_per_s']:>7,.0f} due/s, {r['measured']:,} measured: lateness p50 {r['lateness_ms_p50']} ms, "
             f"p99 {r['lateness_ms_p99']} ms, max {r['lateness_ms_max']} ms; "
             f"scheduler {r['scheduler_cpu_ms_per_task']} ms CPU/task, {r['scheduler_rss_mib']} MiB; "
             f"load {r['load_avg_1m_before_after']}"
