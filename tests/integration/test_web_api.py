@@ -14,7 +14,6 @@ import contextlib
 import os
 import subprocess
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,6 +22,7 @@ import pytest
 from starlette.routing import Route
 
 from faultstore import FaultyStore
+from integration.conftest import INDEX
 from ssetools import Blocks, SSEMessage, SSEReader
 from tasklease.client import Client
 from tasklease.errors import StoreNoSpace, StoreUnavailable
@@ -41,19 +41,6 @@ GUARD_S = 60  # a hang guard only: nothing here is timed
 TOKEN = "test-token-0123456789abcdef"
 WRITE = {"Content-Type": "application/json", "X-Tasklease-Request": "1"}
 MISSING = "0" * 26  # a well-formed id no task has
-INDEX = b"<!doctype html><title>placeholder</title><script src=/static/app.js></script>"
-
-
-@pytest.fixture
-def static(tmp_path: Path) -> Path:
-    root = tmp_path / "static"
-    (root / "sub").mkdir(parents=True)
-    (root / "index.html").write_bytes(INDEX)
-    (root / "app.js").write_text("export const x = 1;\n")
-    (root / "sub" / "style.css").write_text("body{}\n")
-    (root / ".hidden").write_text("secret\n")
-    (tmp_path / "outside.txt").write_text("outside\n")
-    return root
 
 
 @contextlib.asynccontextmanager

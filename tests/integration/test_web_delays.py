@@ -2,60 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
 
-from tasklease.client import Client
-from tasklease.httpserver import HttpAddress
+from integration.test_web_api import web
 from tasklease.models import TaskState
-from tasklease.web.security import WebConfig
-from tasklease.web.server import bind, serve, url_of
 
 pytestmark = pytest.mark.timeout(120)
 
 GUARD_S = 60  # a hang guard only: nothing here is timed
 WRITE = {"Content-Type": "application/json", "X-Tasklease-Request": "1"}
 PAD = "p" * 1000
-
-
-@contextlib.asynccontextmanager
-async def web(client: Client, static: Path) -> AsyncIterator[httpx.AsyncClient]:
-    """``tasklease web`` in-process on a free port (as test_web_api.py serves it), and a client of it."""
-    config = WebConfig(address=HttpAddress("127.0.0.1", 0))
-    sock = bind(config.address)
-    stop, ready = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(serve(client, config, sock, stop=stop, ready=ready, static=static))
-    try:
-        async with asyncio.timeout(GUARD_S):
-            waiting = asyncio.create_task(ready.wait())
-            await asyncio.wait({waiting, task}, return_when=asyncio.FIRST_COMPLETED)
-            waiting.cancel()
-        if task.done():
-            task.result()
-        async with httpx.AsyncClient(base_url=url_of(sock, "127.0.0.1"), timeout=GUARD_S) as http:
-            yield http
-    finally:
-        stop.set()
-        async with asyncio.timeout(GUARD_S):
-            await task
-        sock.close()
-
-
-@pytest.fixture
-def static(tmp_path: Path) -> Path:
-    root = tmp_path / "static"
-    root.mkdir()
-    (root / "index.html").write_text("<!doctype html><title>placeholder</title>")
-    return root
 
 
 async def post(http: httpx.AsyncClient, path: str, body: Any) -> httpx.Response:

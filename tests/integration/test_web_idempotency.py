@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from integration.test_web_api import err, post, static, web  # noqa: F401 (static: the fixture)
+from integration.test_web_api import err, post, web
 from tasklease import codec
 from tasklease.models import TaskState
 
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.timeout(120)
 PAD = "x" * 2048
 
 
-async def test_submit_with_a_held_key_is_200_with_the_existing_task(client, static, store, keyspace):  # noqa: F811
+async def test_submit_with_a_held_key_is_200_with_the_existing_task(client, static, store, keyspace):
     async with web(client, static) as http:
         # Given a task submitted with a key held for an hour
         body = {"type": "noop", "payload": {"pad": PAD}, "idempotency_key": "order-7", "unique_for_s": 3600}
@@ -50,7 +50,7 @@ async def test_submit_with_a_held_key_is_200_with_the_existing_task(client, stat
         )
 
 
-async def test_batch_says_which_tasks_are_new(client, static):  # noqa: F811
+async def test_batch_says_which_tasks_are_new(client, static):
     async with web(client, static) as http:
         existing = await client.submit("noop", idempotency_key="b1")
         tasks = [

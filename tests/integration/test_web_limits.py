@@ -6,9 +6,6 @@ port, in this test's event loop), as in test_web_api.py.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,41 +13,13 @@ import httpx
 import orjson
 import pytest
 
+from integration.test_web_api import web
 from tasklease.client import Client
-from tasklease.httpserver import HttpAddress
-from tasklease.web.security import WebConfig
-from tasklease.web.server import bind, serve, url_of
 
 pytestmark = pytest.mark.timeout(120)
 
 GUARD_S = 60  # a hang guard only
 WRITE = {"Content-Type": "application/json", "X-Tasklease-Request": "1"}
-
-
-@contextlib.asynccontextmanager
-async def web(client: Client, tmp_path: Path, **options: Any) -> AsyncIterator[httpx.AsyncClient]:
-    """``tasklease web`` in-process on a free port, and an HTTP client of it."""
-    static = tmp_path / "static"
-    static.mkdir(exist_ok=True)
-    (static / "index.html").write_text("<!doctype html><title>placeholder</title>")
-    config = WebConfig(address=HttpAddress("127.0.0.1", 0), **options)
-    sock = bind(config.address)
-    stop, ready = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(serve(client, config, sock, stop=stop, ready=ready, static=static))
-    try:
-        async with asyncio.timeout(GUARD_S):
-            waiting = asyncio.create_task(ready.wait())
-            await asyncio.wait({waiting, task}, return_when=asyncio.FIRST_COMPLETED)
-            waiting.cancel()
-        if task.done():
-            task.result()
-        async with httpx.AsyncClient(base_url=url_of(sock, "127.0.0.1"), timeout=GUARD_S) as http:
-            yield http
-    finally:
-        stop.set()
-        async with asyncio.timeout(GUARD_S):
-            await task
-        sock.close()
 
 
 async def send(
@@ -68,8 +37,8 @@ def err(response: httpx.Response, status: int) -> str:
     return str(body["error"])
 
 
-async def test_limits_are_put_listed_and_deleted(client: Client, tmp_path: Path):
-    async with web(client, tmp_path) as http:
+async def test_limits_are_put_listed_and_deleted(client: Client, static: Path):
+    async with web(client, static) as http:
         # Given no limits
         assert (await http.get("/api/limits")).json() == []
         # When a type's and a queue's limits are put
@@ -114,19 +83,17 @@ async def test_limits_are_put_listed_and_deleted(client: Client, tmp_path: Path)
         ("/api/limits/type/bad%20type", {"concurrency": 1}, "type"),
     ],
 )
-async def test_a_bad_limit_is_a_422_and_nothing_is_written(
-    client: Client, tmp_path: Path, path, body, needle
-):
-    async with web(client, tmp_path) as http:
+async def test_a_bad_limit_is_a_422_and_nothing_is_written(client: Client, static: Path, path, body, needle):
+    async with web(client, static) as http:
         assert needle in err(await send(http, "PUT", path, body), 422)
         assert await client.limits() == []
 
 
 async def test_limit_writes_need_the_request_header_json_and_a_writable_dashboard(
-    client: Client, tmp_path: Path
+    client: Client, static: Path
 ):
     body = orjson.dumps({"concurrency": 1})
-    async with web(client, tmp_path) as http:
+    async with web(client, static) as http:
         r = await http.put(
             "/api/limits/type/email", content=body, headers={"Content-Type": "application/json"}
         )
@@ -139,7 +106,7 @@ async def test_limit_writes_need_the_request_header_json_and_a_writable_dashboar
         assert "bad JSON" in err(r, 400)
     assert await client.limits() == []
     await client.set_limit("type", "email", concurrency=1)
-    async with web(client, tmp_path, read_only=True) as http:
+    async with web(client, static, read_only=True) as http:
         assert "read-only" in err(await send(http, "PUT", "/api/limits/type/email", {"concurrency": 9}), 403)
         assert "read-only" in err(await send(http, "DELETE", "/api/limits/type/email"), 403)
         assert [x["concurrency"] for x in (await http.get("/api/limits")).json()] == [1]

@@ -8,56 +8,20 @@ needs ticks.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
 
-from tasklease.client import Client
-from tasklease.httpserver import HttpAddress
+from integration.test_web_api import web
 from tasklease.schedules import CronExpr
-from tasklease.web.security import WebConfig
-from tasklease.web.server import bind, serve, url_of
 
 pytestmark = pytest.mark.timeout(120)
 
 GUARD_S = 60
 WRITE = {"Content-Type": "application/json", "X-Tasklease-Request": "1"}
 TASK = {"type": "noop", "payload": {"report": "z" * 3000}, "queue": "cron", "priority": 2, "retries": 1}
-
-
-@pytest.fixture
-def static(tmp_path: Path) -> Path:
-    root = tmp_path / "static"
-    root.mkdir()
-    (root / "index.html").write_bytes(b"<!doctype html><title>placeholder</title>")
-    return root
-
-
-@contextlib.asynccontextmanager
-async def web(client: Client, static: Path, **options: Any) -> AsyncIterator[httpx.AsyncClient]:
-    config = WebConfig(address=HttpAddress("127.0.0.1", 0), **options)
-    sock = bind(config.address)
-    stop, ready = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(serve(client, config, sock, stop=stop, ready=ready, static=static))
-    try:
-        async with asyncio.timeout(GUARD_S):
-            waiting = asyncio.create_task(ready.wait())
-            await asyncio.wait({waiting, task}, return_when=asyncio.FIRST_COMPLETED)
-            waiting.cancel()
-        if task.done():
-            task.result()
-        async with httpx.AsyncClient(base_url=url_of(sock, "127.0.0.1"), timeout=GUARD_S) as http:
-            yield http
-    finally:
-        stop.set()
-        async with asyncio.timeout(GUARD_S):
-            await task
-        sock.close()
 
 
 async def post(http: httpx.AsyncClient, path: str, body: Any = None) -> httpx.Response:
