@@ -15,6 +15,8 @@ from tasklease.errors import (
     PermanentError,
     QuotaExceeded,
     Retry,
+    ScheduleExists,
+    ScheduleNotFound,
     StoreAuthError,
     StoreError,
     StoreNoSpace,
@@ -26,15 +28,19 @@ from tasklease.errors import (
     ValidationError,
     WaitTimeout,
     WorkerNotFound,
+    WorkflowNotFound,
 )
 from tasklease.keys import Keyspace
+from tasklease.limits import Limit
 from tasklease.models import Attempt, Outcome, Task, TaskState
 from tasklease.purge import PurgeResult
 from tasklease.quotas import Quota
 from tasklease.retry import RetryPolicy
+from tasklease.schedules import Schedule
 from tasklease.stats import Stats
 from tasklease.store import StoreConfig
 from tasklease.version import __version__
+from tasklease.workflows import Workflow, WorkflowBuilder, WorkflowStatus
 
 __all__ = [
     "Attempt",
@@ -50,6 +56,7 @@ __all__ = [
     "InvalidState",
     "InvalidTransition",
     "Keyspace",
+    "Limit",
     "Outcome",
     "PayloadTooLarge",
     "PermanentError",
@@ -58,6 +65,9 @@ __all__ = [
     "QuotaExceeded",
     "Retry",
     "RetryPolicy",
+    "Schedule",
+    "ScheduleExists",
+    "ScheduleNotFound",
     "Stats",
     "StoreAuthError",
     "StoreConfig",
@@ -76,5 +86,9 @@ __all__ = [
     "ValidationError",
     "WaitTimeout",
     "WorkerNotFound",
+    "Workflow",
+    "WorkflowBuilder",
+    "WorkflowNotFound",
+    "WorkflowStatus",
     "__version__",
 ]

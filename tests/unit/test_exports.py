@@ -7,6 +7,14 @@ import pytest
 import tasklease
 
 EXPECTED = {
+    "Limit",
+    "Schedule",
+    "ScheduleExists",
+    "ScheduleNotFound",
+    "Workflow",
+    "WorkflowBuilder",
+    "WorkflowNotFound",
+    "WorkflowStatus",
     "Attempt",
     "BatchIncomplete",
     "BatchResult",
