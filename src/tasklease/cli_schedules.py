@@ -29,6 +29,7 @@ from tasklease.cli import (
 )
 from tasklease.client import Client, TaskSpec
 from tasklease.errors import ScheduleNotFound
+from tasklease.keys import check_name
 from tasklease.models import check_type
 from tasklease.retry import RetryPolicy
 from tasklease.routing import parse_requires
@@ -39,6 +40,7 @@ from tasklease.schedules import (
     DEFAULT_OVERLAP,
     MAX_NEXT,
     OVERLAPS,
+    CronExpr,
     Schedule,
     zone,
 )
@@ -153,6 +155,8 @@ def _print_schedule(s: Schedule) -> None:
 
 def _add(args: argparse.Namespace) -> Callable[[Client], Any]:
     check_type(args.task_type)
+    check_name(args.name, "schedule")
+    CronExpr(args.cron, args.tz)  # a bad expression or zone: exit 2 before connecting
     spec = TaskSpec(
         type=args.task_type,
         payload=codec.parse_json(args.payload),

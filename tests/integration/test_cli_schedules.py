@@ -99,3 +99,15 @@ def test_schedule_next_in_a_time_zone_and_bad_input(tasklease_bin, cli_env):
     usage_error(tl(tasklease_bin, cli_env, "schedule", "add", "bad", "--cron", "* * * * *"), "--type")
     usage_error(tl(tasklease_bin, cli_env, "schedule", "next", "night", "--count", "0"), "count")
     assert json.loads(ok(tl(tasklease_bin, cli_env, "schedule", "list", "--json")))[0]["cron"] == "0 3 * * *"
+
+
+def test_a_bad_expression_zone_or_name_is_refused_before_connecting(tasklease_bin, cli_env):
+    # Given an etcd nobody listens on: a connection would fail with exit 1
+    env = {**cli_env, "TASKLEASE_ETCD": "http://127.0.0.1:1"}
+    # When / Then bad input is one usage error (exit 2), found before any connection
+    for args, fragment in (
+        (["x", "--cron", "bad cron"], "has 2 fields"),
+        (["x", "--cron", "0 3 * * *", "--tz", "Mars/Base"], "unknown time zone"),
+        (["bad/name", "--cron", "0 3 * * *"], "invalid schedule name"),
+    ):
+        usage_error(tl(tasklease_bin, env, "schedule", "add", *args, "--type", "noop"), fragment)
