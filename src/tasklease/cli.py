@@ -863,6 +863,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
                 f"({task.state.value}); nothing new was submitted",
                 file=sys.stderr,
             )
+        elif task.state.terminal:
+            # Its parent had already failed (or was cancelled): it will never run.
+            _say(f"tasklease: note: {task.id} was {task.state.value} at once: {task.error}", file=sys.stderr)
         elif not await eligible_workers(client.store, client.keys, task.queue, route):
             # Not an error: a worker may come later (the task waits queued).
             _say(

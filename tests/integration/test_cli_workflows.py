@@ -145,3 +145,30 @@ async def test_workflow_submit_wait_runs_it_through(tasklease_bin, cli_env, clus
     status = json.loads(stdout)
     assert status["finished"] and status["states"] == {"succeeded": 3}
     assert status["tasks"][2]["parents"] == [status["tasks"][0]["id"], status["tasks"][1]["id"]]
+
+
+def test_a_child_of_a_parent_that_already_ended_badly_says_so_and_no_worker_warning(tasklease_bin, cli_env):
+    # Given a parent cancelled before its child is submitted (found by a newcomer walkthrough:
+    # the child was cancelled at once, silently, under a "waits until a worker comes" warning)
+    parent = tl(tasklease_bin, cli_env, "submit", "noop", "--queue", "nightly").stdout.strip()
+    assert tl(tasklease_bin, cli_env, "cancel", parent).returncode == 0
+    # When a child is submitted after it, with a few kilobytes of payload
+    payload = json.dumps({"blob": "x" * 4000})
+    out = tl(
+        tasklease_bin,
+        cli_env,
+        "submit",
+        "noop",
+        "--queue",
+        "nightly",
+        "--after",
+        parent,
+        "--payload",
+        payload,
+    )
+    # Then it exits 0 with the id, and stderr says it ended at once and why (no worker warning)
+    assert out.returncode == 0, out.stderr
+    child = out.stdout.strip()
+    assert f"{child} was cancelled at once: parent {parent} cancelled" in out.stderr
+    assert "no live worker" not in out.stderr
+    assert "state:     cancelled" in tl(tasklease_bin, cli_env, "status", child).stdout
