@@ -362,6 +362,25 @@ def store_config(args: argparse.Namespace) -> StoreConfig:
     )
 
 
+def add_task_options(p: argparse.ArgumentParser) -> None:
+    """What a task is given (``submit``, ``schedule add``): payload, priority, queue, timeout, retries, retention, tags."""
+    p.add_argument("--payload", default="null", help="JSON payload")
+    p.add_argument("--priority", type=_int, default=1, help="0 (low) .. 3 (urgent); default 1")
+    p.add_argument("--queue", default="default")
+    p.add_argument("--timeout", type=_finite_float, default=300.0, help="seconds per attempt")
+    p.add_argument("--retries", type=_int, default=0, help="retries after a failure")
+    p.add_argument("--backoff", type=_finite_float, default=1.0, help="first retry delay (s)")
+    p.add_argument(
+        "--retention",
+        type=_finite_float,
+        default=None,
+        help="seconds the record is kept once finished (default 7 days, or the quota's maximum if lower)",
+    )
+    p.add_argument(
+        "--require", default=None, help="tags a worker must have to run it: zone=eu,gpu=true (its --tags)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line."""
     parser = Parser(prog="tasklease", description="A distributed task scheduler coordinated by etcd.")
@@ -385,21 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = cmd("submit", "submit a task")
     p.add_argument("type", help="task type (executor name)")
-    p.add_argument("--payload", default="null", help="JSON payload")
-    p.add_argument("--priority", type=_int, default=1, help="0 (low) .. 3 (urgent); default 1")
-    p.add_argument("--queue", default="default")
-    p.add_argument("--timeout", type=_finite_float, default=300.0, help="seconds per attempt")
-    p.add_argument("--retries", type=_int, default=0, help="retries after a failure")
-    p.add_argument("--backoff", type=_finite_float, default=1.0, help="first retry delay (s)")
-    p.add_argument(
-        "--retention",
-        type=_finite_float,
-        default=None,
-        help="seconds the record is kept once finished (default 7 days, or the quota's maximum if lower)",
-    )
-    p.add_argument(
-        "--require", default=None, help="tags a worker must have to run it: zone=eu,gpu=true (its --tags)"
-    )
+    add_task_options(p)
     p.add_argument(
         "--key",
         default=None,

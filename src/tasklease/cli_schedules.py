@@ -19,13 +19,13 @@ from tasklease.cli import (
     UsageError,
     _common,
     _duration,
-    _finite_float,
     _int,
     _print_json,
     _say,
     _table,
     _when,
     _with_client,
+    add_task_options,
 )
 from tasklease.client import Client, TaskSpec
 from tasklease.errors import ScheduleNotFound
@@ -86,19 +86,7 @@ def add_parsers(cmd: Callable[[str, str], argparse.ArgumentParser]) -> dict[str,
     q.add_argument(
         "--type", dest="task_type", metavar="TYPE", required=True, help="task type (executor name)"
     )
-    q.add_argument("--payload", default="null", help="JSON payload of every task")
-    q.add_argument("--queue", default="default")
-    q.add_argument("--priority", type=_int, default=1, help="0 (low) .. 3 (urgent); default 1")
-    q.add_argument("--timeout", type=_finite_float, default=300.0, help="seconds per attempt")
-    q.add_argument("--retries", type=_int, default=0, help="retries after a failure")
-    q.add_argument("--backoff", type=_finite_float, default=1.0, help="first retry delay (s)")
-    q.add_argument(
-        "--retention",
-        type=_finite_float,
-        default=None,
-        help="seconds each record is kept once finished (default: the namespace's default now)",
-    )
-    q.add_argument("--require", default=None, help="tags a worker must have: zone=eu,gpu=true")
+    add_task_options(q)  # the options of tasklease submit: each tick's task
     q.add_argument(
         "--expires",
         type=_duration,

@@ -329,30 +329,16 @@ async def parent_results(store: KVStore, keys: Keyspace, parents: Sequence[str])
 async def read_records(store: KVStore, keys: Keyspace, ids: Sequence[str]) -> list[Task]:
     """The records of ``ids``, in that order; those gone (expired, purged) or corrupt are left out.
 
-    Transactions of at most ``GETS_PER_TXN`` gets, halved when the answer
-    would be over the receive limit (down to a lone get).
+    Read by :func:`read_kvs` (transactions of at most ``GETS_PER_TXN`` gets,
+    halved when the answer would be over the receive limit).
     """
-    found: dict[str, Task] = {}
-
-    async def read(chunk: Sequence[str]) -> None:
+    kvs = await read_kvs(store, keys, ids)
+    tasks: list[Task] = []
+    for task_id in ids:
+        if (kv := kvs.get(task_id)) is None:
+            continue
         try:
-            result = await store.txn([], [Get(keys.task(i)) for i in chunk])
-        except StoreRequestTooLarge:
-            if len(chunk) == 1:
-                raise
-            half = len(chunk) // 2
-            await read(chunk[:half])
-            await read(chunk[half:])
-            return
-        for kvs in result.reads:
-            for kv in kvs:
-                try:
-                    task = codec.decode_task(kv.key, kv.value)
-                except CorruptRecord as exc:
-                    log.error("skipping corrupt task record: %s", exc)
-                    continue
-                found[task.id] = task
-
-    for i in range(0, len(ids), GETS_PER_TXN):
-        await read(ids[i : i + GETS_PER_TXN])
-    return [found[i] for i in ids if i in found]
+            tasks.append(codec.decode_task(kv.key, kv.value))
+        except CorruptRecord as exc:
+            log.error("skipping corrupt task record: %s", exc)
+    return tasks
