@@ -75,6 +75,10 @@ class FaultyStore(Store):
         self._check("delete", key, range_end)
         return await super().delete(key, range_end)
 
+    async def status(self) -> Any:
+        self._check("status")
+        return await super().status()
+
     async def grant(self, ttl_s: int) -> int:
         self._check("grant", ttl_s)
         return await super().grant(ttl_s)

@@ -373,6 +373,35 @@ async def test_etcd_failures_are_503(store_config: StoreConfig, keyspace: Keyspa
         await store.close()
 
 
+async def test_probes_need_no_token_and_tell_etcd_trouble(
+    store_config: StoreConfig, keyspace: Keyspace, static
+):
+    """/healthz and /readyz answer without the token (a container's probe has none), and nothing else does."""
+    store = FaultyStore(store_config)
+    await store.connect()
+    client = Client(store, keyspace)
+    try:
+        async with web(client, static, token=TOKEN) as http:
+            r = await http.get("/healthz")
+            assert (r.status_code, r.json()) == (200, {"status": "ok"})
+            assert_security_headers(r, api=False)
+            r = await http.get("/readyz")
+            assert (r.status_code, r.json()) == (200, {"status": "ready", "reason": "serving"})
+            store.fail("status", lambda: StoreUnavailable("etcd did not answer"))
+            r = await http.get("/readyz")
+            assert r.status_code == 503 and r.json()["status"] == "not ready"
+            assert r.json()["reason"].startswith("etcd unreachable: StoreUnavailable: etcd did not answer")
+            assert (await http.get("/readyz")).status_code == 200  # the fault was one call
+            # the probes' paths only, and only to read
+            assert (await http.get("/healthz/x")).status_code == 401
+            assert (await http.get("/api/config")).status_code == 401
+            r = await http.post("/healthz", headers={"X-Tasklease-Request": "1"})
+            assert r.status_code == 401
+    finally:
+        await client.close()
+        await store.close()
+
+
 # actions --------------------------------------------------------------------------------
 async def test_cancel_and_priority(client, static):
     async with web(client, static) as http:

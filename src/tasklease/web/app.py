@@ -8,6 +8,11 @@ Pages: ``GET /`` and every ``/ui/...`` path serve ``index.html`` (the
 dashboard routes by the URL's hash); ``/static/NAME`` serves the package's
 files (``tasklease/web/static``, read with :mod:`importlib.resources`), only
 names made of ``A-Z a-z 0-9 _ . -`` segments (no hidden files, no ``..``).
+
+Probes: ``/healthz`` (liveness) and ``/readyz`` (ready: etcd answers and the
+server is not stopping), the same answers as a worker's or scheduler's
+(:mod:`tasklease.health`); they need no token (a container's or Kubernetes'
+probe carries none) and tell nothing but that.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import importlib.resources
 import mimetypes
 import re
+from collections.abc import Callable
 from typing import Any
 
 from starlette.applications import Starlette
@@ -23,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from tasklease.health import ReadinessCheck
 from tasklease.web import api, api_limits, api_schedules, api_workflows
 from tasklease.web.api import JSONResponse, WebState
 from tasklease.web.openapi import openapi_document
@@ -87,6 +94,26 @@ async def static(request: Request) -> Response:
     return Response(data, media_type=_content_type(path), headers={"cache-control": "no-cache"})
 
 
+async def healthz(request: Request) -> Response:
+    """``GET /healthz``: liveness, ``200 {"status": "ok"}`` whenever the event loop answers."""
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    """``GET /readyz``: 200 when etcd answers and the server is not stopping, else 503."""
+    ok, reason = await request.app.state.readiness()
+    return JSONResponse(
+        {"status": "ready" if ok else "not ready", "reason": reason}, status_code=200 if ok else 503
+    )
+
+
+def _serving(state: WebState) -> Callable[[], tuple[bool, str]]:
+    def readiness() -> tuple[bool, str]:
+        return (False, "stopping") if state.stopping.is_set() else (True, "serving")
+
+    return readiness
+
+
 async def openapi(request: Request) -> Response:
     """``GET /api/openapi.json``."""
     return JSONResponse(request.app.state.openapi)
@@ -126,6 +153,8 @@ def routes() -> list[BaseRoute]:
         Route("/api/workflows/{id}/cancel", api_workflows.cancel_workflow, methods=["POST"]),
         Route("/api/events", api.events, methods=["GET"]),
         Route("/api/openapi.json", openapi, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
         Route("/", index, methods=["GET"]),
         Route("/ui/{rest:path}", index, methods=["GET"]),
         Route("/static/{path:path}", static, methods=["GET"]),
@@ -160,4 +189,5 @@ def create_app(state: WebState, guard: Guard) -> SecurityMiddleware:
     app = Starlette(routes=routes(), exception_handlers={HTTPException: _http_error})
     app.state.web = state
     app.state.openapi = openapi_document()
+    app.state.readiness = ReadinessCheck(state.client.store, _serving(state))
     return SecurityMiddleware(app, guard)

@@ -12,7 +12,8 @@ request, in this order:
    ``tasklease_token``; ``GET /?token=T`` (any page) sets that cookie
    (HttpOnly, SameSite=Strict, Path=/) and redirects to the same path without
    the query. Otherwise 401 (JSON under ``/api``, a short text page elsewhere).
-   Tokens are compared with :func:`hmac.compare_digest`.
+   Tokens are compared with :func:`hmac.compare_digest`. The probes
+   (``GET /healthz`` and ``/readyz``, :data:`PROBE_PATHS`) need none.
 3. Writes (any method but GET, HEAD and OPTIONS): in read-only mode, 403
    ``read-only dashboard``; else the request must carry
    ``X-Tasklease-Request: 1``, its ``Origin`` (if any) must be the server's own
@@ -70,6 +71,7 @@ SECURITY_HEADERS: tuple[tuple[str, str], ...] = (
     ("x-frame-options", "DENY"),
 )
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+PROBE_PATHS = frozenset({"/healthz", "/readyz"})  # liveness and readiness: no token (they tell nothing else)
 # What a token may be: URL- and cookie-safe text, long enough not to be guessed.
 TOKEN_RE = re.compile(r"[A-Za-z0-9._~+/=-]{16,512}")
 MIN_TOKEN = 16
@@ -209,7 +211,7 @@ class SecurityMiddleware:
             )
             return
         method: str = scope.get("method", "GET")
-        if guard.token is not None:
+        if guard.token is not None and not (path in PROBE_PATHS and method in SAFE_METHODS):
             if not is_api(path) and method == "GET" and (given := _query_token(scope)) is not None:
                 await self._login(send, path, given)
                 return
