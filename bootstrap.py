@@ -64,6 +64,8 @@ def main() -> int:
             run(BIN / "python", "tests/promtools.py")
             # Debian's chromium + chromium-driver for the browser tests (tests/browser): apt-get when missing
             run(BIN / "python", "tests/browser/chromium.py")
+            # Debian's podman, runc, debootstrap for the container test (tests/deploy): apt-get when missing
+            run(BIN / "python", "tests/deploy/containers.py")
             run(BIN / "python", "-m", "pytest", *(rest or ["-q"]))
         elif job == "bench":
             run(BIN / "python", "-m", "bench", *rest)
