@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import copy
 import re
+import shlex
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "helm" / "tasklease"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
+DOC = ROOT / "docs" / "deploy-kubernetes.md"
 KUBE_VERSION = "1.30.0"
 RELEASE = "tl"
 NAMESPACE = "jobs"
@@ -203,6 +205,12 @@ def test_lint_is_clean_with_the_real_engine() -> None:
     assert report["errors"] == []
     # Severity 2 = warning, 3 = error; only the "icon is recommended" info may remain.
     assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_every_variant_lints_clean(variant: str) -> None:
+    report = helm.lint(CHART, VARIANTS[variant], strict=True, kube_version=f"v{KUBE_VERSION}")
+    assert report["errors"] == []
 
 
 def test_lint_reports_a_schema_violation() -> None:
@@ -639,3 +647,43 @@ def test_prometheus_rule_carries_the_alerts_of_deploy_prometheus(chart: helm.Cha
     # The annotations' templates reach Prometheus untouched (Helm did not expand them).
     first = rule["spec"]["groups"][0]["rules"][0]
     assert "{{ $value }}" in first["annotations"]["description"]
+
+
+# --- the documentation's commands ----------------------------------------------------------------
+
+
+def doc_set_expressions() -> list[str]:
+    """Every ``--set EXPR`` of docs/deploy-kubernetes.md, shell quotes removed."""
+    found = re.findall(r"--set ('[^']*'|[^\s`]+)", DOC.read_text())
+    return [shlex.split(e)[0] for e in found]
+
+
+def test_the_docs_set_only_values_the_chart_has(chart: helm.Chart) -> None:
+    expressions = doc_set_expressions()
+    assert len(expressions) >= 15
+    defaults = chart.values
+    values: dict[str, Any] = {}
+    for expression in expressions:
+        parsed = helm.parse_set_string(expression)
+        node: Any = parsed
+        default: Any = defaults
+        path = []
+        while isinstance(node, dict):
+            [(key, node)] = node.items()
+            path.append(key)
+            assert isinstance(default, dict), f"{expression}: {'.'.join(path[:-1])} takes no keys"
+            if key not in default:
+                assert default == {}, f"{expression}: no value {'.'.join(path)} in values.yaml"
+                break
+            default = default[key]
+        values = merged(values, parsed)
+    assert (
+        values["etcd"]["endpoints"]
+        == "http://etcd-0.etcd:2379,http://etcd-1.etcd:2379,http://etcd-2.etcd:2379"
+    )
+    # All of them at once (the bundled etcd aside) make a valid release.
+    values["etcd"]["bundled"]["enabled"] = False
+    values["etcd"]["bundled"]["replicas"] = 1
+    docs = render(chart, values)
+    assert find(docs, "HorizontalPodAutoscaler", f"{FULLNAME}-worker")
+    assert container(deployments(docs)["worker"])["image"] == "registry.example.com/myapp-tasks:1.1"
