@@ -386,6 +386,18 @@ def test_scheduler_deployment_and_its_disruption_budget(chart: helm.Chart) -> No
     assert "minAvailable" not in pdb["spec"]
     assert pdb["spec"]["selector"]["matchLabels"] == scheduler["spec"]["selector"]["matchLabels"]
     assert pdb["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "scheduler"
+    # The schedulers prefer different nodes, unless the values give an affinity.
+    [term] = pod_spec(scheduler)["affinity"]["podAntiAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"
+    ]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert (
+        term["podAffinityTerm"]["labelSelector"]["matchLabels"]
+        == scheduler["spec"]["selector"]["matchLabels"]
+    )
+    zone = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}}}
+    custom = deployments(render(chart, merged(EXTERNAL, {"scheduler": {"affinity": zone}})))["scheduler"]
+    assert pod_spec(custom)["affinity"] == zone
 
 
 def test_options_reach_the_command_lines(chart: helm.Chart) -> None:
