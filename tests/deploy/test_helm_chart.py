@@ -395,7 +395,9 @@ def test_scheduler_deployment_and_its_disruption_budget(chart: helm.Chart) -> No
         term["podAffinityTerm"]["labelSelector"]["matchLabels"]
         == scheduler["spec"]["selector"]["matchLabels"]
     )
-    zone = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}}}
+    zone: dict[str, Any] = {
+        "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}}
+    }
     custom = deployments(render(chart, merged(EXTERNAL, {"scheduler": {"affinity": zone}})))["scheduler"]
     assert pod_spec(custom)["affinity"] == zone
 
