@@ -666,10 +666,31 @@ def test_prometheus_rule_carries_the_alerts_of_deploy_prometheus(chart: helm.Cha
 # --- the documentation's commands ----------------------------------------------------------------
 
 
-def doc_set_expressions() -> list[str]:
-    """Every ``--set EXPR`` of docs/deploy-kubernetes.md, shell quotes removed."""
-    found = re.findall(r"--set ('[^']*'|[^\s`]+)", DOC.read_text())
+def doc_set_expressions(doc: Path = DOC) -> list[str]:
+    """Every ``--set EXPR`` of a document (docs/deploy-kubernetes.md), shell quotes removed."""
+    text = doc.read_text().replace("\\\n", " ")  # a command continued on the next line
+    found = re.findall(r"--set ('[^']*'|[^\s`]+)", text)
     return [shlex.split(e)[0] for e in found]
+
+
+@pytest.mark.parametrize("doc", ["docs/deploy.md", "README.md"])
+def test_the_other_docs_set_only_values_the_chart_has(chart: helm.Chart, doc: str) -> None:
+    expressions = doc_set_expressions(ROOT / doc)
+    assert expressions, doc
+    values: dict[str, Any] = {}
+    for expression in expressions:
+        parsed = helm.parse_set_string(expression)
+        node: Any = parsed
+        default: Any = chart.values
+        path: list[str] = []
+        while isinstance(node, dict):
+            [(key, node)] = node.items()
+            path.append(key)
+            assert isinstance(default, dict) and key in default, f"{doc}: {expression}: no {'.'.join(path)}"
+            default = default[key]
+        values = merged(values, parsed)
+    assert values["etcd"]["endpoints"].startswith("https://"), values
+    assert find(render(chart, values), "Deployment", f"{FULLNAME}-worker")
 
 
 def test_the_docs_set_only_values_the_chart_has(chart: helm.Chart) -> None:
