@@ -22,7 +22,8 @@ Two benchmarks, each printing figures (nothing is asserted about timings):
    variants alternated within each round (the order rotates): ``web`` (a
    ``tasklease web`` process, no client), ``web+sse`` (the same with C clients
    reading ``/api/events``, from another process: ``python -m bench.web_bench
-   _sse``, asyncio with a bare HTTP/1.1 reader), ``none`` (no web server). Printed: each round's
+   _sse``: bare HTTP/1.1 readers on non-blocking sockets, swept every
+   ``SWEEP_S``), ``none`` (no web server). Printed: each round's
    figures, the medians, the median over rounds of the ratios web+sse/web and
    web+sse/none (the bar: at most 5 % slower), the CPU time of the web server
    and of the client process, and the messages each client received between
@@ -51,7 +52,9 @@ import json
 import os
 import random
 import re
+import select
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -59,7 +62,7 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -679,92 +682,119 @@ ID_LINE = re.compile(rb"^id: (\d+)$", re.MULTILINE)
 RESYNC = re.compile(rb"^event: resync$", re.MULTILINE)
 
 
-async def read_events(host: str, port: int, last_id: int | None) -> AsyncIterator[bytes]:
-    """The body of ``GET /api/events`` as it arrives: a bare HTTP/1.1 client (chunked encoding decoded).
+# A sweep reads every stream once, then the process sleeps this long: the kernel holds what
+# arrives meanwhile, so each read takes many messages at once (a browser's EventSource is
+# native code, and on another machine; 50 Python readers woken per message would take as
+# much CPU on these two cores as the server they measure).
+SWEEP_S = 0.1
+READ_BYTES = 4 << 20
 
-    Not httpx: its pure-Python parsing, 50 times over, would take as much CPU on
-    this machine's two cores as the server it measures (a browser's
-    ``EventSource`` is native code, and on another machine).
+
+class EventStream:
+    """One ``GET /api/events`` on a non-blocking socket; counts the ids of the messages it gets.
+
+    The body is not de-chunked: uvicorn sends each of the server's writes (whole
+    messages) as one chunk, so a chunk's size line only ever falls between messages,
+    on a line of its own, where the ``id:`` pattern does not match it.
     """
-    reader, writer = await asyncio.open_connection(host, port)
-    try:
-        resume = f"Last-Event-ID: {last_id}\r\n" if last_id is not None else ""
-        writer.write(
-            f"GET /api/events HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: text/event-stream\r\n{resume}\r\n".encode()
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.ids: list[int] = []
+        self.nbytes = 0
+        self.reconnects = -1
+        self.resyncs = 0
+        self.buf = b""
+        self.sock: socket.socket | None = None
+
+    def open(self, timeout_s: float = 30) -> None:
+        """Connect (resuming from the last id seen) and read the head; then non-blocking."""
+        self.reconnects += 1
+        resume = f"Last-Event-ID: {self.ids[-1]}\r\n" if self.ids else ""
+        sock = socket.create_connection((self.host, self.port), timeout=timeout_s)
+        sock.sendall(
+            f"GET /api/events HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"Accept: text/event-stream\r\n{resume}\r\n".encode()
         )
-        head = await reader.readuntil(b"\r\n\r\n")
-        status = head.split(b" ", 2)[1]
-        if status != b"200" or b"chunked" not in head.lower():
-            raise RuntimeError(f"/api/events: {head[:200]!r}")
-        while True:
-            size = int((await reader.readuntil(b"\r\n")).split(b";", 1)[0], 16)
-            if size == 0:
-                return
-            yield (await reader.readexactly(size + 2))[:-2]
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
+        head = b""
+        while b"\r\n\r\n" not in head:
+            data = sock.recv(65536)
+            if not data:
+                raise OSError("/api/events: closed before its head")
+            head += data
+        head, self.buf = head.split(b"\r\n\r\n", 1)
+        if head.split(b" ", 2)[1] != b"200" or b"chunked" not in head.lower():
+            raise OSError(f"/api/events: {head[:200]!r}")
+        sock.setblocking(False)
+        self.sock = sock
 
-
-async def sse_clients(url: str, n: int) -> None:
-    """``n`` streams of ``url``/api/events; answers ``report R0 R1`` and ``stop`` on stdin (JSON lines)."""
-    address = HttpAddress.parse(url.removeprefix("http://"))
-    ids: list[list[int]] = [[] for _ in range(n)]
-    nbytes = [0] * n
-    reconnects = [0] * n
-    resyncs = [0] * n
-    opened = 0
-    ready = asyncio.Event()
-
-    async def one(i: int) -> None:
-        nonlocal opened
-        first = True
+    def read(self) -> None:
+        """Take what the kernel holds; reopen a stream the server closed."""
+        assert self.sock is not None
         while True:
             try:
-                buf = b""
-                async for chunk in read_events(address.host, address.port, ids[i][-1] if ids[i] else None):
-                    if first:
-                        first = False
-                        opened += 1
-                        if opened == n:
-                            ready.set()
-                    nbytes[i] += len(chunk)
-                    buf += chunk
-                    end = buf.rfind(b"\n\n")
-                    if end < 0:
-                        continue
-                    done, buf = buf[:end], buf[end + 2 :]
-                    ids[i].extend(int(m) for m in ID_LINE.findall(done))
-                    resyncs[i] += len(RESYNC.findall(done))
-            except (OSError, asyncio.IncompleteReadError, ValueError):
-                pass
-            reconnects[i] += 1
-            await asyncio.sleep(0.2)
+                data = self.sock.recv(READ_BYTES)
+            except BlockingIOError:
+                break
+            except OSError:
+                data = b""
+            if not data:
+                self.sock.close()
+                self.open()
+                return
+            self.nbytes += len(data)
+            self.buf += data
+            if len(data) < READ_BYTES:
+                break
+        end = self.buf.rfind(b"\n\n")
+        if end >= 0:
+            done, self.buf = self.buf[:end], self.buf[end + 2 :]
+            self.ids.extend(map(int, ID_LINE.findall(done)))
+            self.resyncs += len(RESYNC.findall(done))
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+
+
+def sse_clients(url: str, n: int) -> None:
+    """``n`` streams of ``url``/api/events; answers ``report R0 R1`` and ``stop`` on stdin (JSON lines)."""
+    address = HttpAddress.parse(url.removeprefix("http://"))
+    streams = [EventStream(address.host, address.port) for _ in range(n)]
+    for stream in streams:
+        stream.open()
 
     def report(r0: int, r1: int) -> str:
-        counts = [bisect.bisect_right(x, r1) - bisect.bisect_right(x, r0) for x in ids]
-        last = [x[-1] if x else 0 for x in ids]
+        counts = [bisect.bisect_right(x.ids, r1) - bisect.bisect_right(x.ids, r0) for x in streams]
         return json.dumps(
-            {"counts": counts, "last": last, "bytes": nbytes, "reconnects": reconnects, "resyncs": resyncs}
+            {
+                "counts": counts,
+                "last": [x.ids[-1] if x.ids else 0 for x in streams],
+                "bytes": [x.nbytes for x in streams],
+                "reconnects": [x.reconnects for x in streams],
+                "resyncs": [x.resyncs for x in streams],
+            }
         )
 
-    streams = [asyncio.create_task(one(i)) for i in range(n)]
+    print("ready", flush=True)
     try:
-        await asyncio.wait_for(ready.wait(), 60)
-        print("ready", flush=True)
         while True:
-            line = await asyncio.to_thread(sys.stdin.readline)
-            words = line.split()
+            time.sleep(SWEEP_S)
+            for stream in streams:
+                stream.read()
+            if not select.select([sys.stdin], [], [], 0)[0]:
+                continue
+            words = sys.stdin.readline().split()
             if not words or words[0] == "stop":
                 print(report(0, 2**62), flush=True)
                 return
             if words[0] == "report":
+                for stream in streams:  # what arrived up to now
+                    stream.read()
                 print(report(int(words[1]), int(words[2])), flush=True)
     finally:
-        for t in streams:
-            t.cancel()
-        await asyncio.gather(*streams, return_exceptions=True)
+        for stream in streams:
+            stream.close()
 
 
 # report ---------------------------------------------------------------------------------------
@@ -901,7 +931,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_sse"]:
         os.nice(CLIENTS_NICE)  # browsers are elsewhere: take only the CPU the cluster leaves
-        asyncio.run(sse_clients(argv[1], int(argv[2])))
+        sse_clients(argv[1], int(argv[2]))
         return 0
     doc = __doc__ or ""
     parser = argparse.ArgumentParser(prog="python -m bench.web_bench", description=doc.splitlines()[0])

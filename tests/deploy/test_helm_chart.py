@@ -625,6 +625,19 @@ def test_read_only_web_behind_an_ingress(chart: helm.Chart) -> None:
     assert "https://tasks.example.com/" in notes(chart, WEB_RO_INGRESS)
     default_web = deployments(render(chart, EXTERNAL))["web"]
     assert "--read-only" not in container(default_web)["args"]
+    assert "FORWARDED_ALLOW_IPS" not in {e["name"] for e in container(default_web)["env"]}
+
+
+def test_web_behind_an_https_ingress_trusts_the_proxy_it_is_told(chart: helm.Chart) -> None:
+    values = merged(
+        WEB_RO_INGRESS, {"web": {"readOnly": False, "forwardedAllowIps": "10.42.0.0/16,10.43.0.1"}}
+    )
+    env = {e["name"]: e for e in container(deployments(render(chart, values))["web"])["env"]}
+    assert env["FORWARDED_ALLOW_IPS"] == {"name": "FORWARDED_ALLOW_IPS", "value": "10.42.0.0/16,10.43.0.1"}
+    with pytest.raises(helm.HelmValuesError, match="/web/forwardedAllowIps"):
+        chart.render(
+            merged(values, {"web": {"forwardedAllowIps": "$(rm -rf /)"}}), name=RELEASE, namespace=NAMESPACE
+        )
 
 
 def test_web_can_be_left_out(chart: helm.Chart) -> None:

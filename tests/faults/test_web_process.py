@@ -172,3 +172,22 @@ async def test_a_restarted_web_process_resumes_streams_without_losing_anything(
                         ended.append(await reader.next())
         assert await second.wait_exit(GUARD_S) == 0, second.why("web did not exit 0 on SIGTERM")
         assert "stopping" in second.log_text()
+
+
+async def test_behind_a_tls_proxy_writes_pass_with_the_forwarded_scheme(procs: Procs, client: Client) -> None:
+    """A dashboard behind an HTTPS proxy: the browser's Origin is https://; uvicorn takes the scheme
+    from X-Forwarded-Proto when the proxy's address is in FORWARDED_ALLOW_IPS (loopback by
+    default), so the CSRF check passes; without it the same write is refused (docs/deploy.md)."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = procs.spawn("web-proxy", "web", "--http", f"127.0.0.1:{port}", "--log-format", "text")
+    await started(proc, base)
+    origin = {"Origin": f"https://127.0.0.1:{port}", **WRITE}
+    async with httpx.AsyncClient(base_url=base, timeout=GUARD_S) as http:
+        r = await http.post("/api/queues/proxied/pause", content=b"{}", headers=origin)
+        assert (r.status_code, r.json()) == (403, {"error": "cross-site request refused"})
+        r = await http.post(
+            "/api/queues/proxied/pause", content=b"{}", headers={**origin, "X-Forwarded-Proto": "https"}
+        )
+        assert r.status_code == 200, r.text
+    assert "proxied" in await client.paused()
