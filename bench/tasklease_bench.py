@@ -70,6 +70,7 @@ def stack(
     workers: int = 2,
     worker_extra: list[str] | None = None,
     scheduler_extra: list[str] | None = None,
+    etcd_extra: tuple[str, ...] = (),
 ) -> Iterator[Stack]:
     os.environ["TASKLEASE_LOG_LEVEL"] = "warning"
     s = Stack(
@@ -82,6 +83,8 @@ def stack(
         log_format="json",
         unsafe_no_fsync=not fsync,
     )
+    if etcd_extra:
+        s.etcd.extra_args = (*s.etcd.extra_args, *etcd_extra)
     s.start()
     try:
         yield s
