@@ -246,6 +246,26 @@ def render(rows: list[dict[str, Any]], extra: list[dict[str, Any]], meta: dict[s
     tl = next((r for r in rows if r["system"] == "tasklease"), None)
     if tl:
         lines.append("")
+        celery = next((r for r in rows if r["system"] == "celery"), None)
+        for key, label in (("sequential", "async"), ("sequential_sync", "sync")):
+            if key in tl:
+                q = tl[key]
+                vs = (
+                    f"; x{q['throughput_tasks_s'] / celery['throughput_tasks_s']:.2f} Celery's {_fmt(celery['throughput_tasks_s'])} tasks/s (its producer is sequential too)"
+                    if celery
+                    else ""
+                )
+                lines.append(
+                    f"tasklease, sequential producer ({label} API: each submit awaited before the next): "
+                    f"{_fmt(q['throughput_tasks_s'])} tasks/s, submits {_fmt(q['submit_rate_s'])}/s, "
+                    f"submit round trip p50 {q['submit_p50_ms']:.2f} ms, p99 {q['submit_p99_ms']:.2f} ms{vs}."
+                )
+        if "idle_submit" in tl:
+            q = tl["idle_submit"]
+            lines.append(
+                f"tasklease submit round trip on an idle cluster (each after the previous task finished): "
+                f"p50 {q['submit_p50_ms']:.2f} ms, p99 {q['submit_p99_ms']:.2f} ms."
+            )
         if "batch_throughput_tasks_s" in tl:
             lines.append(
                 f"tasklease with the batch submit API: {_fmt(tl['batch_throughput_tasks_s'])} tasks/s, submit rate {_fmt(tl['batch_submit_rate_s'])}/s."

@@ -26,6 +26,8 @@ from tasklease.client import Client, TaskSpec
 from tasklease.dev import Stack
 from tasklease.models import Outcome, TaskState
 from tasklease.nodes import list_nodes
+from tasklease.store import StoreConfig
+from tasklease.sync import SyncClient
 
 NS = "bench"
 WORKER_CONCURRENCY = 32
@@ -141,6 +143,65 @@ async def _throughput(client: Client, n: int, batch: bool) -> dict[str, Any]:
     }
 
 
+async def _sequential(client: Client, n: int) -> dict[str, Any]:
+    """What most applications do: one producer, each ``await client.submit()`` before the next."""
+    rtts: list[float] = []
+    ids: list[str] = []
+    t0 = time.perf_counter()
+    for i in range(n):
+        start = time.perf_counter()
+        ids.append((await client.submit("noop", {"i": i})).id)
+        rtts.append((time.perf_counter() - start) * 1000)
+    t1 = time.perf_counter()
+    finals = await asyncio.gather(*(client.wait(i, timeout_s=600) for i in ids))
+    t2 = time.perf_counter()
+    return {
+        "throughput_tasks_s": n / (t2 - t0),
+        "submit_rate_s": n / (t1 - t0),
+        "submit_p50_ms": statistics.median(rtts),
+        "submit_p99_ms": percentile(rtts, 99),
+        "bad": sum(1 for f in finals if f.state is not TaskState.SUCCEEDED),
+    }
+
+
+def _sequential_sync_submits(config: StoreConfig, n: int) -> tuple[list[str], list[float], float, float]:
+    """The blocking API (``SyncClient``, e.g. from a WSGI view) in a loop: ids, round trips, start, end."""
+    with SyncClient(config, namespace=NS) as client:
+        client.submit("noop", {"warm": True})
+        rtts: list[float] = []
+        ids: list[str] = []
+        t0 = time.perf_counter()
+        for i in range(n):
+            start = time.perf_counter()
+            ids.append(client.submit("noop", {"i": i}).id)
+            rtts.append((time.perf_counter() - start) * 1000)
+        return ids, rtts, t0, time.perf_counter()
+
+
+async def _sequential_sync(client: Client, config: StoreConfig, n: int) -> dict[str, Any]:
+    ids, rtts, t0, t1 = await asyncio.to_thread(_sequential_sync_submits, config, n)
+    finals = await asyncio.gather(*(client.wait(i, timeout_s=600) for i in ids))
+    t2 = time.perf_counter()
+    return {
+        "throughput_tasks_s": n / (t2 - t0),
+        "submit_rate_s": n / (t1 - t0),
+        "submit_p50_ms": statistics.median(rtts),
+        "submit_p99_ms": percentile(rtts, 99),
+        "bad": sum(1 for f in finals if f.state is not TaskState.SUCCEEDED),
+    }
+
+
+async def _idle_submits(client: Client, n: int) -> dict[str, Any]:
+    """A submit's round trip on an idle cluster: each waits until the previous task has finished."""
+    rtts: list[float] = []
+    for i in range(n):
+        start = time.perf_counter()
+        task = await client.submit("noop", {"i": i})
+        rtts.append((time.perf_counter() - start) * 1000)
+        await client.wait(task.id, timeout_s=60)
+    return {"submit_p50_ms": statistics.median(rtts), "submit_p99_ms": percentile(rtts, 99)}
+
+
 async def _latency(client: Client, n: int, rate: float) -> dict[str, Any]:
     latencies: list[float] = []
 
@@ -185,6 +246,9 @@ def run_tasklease(
                 result["etcd_per_task"] = {
                     k: round((after.get(k, 0) - base.get(k, 0)) / tasks, 2) for k in after
                 }
+                result["sequential"] = await _sequential(client, tasks)
+                result["sequential_sync"] = await _sequential_sync(client, s.store_config(), tasks)
+                result["idle_submit"] = await _idle_submits(client, 200)
                 bt = await _throughput(client, tasks, batch=True)
                 result["batch_throughput_tasks_s"] = bt["throughput_tasks_s"]
                 result["batch_submit_rate_s"] = bt["submit_rate_s"]
