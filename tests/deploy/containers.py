@@ -37,8 +37,10 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-# aardvark-dns: containers find each other by service name (only recommended by podman's package)
-DEBIAN_PACKAGES = ("podman", "runc", "debootstrap", "netavark", "aardvark-dns", "catatonit")
+# aardvark-dns: containers find each other by service name (only recommended by podman's package);
+# iptables: netavark sets up every container network with it, and fails with "netavark: No such
+# file or directory" where it is missing (a fresh machine: no package pulls it in)
+DEBIAN_PACKAGES = ("podman", "runc", "debootstrap", "netavark", "aardvark-dns", "catatonit", "iptables")
 LOCK_PATH = Path("/tmp/tasklease-apt-podman.lock")
 BASE_LOCK_PATH = Path("/tmp/tasklease-podman-base.lock")
 BASE_IMAGE = "localhost/tasklease-base:bookworm"
