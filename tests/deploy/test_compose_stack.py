@@ -186,7 +186,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         s.compose("up", "-d")
         yield s
     finally:
-        s.compose("down", "-v", "-t", "5", check=False, timeout=600)
+        s.compose("down", "-v", "-t", "5", "--remove-orphans", check=False, timeout=600)
         podman(env, "image", "prune", "--force", check=False)
 
 
@@ -327,7 +327,9 @@ def test_the_compose_stack_runs_scales_recovers_drains_and_keeps_its_data(stack:
     step("health checks, /metrics, Prometheus targets and rules")
 
     # down (the etcd volume kept) and up again: the finished tasks are still there
-    stack.compose("down", "-t", "5", timeout=600)
+    # podman-compose's down handles the replicas the file declares; the scaled ones are
+    # orphans to it (deploy/compose/README.md): without --remove-orphans they keep running
+    stack.compose("down", "-t", "5", "--remove-orphans", timeout=600)
     assert not stack.containers("worker")
     stack.compose("up", "-d")
     until(lambda: stack.api("/readyz", token=None)[0] == 200, 90, "web ready again", stack)
