@@ -37,6 +37,7 @@ from tasklease.purge import PurgeResult
 from tasklease.quotas import Quota
 from tasklease.retry import RetryPolicy
 from tasklease.schedules import Schedule
+from tasklease.sending import SubmitFuture
 from tasklease.stats import Stats
 from tasklease.store import StoreConfig
 from tasklease.version import __version__
@@ -75,6 +76,7 @@ __all__ = [
     "StoreNoSpace",
     "StoreRequestTooLarge",
     "StoreUnavailable",
+    "SubmitFuture",
     "SubmitResult",
     "SyncClient",
     "Task",

@@ -99,6 +99,7 @@ from tasklease.quotas import Quota, QuotaGuard, Usage, write_quota
 from tasklease.retention import RetentionLeases
 from tasklease.retry import RetryPolicy
 from tasklease.schedules import Schedule
+from tasklease.sending import DEFAULT_MAX_IN_FLIGHT, Sender, SubmitFuture
 from tasklease.stats import Stats
 from tasklease.store import Compare, KVStore, Op, Store, StoreConfig
 from tasklease.submitter import (
@@ -154,6 +155,7 @@ class Client:
         clock: Clock | None = None,
         ids: IdGenerator | None = None,
         hooks: Hooks | Iterable[Hook] | None = None,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
     ) -> None:
         self.store = store
         self.keys = keyspace
@@ -176,6 +178,7 @@ class Client:
             hooks=self.hooks,
             retention=self.retention,
         )
+        self.sender = Sender(self.submitter, max_in_flight=max_in_flight)
         self.editor = Editor(
             store, self.inspector, clock=self.clock, retention=self.retention, hooks=self.hooks
         )
@@ -188,17 +191,25 @@ class Client:
         *,
         namespace: str = "tasklease",
         hooks: Hooks | Iterable[Hook] | None = None,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
     ) -> Client:
-        """Connect to etcd and return a client that owns the connection."""
+        """Connect to etcd and return a client that owns the connection.
+
+        ``max_in_flight``: sends (:meth:`send`) pending before the next one waits.
+        """
         keyspace = Keyspace(namespace)
         store = Store(config)
         await store.connect()
-        client = cls(store, keyspace, hooks=hooks)
+        client = cls(store, keyspace, hooks=hooks, max_in_flight=max_in_flight)
         client._owns_store = True
         return client
 
     async def close(self) -> None:
-        """Finish pending submits, stop the result watch; close the connection if this client opened it."""
+        """Finish pending submits and sends, stop the result watch; close the connection if this client opened it.
+
+        A send that failed and whose future nobody looked at is logged (error).
+        """
+        await self.sender.close()
         await self.submitter.close()
         await self._hub.close()
         await self.quotas.close()
@@ -302,6 +313,35 @@ class Client:
         an idempotency key held already, the task holding it is returned.
         """
         return await self.submitter.submit_spec(spec)
+
+    async def send(self, type: str, payload: JSON = None, **options: Any) -> SubmitFuture:
+        """Fire and confirm: start a submit and return at once with its :class:`SubmitFuture`.
+
+        Takes :meth:`submit`'s arguments. The task is validated (a bad one
+        raises here, nothing sent) and given its id (``future.id``) and its
+        place in its queue now, in call order; ``await future`` returns the task
+        once it is durably stored, or raises :meth:`submit`'s error. Sends made
+        in a loop go out together (up to 64 per transaction). ``send`` waits
+        only while ``max_in_flight`` sends are pending (backpressure).
+        :meth:`flush` waits for all of them; :meth:`close` flushes first
+        (docs/client.md, "Fire and confirm").
+        """
+        if "retry" in options and options["retry"] is None:
+            del options["retry"]
+        return await self.sender.send(TaskSpec(type, payload, **options))
+
+    async def send_spec(self, spec: TaskSpec) -> SubmitFuture:
+        """:meth:`send` for a validated :class:`TaskSpec`."""
+        return await self.sender.send(spec)
+
+    async def flush(self) -> builtins.list[SubmitFuture]:
+        """Wait until every :meth:`send` so far is stored or failed; return the futures that failed.
+
+        Each failed send is returned by one flush only (the next returns the
+        failures since); an empty list means every send since the last flush
+        is durable.
+        """
+        return await self.sender.flush()
 
     async def submit_unique(self, spec: TaskSpec) -> SubmitResult:
         """Submit a :class:`TaskSpec` that has an idempotency key; say whether it created the task.

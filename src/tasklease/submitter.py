@@ -498,7 +498,10 @@ class Submitter:
             The new task (``created``), or the task holding the spec's
             idempotency key (not ``created``: nothing was written).
         """
-        task = self.new_task(spec, await self.default_retention())
+        return await self.submit_task(self.new_task(spec, await self.default_retention()))
+
+    async def submit_task(self, task: Task) -> SubmitResult:
+        """Write a task made by :meth:`new_task` (as :meth:`submit`): parents, quota, group commit."""
         try:
             if task.depends_on:
                 # A keyed child is never written ended: its key must be taken with a

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import concurrent.futures
 import threading
 from collections.abc import Coroutine, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -27,6 +28,7 @@ from tasklease.overview import Overview
 from tasklease.purge import PurgeResult
 from tasklease.quotas import Quota
 from tasklease.schedules import Schedule
+from tasklease.sending import SubmitFuture
 from tasklease.stats import Stats
 from tasklease.store import StoreConfig
 from tasklease.submitter import BatchResult, SubmitResult, TaskSpec
@@ -94,6 +96,38 @@ class SyncClient:
     def submit(self, type: str, payload: JSON = None, **options: Any) -> Task:
         """See :meth:`Client.submit`."""
         return self._run(self._client.submit(type, payload, **options))
+
+    def send(self, type: str, payload: JSON = None, **options: Any) -> concurrent.futures.Future[Task]:
+        """See :meth:`Client.send`: returns once the submit is on its way.
+
+        The returned future's ``result()`` blocks until the task is durably
+        stored (the task) or raises the submit's error; the task's id is
+        ``future.task_id``. A bad task raises here, nothing sent.
+        """
+        return self._future(self._run(self._client.send(type, payload, **options)))
+
+    def send_spec(self, spec: TaskSpec) -> concurrent.futures.Future[Task]:
+        """See :meth:`Client.send_spec` (and :meth:`send`)."""
+        return self._future(self._run(self._client.send_spec(spec)))
+
+    @staticmethod
+    def _future(sent: SubmitFuture) -> concurrent.futures.Future[Task]:
+        done: concurrent.futures.Future[Task] = concurrent.futures.Future()
+        done.task_id = sent.id  # type: ignore[attr-defined]
+
+        def settle(_: SubmitFuture) -> None:
+            exc = sent.exception()
+            if exc is None:
+                done.set_result(sent.result())
+            else:
+                done.set_exception(exc)
+
+        sent.add_done_callback(settle)
+        return done
+
+    def flush(self) -> builtins.list[str]:
+        """See :meth:`Client.flush`: wait for every send so far; the ids of those that failed."""
+        return [f.id for f in self._run(self._client.flush())]
 
     def submit_unique(self, spec: TaskSpec) -> SubmitResult:
         """See :meth:`Client.submit_unique`."""
