@@ -43,6 +43,7 @@ EXPECTED = {
     "StoreNoSpace",
     "StoreRequestTooLarge",
     "StoreUnavailable",
+    "SubmitFuture",
     "SubmitResult",
     "SyncClient",
     "Task",

@@ -40,6 +40,7 @@ FAMILIES = {
 }
 FAMILIES["scheduler"] |= {"release"}  # dependencies: the leader's Releaser
 FAMILIES["client"] |= {"workflows"}  # dependencies: DAG submit, status, cancel
+FAMILIES["client"] |= {"sending"}  # fire and confirm: Client.send's futures
 PROCESSES = {"cli", "__main__", "runners", "dev", "demo", "demo_tasks", "soak", "soak_workflows", "tasklease"}
 PROCESSES |= {"cli_limits", "web.api_limits"}  # limits: the command and the REST routes
 PROCESSES |= {"cli_schedules", "web.api_schedules"}  # cron schedules: the command and the REST routes
