@@ -260,6 +260,28 @@ def render(rows: list[dict[str, Any]], extra: list[dict[str, Any]], meta: dict[s
                     f"{_fmt(q['throughput_tasks_s'])} tasks/s, submits {_fmt(q['submit_rate_s'])}/s, "
                     f"submit round trip p50 {q['submit_p50_ms']:.2f} ms, p99 {q['submit_p99_ms']:.2f} ms{vs}."
                 )
+        if "pipelined" in tl:
+            q = tl["pipelined"]
+            vs = f"; x{q['throughput_tasks_s'] / celery['throughput_tasks_s']:.2f} Celery's" if celery else ""
+            lines.append(
+                f"tasklease, pipelined producer (fire and confirm: a loop of `send`, then `flush`): "
+                f"{_fmt(q['throughput_tasks_s'])} tasks/s, submits {_fmt(q['submit_rate_s'])}/s{vs}."
+            )
+        for key, label in (("cpu_ms_per_task", "concurrent producer"), ("sequential", "sequential producer")):
+            cpu = tl.get(key) if key == "cpu_ms_per_task" else tl.get(key, {}).get("cpu_ms_per_task")
+            if cpu:
+                parts = ", ".join(f"{k} {v:.3f}" for k, v in cpu.items() if k != "total")
+                lines.append(
+                    f"CPU per task, {label} (ms, every process of the stack and the client): "
+                    f"{cpu['total']:.3f} in all ({parts})."
+                )
+        if "etcd_bytes_per_task" in tl:
+            b = tl["etcd_bytes_per_task"]
+            lines.append(
+                f"etcd bytes per task, concurrent producer, payload {tl.get('payload_bytes', 0)} B of JSON: "
+                f"in {_kb(b.get('received', 0))}, out {_kb(b.get('sent', 0))}, "
+                f"mvcc put {_kb(b.get('put', 0))}, WAL {_kb(b.get('wal', 0))}."
+            )
         if "idle_submit" in tl:
             q = tl["idle_submit"]
             lines.append(
@@ -284,6 +306,8 @@ def render(rows: list[dict[str, Any]], extra: list[dict[str, Any]], meta: dict[s
                 f"- etcd work per task (from etcd's /metrics): {e.get('grpc_Txn', 0):.2f} transactions, {e.get('grpc_Range', 0):.2f} range requests, "
                 f"{e.get('etcd_server_proposals_committed_total', 0):.2f} raft proposals (writes)"
             )
+    if tl:
+        lines.extend(["", *targets(rows)])
     if extra:
         lines.append("")
         lines.append("| measurement | result |")
@@ -302,6 +326,43 @@ def render(rows: list[dict[str, Any]], extra: list[dict[str, Any]], meta: dict[s
                     f"| scheduler CPU, {r['workers']} workers | {r['scheduler_cpu_ms_per_task']:.3f} ms per task ({r['throughput_tasks_s']:,.0f} tasks/s) |"
                 )
     return "\n".join(lines) + "\n"
+
+
+def targets(rows: list[dict[str, Any]]) -> list[str]:
+    """Issue step 12's targets, each marked met or missed from this run's figures."""
+    tl = next(r for r in rows if r["system"] == "tasklease")
+    celery = next((r for r in rows if r["system"] == "celery"), None)
+    dramatiq = next((r for r in rows if r["system"] == "dramatiq"), None)
+    checks: list[tuple[str, float | None, str, bool]] = []
+
+    def add(label: str, value: float | None, shown: str, ok: bool) -> None:
+        checks.append((label, value, shown, ok))
+
+    for key, api in (("sequential", "async"), ("sequential_sync", "sync")):
+        if key in tl and celery:
+            x = tl[key]["throughput_tasks_s"] / celery["throughput_tasks_s"]
+            add(f"sequential producer ({api}) >= x1.00 Celery", x, f"x{x:.2f}", x >= 1.0)
+    if "idle_submit" in tl:
+        v = tl["idle_submit"]["submit_p50_ms"]
+        add("submit round trip p50 on an idle cluster <= 1 ms", v, f"{v:.2f} ms", v <= 1.0)
+    if dramatiq:
+        x = tl["throughput_tasks_s"] / dramatiq["throughput_tasks_s"]
+        add("concurrent producer >= x1.00 Dramatiq", x, f"x{x:.2f}", x >= 1.0)
+    if celery and "p50_ms" in tl:
+        add(
+            "latency p50 <= Celery's",
+            tl["p50_ms"],
+            f"{tl['p50_ms']:.1f} ms vs {celery['p50_ms']:.1f} ms",
+            tl["p50_ms"] <= celery["p50_ms"],
+        )
+    if "p99_ms" in tl:
+        add("latency p99 <= 10 ms", tl["p99_ms"], f"{tl['p99_ms']:.1f} ms", tl["p99_ms"] <= 10.0)
+    if "cpu_ms_per_task" in tl:
+        v = tl["cpu_ms_per_task"]["total"]
+        add("CPU per task, all processes incl. etcd <= 0.8 ms", v, f"{v:.2f} ms", v <= 0.8)
+    out = ["| target (issue step 12) | this run | |", "|---|---:|---|"]
+    out += [f"| {label} | {shown} | {'met' if ok else 'missed'} |" for label, _, shown, ok in checks]
+    return out
 
 
 def _kb(n: float) -> str:
@@ -385,6 +446,14 @@ def render_payloads(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                 lines.append(
                     f"| {_kb(int(size)) if int(size) else 'empty'} | {x['tasks']:,} | {_kb(x['received'])} | "
                     f"{_kb(x['sent'])} | {_kb(x['put'])} | {_kb(x['wal'])} | {_kb(x['db_in_use'])} | {ratio} |"
+                )
+            copies = [pb["put"] for pb in r["per_payload_byte"].values() if pb]
+            if copies:
+                worst = max(copies)
+                lines.append("")
+                lines.append(
+                    f"- copies of the payload written per task (mvcc put per payload byte, one attempt, small result): "
+                    f"at most {worst:.1f}; target <= 2: {'met' if worst <= 2.05 else 'missed'}"
                 )
     return "\n".join(lines) + "\n"
 

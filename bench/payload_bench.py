@@ -26,13 +26,20 @@ import os
 import random
 import statistics
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from bench.tasklease_bench import NS, SUBMIT_CONCURRENCY, connect, percentile, stack
+from bench.tasklease_bench import (
+    BYTE_METRICS,
+    NS,
+    SUBMIT_CONCURRENCY,
+    connect,
+    percentile,
+    scrape_bytes,
+    stack,
+)
 from tasklease.client import Client, TaskSpec
 from tasklease.dev import Stack
 from tasklease.models import JSON, TaskState
@@ -45,33 +52,6 @@ REALISTIC = 4500
 # on the shared machine etcd sometimes stalls for seconds, which should show in
 # the figures rather than abort the section. The stack's processes keep their defaults.
 ETCD_TIMEOUT_S = 30.0
-
-# etcd 3.5.1's byte counters (all present in its /metrics; checked by curl):
-BYTE_METRICS = {
-    # request bytes clients sent to etcd (every put, txn, range, watch request, keep-alive)
-    "received": "etcd_network_client_grpc_received_bytes_total",
-    # response bytes etcd sent to clients (range results and watch events included)
-    "sent": "etcd_network_client_grpc_sent_bytes_total",
-    # key + value + metadata of every key-value written to the MVCC store
-    "put": "etcd_debugging_mvcc_total_put_size_in_bytes",
-    # bytes appended to the write-ahead log. etcd 3.5.1 counts every WAL write
-    # twice (etcd-io/etcd#14506, fixed in later 3.5 releases): see the calibration.
-    "wal": "etcd_disk_wal_write_bytes_total",
-    # bbolt pages in use (no compaction runs during the bench: every revision stays)
-    "db_in_use": "etcd_mvcc_db_total_size_in_use_in_bytes",
-}
-
-
-def scrape_bytes(url: str) -> dict[str, float]:
-    """The byte counters of :data:`BYTE_METRICS` from etcd's ``/metrics``."""
-    text = urllib.request.urlopen(url, timeout=5).read().decode()
-    by_metric = {metric: name for name, metric in BYTE_METRICS.items()}
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        metric, _, value = line.partition(" ")
-        if metric in by_metric:
-            out[by_metric[metric]] = float(value)
-    return out
 
 
 def _delta(before: dict[str, float], after: dict[str, float], per: float) -> dict[str, float]:

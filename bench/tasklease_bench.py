@@ -8,6 +8,7 @@ and worker processes, started by :class:`tasklease.dev.Stack`, exactly what
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -38,6 +39,34 @@ METRICS = (
     "etcd_mvcc_put_total",
     "etcd_server_proposals_committed_total",
 )
+
+
+# etcd 3.5.1's byte counters (all present in its /metrics; checked by curl):
+BYTE_METRICS = {
+    # request bytes clients sent to etcd (every put, txn, range, watch request, keep-alive)
+    "received": "etcd_network_client_grpc_received_bytes_total",
+    # response bytes etcd sent to clients (range results and watch events included)
+    "sent": "etcd_network_client_grpc_sent_bytes_total",
+    # key + value + metadata of every key-value written to the MVCC store
+    "put": "etcd_debugging_mvcc_total_put_size_in_bytes",
+    # bytes appended to the write-ahead log. etcd 3.5.1 counts every WAL write
+    # twice (etcd-io/etcd#14506, fixed in later 3.5 releases): see the calibration.
+    "wal": "etcd_disk_wal_write_bytes_total",
+    # bbolt pages in use (no compaction runs during the bench: every revision stays)
+    "db_in_use": "etcd_mvcc_db_total_size_in_use_in_bytes",
+}
+
+
+def scrape_bytes(url: str) -> dict[str, float]:
+    """The byte counters of :data:`BYTE_METRICS` from etcd's ``/metrics``."""
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    by_metric = {metric: name for name, metric in BYTE_METRICS.items()}
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        metric, _, value = line.partition(" ")
+        if metric in by_metric:
+            out[by_metric[metric]] = float(value)
+    return out
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -143,6 +172,51 @@ async def _throughput(client: Client, n: int, batch: bool) -> dict[str, Any]:
     }
 
 
+def _cpu_s(proc: psutil.Process) -> float:
+    """CPU seconds (user + system) of a process and its live children (a worker's process pool)."""
+    total = 0.0
+    for p in (proc, *proc.children(recursive=True)):
+        try:
+            t = p.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system
+    return total
+
+
+def cpu_snapshot(s: Stack) -> dict[str, float]:
+    """CPU seconds so far of each process of the stack, and of this one (the client, its waits included)."""
+    assert s.etcd.process is not None
+    out = {"etcd": _cpu_s(psutil.Process(s.etcd.process.pid))}
+    for name, proc in s.procs.items():
+        out[name] = _cpu_s(psutil.Process(proc.pid))
+    own = psutil.Process().cpu_times()  # this process's threads only: the stack runs as its children
+    out["client"] = own.user + own.system
+    return out
+
+
+def cpu_per_task(before: dict[str, float], after: dict[str, float], tasks: int) -> dict[str, float]:
+    """Milliseconds of CPU per task by process, and ``total``."""
+    per = {k: round((after[k] - before[k]) * 1000 / tasks, 3) for k in before if k in after}
+    per["total"] = round(sum(per.values()), 3)
+    return per
+
+
+async def _pipelined(client: Client, n: int) -> dict[str, Any]:
+    """One producer with fire and confirm: a loop of ``send`` (no await of each write), then ``flush``."""
+    t0 = time.perf_counter()
+    futures = [await client.send("noop", {"i": i}) for i in range(n)]
+    failed = await client.flush()
+    t1 = time.perf_counter()
+    finals = await asyncio.gather(*(client.wait(f.id, timeout_s=600) for f in futures))
+    t2 = time.perf_counter()
+    return {
+        "throughput_tasks_s": n / (t2 - t0),
+        "submit_rate_s": n / (t1 - t0),
+        "bad": len(failed) + sum(1 for f in finals if f.state is not TaskState.SUCCEEDED),
+    }
+
+
 async def _sequential(client: Client, n: int) -> dict[str, Any]:
     """What most applications do: one producer, each ``await client.submit()`` before the next."""
     rtts: list[float] = []
@@ -237,14 +311,30 @@ def run_tasklease(
             client = await connect(s)
             try:
                 await _throughput(client, min(500, tasks), batch=False)  # warm up
-                base = scrape(s.etcd.metrics_url)
+                base, base_bytes, base_cpu = (
+                    scrape(s.etcd.metrics_url),
+                    scrape_bytes(s.etcd.metrics_url),
+                    cpu_snapshot(s),
+                )
                 tp = await _throughput(client, tasks, batch=False)
-                after = scrape(s.etcd.metrics_url)
+                after, after_bytes, after_cpu = (
+                    scrape(s.etcd.metrics_url),
+                    scrape_bytes(s.etcd.metrics_url),
+                    cpu_snapshot(s),
+                )
                 result.update(tp)
                 result["etcd_per_task"] = {
                     k: round((after.get(k, 0) - base.get(k, 0)) / tasks, 2) for k in after
                 }
+                result["etcd_bytes_per_task"] = {
+                    k: round((after_bytes[k] - base_bytes[k]) / tasks) for k in base_bytes if k in after_bytes
+                }
+                result["payload_bytes"] = len(json.dumps({"i": tasks // 2}, separators=(",", ":")))
+                result["cpu_ms_per_task"] = cpu_per_task(base_cpu, after_cpu, tasks)
+                c0 = cpu_snapshot(s)
                 result["sequential"] = await _sequential(client, tasks)
+                result["sequential"]["cpu_ms_per_task"] = cpu_per_task(c0, cpu_snapshot(s), tasks)
+                result["pipelined"] = await _pipelined(client, tasks)
                 result["sequential_sync"] = await _sequential_sync(client, s.store_config(), tasks)
                 result["idle_submit"] = await _idle_submits(client, 200)
                 bt = await _throughput(client, tasks, batch=True)
