@@ -516,7 +516,16 @@ class Submitter:
                     result = held[task.id]
                 else:
                     self.register_queues([task.queue])
-                    result = await self.group.submit((task, data))
+                    # Told before the write: the hub then keeps its end even if its watch
+                    # delivers the submit's own revision before this submit returns.
+                    self.hub.expect_soon(task.id)
+                    try:
+                        result = await self.group.submit((task, data))
+                    except BaseException:
+                        self.hub.forget(task.id)
+                        raise
+                    if not result.created:
+                        self.hub.forget(task.id)
             except StoreNoSpace as exc:
                 raise explain_nospace(exc, "the submit was") from exc
             finally:

@@ -140,15 +140,37 @@ class ResultHub:
             while len(self._finished) > MAX_KEPT:
                 self._finished.popitem(last=False)
 
+    def expect_soon(self, task_id: str) -> None:
+        """Note a task this client is about to write, before its transaction is sent.
+
+        Every change of it comes after the transaction, so after this watch
+        started: its end is kept, and wait() needs no read, however soon the
+        watch delivers the submit's own revision (with many submits in flight
+        it often does before the submit returns). :meth:`forget` it if the
+        write fails.
+        """
+        if self._task is None or self._started is None or not self._started.done():
+            return
+        self._expect(task_id)
+
     def expect(self, task_id: str, revision: int) -> None:
         """Note a task this client submitted at ``revision``, so wait() needs no read."""
         if self._task is None or self._started is None or not self._started.done():
             return
+        if task_id in self._expected:
+            return  # told before its write (expect_soon): nothing of it can have gone by
         if self.revision >= revision:
             return  # the watch may be past it already: wait() will read
+        self._expect(task_id)
+
+    def _expect(self, task_id: str) -> None:
         self._expected[task_id] = None
         while len(self._expected) > MAX_KEPT:
             self._expected.popitem(last=False)
+
+    def forget(self, task_id: str) -> None:
+        """A task noted by :meth:`expect_soon` was not written."""
+        self._expected.pop(task_id, None)
 
     def _resolve(self, task: Task) -> None:
         for fut in self._waiters.pop(task.id, ()):
