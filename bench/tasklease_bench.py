@@ -347,7 +347,7 @@ def run_tasklease(
 
         asyncio.run(main())
     result["settings"] = (
-        f"1 scheduler (batch 10), 2 worker processes x concurrency {WORKER_CONCURRENCY}, client {SUBMIT_CONCURRENCY} submits in flight"
+        f"1 scheduler (batch 30), 2 worker processes x concurrency {WORKER_CONCURRENCY}, client {SUBMIT_CONCURRENCY} submits in flight"
     )
     return result
 

@@ -115,7 +115,7 @@ class SchedulerConfig:
 
     scheduler_id: str = field(default_factory=default_scheduler_id)
     balancer: str = "least_load"
-    batch_size: int = 10
+    batch_size: int = 30
     lease_ttl_s: int = 10
     deadline_grace_s: float = 5.0
     unroutable_after_s: float | None = None
