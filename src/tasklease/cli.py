@@ -582,7 +582,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--balancer", default="least_load", choices=["round_robin", "random", "least_load", "weighted"]
     )
     p.add_argument(
-        "--batch-size", type=_int, default=30, help="most tasks per assignment transaction, 1..30 (default 30)"
+        "--batch-size",
+        type=_int,
+        default=30,
+        help="most tasks per assignment transaction, 1..30 (default 30)",
     )
     p.add_argument("--lease-ttl", type=_int, default=10, help="leadership lease TTL in seconds (default 10)")
     p.add_argument(

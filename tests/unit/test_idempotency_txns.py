@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -159,6 +160,20 @@ def test_txn_ops_counts_the_key():
     assert txn_ops(new_task()) == 2
     assert txn_ops(new_task("k")) == 3
     assert txn_cost(new_task("k" * 512), b"x") > txn_cost(new_task(), b"x") + 1000
+
+
+@pytest.mark.parametrize("key", [None, "k"])
+@pytest.mark.parametrize("expires", [None, 2e9])
+@pytest.mark.parametrize("shape", ["queued", "pending", "waiting"])
+def test_txn_ops_counted_once_per_shape_equals_the_transaction(key, expires, shape):
+    changes: dict[str, Any] = {"expires_at": expires}
+    if shape == "pending":
+        changes.update(state=TaskState.PENDING, not_before=2e9)
+    elif shape == "waiting":
+        changes.update(state=TaskState.WAITING, depends_on=(IDS.task_id(),))
+    for _ in range(2):  # the second time from the cache
+        task = new_task(key, **changes)
+        assert txn_ops(task) == len(transitions.enqueue(KEYS, task, b"{}").ops)
 
 
 def test_a_batch_of_keyed_tasks_is_cut_at_128_operations():
