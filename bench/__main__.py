@@ -288,6 +288,12 @@ def render(rows: list[dict[str, Any]], extra: list[dict[str, Any]], meta: dict[s
                 f"tasklease submit round trip on an idle cluster (each after the previous task finished): "
                 f"p50 {q['submit_p50_ms']:.2f} ms, p99 {q['submit_p99_ms']:.2f} ms."
             )
+            if "settled_submit_p50_ms" in q:
+                lines.append(
+                    f"The same after a 20 ms pause (all quiet): p50 {q['settled_submit_p50_ms']:.2f} ms, "
+                    f"p99 {q['settled_submit_p99_ms']:.2f} ms; a bare one-put etcd transaction after the same "
+                    f"pause: p50 {q['settled_etcd_put_p50_ms']:.2f} ms."
+                )
         if "batch_throughput_tasks_s" in tl:
             lines.append(
                 f"tasklease with the batch submit API: {_fmt(tl['batch_throughput_tasks_s'])} tasks/s, submit rate {_fmt(tl['batch_submit_rate_s'])}/s."
@@ -343,8 +349,12 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
             x = tl[key]["throughput_tasks_s"] / celery["throughput_tasks_s"]
             add(f"sequential producer ({api}) >= x1.00 Celery", x, f"x{x:.2f}", x >= 1.0)
     if "idle_submit" in tl:
-        v = tl["idle_submit"]["submit_p50_ms"]
-        add("submit round trip p50 on an idle cluster <= 1 ms", v, f"{v:.2f} ms", v <= 1.0)
+        q = tl["idle_submit"]
+        v = q["submit_p50_ms"]
+        shown = f"{v:.2f} ms"
+        if "settled_submit_p50_ms" in q:
+            shown += f" (after a 20 ms pause {q['settled_submit_p50_ms']:.2f}; bare etcd put {q['settled_etcd_put_p50_ms']:.2f})"
+        add("submit round trip p50 on an idle cluster <= 1 ms", v, shown, v <= 1.0)
     if dramatiq:
         x = tl["throughput_tasks_s"] / dramatiq["throughput_tasks_s"]
         add("concurrent producer >= x1.00 Dramatiq", x, f"x{x:.2f}", x >= 1.0)

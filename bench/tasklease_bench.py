@@ -27,7 +27,7 @@ from tasklease.client import Client, TaskSpec
 from tasklease.dev import Stack
 from tasklease.models import Outcome, TaskState
 from tasklease.nodes import list_nodes
-from tasklease.store import StoreConfig
+from tasklease.store import Put, StoreConfig
 from tasklease.sync import SyncClient
 
 NS = "bench"
@@ -264,14 +264,38 @@ async def _sequential_figures(
 
 
 async def _idle_submits(client: Client, n: int) -> dict[str, Any]:
-    """A submit's round trip on an idle cluster: each waits until the previous task has finished."""
-    rtts: list[float] = []
+    """A submit's round trip on an idle cluster, and etcd's own for one put in the same conditions.
+
+    Three ways: right after the previous task finished (the scheduler and the
+    worker are still handling its last events), and after a 20 ms pause (all
+    quiet); for the latter, also a bare one-put transaction (``Store.txn``)
+    after the same pause: the floor of any submit on this machine and etcd
+    (after a pause every process and etcd's goroutines must wake up).
+    """
+    after_task: list[float] = []
+    settled: list[float] = []
+    bare: list[float] = []
     for i in range(n):
         start = time.perf_counter()
         task = await client.submit("noop", {"i": i})
-        rtts.append((time.perf_counter() - start) * 1000)
+        after_task.append((time.perf_counter() - start) * 1000)
         await client.wait(task.id, timeout_s=60)
-    return {"submit_p50_ms": statistics.median(rtts), "submit_p99_ms": percentile(rtts, 99)}
+        await asyncio.sleep(0.02)
+        start = time.perf_counter()
+        task = await client.submit("noop", {"i": i})
+        settled.append((time.perf_counter() - start) * 1000)
+        await client.wait(task.id, timeout_s=60)
+        await asyncio.sleep(0.02)
+        start = time.perf_counter()
+        await client.store.txn([], [Put(f"/{NS}-probe/{i % 10}", b"x" * 300)])
+        bare.append((time.perf_counter() - start) * 1000)
+    return {
+        "submit_p50_ms": statistics.median(after_task),
+        "submit_p99_ms": percentile(after_task, 99),
+        "settled_submit_p50_ms": statistics.median(settled),
+        "settled_submit_p99_ms": percentile(settled, 99),
+        "settled_etcd_put_p50_ms": statistics.median(bare),
+    }
 
 
 async def _latency(client: Client, n: int, rate: float) -> dict[str, Any]:
