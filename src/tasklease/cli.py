@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -61,8 +62,22 @@ class Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line on stderr and exit 2."""
 
     def error(self, message: str) -> NoReturn:
-        """Report a bad command line."""
-        _fail(f"{message} (see: {self.prog} --help)", EXIT_USAGE)
+        """Report a bad command line (each argument it quotes cut to a readable length)."""
+        _fail(f"{shorten_words(message)} (see: {self.prog} --help)", EXIT_USAGE)
+
+
+# argparse quotes the arguments it refuses: a payload of kilobytes given in the wrong place
+# must not be echoed back whole.
+LONGEST_QUOTED_WORD = 80
+
+
+def shorten_words(message: str, longest: int = LONGEST_QUOTED_WORD) -> str:
+    """``message`` with each run of more than ``longest`` non-space characters cut, saying how long it was."""
+    return re.sub(
+        rf"\S{{{longest + 1},}}",
+        lambda m: f"{m.group()[: longest - 20]}... [{len(m.group()):,} characters]",
+        message,
+    )
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")

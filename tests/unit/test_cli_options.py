@@ -106,3 +106,16 @@ def test_environment_fills_what_the_command_line_does_not_give():
 def test_a_bad_environment_value_names_its_variable(variable, value, message):
     with pytest.raises(UsageError, match=f"environment variable {variable}: {message}"):
         parse(["list"], {variable: value})
+
+
+def test_a_usage_error_cuts_a_long_argument_it_quotes(capsys):
+    # A 4.5 KB payload given without --payload: argparse refuses it and quotes it.
+    payload = '{"blob":"' + "x" * 4500 + '"}'
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["submit", "noop", payload])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tasklease: error: unrecognized arguments: ")
+    assert "[4,511 characters]" in err
+    assert len(err) < 300
+    assert err.count("\n") == 1
