@@ -141,8 +141,9 @@ def plan_batch(
     for qkv in heads:
         entry = keys.parse_queue_entry(qkv.key)
         task_id = entry.task_id
-        # The queue key's value is the record, written with it: same bytes, same
-        # mod revision (transitions.place_ops). No read needed.
+        # The queue key's value is the record without its payload, written with it:
+        # same mod revision (transitions.place_ops). No read needed: the assignment
+        # does not write the record.
         record_kv = KV(keys.task(task_id), qkv.value, qkv.create_revision, qkv.mod_revision, 0)
         task_route = route(entry.route or "")
         queued: Task | None = None  # decoded once a worker may take it (or to learn its route)

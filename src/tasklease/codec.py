@@ -2,12 +2,13 @@
 
 Limits (docs/architecture.md, "Limits and sizes"). etcd refuses requests over
 1.5 MiB (``--max-request-bytes``). A payload (and a result) may be at most
-``MAX_PAYLOAD_BYTES`` (512 KiB) of JSON. A queued record is written twice in
-one transaction (as the record and as its queue key's value), so it may be at
-most ``MAX_QUEUED_RECORD_BYTES`` (680 KiB); a running record is written twice
-too (the record and the worker's assignment), at most
-``MAX_RUNNING_RECORD_BYTES``; a finished record is written once, at most
-``MAX_RECORD_BYTES`` (1.3 MB: a maximal payload and a maximal result fit). A
+``MAX_PAYLOAD_BYTES`` (512 KiB) of JSON. A queued record may be at most
+``MAX_QUEUED_RECORD_BYTES`` (680 KiB: a batch of submits or of outcomes must
+be able to carry one; its queue key holds it without the payload,
+:func:`encode_index_record`); an assignment writes no record (the running
+record is the queued one plus the attempt of its running entry); a finished
+record is at most ``MAX_RECORD_BYTES`` (1.3 MB: a maximal payload and a
+maximal result fit). A
 payload within its limit always fits, because what accumulates in a record is
 bounded too: error texts (4 KiB each), attempts (the first 3 and last 20)
 and trace context (``models.MAX_TRACE_BYTES``, 1 KiB). :func:`encode_for_write`
@@ -41,14 +42,14 @@ from tasklease.models import (
 )
 from tasklease.retry import RetryPolicy
 
+# The schema version of a queue key's value (a record without its payload).
+INDEX_SCHEMA_VERSION = 2
 MAX_PAYLOAD_BYTES = 512 * 1024
 MAX_RECORD_BYTES = 1_300_000
-# A queued record is written twice by one transaction (the record and its queue
-# key, whose value is the record: see queue.place_ops), so it must stay under
-# half of what one transaction may carry.
+# A queued record (its queue key holds it without the payload: transitions.place_ops).
 MAX_QUEUED_RECORD_BYTES = 680 * 1024
-# A running record (a queued one plus its new attempt) is written twice as well:
-# the record and the worker's assignment.
+# A running record: a queued one plus its new attempt (never written: the assignment
+# writes the attempt only; kept as the limit of a running record's size).
 MAX_RUNNING_RECORD_BYTES = MAX_QUEUED_RECORD_BYTES + 4096
 _MAX_DEPTH = 64
 
@@ -194,6 +195,8 @@ def encode_task(task: Task) -> bytes:
         PayloadTooLarge: If the record is over ``MAX_RECORD_BYTES``.
         InvalidPayload: If the payload or result is not JSON.
     """
+    if task.payload_omitted:
+        raise ValueError(f"task {task.id} was decoded without its payload: it is not a record to write")
     try:
         data = orjson.dumps(task_to_dict(task))
     except TypeError as exc:
@@ -201,6 +204,39 @@ def encode_task(task: Task) -> bytes:
     if len(data) > MAX_RECORD_BYTES:
         raise PayloadTooLarge(f"task record {task.id}", len(data), MAX_RECORD_BYTES)
     return data
+
+
+def encode_index_record(task: Task, record_bytes: int) -> bytes:
+    """A queue key's value: the record without its payload, and the record's size.
+
+    The leader assigns from these values without reading records, and needs
+    everything but the payload (the worker reads the record). ``record_bytes``
+    (the record's encoded size) lets a quota count the bytes that wait without
+    reading the records. Decoded, it is a task with ``payload_omitted``.
+    """
+    d = task_to_dict(task)
+    del d["payload"]
+    # Version 2: a version that predates it refuses the value (a corrupt record to it)
+    # instead of taking the missing payload for a null one.
+    d["v"] = INDEX_SCHEMA_VERSION
+    d["payload_omitted"] = True
+    d["record_bytes"] = record_bytes
+    return orjson.dumps(d)
+
+
+def index_record_bytes(value: bytes) -> int:
+    """The size of the record a queue key stands for: its ``record_bytes``, or its own size.
+
+    Queue keys written by older versions hold the whole record.
+    """
+    if value.endswith(b"}") and b'"record_bytes"' in value:
+        try:
+            size = orjson.loads(value).get("record_bytes")
+        except (orjson.JSONDecodeError, AttributeError):
+            return len(value)
+        if isinstance(size, int) and not isinstance(size, bool) and size >= 0:
+            return size
+    return len(value)
 
 
 def record_limit(state: TaskState) -> int:
@@ -228,7 +264,8 @@ def encode_for_write(task: Task) -> bytes:
 
 def task_from_dict(d: dict[str, Any]) -> Task:
     """Build a task from its dict form (raises on any inconsistency)."""
-    if d.get("v") != SCHEMA_VERSION:
+    omitted = d.get("payload_omitted") is True
+    if d.get("v") != (INDEX_SCHEMA_VERSION if omitted else SCHEMA_VERSION):
         raise ValueError(f"unsupported schema version {d.get('v')!r}")
     r = d["retry"]
     return Task(
@@ -268,6 +305,7 @@ def task_from_dict(d: dict[str, Any]) -> Task:
         unique_until=_opt_float(d.get("unique_until")),
         schedule=d["schedule"] if isinstance(d.get("schedule"), str) else None,
         tick=_opt_float(d.get("tick")),
+        payload_omitted=omitted,
     )
 
 

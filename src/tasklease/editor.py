@@ -126,12 +126,12 @@ class Editor:
         """
         task_id = parse_task_id(task_id)
         for _ in range(MAX_CONFLICT_RETRIES):
-            task, kv, _ = await self.inspector.read(task_id)
+            task, kv, running_kv, _ = await self.inspector.read_current(task_id)
             new_task = change(task)
             if new_task is None:
                 return task
             lease = await self.retention.lease_for(new_task.retention_s) if new_task.state.terminal else 0
-            txn = transitions.rewrite(self.keys, kv, task, new_task, lease)
+            txn = transitions.rewrite(self.keys, kv, task, new_task, lease, running_kv=running_kv)
             try:
                 result = await self.store.txn(txn.compares, txn.ops)
             except StoreUnavailable:

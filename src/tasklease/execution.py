@@ -200,8 +200,12 @@ class Execution:
                     self._on_idle()
 
     # intake (membership.Intake) -----------------------------------------------------------
-    def accept(self, kv: KV) -> None:
-        """An assignment was put (or read): start its run, unless it is known or not ours."""
+    def accept(self, kv: KV, record_kv: KV | None = None) -> None:
+        """An assignment was put (or read): start its run, unless it is known, stale or not ours.
+
+        ``record_kv``: the task's record, read after the assignment (its value
+        names the attempt, not the task: ``queue.decode_assignment``).
+        """
         _, task_id = self.keys.parse_assignment(kv.key)
         if kv.lease != self._lease_id():
             return  # left over from an earlier lease of ours: it is about to vanish
@@ -209,9 +213,13 @@ class Execution:
         if kv.create_revision in runs:
             return  # seen already (a re-read after a watch gap)
         try:
-            assignment = decode_assignment(self.keys, self.worker_id, kv)
+            assignment = decode_assignment(self.keys, self.worker_id, kv, record_kv)
         except CorruptRecord as exc:
             log.error("skipping corrupt assignment: %s", exc, extra={**self._extra, "task_id": task_id})
+            return
+        if assignment is None:
+            # The record moved on since (cancelled, recovered): its deletion follows.
+            log.info("skipping an outdated assignment", extra={**self._extra, "task_id": task_id})
             return
         # An older attempt of this task: its assignment was deleted before this
         # one was created, whether or not we have seen the deletion yet.
@@ -231,14 +239,14 @@ class Execution:
             if run.assignment.token < revision:
                 self._stop_revoked(run)
 
-    def reconcile(self, current: Sequence[KV]) -> None:
-        """After a watch gap: ``current`` is every assignment now; stop the runs it lacks, start the new."""
-        live = {(self.keys.parse_assignment(kv.key)[1], kv.create_revision) for kv in current}
+    def reconcile(self, current: Sequence[tuple[KV, KV | None]]) -> None:
+        """After a watch gap: ``current`` is every assignment now (with its record); stop the runs it lacks, start the new."""
+        live = {(self.keys.parse_assignment(kv.key)[1], kv.create_revision) for kv, _ in current}
         for run in self.all_runs():
             if (run.assignment.task.id, run.assignment.token) not in live:
                 self._stop_revoked(run)
-        for kv in current:
-            self.accept(kv)
+        for kv, record_kv in current:
+            self.accept(kv, record_kv)
 
     async def lease_lost(self) -> None:
         """Stop every run; nothing is written (their assignments are gone with the lease)."""

@@ -16,9 +16,11 @@ due tasks' records, in groups bounded by count and bytes, and for each:
   (``transitions.drop_expiring``).
 
 Both are guarded by the leadership fence, the record and the expiring key
-being as read: a task assigned meanwhile is not discarded (the assigner's
-transaction changed its record), and one expired is never assigned (the
-expiry deleted its queue key; the assigner's compares fail). Several go in
+being as read, and a queued task by its queue key: a task assigned meanwhile
+is not discarded (the assigner's transaction deleted its queue key; the
+record stays as queued, and the running entry the mirror holds tells it
+started), and one expired is never assigned (the expiry deleted its queue
+key; the assigner's compares fail). Several go in
 one transaction (``recoverer.commit_parts``; on a failed compare each alone).
 The assigner also passes over a queue head whose expiry has passed (it leaves
 it for this loop).
@@ -181,12 +183,15 @@ class Expirer(LeaderLoop):
                 task = codec.decode_task(record_kv.key, record_kv.value)
             except CorruptRecord as exc:
                 log.error("expiring task has a corrupt record (%s): dropping its expiring key", exc)
+        entry = self.mirror.view.running.get(task.id) if task is not None else None
         if (
             task is None
             or record_kv is None
             or task.state not in transitions.EXPIRABLE
             or task.attempts
             or task.expires_at is None
+            # assigned: an assignment leaves the record as queued, its running entry names it
+            or (entry is not None and entry.record_revision == record_kv.mod_revision)
         ):
             # started, finished, vanished or unreadable: nothing to discard
             return transitions.drop_expiring(fence, expiring_kv), None

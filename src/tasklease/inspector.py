@@ -24,14 +24,15 @@ from dataclasses import dataclass
 from tasklease import codec
 from tasklease.clock import Clock
 from tasklease.errors import CorruptRecord, InvalidOption, StoreUnavailable, TaskNotFound
-from tasklease.finished import GETS_PER_TXN, list_finished, read_records
+from tasklease.finished import GETS_PER_TXN, list_finished, read_kvs, read_records
 from tasklease.ids import parse_task_id
 from tasklease.keys import Keyspace, check_name, prefix_end
 from tasklease.models import Task, TaskState
 from tasklease.nodes import NodeRecord, list_nodes
 from tasklease.overview import Overview, read_overview
+from tasklease.recovery import as_seen, decode_running, running_view
 from tasklease.stats import Stats, check_window, stats_from_overview
-from tasklease.store import FIRST_PAGE, KV, KVStore
+from tasklease.store import FIRST_PAGE, KV, Get, KVStore
 
 log = logging.getLogger("tasklease.client")
 
@@ -68,7 +69,21 @@ class Inspector:
         self.clock = clock
 
     async def read(self, task_id: str) -> tuple[Task, KV, int]:
-        """A task's record, its key-value (for a guarded rewrite) and the read's revision.
+        """A task as readers see it, its record's key-value (for a guarded rewrite) and the read's revision.
+
+        Raises:
+            TaskNotFound: No such task.
+            CorruptRecord: The stored record cannot be decoded.
+        """
+        task, kv, _, revision = await self.read_current(task_id)
+        return task, kv, revision
+
+    async def read_current(self, task_id: str) -> tuple[Task, KV, KV | None, int]:
+        """A task as readers see it, its record, its running entry if it runs, and the read's revision.
+
+        One transaction of two gets: the record, and the running-index entry
+        that holds a running task's attempt (an assignment does not rewrite
+        the record: ``recovery.running_view``).
 
         Raises:
             TaskNotFound: No such task.
@@ -76,10 +91,20 @@ class Inspector:
         """
         task_id = parse_task_id(task_id)
         key = self.keys.task(task_id)
-        kv, revision = await self.store.get(key)
-        if kv is None:
+        result = await self.store.txn([], [Get(key), Get(self.keys.running_entry(task_id))])
+        if not result.reads[0]:
             raise TaskNotFound(task_id)
-        return codec.decode_task(key, kv.value), kv, revision
+        kv = result.reads[0][0]
+        task = codec.decode_task(key, kv.value)
+        running_kv = result.reads[1][0] if result.reads[1] else None
+        if running_kv is not None and task.state is TaskState.QUEUED:
+            try:
+                view = running_view(kv, task, decode_running(self.keys, running_kv))
+            except CorruptRecord:
+                view = None
+            if view is not None:
+                return view, kv, running_kv, result.revision
+        return task, kv, None, result.revision
 
     async def get(self, task_id: str) -> Task:
         """Return a task's record (the id is read case-insensitively).
@@ -181,8 +206,11 @@ class Inspector:
             )
 
         if state is TaskState.QUEUED:
+            # The queue keys' values leave the payload out: the records are read by id.
             prefix = self.keys.queue(queue) if queue is not None else self.keys.queues
-            return await self._page(prefix, None, wanted, limit, cursor)
+            return await self._page(
+                prefix, lambda key: self.keys.parse_queue_entry(key).task_id, wanted, limit, cursor
+            )
         if state is TaskState.RUNNING:
             return await self._page(self.keys.running, self.keys.parse_running, wanted, limit, cursor)
         if state is TaskState.PENDING:
@@ -210,27 +238,40 @@ class Inspector:
         """
         found: builtins.list[Task] = []
         batch: builtins.list[tuple[str, str]] = []  # (index key, task id)
+        read: builtins.list[tuple[str, KV, Task]] = []  # (key, record, task): records read in the walk
 
-        async def flush() -> str | None:
-            """Add the batch's wanted records; the cursor if the page is full."""
-            records = {t.id: t for t in await read_records(self.store, self.keys, [i for _, i in batch])}
-            for key, task_id in batch:
-                task = records.get(task_id)
-                if task is not None and wanted(task):
+        async def add(items: builtins.list[tuple[str, KV, Task]]) -> str | None:
+            """Add the wanted tasks, as readers see them (running ones too); the cursor if the page is full."""
+            seen = await as_seen(self.store, self.keys, [(kv, t) for _, kv, t in items])
+            for (key, _, _), task in zip(items, seen, strict=True):
+                if wanted(task):
                     found.append(task)
                     if len(found) >= limit:
                         return key[len(prefix) :]
-            batch.clear()
             return None
+
+        async def flush() -> str | None:
+            """Add the batch's wanted records; the cursor if the page is full."""
+            kvs = await read_kvs(self.store, self.keys, [i for _, i in batch])
+            items = []
+            for key, task_id in batch:
+                kv = kvs.get(task_id)
+                if kv is not None and (task := self._decode_or_log(kv)) is not None:
+                    items.append((key, kv, task))
+            batch.clear()
+            return await add(items)
 
         async with contextlib.aclosing(self._values(prefix, after=cursor)) as kvs:
             async for kv in kvs:
                 if id_of is None:
                     task = self._decode_or_log(kv)
-                    if task is not None and wanted(task):
-                        found.append(task)
-                        if len(found) >= limit:
-                            return TaskPage(found, kv.key[len(prefix) :])
+                    if task is not None:
+                        read.append((kv.key, kv, task))
+                    if len(read) >= GETS_PER_TXN:
+                        next_cursor = await add(read)
+                        read.clear()
+                        if next_cursor is not None:
+                            return TaskPage(found, next_cursor)
                     continue
                 try:
                     batch.append((kv.key, id_of(kv.key)))
@@ -239,6 +280,8 @@ class Inspector:
                     continue
                 if len(batch) >= GETS_PER_TXN and (next_cursor := await flush()) is not None:
                     return TaskPage(found, next_cursor)
+        if read and (next_cursor := await add(read)) is not None:
+            return TaskPage(found, next_cursor)
         if batch and (next_cursor := await flush()) is not None:
             return TaskPage(found, next_cursor)
         return TaskPage(found, None)
@@ -278,11 +321,18 @@ class Inspector:
         Read in pages bounded by bytes as well as by count (:meth:`Store.scan`).
         Close it (``contextlib.aclosing``) when stopping early.
         """
+        read: builtins.list[tuple[KV, Task]] = []
         async with contextlib.aclosing(self._values(self.keys.tasks)) as kvs:
             async for kv in kvs:
                 task = self._decode_or_log(kv)
                 if task is not None:
-                    yield task
+                    read.append((kv, task))
+                if len(read) >= GETS_PER_TXN:
+                    for seen in await as_seen(self.store, self.keys, read):
+                        yield seen
+                    read.clear()
+        for seen in await as_seen(self.store, self.keys, read):
+            yield seen
 
     async def overview(self, window_s: float = 60.0) -> Overview:
         """The cluster at a glance, counted from index keys at one revision (overview.py).

@@ -45,8 +45,10 @@ from tasklease.errors import (
     WorkerIdInUse,
 )
 from tasklease.events import Hooks, LeaseRefreshed, WorkerLeaseLost, WorkerRegistered
+from tasklease.finished import read_kvs
 from tasklease.keys import Keyspace, prefix_end
 from tasklease.nodes import NodeRecord
+from tasklease.queue import is_running_value
 from tasklease.recorder import NOSPACE_REMEDY
 from tasklease.session import Session
 from tasklease.store import KV, Compare, Get, KVStore, Put
@@ -57,14 +59,14 @@ log = logging.getLogger("tasklease.worker")
 class Intake(Protocol):
     """Where assignments go (execution.Execution). Called on the event loop; never blocks."""
 
-    def accept(self, kv: KV) -> None:
-        """An assignment of ours was put (or found by a read)."""
+    def accept(self, kv: KV, record_kv: KV | None = None) -> None:
+        """An assignment of ours was put (or found by a read), with its task's record read after it."""
 
     def revoke(self, key: str, revision: int) -> None:
         """The assignment ``key`` was deleted at ``revision``."""
 
-    def reconcile(self, current: Sequence[KV]) -> None:
-        """After a watch gap: ``current`` is every assignment of ours now."""
+    def reconcile(self, current: Sequence[tuple[KV, KV | None]]) -> None:
+        """After a watch gap: ``current`` is every assignment of ours now, each with its record."""
 
     async def lease_lost(self) -> None:
         """The lease is gone: stop everything, write nothing."""
@@ -400,8 +402,8 @@ class Membership:
         self._hooks.emit(
             WorkerRegistered(at=self._clock.now(), component="worker", source=self.id, lease=session.lease_id)
         )
-        for kv in assigned:
-            self._intake.accept(kv)
+        for kv, record_kv in await self._with_records(assigned):
+            self._intake.accept(kv, record_kv)
         taken_over = self.registration.id_taken
         watcher = asyncio.create_task(self._watch(prefix, revision + 1))
         lost = asyncio.create_task(session.lost.wait())
@@ -421,10 +423,13 @@ class Membership:
         while True:
             try:
                 async for events in self.store.watch(prefix, prefix_end(prefix), revision):
+                    # The records of the new assignments, in one read before any of
+                    # these events is handled (their order stays that of the watch).
+                    records = await self._records_of([ev.kv for ev in events if ev.type == "put"])
                     for ev in events:
                         revision = ev.kv.mod_revision + 1
                         if ev.type == "put":
-                            self._intake.accept(ev.kv)
+                            self._intake.accept(ev.kv, records.get(ev.kv.key))
                         else:
                             self._intake.revoke(ev.kv.key, ev.kv.mod_revision)
                 return
@@ -434,8 +439,38 @@ class Membership:
                 # whose assignment is still there go on; the lease is untouched.
                 log.warning("assignment watch: %s; reading the assignments again", exc, extra=self._extra)
                 current, read_at = await self._reread_assignments(prefix)
-                self._intake.reconcile(current)
+                self._intake.reconcile(await self._with_records(current))
                 revision = read_at + 1
+
+    async def _records_of(self, assignments: Sequence[KV]) -> dict[str, KV | None]:
+        """The records of the tasks of ``assignments`` (by assignment key) that need one read.
+
+        An assignment's value names the attempt and the record's revision; the
+        record (payload included) is read here, in transactions of gets
+        (``finished.read_kvs``), retried while etcd does not answer (the
+        session's own deadline ends a long outage). One read per watch
+        response, however many assignments it holds.
+        """
+        wanted = {
+            kv.key: self.keys.parse_assignment(kv.key)[1] for kv in assignments if is_running_value(kv.value)
+        }
+        if not wanted:
+            return {}
+        delay = 0.1
+        while True:
+            try:
+                found = await read_kvs(self.store, self.keys, list(wanted.values()))
+                return {key: found.get(task_id) for key, task_id in wanted.items()}
+            except StoreUnavailable as exc:
+                log.warning(
+                    "cannot read assigned records (%s); retrying in %.1f s", exc, delay, extra=self._extra
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _with_records(self, assignments: Sequence[KV]) -> list[tuple[KV, KV | None]]:
+        records = await self._records_of(assignments)
+        return [(kv, records.get(kv.key)) for kv in assignments]
 
     async def _read_assignments(self, prefix: str) -> tuple[list[KV], int]:
         """Every assignment of ours as of one revision, paged by bytes.

@@ -223,6 +223,9 @@ class Task:
             when its record expires (``unique_for``); epoch seconds.
         schedule: The cron schedule that fired it, if any (schedules.py).
         tick: The schedule's tick it was fired for (epoch seconds).
+        payload_omitted: Decoded from an index value that leaves the payload
+            out (a queue key's value, docs/architecture.md): ``payload`` is
+            None there, not the task's; such a task is never written as a record.
     """
 
     id: str
@@ -254,6 +257,7 @@ class Task:
     unique_until: float | None = None
     schedule: str | None = None
     tick: float | None = None
+    payload_omitted: bool = False
 
     def __post_init__(self) -> None:
         if len(self.reruns) > MAX_RERUNS_KEPT:

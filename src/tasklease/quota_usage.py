@@ -15,6 +15,7 @@ import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from tasklease import codec
 from tasklease.clock import Clock
 from tasklease.keys import Keyspace, prefix_end
 from tasklease.store import Get, KVStore
@@ -189,7 +190,10 @@ class UsageMeter:
         async with contextlib.aclosing(self.store.scan(prefix, prefix_end(prefix))) as pages:
             async for page in pages:
                 revision = page.revision
-                sizes.update((kv.key, (kv.mod_revision, len(kv.value))) for kv in page.kvs)
+                # a queue key's value is the record without its payload, and the record's size
+                sizes.update(
+                    (kv.key, (kv.mod_revision, codec.index_record_bytes(kv.value))) for kv in page.kvs
+                )
         if not revision:
             _, revision = await self.store.get(prefix)
         return sizes, revision
@@ -203,7 +207,8 @@ class UsageMeter:
             result = await self.store.txn([], [Get(record) for _, record in group])
             for (index_key, _), kvs in zip(group, result.reads, strict=True):
                 if kvs:
-                    found[index_key] = (kvs[0].mod_revision, len(kvs[0].value))
+                    # a record, or a queue key (the record's size is in its value)
+                    found[index_key] = (kvs[0].mod_revision, codec.index_record_bytes(kvs[0].value))
         return found
 
 

@@ -13,8 +13,8 @@ May import: codec, errors, events, groupcommit, ids, keys, models, queue (the
 assignment), retention, store, transitions. Not session (it is told whether the
 lease lives), not execution or membership.
 
-Sizes. A record is checked before it is sent: a retry (written twice, as the
-record and as its queue key) must fit ``codec.MAX_QUEUED_RECORD_BYTES``, any
+Sizes. A record is checked before it is sent: a retry (queued again) must fit
+``codec.MAX_QUEUED_RECORD_BYTES``, any
 other record the limit of its state. One that does not, and any outcome whose
 transaction etcd refuses for its size (``StoreRequestTooLarge``), is recorded
 as a bounded FAILED record saying why (``transitions.fit_record``,
@@ -223,7 +223,12 @@ class OutcomeRecorder:
                 new = ready.new
                 lease = await self.retention.lease_for(new.retention_s) if new.state.terminal else 0
                 part = transitions.record_outcome(
-                    self.keys, ready.assignment.worker, ready.assignment.token, new, lease
+                    self.keys,
+                    ready.assignment.worker,
+                    ready.assignment.token,
+                    new,
+                    lease,
+                    record_revision=ready.assignment.record_revision or None,
                 )
                 compares += part.compares
                 ops += part.ops
@@ -275,7 +280,14 @@ class OutcomeRecorder:
             try:
                 if new.state.terminal and not lease:
                     lease = await self.retention.lease_for(new.retention_s)
-                txn = transitions.record_outcome(self.keys, assignment.worker, assignment.token, new, lease)
+                txn = transitions.record_outcome(
+                    self.keys,
+                    assignment.worker,
+                    assignment.token,
+                    new,
+                    lease,
+                    record_revision=assignment.record_revision or None,
+                )
                 res = await self.store.txn(txn.compares, txn.ops, txn.failure, timeout_s=FENCED_TXN_TIMEOUT_S)
             except StoreUnavailable as exc:
                 sent = True

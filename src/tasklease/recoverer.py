@@ -38,7 +38,7 @@ from tasklease.keys import Keyspace
 from tasklease.leader import LeaderContext, LeaderPart
 from tasklease.mirror import STALE_MARGIN_S, Group
 from tasklease.models import Outcome, Task, TaskState
-from tasklease.recovery import RunningEntry, still_running
+from tasklease.recovery import RunningEntry, running_view
 from tasklease.store import KV, Get, KVStore
 
 log = logging.getLogger("tasklease.scheduler")
@@ -101,10 +101,18 @@ class Failer(LeaderPart):
     def _ctx(self, **extra: Any) -> dict[str, Any]:
         return {"component": "scheduler", "scheduler": self.id, **extra}
 
-    async def fail_unassignable(self, queue_kv: KV, record_kv: KV, reason: str) -> None:
-        """Fail a queued task that no transaction can carry, recording why (never a loop)."""
+    async def fail_unassignable(self, queue_kv: KV, record_kv: KV | None, reason: str) -> None:
+        """Fail a queued task that no transaction can carry, recording why (never a loop).
+
+        ``record_kv``: its record, or None to read it (a queue key's value
+        leaves the payload out, and the failed record keeps it).
+        """
         task_id = self.keys.parse_queue_entry(queue_kv.key).task_id
         try:
+            if record_kv is None or codec.decode_task(record_kv.key, record_kv.value).payload_omitted:
+                record_kv, _ = await self.store.get(self.keys.task(task_id))
+            if record_kv is None:
+                raise CorruptRecord(self.keys.task(task_id), "a queue key without its record")
             task = codec.decode_task(record_kv.key, record_kv.value)
         except CorruptRecord as exc:
             log.error("skipping queued task: %s", exc, extra=self._ctx(task_id=task_id))
@@ -193,15 +201,7 @@ class Failer(LeaderPart):
                 result = await self.store.txn([], [Get(k) for k in chunk])
                 for read in result.reads:
                     if read:
-                        qkv = read[0]
-                        record_kv = KV(
-                            self.keys.task(self.keys.parse_queue_entry(qkv.key).task_id),
-                            qkv.value,
-                            qkv.create_revision,
-                            qkv.mod_revision,
-                            0,
-                        )
-                        await self.fail_unassignable(qkv, record_kv, reason)
+                        await self.fail_unassignable(read[0], None, reason)
             if batch:
                 self.mirror.timers_changed.set()
 
@@ -352,7 +352,9 @@ class Recoverer(LeaderPart):
                 task = codec.decode_task(record_kv.key, record_kv.value)
             except CorruptRecord as exc:
                 log.error("cannot repair (%s): dropping its index entry", exc, extra=extra)
-        if task is None or record_kv is None or not still_running(task, entry):
+        # The attempt as readers see it: the record as queued plus the entry's attempt.
+        view = running_view(record_kv, task, entry) if task is not None and record_kv is not None else None
+        if task is None or record_kv is None or view is None:
             # A stale or unrepairable index entry: drop it (and its assignment,
             # which tells a worker still running it to stop), so that it is not
             # examined again and again.
@@ -362,27 +364,30 @@ class Recoverer(LeaderPart):
                 entry.task_id,
                 entry.worker,
                 entry.mod_revision,
-                with_assignment=task is None,
+                # its attempt's assignment too (the compare on the entry makes it that
+                # attempt's): a worker still running it stops, and its slot is free
+                with_assignment=True,
             )
             await self.store.txn(drop.compares, drop.ops)
             return False
-        view = self.mirror.view
+        task = view
+        mirror = self.mirror.view
         assign_key = self.keys.assignment(entry.worker, entry.task_id)
-        if outcome is Outcome.LOST and assign_key in view.assignment_rev:
+        if outcome is Outcome.LOST and assign_key in mirror.assignment_rev:
             # its worker stopped heartbeating although its lease lives on: end the
             # attempt and delete the assignment (tells the worker, if it lives, to stop)
-            node = view.nodes.get(entry.worker)
+            node = mirror.nodes.get(entry.worker)
             silent = self.clock.monotonic() - node.seen if node else 0.0
             error = (
                 f"worker {entry.worker} stopped heartbeating ({silent:.0f} s without one) during the attempt"
             )
-            assign_rev = view.assignment_rev[assign_key]
+            assign_rev = mirror.assignment_rev[assign_key]
         elif outcome is Outcome.LOST:
             error = f"worker {entry.worker} vanished (lease ended) during the attempt"
             assign_rev = 0
         else:
             error = f"no report from worker {entry.worker} within the timeout of {task.timeout_s:g} s"
-            assign_rev = view.assignment_rev.get(assign_key, 0)
+            assign_rev = mirror.assignment_rev.get(assign_key, 0)
         now = self.clock.now()
         new = transitions.end_attempt(task, outcome, error, now, self._rng, self._ids.sequence())
         lease = await self.retention.lease_for(new.retention_s) if new.state.terminal else 0

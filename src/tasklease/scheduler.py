@@ -40,9 +40,10 @@ From the mirror it knows, without asking etcd:
 
 A batch of up to ``batch_size`` tasks (and at most ``MAX_TXN_BYTES`` of
 request) is ONE transaction when the heads' values are in the mirror (a queue
-key's value is the record): queue keys deleted with compares on their
-revisions, records moved to running, assignments written under the workers'
-leases, running-index entries written, all guarded by the leadership fence.
+key's value is the record without its payload): queue keys deleted with
+compares on their revisions and on the records', assignments written under the
+workers' leases and running-index entries written (the records are not
+rewritten: the entry holds the attempt), all guarded by the leadership fence.
 A batch that fails a compare is retried once the watch has caught up; nothing
 is ever half-assigned.
 

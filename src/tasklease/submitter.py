@@ -899,7 +899,7 @@ def encode_queued(task: Task) -> bytes:
 
 def txn_cost(task: Task, data: bytes) -> int:
     """Request bytes one submitted task adds to a transaction (an upper bound)."""
-    # record + queue key (whose value is the record too) + the compare.
+    # record + queue key (the record without its payload: never larger) + the compare.
     cost = 2 * len(data) + 4 * (len(task.id) + len(task.queue) + 100) + 64
     if task.idempotency_key is not None:
         # Its key (about 100 bytes) in up to 2 compares, a put and a failure read; the holder's

@@ -5,7 +5,12 @@ point at it (its queue key while queued, its delayed key while pending, its
 assignment and running-index entry while running). Each function here builds
 ONE transaction (a :class:`Txn`) that moves a task from one state to the next,
 writing the record and its index keys together, guarded by compares on mod
-revisions. Components (client, worker, scheduler) decide *when*; this module
+revisions. One move writes no record: an assignment (:func:`assign`) leaves
+the record as queued and puts the attempt in the running entry and the
+assignment (:func:`running_value`); readers see the running record
+(:func:`running_record`, ``recovery.running_view``), and every write of a
+queued record is also guarded by its queue key (:func:`queued_compare`), which
+the assignment deletes. Components (client, worker, scheduler) decide *when*; this module
 decides *what is written* and checks each move against ``models.TRANSITIONS``.
 
 =================  ============================  =====================  ========================
@@ -15,12 +20,12 @@ enqueue            :func:`enqueue`               client (submit)        record a
 assign             :func:`assign`                scheduler (assigner)   queue key + record unchanged
 finish (outcome)   :func:`record_outcome`        worker (recorder)      assignment incarnation + record
 finish (repair)    :func:`repair`                scheduler (recoverer)  leader + entry + record + assignment
-finish (cancel)    :func:`rewrite`               client (cancel)        record unchanged
+finish (cancel)    :func:`rewrite`               client (cancel)        record + queue key or entry
 requeue, delay     the finishes above, when the next state is queued (requeue) or pending (delay)
 promote            :func:`promote`               scheduler (recoverer)  leader + delayed key + record
-re-prioritise      :func:`rewrite`               client (set_priority)  record unchanged
+re-prioritise      :func:`rewrite`               client (set_priority)  record + queue key
 fail waiting       :func:`fail_waiting`          scheduler              leader + index key + record
-expire             :func:`expire`                scheduler (expiry)     leader + record + expiring key
+expire             :func:`expire`                scheduler (expiry)     leader + record + expiring key (+ queue key)
 run again          :func:`rerun`                 client (run_again)     old record unchanged + new id free
 release, cascade   :func:`release`               scheduler (releaser)   leader + deps key + record
 submit as ended    :func:`enqueue_ended`         client (submit)        record absent
@@ -124,14 +129,15 @@ def queue_key(keys: Keyspace, task: Task) -> str:
 def place_ops(keys: Keyspace, task: Task, data: bytes | None = None) -> list[Op]:
     """The index key a task needs in its (new) state: queue key or delayed key.
 
-    A queue key's value is the task record itself (``data``, its encoding),
-    written by the same transaction as the record: while a task is queued,
-    its queue key and its record have the same value and mod revision, so
-    the scheduler needs no read to assign it.
+    A queue key's value is the task record without its payload, with the
+    record's size (``codec.encode_index_record``; ``data``: the record's
+    encoding), written by the same transaction as the record: while a task
+    is queued, its queue key and its record have the same mod revision, so
+    the scheduler needs no read to assign it (it does not write the record).
     """
     if task.state is TaskState.QUEUED:
-        value = data if data is not None else codec.encode_task(task)
-        return [Put(queue_key(keys, task), value)]
+        record_bytes = len(data) if data is not None else len(codec.encode_task(task))
+        return [Put(queue_key(keys, task), codec.encode_index_record(task, record_bytes))]
     if task.state is TaskState.PENDING and task.not_before is not None:
         size = len(data) if data is not None else None
         return [Put(keys.delayed_entry(task.not_before, task.id), delayed_value(task, size))]
@@ -362,35 +368,65 @@ def assign(keys: Keyspace, pick: Pick, now: float) -> tuple[Txn, Task]:
 def assign_task(keys: Keyspace, pick: Pick, task: Task, now: float) -> tuple[Txn, Task]:
     """:func:`assign` of a record already decoded (``task``: ``pick.record_kv``'s value, decoded).
 
-    The assigner decodes the queued record itself: it needs its ``updated_at``
-    (when the task entered its queue) for the ``Assigned`` event's queue wait.
+    The record is not written: the attempt lives in the running-index entry
+    and the assignment (:func:`running_value`), and the record stays as it
+    was queued until the attempt ends. The assigner decodes the queued record
+    itself: it needs its ``updated_at`` (when the task entered its queue) for
+    the ``Assigned`` event's queue wait.
+
+    Returns:
+        The transaction part and the running record as readers see it
+        (:func:`running_record`; without the payload when ``task`` was
+        decoded from a queue key's value).
 
     Raises:
         InvalidTransition: The record is not queued.
-        PayloadTooLarge: The running record would be over its limit.
     """
-    attempt = Attempt(number=task.next_attempt_number, worker=pick.worker, started_at=now)
-    running = transition(task, TaskState.RUNNING, now=now, attempts=(*task.attempts, attempt))
-    data = codec.encode_for_write(running)  # written twice: the record and the assignment
+    running = running_record(task, pick.worker, task.next_attempt_number, now)
+    value = running_value(running, pick.record_kv.mod_revision)
     ops: list[Op] = [
         Delete(pick.queue_kv.key),
-        Put(pick.record_kv.key, data),
-        Put(keys.assignment(pick.worker, task.id), data, lease=pick.lease),
-        Put(
-            keys.running_entry(task.id),
-            codec.encode_obj(
-                {
-                    "worker": pick.worker,
-                    "n": attempt.number,
-                    "deadline": now + task.timeout_s,
-                    "t": task.timeout_s,
-                    "q": task.queue,
-                    "ty": task.type,
-                }
-            ),
-        ),
+        Put(keys.assignment(pick.worker, task.id), value, lease=pick.lease),
+        Put(keys.running_entry(task.id), value),
     ]
     return Txn([Compare.unchanged(pick.queue_kv), Compare.unchanged(pick.record_kv)], ops), running
+
+
+def running_record(task: Task, worker: str, number: int, started_at: float) -> Task:
+    """The running record of a queued ``task`` whose attempt ``number`` started on ``worker``.
+
+    Never written: it is what readers see (the record as queued, plus the
+    running entry), what the worker runs and what ends the attempt.
+
+    Raises:
+        InvalidTransition: The record is not queued.
+    """
+    attempt = Attempt(number=number, worker=worker, started_at=started_at)
+    return transition(task, TaskState.RUNNING, now=started_at, attempts=(*task.attempts, attempt))
+
+
+def running_value(running: Task, record_revision: int) -> bytes:
+    """The value of a running-index entry and of the assignment (the same bytes).
+
+    ``worker``, ``n`` (attempt), ``deadline``, ``t`` (timeout), ``q`` (queue),
+    ``ty`` (type), ``s`` (when the attempt started) and ``rv``: the record's
+    mod revision when it was assigned (the record is not written then, so
+    the attempt is fenced on it).
+    """
+    attempt = running.current_attempt
+    assert attempt is not None
+    return codec.encode_obj(
+        {
+            "worker": attempt.worker,
+            "n": attempt.number,
+            "deadline": attempt.started_at + running.timeout_s,
+            "t": running.timeout_s,
+            "q": running.queue,
+            "ty": running.type,
+            "s": attempt.started_at,
+            "rv": record_revision,
+        }
+    )
 
 
 # the record after an attempt ----------------------------------------------------------------
@@ -454,8 +490,9 @@ def end_attempt(
 ) -> Task:
     """The record after the scheduler ends the current attempt with ``outcome`` (lost, timeout).
 
-    A task whose record would be too large to queue again (a queued record is
-    written twice) fails instead, saying why: its outcome is never lost.
+    A task whose record would be too large to queue again (over
+    ``codec.MAX_QUEUED_RECORD_BYTES``) fails instead, saying why: its outcome
+    is never lost.
     """
     new = next_record(task, outcome, now=now, rng=rng, new_seq=new_seq, error=error)
     try:
@@ -469,8 +506,7 @@ def end_attempt(
 def fit_record(new: Task, now: float) -> Task:
     """``new`` if every write of it fits, else a bounded FAILED record saying why.
 
-    A retry (queued now, or pending and queued later) is written twice by
-    one transaction, the record and its queue key, so it must stay within
+    A retry (queued now, or pending and queued later) must stay within
     ``codec.MAX_QUEUED_RECORD_BYTES``; any other record within
     ``codec.record_limit`` of its state. A record that has outgrown that
     (a payload near its maximum and long errors, attempt after attempt)
@@ -546,21 +582,26 @@ def _leave_running(keys: Keyspace, new: Task, lease: int, assignment_key: str | 
     return ops
 
 
-def record_outcome(keys: Keyspace, worker: str, token: int, new: Task, lease: int = 0) -> Txn:
+def record_outcome(
+    keys: Keyspace, worker: str, token: int, new: Task, lease: int = 0, *, record_revision: int | None = None
+) -> Txn:
     """A worker's outcome: the running task leaves ``running`` (finish, requeue or delay).
 
     Fenced on the assignment's create revision (``token``) and on the record
-    being as the assignment wrote it (same revision): if the task was
-    reassigned, cancelled or recovered meanwhile, the compares fail and nothing
-    is written; the failure reads the assignment (gone or another incarnation
-    tells a fenced outcome from a lost answer). A finished record goes under
-    ``lease``, its retention lease (retention.py).
+    being as it was when the task was assigned (``record_revision``; None:
+    ``token``, for an assignment of an older version, which wrote the record
+    with it): if the task was reassigned, cancelled or recovered meanwhile,
+    the compares fail and nothing is written; the failure reads the
+    assignment (gone or another incarnation tells a fenced outcome from a lost
+    answer). A finished record goes under ``lease``, its retention lease
+    (retention.py).
     """
     if new.state is TaskState.RUNNING:
         raise InvalidTransition(new.id, new.state.value, "record an outcome with")
     task_key = keys.task(new.id)
     assign_key = keys.assignment(worker, new.id)
-    compares = [Compare.created_at(assign_key, token), Compare(task_key, "mod", "=", token)]
+    fence_rev = token if record_revision is None else record_revision
+    compares = [Compare.created_at(assign_key, token), Compare(task_key, "mod", "=", fence_rev)]
     return Txn(compares, _leave_running(keys, new, lease, assign_key), [Get(assign_key)])
 
 
@@ -639,10 +680,24 @@ def reprioritised(task: Task, priority: int, now: float) -> Task:
     return transition(task, task.state, now=now, priority=priority)
 
 
-def rewrite(keys: Keyspace, record_kv: KV, old: Task, new: Task, lease: int = 0) -> Txn:
+def queued_compare(keys: Keyspace, task: Task, record_kv: KV) -> Compare:
+    """That a queued ``task`` (read as ``record_kv``) is still queued: not assigned since.
+
+    An assignment does not write the record: it deletes the queue key, which
+    every write of a queued record puts with it (same mod revision).
+    """
+    return Compare(queue_key(keys, task), "mod", "=", record_kv.mod_revision)
+
+
+def rewrite(
+    keys: Keyspace, record_kv: KV, old: Task, new: Task, lease: int = 0, *, running_kv: KV | None = None
+) -> Txn:
     """A read-modify-write of a task (cancel, re-prioritise): record and index keys, one transaction.
 
-    Guarded by the record's mod revision. The old index keys go (queue or
+    Guarded by the record's mod revision, and for a queued task by its queue
+    key (:func:`queued_compare`: an assignment writes no record); for a
+    running task read as its record and running-index entry (``running_kv``,
+    :func:`running_record`), by that entry. The old index keys go (queue or
     delayed key; for a running task its assignment, which tells the worker
     to stop and fences off its result, and its running-index entry); the new
     state's index key comes. A key in both is written once.
@@ -661,7 +716,12 @@ def rewrite(keys: Keyspace, record_kv: KV, old: Task, new: Task, lease: int = 0)
     ops += [op for op in placed if op.key not in same or new.state is TaskState.QUEUED]
     if new.state.terminal and not old.state.terminal:
         ops += finished_ops(keys, new, lease)
-    return Txn([Compare.unchanged(record_kv)], ops)
+    compares = [Compare.unchanged(record_kv)]
+    if running_kv is not None:
+        compares.append(Compare.unchanged(running_kv))
+    elif old.state is TaskState.QUEUED:
+        compares.append(queued_compare(keys, old, record_kv))
+    return Txn(compares, ops)
 
 
 # scheduler: promote, fail what waits ----------------------------------------------------------
@@ -730,8 +790,12 @@ def promote_record(
         return None
     if len(data) > codec.MAX_QUEUED_RECORD_BYTES:
         return None  # promote() fails it with the reason
+    slim = {k: v for k, v in d.items() if k != "payload"}
+    slim["v"] = codec.INDEX_SCHEMA_VERSION
+    slim["payload_omitted"] = True
+    slim["record_bytes"] = len(data)
     compares = [fence, Compare.unchanged(delayed_kv), Compare.unchanged(record_kv)]
-    ops: list[Op] = [Delete(delayed_kv.key), Put(record_kv.key, data), Put(key, data)]
+    ops: list[Op] = [Delete(delayed_kv.key), Put(record_kv.key, data), Put(key, orjson.dumps(slim))]
     return Txn(compares, ops), d
 
 
@@ -906,7 +970,7 @@ def release(
     if old.state is not TaskState.WAITING:
         raise InvalidTransition(old.id, old.state.value, "release")
     if new.state is TaskState.QUEUED:
-        codec.encode_for_write(new)  # written twice (record and queue key): within the queued limit
+        codec.encode_for_write(new)  # queued: within the queued limit
     txn = rewrite(keys, record_kv, old, new, lease)
     if deps_kv.key != keys.deps_entry(old.queue, old.id):  # never in practice: the key names the queue
         txn.ops.append(Delete(deps_kv.key))
@@ -976,7 +1040,7 @@ def expire(
     Guarded by the leadership, the record and the expiring key being as read:
     the record goes cancelled under its retention ``lease`` with its finished
     ops; its index key (queue, delayed or deps key) and its expiring key go.
-    A task assigned meanwhile changed its record: the compares fail.
+    A task assigned meanwhile lost its queue key: the compares fail.
 
     Returns:
         The transaction and the cancelled record it writes.
@@ -988,6 +1052,8 @@ def expire(
         raise InvalidTransition(task.id, task.state.value, "expire")
     new = expired(task, now)
     compares = [fence, Compare.unchanged(record_kv), Compare.unchanged(expiring_kv)]
+    if task.state is TaskState.QUEUED:
+        compares.append(queued_compare(keys, task, record_kv))  # not assigned since
     ops: list[Op] = [
         Put(record_kv.key, codec.encode_task(new), lease=lease),
         *unplace_ops(keys, task),

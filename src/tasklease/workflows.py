@@ -61,9 +61,10 @@ from tasklease.ids import IdGenerator, parse_task_id
 from tasklease.keys import Keyspace
 from tasklease.models import DEFAULT_PRIORITY, DEFAULT_QUEUE, DEFAULT_TIMEOUT_S, JSON, Task, evolve
 from tasklease.purge import explain_nospace
+from tasklease.recovery import as_seen
 from tasklease.retry import RetryPolicy
 from tasklease.spec import TaskSpec, spec_from_dict
-from tasklease.store import MAX_TXN_BYTES, MAX_TXN_OPS, Compare, KVStore, Op, Put
+from tasklease.store import KV, MAX_TXN_BYTES, MAX_TXN_OPS, Compare, KVStore, Op, Put
 from tasklease.submitter import Submitter, encode_queued, txn_cost
 
 MAX_WORKFLOW_TASKS = 10_000
@@ -563,16 +564,24 @@ async def read_status(store: KVStore, keys: Keyspace, given: str) -> WorkflowSta
     for start in range(0, len(ids), STATUS_GROUP):
         group = ids[start : start + STATUS_GROUP]
         kvs = await read_kvs(store, keys, group)
+        decoded: dict[str, tuple[KV, Task] | None] = {}
         for task_id in group:
             kv = kvs.get(task_id)
-            task = None
-            if kv is not None:
-                try:
-                    task = codec.decode_task(kv.key, kv.value)
-                except CorruptRecord:
-                    found.append(WorkflowTask(task_id, "corrupt"))
-                    continue
-            found.append(_summary(task_id, task))
+            if kv is None:
+                decoded[task_id] = None
+                continue
+            try:
+                decoded[task_id] = (kv, codec.decode_task(kv.key, kv.value))
+            except CorruptRecord:
+                continue
+        read = [pair for pair in decoded.values() if pair is not None]
+        # as readers see them: a queued record whose task runs is running
+        seen = {t.id: t for t in await as_seen(store, keys, read)}
+        for task_id in group:
+            if task_id not in decoded:
+                found.append(WorkflowTask(task_id, "corrupt"))
+                continue
+            found.append(_summary(task_id, seen.get(task_id)))
     name = record.get("name")
     created = record.get("created_at")
     return WorkflowStatus(

@@ -269,11 +269,12 @@ async def test_delayed_keys_without_a_pending_record_are_deleted(client, cluster
 
 
 @pytest.mark.timeout(90)
-async def test_a_queued_record_no_transaction_can_carry_fails_with_its_reason(
+async def test_a_queued_record_over_the_old_running_limit_runs_and_its_outcome_says_why(
     client, cluster, store, keyspace
 ):
-    # Given a queued record written by hand (like an older version would) just too large to
-    # be written twice with its new attempt, between two ordinary tasks of the same queue
+    # Given a queued record written by hand (like an older version would: the whole record
+    # as the queue key's value) too large to have been written twice with its new attempt,
+    # between two ordinary tasks of the same queue
     before = await client.submit("noop", {"x": 1})
     big = Task(
         id="01ARZ3NDEKTSV4RRFFQ69G5FAB",
@@ -295,10 +296,14 @@ async def test_a_queued_record_no_transaction_can_carry_fails_with_its_reason(
     await cluster.worker(worker_id="w-a")
     leader = await cluster.scheduler()
 
-    # Then the big one fails with the reason recorded, the others succeed, the leader stays
+    # Then the big one is assigned (an assignment writes no record) and runs: its result
+    # (the payload, echoed) is over the limit, so it fails with that reason recorded;
+    # the others succeed, the leader stays
     failed = await client.wait(big.id, timeout_s=30)
     assert failed.state is TaskState.FAILED
-    assert "cannot be assigned" in (failed.error or "") and "running task record" in (failed.error or "")
+    assert len(failed.attempts) == 1 and failed.attempts[0].worker == "w-a"
+    assert "over the limit" in (failed.error or "")
+    assert failed.payload == big.payload  # the record keeps it
     for t in (before, after):
         assert (await client.wait(t.id, timeout_s=30)).state is TaskState.SUCCEEDED
     assert leader.leading.is_set()
@@ -353,3 +358,56 @@ async def test_a_watch_that_must_start_over_reloads_without_losing_leadership(
         finally:
             await leader.stop()
             await faulty.close()
+
+
+async def _writes_between(store: Store, keyspace, after: int, until_rev: int) -> list:
+    """Every put and delete etcd made in the namespace in ``(after, until_rev]`` (its own history)."""
+    import contextlib
+
+    from tasklease.keys import prefix_end
+
+    events: list = []
+    async with (
+        asyncio.timeout(30),
+        contextlib.aclosing(store.watch(keyspace.root, prefix_end(keyspace.root), after + 1)) as watch,
+    ):
+        async for batch in watch:
+            events.extend(e for e in batch if e.kv.mod_revision <= until_rev)
+            if batch[-1].kv.mod_revision >= until_rev:
+                return events
+    raise AssertionError("the watch ended")
+
+
+async def test_a_task_writes_its_payload_twice_and_reads_as_running_while_it_runs(
+    client, cluster, store, keyspace
+):
+    # Given a worker and a leader, and a task with a realistic 4.5 KB payload that runs 3 s
+    await cluster.worker(concurrency=4)
+    await cluster.scheduler()
+    marker = "m" * 4500
+    _, start = await store.get(keyspace.leader)
+    task = await client.submit("pad_sleep", {"pad": marker, "seconds": 3.0}, priority=2)
+
+    # When it runs
+    async def running() -> bool:
+        return (await client.get(task.id)).state is TaskState.RUNNING
+
+    await until(running, within_s=30, what="the task to run")
+    # Then readers see it running, with its attempt, though its stored record is as queued
+    seen = await client.get(task.id)
+    assert seen.payload == task.payload and seen.attempts[-1].number == 1
+    assert seen.attempts[-1].worker == cluster.workers[0].id
+    raw, _ = await store.get(keyspace.task(task.id))
+    assert raw is not None and codec.decode_task(raw.key, raw.value).state is TaskState.QUEUED
+    assert [t.id for t in await client.list(state=TaskState.RUNNING)] == [task.id]
+
+    # And once it succeeded, etcd wrote its payload exactly twice: the record at its submit
+    # and the finished record (not the queue key, the assignment or a running record)
+    final = await client.wait(task.id, timeout_s=30)
+    assert final.state is TaskState.SUCCEEDED and len(final.attempts) == 1
+    _, end = await store.get(keyspace.leader)
+    writes = await _writes_between(store, keyspace, start, end)
+    with_payload = [e.kv.key for e in writes if e.type == "put" and marker.encode() in e.kv.value]
+    assert with_payload == [keyspace.task(task.id), keyspace.task(task.id)]
+    touched = {e.kv.key.removeprefix(keyspace.root).split("/")[0] for e in writes}
+    assert {"task", "queue", "assign", "running"} <= touched

@@ -361,7 +361,8 @@ async def test_etcd_failures_are_503(store_config: StoreConfig, keyspace: Keyspa
     client = Client(store, keyspace)
     try:
         async with web(client, static) as http:
-            store.fail("get", lambda: StoreUnavailable("etcd did not answer"))
+            # (a task is read with one transaction: its record and its running entry)
+            store.fail("txn", lambda: StoreUnavailable("etcd did not answer"))
             assert "etcd did not answer" in err(await http.get(f"/api/tasks/{MISSING}"), 503)
             store.fail("txn", lambda: StoreNoSpace("etcd is out of space"))
             assert "out of space" in err(await post(http, "/api/tasks", {"type": "noop"}), 503)

@@ -171,10 +171,16 @@ async def test_real_tasks_send_one_message_per_revision(client, cluster, store, 
     revisions = [m.revision for m in msgs]
     assert revisions == sorted(set(revisions))
     assert all(m.event == "changes" and m.json["revision"] == m.revision for m in msgs)
-    # Exactly the revisions at which etcd changed a task record, with those tasks in order
+    # Exactly the revisions at which etcd changed a task record, or put a running entry (an
+    # assignment leaves the record as it was queued), with those tasks in order
     etcd = await history(store, keyspace, start, end)
     task_revisions = {
-        rev: [e.kv.key.rpartition("/")[2] for e in events if e.kv.key.startswith(keyspace.tasks)]
+        rev: [
+            e.kv.key.rpartition("/")[2]
+            for e in events
+            if e.kv.key.startswith(keyspace.tasks)
+            or (e.kv.key.startswith(keyspace.running) and e.type == "put")
+        ]
         for rev, events in etcd.items()
     }
     sent = {m.revision: [c["id"] for c in m.json["changes"] if c["kind"].startswith("task")] for m in msgs}

@@ -287,7 +287,9 @@ async def test_fencing_rejects_an_outcome_for_a_revoked_assignment(client, store
     await assign_next(store, keyspace, "default", worker.id, worker.lease_id, time.time())
     kv, _ = await store.get(keyspace.assignment(worker.id, task.id))
     assert kv is not None
-    stale = decode_assignment(keyspace, worker.id, kv)
+    record_kv, _ = await store.get(keyspace.task(task.id))
+    stale = decode_assignment(keyspace, worker.id, kv, record_kv)
+    assert stale is not None and stale.task.state is TaskState.RUNNING
     # ... whose assignment is deleted and re-created (the task was given out again)
     await store.delete(kv.key)
     # the worker stops the task when its assignment vanishes
@@ -298,7 +300,8 @@ async def test_fencing_rejects_an_outcome_for_a_revoked_assignment(client, store
     # Then it is rejected: the record is untouched
     record_after, _ = await store.get(keyspace.task(task.id))
     assert record_after == record_before
-    assert codec.decode_task(record_after.key, record_after.value).state is TaskState.RUNNING
+    # (as it was queued: an assignment writes no record, its running entry holds the attempt)
+    assert codec.decode_task(record_after.key, record_after.value).state is TaskState.QUEUED
 
 
 async def test_cancel_of_a_running_async_task(client, store, keyspace, make_worker):
@@ -412,3 +415,46 @@ async def test_records_replace_only_through_fenced_transactions(client, store, k
         outcomes = [a.outcome for a in final.attempts]
         assert outcomes in ([Outcome.SUCCEEDED], [Outcome.CANCELLED])
         assert replace(final, attempts=()).state is final.state
+
+
+async def test_an_assignment_written_by_an_older_version_still_runs(client, store, keyspace, make_worker):
+    # Given an assignment as an older scheduler wrote it: the record rewritten running, and
+    # the same running record as the assignment's value (its running entry without "rv")
+    from tasklease import transitions
+    from tasklease.store import Compare, Delete, Put
+
+    worker = await make_worker()
+    task = await client.submit("noop", {"blob": "x" * 4500})
+    prefix = keyspace.queue("default")
+    (qkv,) = (await store.range(prefix, prefix_end(prefix), limit=1)).kvs
+    record_kv, _ = await store.get(keyspace.task(task.id))
+    assert record_kv is not None
+    now = time.time()
+    running = transitions.running_record(codec.decode_task(record_kv.key, record_kv.value), worker.id, 1, now)
+    data = codec.encode_task(running)
+    entry = codec.encode_obj(
+        {
+            "worker": worker.id,
+            "n": 1,
+            "deadline": now + running.timeout_s,
+            "t": running.timeout_s,
+            "q": "default",
+        }
+    )
+    result = await store.txn(
+        [Compare.unchanged(qkv), Compare.unchanged(record_kv)],
+        [
+            Delete(qkv.key),
+            Put(record_kv.key, data),
+            Put(keyspace.assignment(worker.id, task.id), data, lease=worker.lease_id),
+            Put(keyspace.running_entry(task.id), entry),
+        ],
+    )
+    assert result.succeeded
+    # When the (new) worker sees it, Then it runs it and records the outcome, fenced on the
+    # assignment's revision, which is the record's
+    final = await client.wait(task.id, timeout_s=10)
+    assert final.state is TaskState.SUCCEEDED and final.result == {"blob": "x" * 4500}
+    assert [(a.number, a.worker, a.outcome) for a in final.attempts] == [(1, worker.id, Outcome.SUCCEEDED)]
+    for key in (keyspace.assignment(worker.id, task.id), keyspace.running_entry(task.id)):
+        assert (await store.get(key))[0] is None

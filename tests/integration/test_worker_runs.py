@@ -96,11 +96,15 @@ async def end_overdue_attempt(store: Store, keyspace: Keyspace, worker: Worker, 
     """What the scheduler does to an overdue attempt: outcome timeout, queued again,
     assignment and running index deleted, in one fenced transaction."""
     kv, _ = await store.get(keyspace.assignment(worker.id, task_id))
-    assert kv is not None
-    assignment = decode_assignment(keyspace, worker.id, kv)
+    record_kv, _ = await store.get(keyspace.task(task_id))
+    assert kv is not None and record_kv is not None
+    assignment = decode_assignment(keyspace, worker.id, kv, record_kv)
+    assert assignment is not None
     new = worker.next_record(assignment, Outcome.TIMEOUT, None, "overdue", False)
     assert new.state is TaskState.QUEUED
-    txn = record_outcome(keyspace, assignment.worker, assignment.token, new)
+    txn = record_outcome(
+        keyspace, assignment.worker, assignment.token, new, record_revision=assignment.record_revision
+    )
     compares, ops, failure = txn.compares, txn.ops, txn.failure
     assert (await store.txn(compares, ops, failure)).succeeded
     return new

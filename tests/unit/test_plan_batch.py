@@ -43,9 +43,11 @@ def queued(
 
 
 def head(task: Task, revision: int = 5, *, value: bytes | None = None, with_route: bool = True) -> KV:
-    """The queue key of ``task`` with its record as value (as the client writes it)."""
+    """The queue key of ``task`` with its value as the client writes it (the record without its payload)."""
     key = K.queue_entry(task.queue, task.priority, task.seq, task.id, task.route if with_route else "")
-    return KV(key, codec.encode_task(task) if value is None else value, revision, revision, 1)
+    if value is None:
+        value = codec.encode_index_record(task, len(codec.encode_task(task)))
+    return KV(key, value, revision, revision, 1)
 
 
 def node(
@@ -182,13 +184,15 @@ def test_batch_size_bounds_the_picks_and_one_transaction_carries_them_fence_firs
     p = plan(heads, [node("w1", capacity=100)], batch_size=10)
 
     # Then 10 are picked, in one transaction: the fence first, then two compares
-    # and four writes per task; the failure branch reads the leader, each record and queue key
+    # and three writes per task (no record: the queue key goes, the assignment and the
+    # running entry come); the failure branch reads the leader, each record and queue key
     assert len(p.picks) == 10
     assert p.txn.compares[0] == FENCE
     assert len(p.txn.compares) == 1 + 2 * 10
     assert p.txn.compares[1:3] == [Compare.unchanged(heads[0]), Compare.unchanged(p.picks[0].record_kv)]
-    assert [type(op) for op in p.txn.ops[:4]] == [Delete, Put, Put, Put]
-    assert len(p.txn.ops) == 4 * 10
+    assert [type(op) for op in p.txn.ops[:3]] == [Delete, Put, Put]
+    assert len(p.txn.ops) == 3 * 10
+    assert not [op for op in p.txn.ops if op.key.startswith(K.tasks)]
     assert p.txn.failure[0] == Get(K.leader)
     assert p.txn.failure[1:3] == [Get(K.task(task_id(0))), Get(heads[0].key)]
     assert p.txn.size() <= MAX_TXN_BYTES
@@ -203,45 +207,43 @@ def test_the_running_records_start_their_attempt_at_now():
         "w1",
         NOW,
     )
-    running_entry = orjson.loads(p.txn.ops[3].value)  # type: ignore[union-attr]
+    running_entry = orjson.loads(p.txn.ops[2].value)  # type: ignore[union-attr]
     assert running_entry["deadline"] == NOW + 30.0
+    assert (running_entry["s"], running_entry["n"], running_entry["rv"]) == (NOW, 1, 5)
 
 
-def test_maximal_records_go_one_per_transaction():
-    # Given three tasks with the largest payload a client accepts (each running record
-    # is written twice: two do not fit in one transaction)
+def test_maximal_payloads_weigh_nothing_on_an_assignment():
+    # Given three tasks with the largest payload a client accepts: their queue keys
+    # hold the records without the payloads, and the assignment writes no record
     big = {"blob": "x" * (codec.MAX_PAYLOAD_BYTES - 100)}
     heads = [head(queued(i, payload=big)) for i in range(3)]
+    assert all(len(h.value) < 2000 for h in heads)
     free = [node("w1", capacity=10)]
 
-    # When batches are planned one after the other
-    first = plan(heads, free)
-    second = plan(heads[1:], free)
+    # When a batch is planned
+    p = plan(heads, free)
 
-    # Then each carries one task, within the byte limit
-    assert picked(first) == [(task_id(0), "w1")]
-    assert picked(second) == [(task_id(1), "w1")]
-    assert first.txn.size() <= MAX_TXN_BYTES
-    # and a smaller limit cuts a batch of ordinary records short, never below one task
+    # Then all three go in one small transaction
+    assert picked(p) == [(task_id(i), "w1") for i in range(3)]
+    assert p.txn.size() < 10_000
+    # and a smaller byte limit cuts a batch short, never below one task
     assert len(plan([head(queued(8)), head(queued(9))], free, max_txn_bytes=1).picks) == 1
 
 
-def test_a_record_no_transaction_can_carry_is_reported_and_the_others_go_on():
-    # Given a queued record (planted, or from an older version) whose running record
-    # would be over its limit, between two ordinary ones
+def test_a_record_over_the_old_running_limit_is_assigned_like_any_other():
+    # Given a queued record (planted, or from an older version) larger than a running
+    # record could be when the assignment wrote it, between two ordinary ones
     huge = queued(1, payload={"blob": "x" * codec.MAX_RUNNING_RECORD_BYTES})
-    heads = [head(queued(0)), head(huge), head(queued(2))]
-    w1 = node("w1", capacity=2)
+    heads = [head(queued(0)), head(huge, value=codec.encode_task(huge)), head(queued(2))]
 
     # When the batch is planned
-    p = plan(heads, [w1])
+    p = plan(heads, [node("w1", capacity=3)])
 
-    # Then it is reported as unassignable with the reason, and takes no slot
-    assert [(kv.key, reason.startswith("cannot be assigned: ")) for kv, _, reason in p.unassignable] == [
-        (heads[1].key, True)
-    ]
-    assert p.unassignable[0][1].key == K.task(huge.id)
-    assert picked(p) == [(task_id(0), "w1"), (task_id(2), "w1")]
+    # Then nothing of it is written at assignment: all three are picked (the worker's
+    # outcome fits what it writes: transitions.fit_record)
+    assert p.unassignable == []
+    assert picked(p) == [(task_id(0), "w1"), (task_id(1), "w1"), (task_id(2), "w1")]
+    assert p.txn.size() <= MAX_TXN_BYTES
 
 
 def test_a_corrupt_queued_record_is_skipped_and_the_others_go_on():

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
+import orjson
 import pytest
 
 from tasklease import codec, transitions
 from tasklease.errors import InvalidTransition
 from tasklease.keys import Keyspace
 from tasklease.models import Attempt, Outcome, Task, TaskState
+from tasklease.recovery import decode_running, running_view
 from tasklease.retry import RetryPolicy
 from tasklease.store import KV, Compare, Delete, Get, Put
 
@@ -45,13 +48,23 @@ def keys_of(ops: list) -> list[tuple[str, str]]:
     return [(type(op).__name__, op.key) for op in ops]
 
 
-def test_enqueue_writes_the_record_and_its_queue_key_with_the_same_bytes_if_the_id_is_free():
-    task = queued()
+def test_enqueue_writes_the_record_and_its_queue_key_without_the_payload_if_the_id_is_free():
+    task = queued(payload={"blob": "x" * 4500})
     data = codec.encode_task(task)
     txn = transitions.enqueue(K, task, data)
     assert txn.compares == [Compare.absent(K.task(TASK_ID))]
     assert keys_of(txn.ops) == [("Put", K.task(TASK_ID)), ("Put", transitions.queue_key(K, task))]
-    assert all(isinstance(op, Put) and op.value == data for op in txn.ops)
+    record, entry = txn.ops
+    assert isinstance(record, Put) and record.value == data
+    # The queue key's value: the record without its payload (written once), with the record's size.
+    assert isinstance(entry, Put) and entry.value == codec.encode_index_record(task, len(data))
+    assert b"x" * 100 not in entry.value and len(entry.value) < 1000 < 4500 < len(data)
+    slim = codec.decode_task(entry.key, entry.value)
+    assert slim.payload_omitted and slim.payload is None
+    assert dataclasses.replace(slim, payload=task.payload, payload_omitted=False) == task
+    assert codec.index_record_bytes(entry.value) == len(data)
+    with pytest.raises(ValueError, match="without its payload"):
+        codec.encode_task(slim)  # never written as a record
 
 
 @pytest.mark.parametrize("state", [TaskState.RUNNING, TaskState.PENDING, TaskState.SUCCEEDED])
@@ -67,14 +80,31 @@ def test_assign_claims_the_queue_key_and_record_and_writes_assignment_and_runnin
     txn, run = transitions.assign(K, pick, NOW)
     assert run.state is TaskState.RUNNING and run.attempts[-1].worker == "w1"
     assert txn.compares == [Compare.unchanged(pick.queue_kv), Compare.unchanged(pick.record_kv)]
+    # The record is not written: the attempt lives in the assignment and the running entry.
     assert keys_of(txn.ops) == [
         ("Delete", qkey),
-        ("Put", K.task(TASK_ID)),
         ("Put", K.assignment("w1", TASK_ID)),
         ("Put", K.running_entry(TASK_ID)),
     ]
-    assignment = txn.ops[2]
+    assignment, entry = txn.ops[1], txn.ops[2]
     assert isinstance(assignment, Put) and assignment.lease == 42
+    assert isinstance(entry, Put) and entry.lease == 0 and entry.value == assignment.value
+    value = orjson.loads(assignment.value)
+    assert value == {
+        "worker": "w1",
+        "n": 1,
+        "deadline": NOW + task.timeout_s,
+        "t": task.timeout_s,
+        "q": task.queue,
+        "ty": task.type,
+        "s": NOW,
+        "rv": pick.record_kv.mod_revision,
+    }
+    # What readers, the worker and the repairs see: the record plus the entry's attempt.
+    seen = running_view(
+        pick.record_kv, task, decode_running(K, KV(K.running_entry(TASK_ID), entry.value, 9, 9, 0))
+    )
+    assert seen == run
 
 
 def test_assign_refuses_a_record_that_is_not_queued():
@@ -150,6 +180,52 @@ def test_record_outcome_is_fenced_on_the_assignment_and_places_a_retry():
     assert txn.failure == [Get(K.assignment("w1", TASK_ID))]
     with pytest.raises(InvalidTransition):
         transitions.record_outcome(K, "w1", 12, running())
+
+
+def test_record_outcome_is_fenced_on_the_record_as_it_was_assigned():
+    # An assignment does not write the record: the outcome compares the record's revision then.
+    new = queued(attempts=running().attempts, seq=77)
+    txn = transitions.record_outcome(K, "w1", 12, new, record_revision=7)
+    assert txn.compares == [
+        Compare.created_at(K.assignment("w1", TASK_ID), 12),
+        Compare(K.task(TASK_ID), "mod", "=", 7),
+    ]
+
+
+def test_a_write_of_a_queued_record_is_fenced_on_its_queue_key_an_assignment_deletes():
+    old = queued()
+    record_kv = kv(K.task(TASK_ID), old, revision=5)
+    for new in (transitions.cancelled(old, "x", NOW), transitions.reprioritised(old, 3, NOW)):
+        txn = transitions.rewrite(K, record_kv, old, new)
+        assert txn.compares == [
+            Compare.unchanged(record_kv),
+            Compare(transitions.queue_key(K, old), "mod", "=", 5),
+        ]
+    pending = queued(state=TaskState.PENDING, not_before=NOW + 5)
+    txn = transitions.rewrite(
+        K, kv(K.task(TASK_ID), pending), pending, transitions.cancelled(pending, "x", NOW)
+    )
+    assert len(txn.compares) == 1  # a pending task is never assigned
+
+
+def test_cancel_of_a_running_task_seen_through_its_entry_is_fenced_on_the_entry():
+    record = queued()
+    record_kv = kv(K.task(TASK_ID), record, revision=5)
+    entry_value = transitions.running_value(transitions.running_record(record, "w1", 1, NOW), 5)
+    entry_kv = KV(K.running_entry(TASK_ID), entry_value, 6, 6, 0)
+    seen = running_view(record_kv, record, decode_running(K, entry_kv))
+    assert seen is not None and seen.state is TaskState.RUNNING
+    new = transitions.cancelled(seen, "stop", NOW + 1)
+    assert new.attempts[-1].outcome is Outcome.CANCELLED and new.attempts[-1].worker == "w1"
+    txn = transitions.rewrite(K, record_kv, seen, new, lease=3, running_kv=entry_kv)
+    assert txn.compares == [Compare.unchanged(record_kv), Compare.unchanged(entry_kv)]
+    assert keys_of(txn.ops)[:3] == [
+        ("Put", K.task(TASK_ID)),
+        ("Delete", K.assignment("w1", TASK_ID)),
+        ("Delete", K.running_entry(TASK_ID)),
+    ]
+    # A record that moved on (another revision) is not the entry's attempt any more.
+    assert running_view(kv(K.task(TASK_ID), record, revision=8), record, decode_running(K, entry_kv)) is None
 
 
 def test_repair_of_a_lost_attempt_requires_the_assignment_absent_and_keeps_it_absent():

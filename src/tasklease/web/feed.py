@@ -13,8 +13,11 @@ Change objects (:class:`Translator`): ``task`` (a task record written; the
 fields of :func:`task_change`, read by :func:`task_change_of_record` without
 building the task), ``task_gone`` (a record deleted: expired or
 purged), ``worker`` (a node record written: :func:`worker_view`),
-``worker_gone``, ``queue`` (paused or resumed) and ``leader``. Other keys
-(``queue/``, ``running/``, ...) send nothing but advance the revision. A node
+``worker_gone``, ``queue`` (paused or resumed) and ``leader``; a running-index
+entry put sends a ``task`` change with the fields it has (state ``running``,
+attempt, worker: :func:`running_change_of_entry`), since an assignment does not
+rewrite the record. Other keys (``queue/``, ...) send nothing but advance the
+revision. A node
 put that changes only the heartbeat fields (``heartbeat_at``, ``cpu``,
 ``memory``) is sent only if its ``heartbeat_at`` is in another whole second
 than the worker's previous record's: at most one heartbeat-only message per
@@ -97,6 +100,48 @@ def task_change(task: Task) -> dict[str, Any]:
 
 
 _STATES = frozenset(state.value for state in TaskState)
+
+
+def running_change_of_entry(task_id: str, data: bytes) -> dict[str, Any] | None:
+    """The ``task`` change of a task that started running, from its running-index entry.
+
+    Since the record is not rewritten when a task is assigned, the entry says
+    it: state ``running``, the attempt (``attempts``), the worker, the queue,
+    the type and when it started (``updated_at``); the dashboard keeps the
+    other fields it has. An entry of an older version (no ``rv``: that
+    version wrote the record running, which sent its own change) sends nothing.
+    """
+    try:
+        d = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    if type(d) is not dict or "rv" not in d:
+        return None
+    worker, number, queue, task_type, started = (
+        d.get("worker"),
+        d.get("n"),
+        d.get("q"),
+        d.get("ty"),
+        d.get("s"),
+    )
+    if not (
+        type(worker) is str
+        and type(number) is int
+        and type(queue) is str
+        and type(task_type) is str
+        and type(started) in (int, float)
+    ):
+        return None
+    return {
+        "kind": "task",
+        "id": task_id,
+        "state": TaskState.RUNNING.value,
+        "queue": queue,
+        "type": task_type,
+        "attempts": number,
+        "worker": worker,
+        "updated_at": started,
+    }
 
 
 def task_change_of_record(data: bytes) -> dict[str, Any] | None:
@@ -225,6 +270,7 @@ class Translator:
         self.nodes: dict[str, NodeRecord] = dict(nodes)
         self.clock = clock
         self._tasks = keys.tasks
+        self._running = keys.running
         self._nodes = keys.nodes
         self._pauses = keys.pauses
         self._leader = keys.leader
@@ -261,6 +307,9 @@ class Translator:
             if change is None:
                 log.debug("feed: skipping a corrupt task record at %s", key)
             return change
+        if key.startswith(self._running):
+            # A task assigned: its record is not rewritten, its running entry says it runs.
+            return running_change_of_entry(key[len(self._running) :], event.kv.value) if put else None
         if key.startswith(self._nodes):
             return self._node_change(key, key[len(self._nodes) :], event)
         if key.startswith(self._pauses):
