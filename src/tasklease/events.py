@@ -106,6 +106,10 @@ class Submitted(TaskEvent):
 class Assigned(TaskEvent):
     """A queued task was given to a worker (scheduler); ``task`` is the running record.
 
+    The leader assigns from the queue keys, which hold the record without its
+    payload: here ``task.payload`` is None and ``task.payload_omitted`` True
+    (the worker's ``Started`` carries the whole record).
+
     Attributes:
         queued_at: When it entered its queue this time (the queued record's
             ``updated_at``): ``at - queued_at`` is its queue wait. None if unknown.
