@@ -35,6 +35,7 @@ etcd's credentials).
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 from collections.abc import AsyncGenerator, Mapping, Sequence
@@ -43,7 +44,7 @@ from types import TracebackType
 from typing import Any, Protocol, Self
 from urllib.parse import urlsplit
 
-from tasklease.errors import InvalidOption
+from tasklease.errors import InvalidOption, StoreError
 from tasklease.store_channel import Channel, decode_kv, encode_compare, encode_op, read_password_file
 from tasklease.store_errors import auth_error, refused
 from tasklease.store_leases import Leases
@@ -131,6 +132,25 @@ def parse_endpoints(text: str) -> list[str]:
 
 def _endpoint_host(endpoint: str) -> str:
     return endpoint.rpartition(":")[0].strip("[]").lower()
+
+
+# etcd 3.5.0 to 3.5.4 panic, and exit, when the request of a read-only transaction is
+# cancelled while it reads (its client timed out, or died): etcd-io/etcd#14110, fixed in
+# 3.5.5. Against those versions a read-only transaction goes as concurrent range reads
+# (a range does not panic), pinned to one revision (Store._read_apart).
+READS_APART_VERSIONS = ((3, 5, 0), (3, 5, 5))
+# Range reads in flight for one read-only transaction sent apart.
+READS_IN_FLIGHT = 16
+
+
+def reads_apart_for(version: str) -> bool:
+    """Whether read-only transactions must go as separate reads against etcd ``version``."""
+    numbers = []
+    for part in version.split("-", 1)[0].split(".")[:3]:
+        digits = "".join(ch for ch in part if ch.isdigit())
+        numbers.append(int(digits) if digits else 0)
+    low, high = READS_APART_VERSIONS
+    return low <= tuple(numbers + [0] * (3 - len(numbers))) < high
 
 
 @dataclass(frozen=True, slots=True)
@@ -406,6 +426,7 @@ class Store:
         self._channel = Channel(self.config, observer)
         self._leases = Leases(self._channel)
         self._pb: Any = None  # etcd3aio's protobuf module: set by connect(), read by txn()
+        self._apart: bool | None = None  # read-only transactions as separate reads (unknown yet)
 
     async def __aenter__(self) -> Self:
         await self.connect()
@@ -552,6 +573,14 @@ class Store:
             StoreCompacted: A read names a revision etcd has compacted away.
             StoreError: etcd rejected it for another reason.
         """
+        if (
+            not compares
+            and not failure
+            and success
+            and all(type(op) is Get for op in success)
+            and await self._reads_apart()
+        ):
+            return await self._read_apart(success)  # type: ignore[arg-type]
         check_txn_size(compares, success, failure)
         client = self._channel.svc()
         resp = await self._channel.call(
@@ -571,6 +600,42 @@ class Store:
             if r.WhichOneof("response") == "response_range"
         ]
         return TxnResult(resp.succeeded, resp.header.revision, reads)
+
+    async def _reads_apart(self) -> bool:
+        """Whether read-only transactions go as separate reads here (:func:`reads_apart_for`).
+
+        Asked once per store (etcd's version, from the endpoint that answers);
+        while it cannot be asked, reads go apart (the safe way).
+        """
+        if self._apart is None:
+            try:
+                version = str((await self.status())["version"])
+            except StoreError:
+                return True
+            self._apart = reads_apart_for(version)
+        return self._apart
+
+    async def _read_apart(self, gets: Sequence[Get]) -> TxnResult:
+        """A read-only transaction as concurrent range reads, one snapshot like the transaction's.
+
+        The reads go at once (``READS_IN_FLIGHT`` at a time); any that answered
+        from an older revision than the newest is read again at that revision,
+        so every key is read as of one revision, which the result carries.
+        """
+        gate = asyncio.Semaphore(READS_IN_FLIGHT)
+
+        async def one(get: Get, revision: int = 0) -> RangeResult:
+            async with gate:
+                return await self.range(get.key, get.range_end or get.key + "\0", revision=revision)
+
+        results = list(await asyncio.gather(*(one(g) for g in gets)))
+        newest = max(r.revision for r in results)
+        behind = [i for i, r in enumerate(results) if r.revision < newest]
+        if behind:
+            again = await asyncio.gather(*(one(gets[i], newest) for i in behind))
+            for i, result in zip(behind, again, strict=True):
+                results[i] = result
+        return TxnResult(True, newest, [r.kvs for r in results])
 
     async def put(self, key: str, value: bytes, lease: int = 0) -> int:
         """Write one key (idempotent, so retried on transient errors).
