@@ -190,6 +190,14 @@ async def test_tasklease_health_exit_codes(procs: Procs, tasklease_bin: str, cli
             await until(
                 lambda: _running(client, task.id), within_s=START_S, what="the task to run", log=procs.tails
             )
+            # running = assigned; wait until the worker executes it (it reads the record
+            # first), or a SIGTERM before that hands it back and the worker exits at once
+            await until(
+                lambda: _executing(worker_port),
+                within_s=START_S,
+                what="the worker to run it",
+                log=worker.tail,
+            )
             worker.signal(signal.SIGTERM)
             await until(
                 lambda: _not_ready(worker_port), within_s=START_S, what="the worker to drain", log=worker.tail
@@ -206,6 +214,11 @@ async def test_tasklease_health_exit_codes(procs: Procs, tasklease_bin: str, cli
 
 async def _running(client: Client, task_id: str) -> bool:
     return (await client.get(task_id)).state is TaskState.RUNNING
+
+
+async def _executing(port: int) -> bool:
+    families = await scrape(port)
+    return families is not None and value(families, "tasklease_worker_running_tasks") >= 1
 
 
 async def _not_ready(port: int) -> bool:
