@@ -92,11 +92,14 @@ def test_pause_and_resume_a_queue(dash: Dashboard) -> None:
 def test_drain_a_worker(dash: Dashboard) -> None:
     stack = dash.start()
     stack.scheduler()
-    stack.worker(grace_s=120)  # w0: its drain waits for the running task
+    w0 = stack.worker(grace_s=120)  # w0: its drain waits for the running task
     stack.worker(queues=("other",))  # w1
     task = stack.run(stack.client.submit("probe", {"seconds": 120}))
     dash.open("/workers")
     dash.wait(lambda _: task.id in dash.text("worker-tasks", dash.el("worker-row-w0")))
+    # assigned is not yet executing (the worker reads the record first): a drain before
+    # that hands the task back and the worker stops at once
+    dash.wait(lambda _: w0.running >= 1, message="w0 to execute the task")
     dash.click("action-drain", within="worker-row-w0")
     dash.wait(lambda _: dash.text("worker-draining", dash.el("worker-row-w0")) == "draining")
     assert not dash.els("action-drain", within=dash.el("worker-row-w0"))
