@@ -10,6 +10,7 @@ etcd refusing it (auth, permission, too large, NOSPACE), so nothing is written.
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -105,3 +106,16 @@ def writes_under(prefix: str) -> Callable[..., bool]:
         return any(isinstance(op, Put) and op.key.startswith(prefix) for op in success)
 
     return when
+
+
+class CountingObserver:
+    """A store observer (``Store(config, observer=...)``) that counts requests by operation."""
+
+    def __init__(self) -> None:
+        self.requests: collections.Counter[str] = collections.Counter()
+
+    def request(self, operation: str, seconds: float, error_kind: str | None) -> None:
+        self.requests[operation] += 1
+
+    def watch_restarted(self) -> None:
+        pass

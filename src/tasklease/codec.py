@@ -214,8 +214,12 @@ def encode_index_record(task: Task, record_bytes: int) -> bytes:
     (the record's encoded size) lets a quota count the bytes that wait without
     reading the records. Decoded, it is a task with ``payload_omitted``.
     """
-    d = task_to_dict(task)
-    del d["payload"]
+    return index_record_of(task_to_dict(task), record_bytes)
+
+
+def index_record_of(record: dict[str, Any], record_bytes: int) -> bytes:
+    """:func:`encode_index_record` of a record already in its dict form (``record`` is not changed)."""
+    d = {k: v for k, v in record.items() if k != "payload"}
     # Version 2: a version that predates it refuses the value (a corrupt record to it)
     # instead of taking the missing payload for a null one.
     d["v"] = INDEX_SCHEMA_VERSION

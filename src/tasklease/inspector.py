@@ -30,7 +30,7 @@ from tasklease.keys import Keyspace, check_name, prefix_end
 from tasklease.models import Task, TaskState
 from tasklease.nodes import NodeRecord, list_nodes
 from tasklease.overview import Overview, read_overview
-from tasklease.recovery import as_seen, decode_running, running_view
+from tasklease.recovery import as_seen, view_with_entry
 from tasklease.stats import Stats, check_window, stats_from_overview
 from tasklease.store import FIRST_PAGE, KV, Get, KVStore
 
@@ -98,10 +98,7 @@ class Inspector:
         task = codec.decode_task(key, kv.value)
         running_kv = result.reads[1][0] if result.reads[1] else None
         if running_kv is not None and task.state is TaskState.QUEUED:
-            try:
-                view = running_view(kv, task, decode_running(self.keys, running_kv))
-            except CorruptRecord:
-                view = None
+            view = view_with_entry(self.keys, kv, task, running_kv)
             if view is not None:
                 return view, kv, running_kv, result.revision
         return task, kv, None, result.revision

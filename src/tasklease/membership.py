@@ -29,8 +29,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol, TypeVar
 
 import psutil
 
@@ -53,6 +53,7 @@ from tasklease.recorder import NOSPACE_REMEDY
 from tasklease.session import Session
 from tasklease.store import KV, Compare, Get, KVStore, Put
 
+T = TypeVar("T")
 log = logging.getLogger("tasklease.worker")
 
 
@@ -456,17 +457,10 @@ class Membership:
         }
         if not wanted:
             return {}
-        delay = 0.1
-        while True:
-            try:
-                found = await read_kvs(self.store, self.keys, list(wanted.values()))
-                return {key: found.get(task_id) for key, task_id in wanted.items()}
-            except StoreUnavailable as exc:
-                log.warning(
-                    "cannot read assigned records (%s); retrying in %.1f s", exc, delay, extra=self._extra
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+        found = await self._retrying(
+            "the assigned records", lambda: read_kvs(self.store, self.keys, list(wanted.values()))
+        )
+        return {key: found.get(task_id) for key, task_id in wanted.items()}
 
     async def _with_records(self, assignments: Sequence[KV]) -> list[tuple[KV, KV | None]]:
         records = await self._records_of(assignments)
@@ -497,13 +491,15 @@ class Membership:
         task) for what is only a gap in the watch; if etcd stays away, the
         session's own deadline (lease lost) ends the serve instead.
         """
+        return await self._retrying("the assignments", lambda: self._read_assignments(prefix))
+
+    async def _retrying(self, what: str, read: Callable[[], Awaitable[T]]) -> T:
+        """``read()``, again after 0.1 s doubling to 2 s while etcd does not answer (a read: safe to resend)."""
         delay = 0.1
         while True:
             try:
-                return await self._read_assignments(prefix)
+                return await read()
             except StoreUnavailable as exc:
-                log.warning(
-                    "cannot read the assignments (%s); retrying in %.1f s", exc, delay, extra=self._extra
-                )
+                log.warning("cannot read %s (%s); retrying in %.1f s", what, exc, delay, extra=self._extra)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)

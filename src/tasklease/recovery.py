@@ -122,6 +122,14 @@ def running_view(record_kv: KV, task: Task, entry: RunningEntry) -> Task | None:
     return None
 
 
+def view_with_entry(keys: Keyspace, record_kv: KV, task: Task, entry_kv: KV) -> Task | None:
+    """:func:`running_view` of ``task`` with its running entry as stored; None if stale or corrupt."""
+    try:
+        return running_view(record_kv, task, decode_running(keys, entry_kv))
+    except CorruptRecord:
+        return None
+
+
 # Running entries read per transaction when records are shown as readers see them.
 ENTRIES_PER_TXN = 64
 
@@ -139,11 +147,6 @@ async def as_seen(store: KVStore, keys: Keyspace, records: Sequence[tuple[KV, Ta
         group = queued[start : start + ENTRIES_PER_TXN]
         result = await store.txn([], [Get(keys.running_entry(t.id)) for _, t in group])
         for (kv, task), found in zip(group, result.reads, strict=True):
-            if found:
-                try:
-                    view = running_view(kv, task, decode_running(keys, found[0]))
-                except CorruptRecord:
-                    continue
-                if view is not None:
-                    views[task.id] = view
+            if found and (view := view_with_entry(keys, kv, task, found[0])) is not None:
+                views[task.id] = view
     return [views.get(t.id, t) for _, t in records]

@@ -790,12 +790,12 @@ def promote_record(
         return None
     if len(data) > codec.MAX_QUEUED_RECORD_BYTES:
         return None  # promote() fails it with the reason
-    slim = {k: v for k, v in d.items() if k != "payload"}
-    slim["v"] = codec.INDEX_SCHEMA_VERSION
-    slim["payload_omitted"] = True
-    slim["record_bytes"] = len(data)
     compares = [fence, Compare.unchanged(delayed_kv), Compare.unchanged(record_kv)]
-    ops: list[Op] = [Delete(delayed_kv.key), Put(record_kv.key, data), Put(key, orjson.dumps(slim))]
+    ops: list[Op] = [
+        Delete(delayed_kv.key),
+        Put(record_kv.key, data),
+        Put(key, codec.index_record_of(d, len(data))),
+    ]
     return Txn(compares, ops), d
 
 

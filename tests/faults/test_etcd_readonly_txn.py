@@ -12,24 +12,13 @@ real etcd of the embedded version (3.5.1).
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 
 import pytest
 
+from faultstore import CountingObserver
 from tasklease.etcd_server import EtcdServer
 from tasklease.store import Get, Put, Store, StoreConfig, reads_apart_for
-
-
-class Counting:
-    def __init__(self) -> None:
-        self.requests: collections.Counter[str] = collections.Counter()
-
-    def request(self, operation: str, seconds: float, error_kind: str | None) -> None:
-        self.requests[operation] += 1
-
-    def watch_restarted(self) -> None:
-        pass
 
 
 @pytest.fixture
@@ -51,7 +40,7 @@ def test_the_affected_versions():
 @pytest.mark.timeout(120)
 async def test_read_only_transactions_cancelled_mid_read_leave_etcd_up(etcd):
     # Given 64 keys of 500 KB each (a read of all of them takes a while)
-    counting = Counting()
+    counting = CountingObserver()
     async with Store(StoreConfig.from_text(etcd.endpoint), observer=counting) as store:
         keys = [f"/big/{i:03d}" for i in range(64)]
         for start in range(0, 64, 2):

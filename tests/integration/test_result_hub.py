@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 
+from faultstore import CountingObserver
 from tasklease import Client
 from tasklease.models import TaskState
 from tasklease.store import Store, StoreConfig
@@ -12,21 +12,10 @@ from tasklease.store import Store, StoreConfig
 BODY = {"order": 42, "lines": ["item " * 20] * 8}
 
 
-class Counting:
-    def __init__(self) -> None:
-        self.requests: collections.Counter[str] = collections.Counter()
-
-    def request(self, operation: str, seconds: float, error_kind: str | None) -> None:
-        self.requests[operation] += 1
-
-    def watch_restarted(self) -> None:
-        pass
-
-
 async def test_waits_for_own_submits_read_nothing(cluster, store_config: StoreConfig, keyspace) -> None:
     await cluster.scheduler()
     await cluster.worker(concurrency=32)
-    counting = Counting()
+    counting = CountingObserver()
     async with Store(store_config, observer=counting) as store:
         client = Client(store, keyspace)
         try:
