@@ -33,7 +33,6 @@ from tasklease import codec, transitions
 from tasklease.balancers import Balancer
 from tasklease.errors import (
     CorruptRecord,
-    PayloadTooLarge,
     StoreError,
     StoreRequestTooLarge,
     TaskleaseError,
@@ -70,9 +69,6 @@ class BatchPlan:
         per_worker: How many tasks each worker gets.
         skipped: Heads not to pick again until they change: ``(queue kv, task
             id, why)`` (a record that cannot be decoded or assigned).
-        unassignable: Heads that no transaction can carry (their running
-            record would be over its limit): ``(queue kv, record kv, reason)``,
-            to be failed with the reason.
     """
 
     picks: list[Pick] = field(default_factory=list)
@@ -81,7 +77,6 @@ class BatchPlan:
     txn: Txn = field(default_factory=Txn)
     per_worker: dict[str, int] = field(default_factory=dict)
     skipped: list[tuple[KV, str, TaskleaseError]] = field(default_factory=list)
-    unassignable: list[tuple[KV, KV, str]] = field(default_factory=list)
 
 
 def plan_batch(
@@ -168,9 +163,6 @@ def plan_batch(
             if queued is None:
                 queued = codec.decode_task(record_kv.key, record_kv.value)
             part, record = transitions.assign_task(keys, pick, queued, now)
-        except PayloadTooLarge as exc:
-            plan.unassignable.append((qkv, record_kv, f"cannot be assigned: {exc}"))
-            continue
         except TaskleaseError as exc:
             skipped.append((qkv, task_id, exc))
             continue
@@ -384,8 +376,6 @@ class Assigner(LeaderPart):
         for qkv, task_id, exc in plan.skipped:
             log.error("skipping queued task: %s", exc, extra=self._ctx(task_id=task_id))
             queues.skipped.add(qkv.key)
-        for qkv, record_kv, reason in plan.unassignable:
-            await self.failer.fail_unassignable(qkv, record_kv, reason)
         picks = plan.picks
         if not picks:
             return None

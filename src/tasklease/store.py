@@ -36,6 +36,7 @@ etcd's credentials).
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import os
 from collections.abc import AsyncGenerator, Mapping, Sequence
@@ -44,7 +45,7 @@ from types import TracebackType
 from typing import Any, Protocol, Self
 from urllib.parse import urlsplit
 
-from tasklease.errors import InvalidOption, StoreError
+from tasklease.errors import InvalidOption, StoreAuthError, StoreError, StoreNoSpace
 from tasklease.store_channel import Channel, decode_kv, encode_compare, encode_op, read_password_file
 from tasklease.store_errors import auth_error, refused
 from tasklease.store_leases import Leases
@@ -134,15 +135,21 @@ def _endpoint_host(endpoint: str) -> str:
     return endpoint.rpartition(":")[0].strip("[]").lower()
 
 
+log = logging.getLogger("tasklease.store")
+
 # etcd 3.5.0 to 3.5.4 panic, and exit, when the request of a read-only transaction is
 # cancelled while it reads (its client timed out, or died): etcd-io/etcd#14110, fixed in
 # 3.5.5 (reproduced here with 3.5.1: tests/faults/test_etcd_readonly_txn.py). Against
-# those versions, and 3.4 (not verified either way), a read-only transaction goes as
-# concurrent range reads (a range does not panic), pinned to one revision
-# (Store._read_apart).
+# those versions, and 3.4 (not verified either way), a read-only transaction is not sent
+# as one: up to READS_APART_AT_MOST gets go as concurrent range reads (a range does not
+# panic) pinned to one revision (Store._read_apart); more go as one transaction that is
+# not read-only, so etcd applies it through its log, where no request's cancellation
+# reaches (Store._read_through_log).
 READS_APART_VERSIONS = ((0, 0, 0), (3, 5, 5))
 # Range reads in flight for one read-only transaction sent apart.
 READS_IN_FLIGHT = 16
+# Gets sent apart on such a version; more go through etcd's log.
+READS_APART_AT_MOST = 2
 
 
 def reads_apart_for(version: str) -> bool:
@@ -429,6 +436,7 @@ class Store:
         self._leases = Leases(self._channel)
         self._pb: Any = None  # etcd3aio's protobuf module: set by connect(), read by txn()
         self._apart: bool | None = None  # read-only transactions as separate reads (unknown yet)
+        self._log_reads = True  # ... or through etcd's log (until a reader may not write)
 
     async def __aenter__(self) -> Self:
         await self.connect()
@@ -582,7 +590,7 @@ class Store:
             and all(type(op) is Get for op in success)
             and await self._reads_apart()
         ):
-            return await self._read_apart(success)  # type: ignore[arg-type]
+            return await self._read_on_affected_etcd(success)  # type: ignore[arg-type]
         check_txn_size(compares, success, failure)
         client = self._channel.svc()
         resp = await self._channel.call(
@@ -616,6 +624,40 @@ class Store:
                 return True
             self._apart = reads_apart_for(version)
         return self._apart
+
+    async def _read_on_affected_etcd(self, gets: Sequence[Get]) -> TxnResult:
+        """A read-only transaction against etcd 3.5.0-3.5.4 (:func:`reads_apart_for`).
+
+        A few gets go apart (:meth:`_read_apart`), more through etcd's log
+        (:meth:`_read_through_log`) unless this client may not write there
+        (then apart from now on) or etcd refuses writes (NOSPACE: apart this time).
+        """
+        if len(gets) > READS_APART_AT_MOST and self._log_reads:
+            try:
+                return await self._read_through_log(gets)
+            except StoreAuthError:
+                self._log_reads = False
+                log.info("reads of many keys go as separate ranges: this client may not write them")
+            except StoreNoSpace:
+                pass
+        return await self._read_apart(gets)
+
+    async def _read_through_log(self, gets: Sequence[Get]) -> TxnResult:
+        """Gets in one transaction that is not read-only: etcd applies it through its log.
+
+        ``if mod(first key) < 0 then put first key else the gets``: the compare
+        never holds (a mod revision is never negative), so nothing is written and
+        the failure branch reads every key at one revision, as a read-only
+        transaction would. Being a write, it goes through raft and is applied
+        without the request's context, so its cancellation cannot crash an
+        affected etcd; it costs one log entry (the keys, not the values) and
+        waits for that entry's fsync, shared with the writes of the moment.
+        """
+        first = gets[0].key
+        result = await self.txn([Compare(first, "mod", "<", 0)], [Put(first, b"")], gets)
+        if result.succeeded:  # pragma: no cover - etcd never holds a negative revision
+            raise StoreError("a read through etcd's log wrote a key: a revision below 0 held")
+        return TxnResult(True, result.revision, result.reads)
 
     async def _read_apart(self, gets: Sequence[Get]) -> TxnResult:
         """A read-only transaction as concurrent range reads, one snapshot like the transaction's.

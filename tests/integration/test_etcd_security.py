@@ -41,13 +41,15 @@ from tasklease.executors.builtin import builtin_registry
 from tasklease.keys import Keyspace
 from tasklease.models import TaskState
 from tasklease.scheduler import Scheduler, SchedulerConfig
-from tasklease.store import Store, StoreConfig
+from tasklease.store import Get, Put, Store, StoreConfig
 from tasklease.worker import Worker, WorkerConfig
 
 USER = "tasklease"
 # throw-away passwords of a throw-away etcd
 PASSWORD = "s3cret-pw"
 ROOT_PASSWORD = "r00t-pw"
+READER = "reader"  # may read the same keys, not write them
+READER_PASSWORD = "r3ader-pw"
 CLIENT_CN = "tasklease-client"  # not an etcd user: see the module docstring
 REQUEST_TIMEOUT_S = 3.0
 
@@ -232,6 +234,10 @@ async def enable_auth(address: str, pki: Pki) -> None:
         await auth.role_grant_permission(USER, "/", "0", perm_type=PermissionType.READWRITE, timeout=t)
         await auth.user_add(USER, PASSWORD, timeout=t)
         await auth.user_grant_role(USER, USER, timeout=t)
+        await auth.role_add(READER, timeout=t)
+        await auth.role_grant_permission(READER, "/", "0", perm_type=PermissionType.READ, timeout=t)
+        await auth.user_add(READER, READER_PASSWORD, timeout=t)
+        await auth.user_grant_role(READER, READER, timeout=t)
         await auth.auth_enable(timeout=t)
         # from now on every request needs a token (or a certificate CN that is a user)
         client.set_token((await auth.authenticate("root", ROOT_PASSWORD, timeout=t)).token)
@@ -374,6 +380,24 @@ async def test_token_less_requests_are_refused(secure_etcd: SecureEtcd) -> None:
     async with Store(secure_etcd.config(user=None, password=None)) as store:
         with pytest.raises(StoreAuthError, match="permission denied"):
             await store.get("/anything")
+
+
+async def test_a_user_who_may_only_read_reads_many_keys_at_once(
+    secure_etcd: SecureEtcd, namespace: str
+) -> None:
+    # (against etcd 3.5.0-3.5.4 such a read goes through etcd's log, as a transaction with
+    # a put that never runs: a reader who may not write reads them as ranges instead)
+    keys = [f"/{namespace}/read-only/{i}" for i in range(6)]
+    async with Store(secure_etcd.config()) as writer:
+        await writer.txn([], [Put(k, b"value %d" % i) for i, k in enumerate(keys)])
+    async with Store(secure_etcd.config(user=READER, password=READER_PASSWORD)) as reader:
+        for _ in range(2):
+            result = await reader.txn([], [Get(k) for k in keys])
+            assert [r[0].value for r in result.reads] == [b"value %d" % i for i in range(6)]
+            assert all(r[0].mod_revision <= result.revision for r in result.reads)
+        with pytest.raises(StoreAuthError, match="permission denied"):
+            await reader.put(keys[0], b"overwritten")
+        assert (await reader.get(keys[0])) is not None
 
 
 # 4. no client certificate ---------------------------------------------------------------

@@ -241,7 +241,6 @@ def test_a_record_over_the_old_running_limit_is_assigned_like_any_other():
 
     # Then nothing of it is written at assignment: all three are picked (the worker's
     # outcome fits what it writes: transitions.fit_record)
-    assert p.unassignable == []
     assert picked(p) == [(task_id(0), "w1"), (task_id(1), "w1"), (task_id(2), "w1")]
     assert p.txn.size() <= MAX_TXN_BYTES
 
