@@ -591,6 +591,16 @@ class Store:
             and await self._reads_apart()
         ):
             return await self._read_on_affected_etcd(success)  # type: ignore[arg-type]
+        return await self._send_txn(compares, success, failure, timeout_s)
+
+    async def _send_txn(
+        self,
+        compares: Sequence[Compare],
+        success: Sequence[Op],
+        failure: Sequence[Op],
+        timeout_s: float | None,
+    ) -> TxnResult:
+        """:meth:`txn` as it is, one request (the checks of its size first)."""
         check_txn_size(compares, success, failure)
         client = self._channel.svc()
         resp = await self._channel.call(
@@ -654,7 +664,7 @@ class Store:
         waits for that entry's fsync, shared with the writes of the moment.
         """
         first = gets[0].key
-        result = await self.txn([Compare(first, "mod", "<", 0)], [Put(first, b"")], gets)
+        result = await self._send_txn([Compare(first, "mod", "<", 0)], [Put(first, b"")], gets, None)
         if result.succeeded:  # pragma: no cover - etcd never holds a negative revision
             raise StoreError("a read through etcd's log wrote a key: a revision below 0 held")
         return TxnResult(True, result.revision, result.reads)
