@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import concurrent.futures
+import contextlib
 import threading
 from collections.abc import Coroutine, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -38,6 +39,20 @@ if TYPE_CHECKING:
     from tasklease.client import Client
 
 T = TypeVar("T")
+
+
+# How long closing waits for the tasks left on the background loop to end once cancelled.
+LEFTOVER_TASKS_TIMEOUT_S = 5.0
+
+
+async def _end_leftover_tasks() -> None:
+    """Cancel every other task of the running loop and wait until they have ended."""
+    current = asyncio.current_task()
+    left = [task for task in asyncio.all_tasks() if task is not current]
+    for task in left:
+        task.cancel()
+    await asyncio.gather(*left, return_exceptions=True)
+    await asyncio.get_running_loop().shutdown_asyncgens()
 
 
 class SyncClient:
@@ -76,6 +91,14 @@ class SyncClient:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     def _stop_loop(self) -> None:
+        # As asyncio.run does before it closes its loop: what is left on it (e.g. gRPC's
+        # own task that waits for a cancelled stream's status) is cancelled and allowed
+        # to end, so that closing the loop never prints "Task was destroyed but it is
+        # pending!" on the application's stderr.
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(_end_leftover_tasks(), self._loop).result(
+                LEFTOVER_TASKS_TIMEOUT_S
+            )
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
         self._loop.close()
