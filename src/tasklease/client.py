@@ -195,6 +195,9 @@ class Client:
     ) -> Client:
         """Connect to etcd and return a client that owns the connection.
 
+        ``config``: where etcd is and how to log in; by default what the
+        environment says, as for the CLI (:meth:`StoreConfig.from_env`:
+        ``TASKLEASE_ETCD*``, and a local ``tasklease etcd`` or ``dev`` logged in to).
         ``max_in_flight``: sends (:meth:`send`) pending before the next one waits.
         """
         keyspace = Keyspace(namespace)

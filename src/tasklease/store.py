@@ -430,7 +430,9 @@ class Store:
     """
 
     def __init__(self, config: StoreConfig | None = None, observer: StoreObserver | None = None) -> None:
-        self.config = config or StoreConfig()
+        # No config: the environment's, as the CLI reads it (TASKLEASE_ETCD*, and the
+        # credentials of a local `tasklease etcd` or `dev`, which has auth on).
+        self.config = config if config is not None else StoreConfig.from_env()
         self.observer = observer
         self._channel = Channel(self.config, observer)
         self._leases = Leases(self._channel)

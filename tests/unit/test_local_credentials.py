@@ -7,7 +7,7 @@ import pytest
 import tasklease.etcd_server
 from tasklease.cli import build_parser, resolve_environment, store_config
 from tasklease.errors import InvalidOption
-from tasklease.store import StoreConfig
+from tasklease.store import Store, StoreConfig
 
 
 @pytest.fixture
@@ -57,3 +57,14 @@ def test_a_password_alone_is_not_completed_with_the_local_user(local_etcd):
 def test_another_etcd_has_no_local_credentials(local_etcd):
     config = StoreConfig.from_options("10.0.0.1:2379", timeout_s=2.0)
     assert (config.user, config.password_file, config.timeout_s) == (None, None, 2.0)
+
+
+def test_a_store_given_no_config_connects_as_the_environment_says(local_etcd, monkeypatch):
+    # (`SyncClient()` / `Client.connect()` against `tasklease dev`, which has auth on, were
+    # refused with "user name is empty": the default config ignored the environment)
+    monkeypatch.setenv("TASKLEASE_ETCD", "127.0.0.1:23790")
+    for name in ("_USER", "_PASSWORD", "_PASSWORD_FILE", "_CA", "_CERT", "_KEY", "_TIMEOUT"):
+        monkeypatch.delenv(f"TASKLEASE_ETCD{name}", raising=False)
+    config = Store().config
+    assert config == StoreConfig.from_env({"TASKLEASE_ETCD": "127.0.0.1:23790"})
+    assert (config.endpoints, config.user, config.password_file) == (("127.0.0.1:23790",), "root", "/run/pw")
