@@ -47,6 +47,18 @@ def etcd_endpoint(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
 
 
 @pytest.fixture
+def own_etcd(tmp_path: Path) -> Iterator[EtcdServer]:
+    """An etcd of this test's own (it may be killed, restarted or crashed), on its own ports and data dir."""
+    server = EtcdServer(data_dir=tmp_path / "etcd" / "data")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+        server.stop()
+
+
+@pytest.fixture
 def namespace(request: pytest.FixtureRequest) -> str:
     # One namespace per test: tests share the etcd but never each other's keys.
     return f"t{os.getpid()}-{next(_namespaces)}"

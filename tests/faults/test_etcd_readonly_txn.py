@@ -19,18 +19,7 @@ import contextlib
 import pytest
 
 from faultstore import CountingObserver
-from tasklease.etcd_server import EtcdServer
 from tasklease.store import READS_APART_AT_MOST, Get, Put, Store, StoreConfig, reads_apart_for
-
-
-@pytest.fixture
-def etcd(tmp_path):
-    server = EtcdServer(data_dir=tmp_path / "etcd" / "data")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_the_affected_versions():
@@ -57,9 +46,9 @@ async def _cancel_reads_mid_flight(store: Store, gets: list[Get], rounds: int = 
 
 
 @pytest.mark.timeout(120)
-async def test_the_hazard_is_real_a_cancelled_read_only_transaction_kills_this_etcd(etcd):
+async def test_the_hazard_is_real_a_cancelled_read_only_transaction_kills_this_etcd(own_etcd):
     # (why the store avoids them: sent as one read-only transaction anyway, etcd dies)
-    async with Store(StoreConfig.from_text(etcd.endpoint)) as store:
+    async with Store(StoreConfig.from_text(own_etcd.endpoint)) as store:
         keys = await _big_keys(store, 64)
         store._apart = False  # as against a fixed etcd: read-only transactions as they are
         for delay in [0.0005, 0.001, 0.002, 0.004, 0.008] * 4:
@@ -69,24 +58,24 @@ async def test_the_hazard_is_real_a_cancelled_read_only_transaction_kills_this_e
             with contextlib.suppress(BaseException):
                 await read
             for _ in range(50):
-                if not etcd.running:
+                if not own_etcd.running:
                     return
                 await asyncio.sleep(0.01)
     pytest.fail("etcd 3.5.1 survived cancelled read-only transactions: is the workaround still needed?")
 
 
 @pytest.mark.timeout(120)
-async def test_many_gets_cancelled_mid_read_go_through_the_log_and_leave_etcd_up(etcd):
+async def test_many_gets_cancelled_mid_read_go_through_the_log_and_leave_etcd_up(own_etcd):
     # Given 64 keys of 500 KB each
     counting = CountingObserver()
-    async with Store(StoreConfig.from_text(etcd.endpoint), observer=counting) as store:
+    async with Store(StoreConfig.from_text(own_etcd.endpoint), observer=counting) as store:
         keys = await _big_keys(store, 64)
 
         # When reads of all of them are cancelled mid-flight, again and again
         await _cancel_reads_mid_flight(store, [Get(k) for k in keys])
 
         # Then etcd is still up, and a whole read returns every key as of one revision
-        assert etcd.running
+        assert own_etcd.running
         ranges, txns = counting.requests["range"], counting.requests["txn"]
         result = await store.txn([], [Get(k) for k in keys] + [Get("/big/none")])
         assert result.succeeded and len(result.reads) == 65
@@ -101,10 +90,10 @@ async def test_many_gets_cancelled_mid_read_go_through_the_log_and_leave_etcd_up
 
 
 @pytest.mark.timeout(120)
-async def test_a_few_gets_cancelled_mid_read_go_apart_and_leave_etcd_up(etcd):
+async def test_a_few_gets_cancelled_mid_read_go_apart_and_leave_etcd_up(own_etcd):
     # Given two keys of 500 KB
     counting = CountingObserver()
-    async with Store(StoreConfig.from_text(etcd.endpoint), observer=counting) as store:
+    async with Store(StoreConfig.from_text(own_etcd.endpoint), observer=counting) as store:
         keys = (await _big_keys(store, 4))[:READS_APART_AT_MOST]
         txns = counting.requests["txn"]
 
@@ -112,7 +101,7 @@ async def test_a_few_gets_cancelled_mid_read_go_apart_and_leave_etcd_up(etcd):
         await _cancel_reads_mid_flight(store, [Get(k) for k in keys])
 
         # Then etcd is still up and a read returns both, sent as ranges
-        assert etcd.running
+        assert own_etcd.running
         ranges = counting.requests["range"]
         result = await store.txn([], [Get(k) for k in keys])
         assert [len(r) for r in result.reads] == [1, 1]

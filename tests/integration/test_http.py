@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -22,7 +21,6 @@ from prometheus_client.parser import text_string_to_metric_families
 import sample_tasks
 from faults.procs import until
 from tasklease.client import Client
-from tasklease.etcd_server import EtcdServer
 from tasklease.executors.builtin import builtin_registry
 from tasklease.health import check
 from tasklease.httpserver import HttpAddress
@@ -195,18 +193,6 @@ async def test_a_leader_and_a_standby_are_both_ready(store_config, keyspace):
 
 
 # etcd goes away and comes back ------------------------------------------------------------
-@pytest.fixture
-def own_etcd(tmp_path: Path):
-    """An etcd of this test's own (it is killed and restarted), on the same ports and data dir."""
-    server = EtcdServer(data_dir=tmp_path / "etcd" / "data")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
-        server.stop()
-
-
 async def test_readyz_flips_to_503_when_etcd_stops_and_back_when_it_returns(own_etcd, namespace):
     config = StoreConfig.from_text(own_etcd.endpoint, timeout_s=2.0)
     keys = Keyspace(namespace)
