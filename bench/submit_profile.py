@@ -9,18 +9,18 @@ layer, the round trip p50 / p99 and this process's CPU time per call:
 2. the synchronous gRPC stack: the same call blocking on this thread, then
    from asyncio through a one-thread executor (the issue asks whether the
    synchronous stack in a thread beats ``grpc.aio``);
-3. ``Store.txn`` (tasklease's store layer over etcd3aio): the same put;
-4. ``Client.submit("noop", {"i": i})``: the whole submit (record, queue key,
-   quota check, group commit, the hub's bookkeeping, the hooks);
-5. ``bench.h2probe``: the same ``Txn`` through a minimal HTTP/2 client of ~150
-   lines on asyncio (no TLS, auth, deadlines or error handling: a probe of what a
-   call could cost without gRPC's machinery, not a transport tasklease uses).
+3. ``store_h2.UnaryClient``: the same ``Txn`` through tasklease's own HTTP/2
+   client on asyncio (the default transport of KV calls);
+4. ``Store.txn``: the same put through the store layer, over each transport
+   (``h2``, the default, and ``grpc``, etcd3aio's stub);
+5. ``Client.submit("noop", {"i": i})``: the whole submit (record, queue key,
+   quota check, group commit, the hub's bookkeeping, the hooks), each transport.
 
-Then the same ``Txn`` with 64 calls in flight, through ``grpc.aio`` and the probe
-(CPU per call: what a busy process pays).
+Then the same ``Txn`` with 64 calls in flight, through ``grpc.aio`` and
+``store_h2`` (CPU per call: what a busy process pays).
 
-The difference between 4 and 3 is the client's own cost per submit; between 3
-and 1 the store layer's. CPU per call includes gRPC's own threads.
+The difference between 5 and 4 is the client's own cost per submit; between 4
+and 1 (or 3) the store layer's. CPU per call includes gRPC's own threads.
 
     python -m bench.submit_profile [--calls N] [--rounds R]
 """
@@ -41,10 +41,10 @@ from typing import Any
 import grpc
 from etcd3aio._protobuf import KVStub, PutRequest, RequestOp, TxnRequest, TxnResponse
 
-from bench.h2probe import H2Probe
 from tasklease.client import Client
 from tasklease.etcd_server import EtcdServer
-from tasklease.store import Put, Store, StoreConfig
+from tasklease.store import TRANSPORTS, Put, Store, StoreConfig
+from tasklease.store_h2 import Endpoint, UnaryClient
 
 VALUE = b"x" * 300
 
@@ -115,30 +115,33 @@ async def _grpc_thread(address: str, n: int) -> dict[str, Any]:
         )
 
 
-TXN_PATH = "/etcdserverpb.KV/Txn"
+H2_LAYER = "store_h2.UnaryClient Txn"
 
 
-async def _probe_txn(probe: H2Probe, i: int) -> TxnResponse:
-    answer = TxnResponse()
-    answer.ParseFromString(await probe.call(TXN_PATH, _request(i).SerializeToString()))
+def _unary(address: str) -> UnaryClient:
+    host, _, port = address.rpartition(":")
+    return UnaryClient([Endpoint(host, int(port))], max_receive=64 * 1024 * 1024)
+
+
+async def _unary_txn(client: UnaryClient, i: int) -> TxnResponse:
+    answer = TxnResponse.FromString(
+        await client.call("Txn", _request(i).SerializeToString(), timeout_s=5.0, retry=False)
+    )
     if answer.header.revision <= 0:
-        raise RuntimeError("the probe's Txn did not commit")
+        raise RuntimeError("the Txn did not commit")
     return answer
 
 
-async def _h2probe(address: str, n: int) -> dict[str, Any]:
-    host, _, port = address.rpartition(":")
-    probe = await H2Probe.connect(host, int(port))
+async def _h2(address: str, n: int) -> dict[str, Any]:
+    client = _unary(address)
     try:
-        return await _timed_async(
-            "minimal HTTP/2 on asyncio (bench.h2probe) Txn", n, lambda i: _probe_txn(probe, i)
-        )
+        return await _timed_async(H2_LAYER, n, lambda i: _unary_txn(client, i))
     finally:
-        probe.close()
+        await client.close()
 
 
 async def _in_flight(address: str, n: int, width: int = 64) -> dict[str, float]:
-    """CPU per call with ``width`` calls in flight: grpc.aio, then the probe."""
+    """CPU per call with ``width`` calls in flight: grpc.aio, then store_h2."""
     out: dict[str, float] = {}
     async with grpc.aio.insecure_channel(address) as channel:
         stub = KVStub(channel)
@@ -146,29 +149,30 @@ async def _in_flight(address: str, n: int, width: int = 64) -> dict[str, float]:
         for start in range(0, n, width):
             await asyncio.gather(*(stub.Txn(_request(i), timeout=5) for i in range(start, start + width)))
         out["grpc.aio Txn"] = (_cpu() - cpu0) / (-(-n // width) * width) * 1000
-    host, _, port = address.rpartition(":")
-    probe = await H2Probe.connect(host, int(port))
+    client = _unary(address)
     try:
         cpu0 = _cpu()
         for start in range(0, n, width):
-            await asyncio.gather(*(_probe_txn(probe, i) for i in range(start, start + width)))
-        out["minimal HTTP/2 on asyncio (bench.h2probe) Txn"] = (
-            (_cpu() - cpu0) / (-(-n // width) * width) * 1000
-        )
+            await asyncio.gather(*(_unary_txn(client, i) for i in range(start, start + width)))
+        out[H2_LAYER] = (_cpu() - cpu0) / (-(-n // width) * width) * 1000
     finally:
-        probe.close()
+        await client.close()
     return out
 
 
 async def _store(config: StoreConfig, n: int) -> dict[str, Any]:
     async with Store(config) as store:
-        return await _timed_async("Store.txn (1 put)", n, lambda i: store.txn([], [Put(f"st/{i}", VALUE)]))
+        return await _timed_async(
+            f"Store.txn (1 put), {config.transport}", n, lambda i: store.txn([], [Put(f"st/{i}", VALUE)])
+        )
 
 
 async def _client(config: StoreConfig, n: int) -> dict[str, Any]:
     client = await Client.connect(config, namespace="profile")
     try:
-        return await _timed_async("Client.submit", n, lambda i: client.submit("noop", {"i": i}))
+        return await _timed_async(
+            f"Client.submit, {config.transport}", n, lambda i: client.submit("noop", {"i": i})
+        )
     finally:
         await client.close()
 
@@ -176,7 +180,7 @@ async def _client(config: StoreConfig, n: int) -> dict[str, Any]:
 def run(calls: int, rounds: int) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """Every layer, ``rounds`` times in turn on one etcd; each layer's figures of its median round.
 
-    Also the CPU per call with 64 in flight (grpc.aio, the probe), median of the rounds.
+    Also the CPU per call with 64 in flight (grpc.aio, store_h2), median of the rounds.
     """
     results: dict[str, list[dict[str, Any]]] = {}
     in_flight: dict[str, list[float]] = {}
@@ -185,15 +189,15 @@ def run(calls: int, rounds: int) -> tuple[list[dict[str, Any]], dict[str, float]
         server.start()
         try:
             address = f"127.0.0.1:{server.client_port}"
-            config = StoreConfig.from_text(server.endpoint)
+            configs = [StoreConfig.from_text(server.endpoint, transport=t) for t in TRANSPORTS]
             for _ in range(rounds):
                 for figures in (
                     asyncio.run(_grpc_aio(address, calls)),
                     _grpc_sync(address, calls),
                     asyncio.run(_grpc_thread(address, calls)),
-                    asyncio.run(_store(config, calls)),
-                    asyncio.run(_client(config, calls)),
-                    asyncio.run(_h2probe(address, calls)),
+                    asyncio.run(_h2(address, calls)),
+                    *(asyncio.run(_store(config, calls)) for config in configs),
+                    *(asyncio.run(_client(config, calls)) for config in configs),
                 ):
                     results.setdefault(figures["layer"], []).append(figures)
                 for name, cpu_ms in asyncio.run(_in_flight(address, calls)).items():

@@ -252,6 +252,14 @@ def _size(text: str) -> int:
     return parse_size(text)
 
 
+def _transport(text: str) -> str:
+    from tasklease.store import TRANSPORTS
+
+    if text not in TRANSPORTS:
+        raise argparse.ArgumentTypeError(f"must be one of {', '.join(TRANSPORTS)}, got {text!r}")
+    return text
+
+
 # Options that an environment variable may give: (dest, variable, parse or None).
 ENV_OPTIONS: tuple[tuple[str, str, Callable[[str], Any] | None], ...] = (
     ("etcd", "TASKLEASE_ETCD", None),
@@ -264,12 +272,14 @@ ENV_OPTIONS: tuple[tuple[str, str, Callable[[str], Any] | None], ...] = (
     ("etcd_cert", "TASKLEASE_ETCD_CERT", None),
     ("etcd_key", "TASKLEASE_ETCD_KEY", None),
     ("etcd_tls_server_name", "TASKLEASE_ETCD_TLS_SERVER_NAME", None),
+    ("etcd_transport", "TASKLEASE_ETCD_TRANSPORT", _transport),
     ("log_level", "TASKLEASE_LOG_LEVEL", _log_level),
 )
 DEFAULTS: dict[str, Any] = {
     "etcd": DEFAULT_ENDPOINT,
     "namespace": "tasklease",
     "etcd_timeout": 5.0,
+    "etcd_transport": "h2",
 }
 
 
@@ -311,6 +321,12 @@ def _common(parser: argparse.ArgumentParser, *, top: bool) -> None:
     g.add_argument("--etcd-cert", default=d(None), help=argparse.SUPPRESS)
     g.add_argument("--etcd-key", default=d(None), help=argparse.SUPPRESS)
     g.add_argument("--etcd-tls-server-name", metavar="NAME", default=d(None), help=argparse.SUPPRESS)
+    g.add_argument(
+        "--etcd-transport",
+        type=_transport,
+        default=d(None),
+        help=h("how reads and writes travel to etcd: h2 (default) or grpc (env TASKLEASE_ETCD_TRANSPORT)"),
+    )
     parser.add_argument(
         "--json",
         action="store_true",
@@ -374,6 +390,7 @@ def store_config(args: argparse.Namespace) -> StoreConfig:
         cert_file=args.etcd_cert,
         key_file=args.etcd_key,
         tls_server_name=args.etcd_tls_server_name,
+        transport=args.etcd_transport,
     )
 
 

@@ -296,6 +296,20 @@ class Membership:
         """Whether it is registered under a lease that was not declared lost."""
         return self.lease_alive and bool(self.registration.node_rev)
 
+    async def catch_up(self) -> None:
+        """Read our assignments once and hand the intake those it has not seen yet.
+
+        Worker.stop calls it once the node record says ``draining``: an
+        assignment the scheduler made before it saw that, which the watch has
+        not delivered yet, reaches the intake now (and is handed back at once)
+        instead of being left to recovery when the lease is revoked.
+        """
+        if not self.serving:
+            return
+        assigned, _ = await self._read_assignments(self.keys.worker_assignments(self.id))
+        for kv, record_kv in await self._with_records(assigned):
+            self._intake.accept(kv, record_kv)
+
     async def close(self, *, revoke: bool) -> None:
         """End the session: revoke the lease (its keys vanish now), or let it expire (a crash)."""
         if self.session is not None:

@@ -148,6 +148,8 @@ log = logging.getLogger("tasklease.store")
 READS_APART_VERSIONS = ((0, 0, 0), (3, 5, 5))
 # Range reads in flight for one read-only transaction sent apart.
 READS_IN_FLIGHT = 16
+# StoreConfig.transport: how KV calls travel (store_h2.py, or the gRPC library).
+TRANSPORTS = ("h2", "grpc")
 # Gets sent apart on such a version; more go through etcd's log.
 READS_APART_AT_MOST = 2
 
@@ -183,6 +185,10 @@ class StoreConfig:
         tls: Use TLS even without ``ca_file`` (the system's CA bundle).
         max_receive_bytes: Largest message the channel accepts (reads are paged
             to a quarter of it; a watch response over it resyncs the watch).
+        transport: How KV calls (reads, writes, transactions) travel: ``"h2"``
+            (the default: tasklease's own HTTP/2 client, :mod:`tasklease.store_h2`,
+            less CPU and latency per call) or ``"grpc"`` (the gRPC library, as
+            watches and leases always do). ``TASKLEASE_ETCD_TRANSPORT``.
     """
 
     endpoints: tuple[str, ...] = ("127.0.0.1:2379",)
@@ -196,6 +202,7 @@ class StoreConfig:
     tls_server_name: str | None = None
     tls: bool = False
     max_receive_bytes: int = MAX_RECEIVE_BYTES
+    transport: str = "h2"
 
     @classmethod
     def from_text(cls, endpoints: str, **kwargs: Any) -> StoreConfig:
@@ -242,7 +249,7 @@ class StoreConfig:
 
         ``TASKLEASE_ETCD`` (default ``http://127.0.0.1:2379``), ``..._TIMEOUT``,
         ``..._USER``, ``..._PASSWORD`` or ``..._PASSWORD_FILE``, ``..._CA``,
-        ``..._CERT``, ``..._KEY``, ``..._TLS_SERVER_NAME``. Without a user or
+        ``..._CERT``, ``..._KEY``, ``..._TLS_SERVER_NAME``, ``..._TRANSPORT``. Without a user or
         password, a local embedded etcd (``tasklease etcd`` or ``dev`` on that
         loopback port, started by this user and running) is logged in to with
         its root password file, like the CLI does.
@@ -275,6 +282,7 @@ class StoreConfig:
             cert_file=get("_CERT"),
             key_file=get("_KEY"),
             tls_server_name=get("_TLS_SERVER_NAME"),
+            transport=get("_TRANSPORT") or "h2",
         )
 
     def __post_init__(self) -> None:
@@ -282,6 +290,10 @@ class StoreConfig:
             raise InvalidOption("no etcd endpoint given")
         if not (self.timeout_s > 0 and math.isfinite(self.timeout_s)):
             raise InvalidOption(f"etcd timeout must be a finite number > 0, got {self.timeout_s}")
+        if self.transport not in TRANSPORTS:
+            raise InvalidOption(
+                f"etcd transport must be one of {', '.join(TRANSPORTS)}, got {self.transport!r}"
+            )
         if self.max_receive_bytes < 1024 * 1024:
             raise InvalidOption("the receive limit must be at least 1 MiB")
         if self.password is not None and self.password_file is not None:
@@ -479,8 +491,7 @@ class Store:
         Returns:
             The key (or None) and the revision of the read.
         """
-        client = self._channel.svc()
-        resp = await self._channel.call("get", client.kv.get(key, timeout=self.config.timeout_s))
+        resp = await self._channel.kv("get", "Range", self._channel.messages().RangeRequest(key=key.encode()))
         kv = decode_kv(resp.kvs[0]) if resp.kvs else None
         return kv, resp.header.revision
 
@@ -504,19 +515,15 @@ class Store:
             count_only: Only count.
             revision: Read as of this revision (0 = now); pages of one snapshot.
         """
-        client = self._channel.svc()
-        resp = await self._channel.call(
-            "range",
-            client.kv.get(
-                prefix,
-                end,
-                revision=revision,
-                limit=limit,
-                keys_only=keys_only,
-                count_only=count_only,
-                timeout=self.config.timeout_s,
-            ),
+        request = self._channel.messages().RangeRequest(
+            key=prefix.encode(),
+            range_end=end.encode(),
+            revision=revision,
+            limit=limit,
+            keys_only=keys_only,
+            count_only=count_only,
         )
+        resp = await self._channel.kv("range", "Range", request)
         return RangeResult([decode_kv(k) for k in resp.kvs], resp.header.revision, resp.more, resp.count)
 
     def scan(
@@ -604,18 +611,13 @@ class Store:
     ) -> TxnResult:
         """:meth:`txn` as it is, one request (the checks of its size first)."""
         check_txn_size(compares, success, failure)
-        client = self._channel.svc()
-        resp = await self._channel.call(
-            "txn",
-            client.kv.txn(
-                [encode_compare(self._pb, c) for c in compares],
-                [encode_op(self._pb, o) for o in success],
-                [encode_op(self._pb, o) for o in failure],
-                timeout=timeout_s or self.config.timeout_s,
-                max_attempts=1,
-            ),
-            timeout_s,
+        pb = self._channel.messages()
+        request = pb.TxnRequest(
+            compare=[encode_compare(pb, c) for c in compares],
+            success=[encode_op(pb, o) for o in success],
+            failure=[encode_op(pb, o) for o in failure],
         )
+        resp = await self._channel.kv("txn", "Txn", request, timeout_s=timeout_s, retry=False)
         reads = [
             [decode_kv(k) for k in r.response_range.kvs]
             for r in resp.responses
@@ -699,10 +701,8 @@ class Store:
         Returns:
             The revision of the write.
         """
-        client = self._channel.svc()
-        resp = await self._channel.call(
-            "put", client.kv.put(key, value, lease=lease, timeout=self.config.timeout_s)
-        )
+        request = self._channel.messages().PutRequest(key=key.encode(), value=value, lease=lease)
+        resp = await self._channel.kv("put", "Put", request)
         return int(resp.header.revision)
 
     async def delete(self, key: str, range_end: str | None = None) -> int:
@@ -711,10 +711,10 @@ class Store:
         Returns:
             How many keys were deleted.
         """
-        client = self._channel.svc()
-        resp = await self._channel.call(
-            "delete", client.kv.delete(key, range_end, timeout=self.config.timeout_s)
+        request = self._channel.messages().DeleteRangeRequest(
+            key=key.encode(), range_end=(range_end or "").encode()
         )
+        resp = await self._channel.kv("delete", "DeleteRange", request)
         return int(resp.deleted)
 
     # leases (store_leases.py) -------------------------------------------------------------

@@ -1,12 +1,15 @@
-"""The store's connection to etcd: one ``etcd3aio`` client, and the messages it carries.
+"""The store's connection to etcd: an ``etcd3aio`` client, a ``store_h2`` one, and their messages.
 
-Owns :class:`Channel` (opening the client: TLS material, the password file,
+Owns :class:`Channel` (opening the clients: TLS material, the password file,
 endpoints dialled by IPv4 address, message limits, authentication; every
-request's deadline and error translation; closing) and the conversions between
+request's deadline and error translation; closing). KV calls go through
+:meth:`Channel.kv`: over ``store_h2`` (transport ``h2``, the default) or
+etcd3aio's gRPC stub (``grpc``); watches, leases, auth and status always over
+etcd3aio. It also owns the conversions between
 the client's protobuf messages and :mod:`tasklease.store_types` values
 (:func:`decode_kv`, :func:`encode_compare`, :func:`encode_op`).
 
-Imports: :mod:`tasklease.errors`, :mod:`tasklease.store_types`,
+Imports: :mod:`tasklease.errors`, :mod:`tasklease.store_h2`, :mod:`tasklease.store_types`,
 :mod:`tasklease.store_errors`; the etcd client inside :meth:`Channel.open`
 (so the package imports without gRPC loaded). Only ``store*.py`` modules import
 the etcd client.
@@ -25,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from tasklease.errors import InvalidOption, StoreError, StoreUnavailable
 from tasklease.store_errors import wrap_error
+from tasklease.store_h2 import Endpoint, UnaryClient
 from tasklease.store_types import KV, MAX_REQUEST_BYTES, Compare, Delete, Op, Put, StoreObserver, error_kind
 
 if TYPE_CHECKING:
@@ -76,6 +80,7 @@ class Channel:
         self.client: Any = None
         self.refresher: Any = None
         self.pb: Any = None  # etcd3aio's protobuf module (request and response messages)
+        self.unary: UnaryClient | None = None  # KV calls over store_h2 (transport "h2")
 
     async def open(self) -> None:
         """Create the client, connect it and authenticate (if a user is configured).
@@ -128,16 +133,26 @@ class Channel:
             ]
         )
         await self.client.connect()
+        if cfg.transport == "h2":
+            self.unary = _unary_client(cfg)
         if cfg.user is not None and password is not None:
-            refresher = self.client.token_refresher(cfg.user, password, interval=120.0)
+            from etcd3aio.auth import TokenRefresher
+
+            refresher = TokenRefresher(self.client.auth, self._set_token, cfg.user, password, interval=120.0)
             try:
                 async with asyncio.timeout(cfg.timeout_s):
                     await refresher.__aenter__()
             except BaseException as exc:
-                await self.client.close()
-                self.client = None
+                await self.close()
                 raise wrap_error(exc, "authenticate", cfg) from exc
             self.refresher = refresher
+
+    def _set_token(self, token: str | None) -> None:
+        """The auth token for every later call (etcd3aio's and store_h2's)."""
+        if self.client is not None:
+            self.client.set_token(token)
+        if self.unary is not None:
+            self.unary.token = token
 
     async def close(self) -> None:
         """Stop the token refresher and close the client. Idempotent."""
@@ -145,6 +160,10 @@ class Channel:
             with contextlib.suppress(Exception):
                 await self.refresher.__aexit__(None, None, None)
             self.refresher = None
+        if self.unary is not None:
+            unary, self.unary = self.unary, None
+            with contextlib.suppress(Exception):
+                await unary.close()
         if self.client is not None:
             client, self.client = self.client, None
             with contextlib.suppress(Exception):
@@ -159,6 +178,42 @@ class Channel:
         if self.client is None:
             raise StoreError("store is not connected")
         return self.client
+
+    def messages(self) -> Any:
+        """The protobuf messages of etcd's API (request and response types); :meth:`svc`'s check."""
+        self.svc()
+        return self.pb
+
+    async def kv(
+        self, what: str, method: str, request: Any, *, timeout_s: float | None = None, retry: bool = True
+    ) -> Any:
+        """One call of etcd's KV service (``Range``, ``Put``, ``DeleteRange``, ``Txn``): its response message.
+
+        Over :mod:`tasklease.store_h2` (transport ``h2``) or etcd3aio's gRPC
+        stub (``grpc``); either way through :meth:`call`. ``retry``: the call
+        is idempotent and may be sent again (at most 3 times) after an
+        UNAVAILABLE answer; a transaction is not.
+        """
+        deadline = timeout_s or self.config.timeout_s
+        unary = self.unary
+        if unary is not None:
+            raw = await self.call(
+                what,
+                unary.call(method, request.SerializeToString(), timeout_s=deadline, retry=retry),
+                timeout_s,
+            )
+            try:
+                return getattr(self.pb, f"{method}Response").FromString(raw)
+            except Exception as exc:  # protobuf's DecodeError: not etcd's message
+                raise StoreUnavailable(f"etcd's answer to {what} does not decode: {exc}") from exc
+        kv = self.svc().kv
+        stub_method = getattr(kv._stub, method)
+        attempts = None if retry else 1
+        return await self.call(
+            what,
+            kv._rpc(stub_method, request, operation=f"KV.{method}", timeout=deadline, max_attempts=attempts),
+            timeout_s,
+        )
 
     async def call(self, what: str, coro: Any, timeout_s: float | None = None) -> Any:
         """Await one request within its deadline; its errors become :mod:`tasklease.errors` ones.
@@ -236,6 +291,33 @@ def encode_op(pb: Any, op: Op) -> Any:
 
 
 # connecting ---------------------------------------------------------------------------
+def _unary_client(cfg: StoreConfig) -> UnaryClient:
+    """The :mod:`tasklease.store_h2` client for ``cfg`` (TLS material read here).
+
+    Raises:
+        InvalidOption: A TLS file cannot be read or is not PEM.
+    """
+    endpoints = []
+    for endpoint in cfg.endpoints:
+        host, _, port = _ipv4_endpoint(endpoint).rpartition(":")
+        endpoints.append(Endpoint(host, int(port)))
+    context = None
+    if cfg.uses_tls:
+        try:
+            if cfg.ca_file:
+                context = ssl.create_default_context(cadata=_read_pem(cfg.ca_file, "CA").decode("ascii"))
+            else:
+                context = ssl.create_default_context()
+            if cfg.cert_file and cfg.key_file:
+                context.load_cert_chain(cfg.cert_file, cfg.key_file)
+        except (ssl.SSLError, ValueError, OSError) as exc:
+            raise InvalidOption(f"cannot load the etcd TLS files: {exc}") from None
+        context.set_alpn_protocols(["h2"])
+    return UnaryClient(
+        endpoints, ssl_context=context, server_name=cfg.server_name, max_receive=cfg.max_receive_bytes
+    )
+
+
 def _ipv4_endpoint(endpoint: str) -> str:
     """Resolve a host name to an IPv4 address: the client dials ``ipv4:`` targets only.
 

@@ -13,6 +13,7 @@ modules import the etcd client.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,7 @@ from tasklease.errors import (
     StoreRequestTooLarge,
     StoreUnavailable,
 )
+from tasklease.store_h2 import RpcError
 
 if TYPE_CHECKING:
     from tasklease.store import StoreConfig
@@ -49,31 +51,44 @@ def wrap_error(exc: BaseException, what: str, config: StoreConfig) -> StoreError
         return StoreUnavailable(f"cannot reach etcd at {endpoints} ({what}){tls_hint(str(exc))}")
     if isinstance(exc, etcd3aio.EtcdTransientError | TimeoutError):
         return StoreUnavailable(f"etcd at {endpoints} did not answer {what} within {config.timeout_s:g} s")
+    if isinstance(exc, RpcError):  # store_h2's: gRPC's status codes as ints
+        return status_error(_status_codes().get(exc.code, grpc.StatusCode.UNKNOWN), exc.details, what, config)
     if isinstance(exc, grpc.aio.AioRpcError):
-        code = exc.code()
-        details = exc.details() or ""
-        if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED) or any(
-            m in details for m in AUTH_FAILURES
-        ):
-            return auth_error(f"etcd refused {what}: {details}")
-        if code is grpc.StatusCode.RESOURCE_EXHAUSTED or "too large" in details:
-            return size_or_space(what, details)
-        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-            return StoreUnavailable(f"cannot reach etcd at {endpoints} ({what}){tls_hint(details)}")
-        if code in (
-            grpc.StatusCode.INTERNAL,
-            grpc.StatusCode.UNKNOWN,
-            grpc.StatusCode.UNIMPLEMENTED,
-        ):
-            return StoreUnavailable(
-                f"{endpoints} did not answer {what} like etcd: {code.name} {exc.details()}"
-            )
-        return refused(f"etcd {what} failed: {code.name} {exc.details()}")
+        return status_error(exc.code(), exc.details() or "", what, config)
     if isinstance(exc, etcd3aio.EtcdError):
         if "space exceeded" in str(exc) or "too large" in str(exc):
             return size_or_space(what, str(exc))
         return refused(f"etcd {what} failed: {exc}")
     return refused(f"etcd {what} failed: {type(exc).__name__}: {exc}")
+
+
+def status_error(code: Any, details: str, what: str, config: StoreConfig) -> StoreError:
+    """The error for a gRPC status ``code`` (a ``grpc.StatusCode``) with etcd's ``details``."""
+    import grpc
+
+    endpoints = ",".join(config.endpoints)
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED) or any(
+        m in details for m in AUTH_FAILURES
+    ):
+        return auth_error(f"etcd refused {what}: {details}")
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED or "too large" in details:
+        return size_or_space(what, details)
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return StoreUnavailable(f"cannot reach etcd at {endpoints} ({what}){tls_hint(details)}")
+    if code in (
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.UNIMPLEMENTED,
+    ):
+        return StoreUnavailable(f"{endpoints} did not answer {what} like etcd: {code.name} {details}")
+    return refused(f"etcd {what} failed: {code.name} {details}")
+
+
+@functools.cache
+def _status_codes() -> dict[int, Any]:
+    import grpc
+
+    return {c.value[0]: c for c in grpc.StatusCode}
 
 
 # Auth failures that etcd reports with other codes than UNAUTHENTICATED/PERMISSION_DENIED

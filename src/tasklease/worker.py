@@ -438,7 +438,9 @@ class Worker:
         The order, and why:
 
         1. Stop accepting work: mark the node record ``draining`` so the
-           scheduler assigns nothing more; hand back anything that still arrives.
+           scheduler assigns nothing more; read our assignments once (one the
+           watch has not delivered yet was made before the scheduler saw it)
+           and hand back anything not started, or that still arrives.
         2. Let running tasks finish for up to ``grace_s``, while the session
            keeps heartbeating, so their results are still accepted.
         3. Cancel what is left; each is handed back to its queue in one
@@ -454,6 +456,8 @@ class Worker:
             self.hooks.emit(WorkerDraining(at=self.clock.now(), component="worker", source=self.id))
         with contextlib.suppress(StoreError):
             await self.membership.registration.put()
+        with contextlib.suppress(StoreError):
+            await self.membership.catch_up()
         pending = self.execution.tasks()
         if pending:
             log.info("draining: waiting up to %.1f s for %d tasks", grace, len(pending), extra=self._extra)

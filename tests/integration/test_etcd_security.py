@@ -677,7 +677,9 @@ async def test_a_certificate_for_localhost_does_not_pass_for_an_address(
         async with Store(config(endpoints)) as store:
             with pytest.raises(StoreUnavailable) as caught:
                 await store.get("/anything")
-        assert "Hostname Verification Check failed" in str(caught.value.__cause__), caught.value.__cause__
+        # the name check failed (gRPC's words, or store_h2's: Python's ssl module)
+        cause = str(caught.value.__cause__)
+        assert "Hostname Verification Check failed" in cause or "IP address mismatch" in cause, cause
     # the name the endpoints give is the name checked: "localhost" passes (at each port)
     for endpoints in (f"https://localhost:{first}", f"https://localhost:{second}"):
         async with Store(config(endpoints)) as store:

@@ -178,7 +178,8 @@ async def test_a_drain_request_stops_the_worker_as_sigterm_does(
     task = await client.submit("sleep", {"seconds": 1.5})
 
     async def running() -> bool:
-        return (await client.get(task.id)).state is TaskState.RUNNING
+        # running on the worker, not only assigned to it (the record says RUNNING from the assignment)
+        return (await client.get(task.id)).state is TaskState.RUNNING and worker.execution.executing == 1
 
     await until(running, within_s=30, what="task running")
     # When an operator asks it to drain

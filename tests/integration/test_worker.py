@@ -458,3 +458,30 @@ async def test_an_assignment_written_by_an_older_version_still_runs(client, stor
     assert [(a.number, a.worker, a.outcome) for a in final.attempts] == [(1, worker.id, Outcome.SUCCEEDED)]
     for key in (keyspace.assignment(worker.id, task.id), keyspace.running_entry(task.id)):
         assert (await store.get(key))[0] is None
+
+
+async def test_an_assignment_not_yet_delivered_at_stop_is_handed_back(client, store, keyspace, make_worker):
+    # An assignment the scheduler made just before it saw the worker draining, which the
+    # worker's watch has not delivered when it stops: read at stop and handed back at once,
+    # not left behind (the lease's revocation would delete the assignment and leave the
+    # task to the scheduler's recovery as a lost attempt).
+    worker = await make_worker(worker_id="w-late", grace_s=5.0)
+    held: list[object] = []
+    accept = worker.execution.accept
+
+    def hold_back(kv, record_kv=None) -> None:  # the watch's delivery, delayed past the stop
+        if not worker.execution.draining:
+            held.append(kv)
+            return
+        accept(kv, record_kv)
+
+    worker.execution.accept = hold_back
+    task = await client.submit("noop", {"pad": "x" * 4500}, retry=RetryPolicy(max_retries=3))
+    assigned = await assign_next(store, keyspace, task.queue, worker.id, worker.lease_id, time.time())
+    assert assigned is not None and assigned.id == task.id
+    await until(lambda: bool(held), within_s=10, what="the assignment reaching the worker")
+    await worker.stop()
+    record = await client.get(task.id)
+    assert record.state is TaskState.QUEUED
+    assert [a.outcome for a in record.attempts] == [Outcome.HANDED_BACK]
+    assert "shut down" not in (record.attempts[0].error or "x")  # never started: nothing to stop

@@ -22,6 +22,7 @@ BASE = {"errors", "clock", "ids", "keys", "retry", "routing", "models", "codec",
 BASE |= {"groupcommit", "version"}
 STORE = {"store", "etcd_server"}
 STORE |= {"store_types", "store_errors", "store_channel", "store_paging", "store_leases", "store_watch"}
+STORE |= {"store_h2"}  # etcd's KV calls over tasklease's own HTTP/2 client
 STORE |= {"etcd_auth"}
 SEAMS = {"events", "transitions"}
 SHARED = {"session", "election", "retention", "waiters", "queue", "recovery", "nodes", "fleet"}
