@@ -154,7 +154,7 @@ def grpc_timeout(seconds: float) -> str:
 class _Call:
     """One stream: the answer's bytes, headers and status; the request bytes not sent yet."""
 
-    __slots__ = ("data", "future", "http_status", "message", "pending", "status", "window")
+    __slots__ = ("data", "future", "http_status", "message", "pending", "status", "unacked", "window")
 
     def __init__(self, future: asyncio.Future[bytes], window: int) -> None:
         self.future = future
@@ -164,6 +164,7 @@ class _Call:
         self.http_status: int | None = None
         self.pending = b""  # request bytes held back by flow control
         self.window = window  # what the server lets this stream send
+        self.unacked = 0  # answer bytes not yet given back to this stream's window
 
 
 class H2Connection(asyncio.Protocol):
@@ -261,13 +262,18 @@ class H2Connection(asyncio.Protocol):
     # frames --------------------------------------------------------------------------------
     def _frame(self, kind: int, flags: int, stream: int, payload: bytes, out: list[bytes]) -> None:
         if kind == DATA:
-            self._unacked += len(payload)
+            counted = len(payload)  # flow control counts the whole payload, padding included
+            self._unacked += counted
             call = self._calls.get(stream)
             if call is None:
                 return  # a stream already reset or finished
             if flags & PADDED:
                 payload = payload[1 : len(payload) - payload[0]]
             call.data += payload
+            call.unacked += counted
+            if call.unacked > RECEIVE_WINDOW // 2:  # only an answer over 512 MiB gets here
+                out.append(frame(WINDOW_UPDATE, 0, stream, struct.pack(">I", call.unacked)))
+                call.unacked = 0
             if len(call.data) >= 5 and int.from_bytes(call.data[1:5], "big") > self.max_receive:
                 size = int.from_bytes(call.data[1:5], "big")
                 self._fail(

@@ -357,3 +357,42 @@ async def test_closed_connection_refuses_new_calls() -> None:
     with pytest.raises(RpcError):
         conn.start("/etcdserverpb.KV/Range", b"", None, 1.0)
     assert not loop.is_closed()
+
+
+async def test_an_answer_over_the_receive_windows_is_read_as_they_are_given_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Windows of 100 kB (1 GiB in use): a peer that keeps to them sends 300 kB only as the
+    # client gives the stream's and the connection's windows back.
+    monkeypatch.setattr("tasklease.store_h2.RECEIVE_WINDOW", 100_000)
+    answer = bytes(range(256)) * 1200
+    updates: list[int] = []
+
+    async def script(peer: Peer, _number: int) -> None:
+        stream, _, _ = await peer.request()
+        peer.send(peer.headers(stream, [(":status", "200"), ("content-type", "application/grpc")]))
+        body = b"\x00" + len(answer).to_bytes(4, "big") + answer
+        conn_window = stream_window = 100_000
+        while body:
+            while conn_window <= 0 or stream_window <= 0:
+                kind, _, on, payload = await peer.frame()
+                if kind == WINDOW_UPDATE:
+                    increment = int.from_bytes(payload, "big")
+                    updates.append(on)
+                    if on == 0:
+                        conn_window += increment
+                    else:
+                        stream_window += increment
+            n = min(16_384, conn_window, stream_window, len(body))
+            peer.send(frame(DATA, 0, stream, body[:n]))
+            body = body[n:]
+            conn_window -= n
+            stream_window -= n
+            await peer.writer.drain()
+        peer.send(peer.headers(stream, [("grpc-status", "0")], END_HEADERS | END_STREAM))
+
+    async with scripted(script) as (endpoint, _):
+        c = client(endpoint)
+        assert await c.call("Range", b"", timeout_s=5.0, retry=True) == answer
+        await c.close()
+    assert 0 in updates and 1 in updates  # both windows were given back
