@@ -141,10 +141,17 @@ def tls_hint(detail: str) -> str:
     )
 
 
-def over_receive_limit(exc: Any) -> bool:
-    """Whether a gRPC error says a response was over the channel's receive limit (``WatchTooLarge``)."""
+def rpc_status(exc: Any) -> tuple[Any, str]:
+    """The ``grpc.StatusCode`` and details of a gRPC error or a :class:`~tasklease.store_h2.RpcError`."""
     import grpc
 
-    return bool(
-        exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in (exc.details() or "")
-    )
+    if isinstance(exc, RpcError):
+        return _status_codes().get(exc.code, grpc.StatusCode.UNKNOWN), exc.details
+    return exc.code(), exc.details() or ""
+
+
+def over_receive_limit(code: Any, details: str) -> bool:
+    """Whether a status (``rpc_status``) says a response was over the receive limit (``WatchTooLarge``)."""
+    import grpc
+
+    return bool(code is grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details)

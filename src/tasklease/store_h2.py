@@ -8,10 +8,11 @@ assignment and every record write is one such call, so the whole system spends
 less CPU per task.
 
 Scope: the unary calls of etcd's ``KV`` service (``Range``, ``Put``,
-``DeleteRange``, ``Txn``), request and answer being the protobuf messages of
-the etcd client library. Watches, leases, authentication and status stay on
-``etcd3aio`` (:mod:`tasklease.store_channel`), which is also the whole
-transport when ``StoreConfig.transport`` is ``"grpc"``.
+``DeleteRange``, ``Txn``) and the ``Watch`` stream (:meth:`UnaryClient.stream`),
+request and answers being the protobuf messages of the etcd client library.
+Leases, authentication and status stay on ``etcd3aio``
+(:mod:`tasklease.store_channel`), which is also the whole transport when
+``StoreConfig.transport`` is ``"grpc"``.
 
 What it does of HTTP/2 and gRPC (RFC 9113, gRPC over HTTP/2):
 
@@ -22,10 +23,13 @@ What it does of HTTP/2 and gRPC (RFC 9113, gRPC over HTTP/2):
 - the auth token as ``token`` metadata; ``grpc-timeout`` from the deadline;
   a call whose deadline passes is reset (``RST_STREAM`` CANCEL) and the
   connection is pinged: no answer within ``PING_TIMEOUT_S`` and it is dropped;
+  a connection with calls open (a watch has no deadline) that received
+  nothing for ``KEEPALIVE_S`` is pinged the same way;
 - flow control both ways: requests are sent within the server's windows
   (split into frames of its ``MAX_FRAME_SIZE``), answers are read with a
-  1 GiB window topped up as it is used; answers over the receive limit are
-  refused (``RESOURCE_EXHAUSTED``) like gRPC does;
+  1 GiB window topped up as it is used (a stream's as its reader takes each
+  message); answers over the receive limit are refused (``RESOURCE_EXHAUSTED``)
+  like gRPC does;
 - ``GOAWAY``: no new call on that connection; calls etcd did not take are sent
   again on a new one (:class:`NotSent`, safe even for a transaction);
 - ``grpc-status`` and ``grpc-message`` (trailers, or trailers-only answers),
@@ -46,7 +50,7 @@ import contextlib
 import logging
 import ssl
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote
 
@@ -89,6 +93,7 @@ DEFAULT_FRAME = 16_384
 RECEIVE_WINDOW = 1 << 30  # per stream and per connection; answers are bounded by the receive limit
 LAST_STREAM_ID = (1 << 31) - 1
 PING_TIMEOUT_S = 2.0  # a connection that does not answer a ping within this is dropped
+KEEPALIVE_S = 10.0  # a connection with calls open and silent this long is pinged
 PING_EVERY_S = 5.0  # at most one ping per connection in this time (etcd's --grpc-keepalive-min-time)
 CONNECT_TIMEOUT_S = 3.0  # at most this per endpoint tried (the call's own deadline bounds it too)
 
@@ -151,13 +156,30 @@ def grpc_timeout(seconds: float) -> str:
     return f"{ms}m" if ms < 100_000_000 else f"{max(1, int(seconds))}S"
 
 
+StreamItem = bytes | RpcError | None
+
+
 class _Call:
     """One stream: the answer's bytes, headers and status; the request bytes not sent yet."""
 
-    __slots__ = ("data", "future", "http_status", "message", "pending", "status", "unacked", "window")
+    __slots__ = (
+        "data",
+        "future",
+        "http_status",
+        "message",
+        "messages",
+        "pending",
+        "status",
+        "unacked",
+        "window",
+    )
 
-    def __init__(self, future: asyncio.Future[bytes], window: int) -> None:
+    def __init__(
+        self, future: asyncio.Future[bytes], window: int, messages: asyncio.Queue[StreamItem] | None = None
+    ) -> None:
         self.future = future
+        # A stream (watch): each whole message as it arrives, then None (ended) or an error.
+        self.messages = messages
         self.data = bytearray()
         self.status: int | None = None
         self.message = ""
@@ -165,6 +187,13 @@ class _Call:
         self.pending = b""  # request bytes held back by flow control
         self.window = window  # what the server lets this stream send
         self.unacked = 0  # answer bytes not yet given back to this stream's window
+
+    def fail(self, error: RpcError) -> None:
+        """End the call with ``error`` (a unary call's future, or a stream's last item)."""
+        if self.messages is not None:
+            self.messages.put_nowait(error)
+        elif not self.future.done():
+            self.future.set_exception(error)
 
 
 class H2Connection(asyncio.Protocol):
@@ -200,6 +229,7 @@ class H2Connection(asyncio.Protocol):
         self._blocks: dict[str, bytes] = {}
         self._continuing: tuple[int, bytearray, bool] | None = None  # a header block awaiting CONTINUATION
         self.last_ping = -PING_EVERY_S  # loop time of the last ping sent
+        self.last_received = asyncio.get_running_loop().time()  # loop time bytes last arrived
 
     # asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -221,8 +251,7 @@ class H2Connection(asyncio.Protocol):
         reason = f"the connection to etcd at {self.authority} was lost" + (f" ({exc})" if exc else "")
         calls, self._calls = self._calls, {}
         for call in calls.values():
-            if not call.future.done():
-                call.future.set_exception(RpcError(UNAVAILABLE, reason))
+            call.fail(RpcError(UNAVAILABLE, reason))
         for ping in self._pings:
             if not ping.done():
                 ping.set_exception(ConnectionError(reason))
@@ -234,6 +263,7 @@ class H2Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         """Read every whole frame received; answer what must be answered in one write."""
+        self.last_received = asyncio.get_running_loop().time()
         buffer = self._buffer
         buffer += data
         pos, size = 0, len(buffer)
@@ -270,10 +300,14 @@ class H2Connection(asyncio.Protocol):
             if flags & PADDED:
                 payload = payload[1 : len(payload) - payload[0]]
             call.data += payload
-            call.unacked += counted
-            if call.unacked > RECEIVE_WINDOW // 2:  # only an answer over 512 MiB gets here
-                out.append(frame(WINDOW_UPDATE, 0, stream, struct.pack(">I", call.unacked)))
-                call.unacked = 0
+            if call.messages is not None:
+                call.unacked += counted - len(payload)  # padding: given back with the next message taken
+                self._messages(stream, call, out)
+            else:
+                call.unacked += counted
+                if call.unacked > RECEIVE_WINDOW // 2:  # only an answer over 512 MiB gets here
+                    out.append(frame(WINDOW_UPDATE, 0, stream, struct.pack(">I", call.unacked)))
+                    call.unacked = 0
             if len(call.data) >= 5 and int.from_bytes(call.data[1:5], "big") > self.max_receive:
                 size = int.from_bytes(call.data[1:5], "big")
                 self._fail(
@@ -318,6 +352,30 @@ class H2Connection(asyncio.Protocol):
         elif kind == PUSH_PROMISE:
             raise _ProtocolError("a PUSH_PROMISE although push is off")
         # PRIORITY and unknown frame types are ignored (RFC 9113 4.1, 5.5)
+
+    def _messages(self, stream: int, call: _Call, out: list[bytes]) -> None:
+        """Hand a stream's whole messages to its reader (their bytes are given back as it takes them)."""
+        data = call.data
+        assert call.messages is not None
+        while len(data) >= 5:
+            size = int.from_bytes(data[1:5], "big")
+            if size > self.max_receive or len(data) < 5 + size:
+                return  # over the limit (refused by the caller) or not whole yet
+            if data[0]:
+                self._fail(stream, RpcError(INTERNAL, "etcd's message was compressed (not asked for)"), out)
+                return
+            call.messages.put_nowait(bytes(data[5 : 5 + size]))
+            del data[: 5 + size]
+
+    def taken(self, stream: int, size: int) -> None:
+        """A stream's reader took a message of ``size`` bytes: give them back to its window."""
+        call = self._calls.get(stream)
+        if call is None or self.transport is None:
+            return
+        call.unacked += size + 5
+        if call.unacked > RECEIVE_WINDOW // 2:
+            self.transport.write(frame(WINDOW_UPDATE, 0, stream, struct.pack(">I", call.unacked)))
+            call.unacked = 0
 
     def _headers(self, kind: int, flags: int, stream: int, payload: bytes) -> None:
         """A HEADERS frame or its CONTINUATION: the block is decoded once whole (RFC 9113 6.10)."""
@@ -375,15 +433,21 @@ class H2Connection(asyncio.Protocol):
         if call is None or call.future.done():
             return
         status = call.status
+        if call.messages is not None and status == OK:
+            if call.data:
+                call.fail(RpcError(INTERNAL, "etcd's stream ended inside a message"))
+            else:
+                call.messages.put_nowait(None)
+            return
         if status is None:
             http = call.http_status
             if http is not None and http != 200:
                 code = UNAVAILABLE if http in HTTP_UNAVAILABLE else HTTP_TO_GRPC.get(http, UNKNOWN)
-                call.future.set_exception(RpcError(code, f"HTTP status {http} from etcd at {self.authority}"))
+                call.fail(RpcError(code, f"HTTP status {http} from etcd at {self.authority}"))
             else:
-                call.future.set_exception(RpcError(INTERNAL, "etcd's answer carried no grpc-status"))
+                call.fail(RpcError(INTERNAL, "etcd's answer carried no grpc-status"))
         elif status != OK:
-            call.future.set_exception(RpcError(status, call.message))
+            call.fail(RpcError(status, call.message))
         elif len(call.data) < 5 or len(call.data) != 5 + int.from_bytes(call.data[1:5], "big"):
             call.future.set_exception(RpcError(INTERNAL, "etcd's answer was not one whole gRPC message"))
         elif call.data[0]:
@@ -396,8 +460,8 @@ class H2Connection(asyncio.Protocol):
         self._blocked.pop(stream, None)
         self._stream_closed()
         out.append(frame(RST_STREAM, 0, stream, struct.pack(">I", H2_CANCEL)))
-        if call is not None and not call.future.done():
-            call.future.set_exception(error)
+        if call is not None:
+            call.fail(error)
 
     def _reset_by_server(self, stream: int, code: int) -> None:
         call = self._calls.pop(stream, None)
@@ -406,16 +470,14 @@ class H2Connection(asyncio.Protocol):
         if call is None or call.future.done():
             return
         if code == H2_REFUSED_STREAM:
-            call.future.set_exception(NotSent(f"etcd at {self.authority} refused the stream"))
+            call.fail(NotSent(f"etcd at {self.authority} refused the stream"))
             return
         grpc_code = {
             H2_CANCEL: CANCELLED,
             H2_ENHANCE_YOUR_CALM: RESOURCE_EXHAUSTED,
             H2_INADEQUATE_SECURITY: PERMISSION_DENIED,
         }.get(code, INTERNAL)
-        call.future.set_exception(
-            RpcError(grpc_code, f"etcd at {self.authority} reset the stream (code {code})")
-        )
+        call.fail(RpcError(grpc_code, f"etcd at {self.authority} reset the stream (code {code})"))
 
     def _goaway(self, last: int, code: int, debug: bytes) -> None:
         self.draining = True
@@ -425,8 +487,7 @@ class H2Connection(asyncio.Protocol):
         for stream in [s for s in self._calls if s > last]:
             call = self._calls.pop(stream)
             self._blocked.pop(stream, None)
-            if not call.future.done():
-                call.future.set_exception(NotSent(f"etcd at {self.authority} is closing the connection"))
+            call.fail(NotSent(f"etcd at {self.authority} is closing the connection"))
         self._stream_closed()
 
     def _stream_closed(self) -> None:
@@ -442,7 +503,7 @@ class H2Connection(asyncio.Protocol):
             self.transport.abort()
 
     # sending -------------------------------------------------------------------------------
-    def _header_block(self, path: str, token: str | None, timeout_s: float) -> bytes:
+    def _header_block(self, path: str, token: str | None, timeout_s: float | None) -> bytes:
         block = self._blocks.get(path)
         if block is None:
             block = (
@@ -454,7 +515,8 @@ class H2Connection(asyncio.Protocol):
                 + literal("te", "trailers")
             )
             self._blocks[path] = block
-        block += literal("grpc-timeout", grpc_timeout(timeout_s))
+        if timeout_s is not None:
+            block += literal("grpc-timeout", grpc_timeout(timeout_s))
         if token:
             block += literal("token", token)
         return block
@@ -467,9 +529,18 @@ class H2Connection(asyncio.Protocol):
             await self._room.wait()
 
     def start(
-        self, path: str, message: bytes, token: str | None, timeout_s: float
-    ) -> tuple[int, asyncio.Future[bytes]]:
-        """Send one unary call; its stream and the future of the answer's message.
+        self,
+        path: str,
+        message: bytes,
+        token: str | None,
+        timeout_s: float | None,
+        *,
+        stream_of: bool = False,
+    ) -> tuple[int, _Call]:
+        """Send one call: its stream and its :class:`_Call` (``future``: the answer's message).
+
+        ``stream_of``: a streaming call (a watch): the request side stays open,
+        no deadline, the answers arrive one by one in ``messages``.
 
         Raises:
             NotSent: The connection is closed or closing.
@@ -481,21 +552,21 @@ class H2Connection(asyncio.Protocol):
         stream = self._next_stream
         self._next_stream += 2
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        call = _Call(future, self._stream_window)
+        call = _Call(future, self._stream_window, asyncio.Queue() if stream_of else None)
         self._calls[stream] = call
         body = b"\x00" + len(message).to_bytes(4, "big") + message
         head = frame(HEADERS, END_HEADERS, stream, self._header_block(path, token, timeout_s))
         if len(body) <= min(self._send_window, call.window, self._max_frame):
             self._send_window -= len(body)
             call.window -= len(body)
-            transport.write(head + frame(DATA, END_STREAM, stream, body))
-            return stream, future
+            transport.write(head + frame(DATA, 0 if stream_of else END_STREAM, stream, body))
+            return stream, call
         out = [head]
         call.pending = body
         self._blocked[stream] = None
         self._flush(out)
         transport.write(b"".join(out))
-        return stream, future
+        return stream, call
 
     def _flush(self, out: list[bytes]) -> None:
         """Send what the windows allow of the requests held back, oldest first."""
@@ -509,7 +580,8 @@ class H2Connection(asyncio.Protocol):
                 chunk, call.pending = call.pending[:n], call.pending[n:]
                 self._send_window -= n
                 call.window -= n
-                out.append(frame(DATA, 0 if call.pending else END_STREAM, stream, chunk))
+                last = not call.pending and call.messages is None
+                out.append(frame(DATA, END_STREAM if last else 0, stream, chunk))
             if not call.pending:
                 self._blocked.pop(stream, None)
             if self._send_window <= 0:
@@ -522,6 +594,11 @@ class H2Connection(asyncio.Protocol):
         if call is not None and self.transport is not None:
             self.transport.write(frame(RST_STREAM, 0, stream, struct.pack(">I", H2_CANCEL)))
         self._stream_closed()
+
+    @property
+    def busy(self) -> bool:
+        """Whether any call is open on this connection."""
+        return bool(self._calls)
 
     async def alive(self) -> bool:
         """Ping the server; whether it answered within ``PING_TIMEOUT_S``."""
@@ -597,7 +674,8 @@ class UnaryClient:
         self._conn: H2Connection | None = None
         self._connecting: asyncio.Task[H2Connection] | None = None
         self._closed = False
-        self._checks: set[asyncio.Task[None]] = set()
+        self._checks: set[asyncio.Task[None]] = set()  # pings after a missed deadline; keep-alives
+        self._checking = False  # a ping after a missed deadline is under way
 
     async def call(self, method: str, request: bytes, *, timeout_s: float, retry: bool) -> bytes:
         """Send ``request`` to ``KV/method``; the answer's message bytes.
@@ -617,7 +695,7 @@ class UnaryClient:
             try:
                 conn = await self._connection(timeout_s)
                 await conn.room()
-                stream, future = conn.start(path, request, self.token, timeout_s)
+                stream, started = conn.start(path, request, self.token, timeout_s)
             except NotSent:
                 unsent += 1
             except RpcError:  # no endpoint could be reached: nothing was sent
@@ -626,7 +704,7 @@ class UnaryClient:
                     raise
             else:
                 try:
-                    return await future
+                    return await started.future
                 except asyncio.CancelledError:
                     conn.cancel(stream)
                     self._check(conn)
@@ -644,6 +722,38 @@ class UnaryClient:
             if unsent > 1 or attempts:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
+
+    async def stream(
+        self, path: str, request: bytes, *, connect_timeout_s: float
+    ) -> AsyncGenerator[bytes, None]:
+        """Open a streaming call (``/etcdserverpb.Watch/Watch``) with ``request``; its answers, one message each.
+
+        The request side stays open and the call has no deadline; it ends when
+        the server ends it (the iterator stops) or fails (:class:`RpcError`:
+        UNAVAILABLE when the connection is lost, or refused before etcd took
+        it). Closing the iterator resets the stream.
+
+        Raises:
+            RpcError: No endpoint could be reached, or the stream failed.
+        """
+        conn = await self._connection(connect_timeout_s)
+        await conn.room()
+        stream, call = conn.start(path, request, self.token, None, stream_of=True)
+        messages = call.messages
+        assert messages is not None
+        try:
+            while True:
+                item = await messages.get()
+                if item is None:
+                    return
+                if isinstance(item, RpcError):
+                    if item.code == UNAVAILABLE:
+                        self._leave(conn)
+                    raise item
+                conn.taken(stream, len(item))
+                yield item
+        finally:
+            conn.cancel(stream)
 
     async def _connection(self, timeout_s: float) -> H2Connection:
         conn = self._conn
@@ -691,6 +801,7 @@ class UnaryClient:
                     conn.close()
                     raise NotSent("the etcd client is closed")
                 self._conn = conn
+                self._watch_over(conn)
                 return conn
             self._next += 1
         raise RpcError(UNAVAILABLE, "; ".join(errors))
@@ -702,26 +813,56 @@ class UnaryClient:
             self._next += 1
         conn.retire()
 
+    def _watch_over(self, conn: H2Connection) -> None:
+        """Ping ``conn`` whenever it holds calls but nothing arrived for ``KEEPALIVE_S``.
+
+        A watch has no deadline: without this, a connection that died silently
+        (a network cut, a frozen member) would hold it forever. No ping while
+        no call is open (etcd counts those against its keep-alive policy).
+        """
+
+        async def keepalive() -> None:
+            loop = asyncio.get_running_loop()
+            while not conn.closed:
+                await asyncio.sleep(KEEPALIVE_S)
+                if conn.closed or not conn.busy or loop.time() - conn.last_received < KEEPALIVE_S:
+                    continue
+                conn.last_ping = loop.time()
+                if not await conn.alive():
+                    log.info("etcd at %s did not answer a keep-alive ping: connecting again", conn.authority)
+                    self._drop(conn)
+                    return
+
+        task = asyncio.get_running_loop().create_task(keepalive())
+        self._checks.add(task)
+        task.add_done_callback(self._checks.discard)
+
+    def _drop(self, conn: H2Connection) -> None:
+        """``conn`` is dead: the next call dials the next endpoint; its calls fail now."""
+        if self._conn is conn:
+            self._conn = None
+            self._next += 1
+        conn.close()
+        if conn.transport is not None:
+            conn.transport.abort()
+
     def _check(self, conn: H2Connection) -> None:
         """After a missed deadline: drop ``conn`` unless it answers a ping."""
         now = asyncio.get_running_loop().time()
-        if conn.closed or self._checks or now - conn.last_ping < PING_EVERY_S:
+        if conn.closed or self._checking or now - conn.last_ping < PING_EVERY_S:
             return
         conn.last_ping = now
 
         async def check() -> None:
             if not await conn.alive():
                 log.info("etcd at %s did not answer a ping: connecting again", conn.authority)
-                if self._conn is conn:
-                    self._conn = None
-                    self._next += 1
-                conn.close()
-                if conn.transport is not None:
-                    conn.transport.abort()
+                self._drop(conn)
 
+        self._checking = True
         task = asyncio.get_running_loop().create_task(check())
         self._checks.add(task)
         task.add_done_callback(self._checks.discard)
+        task.add_done_callback(lambda _: setattr(self, "_checking", False))
 
     async def close(self) -> None:
         """Close the connection; calls in flight fail. Idempotent."""

@@ -22,7 +22,8 @@ from typing import Any
 
 from tasklease.errors import StoreError, WatchCompacted, WatchTooLarge
 from tasklease.store_channel import Channel, decode_kv
-from tasklease.store_errors import over_receive_limit, wrap_error
+from tasklease.store_errors import over_receive_limit, rpc_status, wrap_error
+from tasklease.store_h2 import RpcError
 from tasklease.store_types import Event
 
 log = logging.getLogger("tasklease.store")
@@ -42,23 +43,18 @@ async def watch_changes(
         StoreError: The watch failed for good (or the channel is not open).
     """
     import grpc
-    from etcd3aio._protobuf import WatchCreateRequest, WatchRequest
+    from etcd3aio._protobuf import WatchCreateRequest
 
-    service = channel.svc().watch
+    channel.svc()  # StoreError if the channel is not open
     next_revision = start_revision
     backoff = 0.1
     while True:
         create = WatchCreateRequest(
             key=prefix.encode(), range_end=end.encode(), start_revision=next_revision, prev_kv=prev_kv
         )
-
-        async def requests(create: Any = create) -> AsyncIterator[Any]:
-            yield WatchRequest(create_request=create)
-            await asyncio.Event().wait()  # keep the request side open
-
-        call = service._stub.Watch(requests(), metadata=service._metadata or None)
+        responses = _over_h2(channel, create) if channel.unary is not None else _over_grpc(channel, create)
         try:
-            async for resp in call:
+            async for resp in responses:
                 backoff = 0.1
                 if resp.compact_revision > 0:
                     _restarted(channel)  # the caller re-reads and watches again
@@ -81,27 +77,63 @@ async def watch_changes(
                 next_revision = events[-1].kv.mod_revision + 1
                 yield events
             log.warning("watch of %s ended; watching again from revision %d", prefix, next_revision)
-        except grpc.aio.AioRpcError as exc:
-            if over_receive_limit(exc):
+        except (grpc.aio.AioRpcError, RpcError) as exc:
+            code, details = rpc_status(exc)
+            if over_receive_limit(code, details):
                 _restarted(channel)  # the caller re-reads and watches again
                 raise WatchTooLarge(
                     f"watch of {prefix} from revision {next_revision}: a response was over "
-                    f"{channel.config.max_receive_bytes} bytes ({exc.details()}); re-read and watch again"
+                    f"{channel.config.max_receive_bytes} bytes ({details}); re-read and watch again"
                 ) from exc
-            if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 raise wrap_error(exc, "watch", channel.config) from exc
             log.warning(
                 "watch of %s interrupted (%s); resuming from revision %d in %.1f s",
                 prefix,
-                exc.code().name,
+                code.name,
                 next_revision,
                 backoff,
             )
         finally:
-            call.cancel()
+            await responses.aclose()
         _restarted(channel)  # the stream ended or was interrupted: resumed below
         await asyncio.sleep(backoff)
         backoff = min(backoff * 2, 1.0)
+
+
+WATCH_PATH = "/etcdserverpb.Watch/Watch"
+
+
+async def _over_h2(channel: Channel, create: Any) -> AsyncGenerator[Any, None]:
+    """The watch's responses over :mod:`tasklease.store_h2` (transport ``h2``)."""
+    from etcd3aio._protobuf import WatchRequest, WatchResponse
+
+    assert channel.unary is not None
+    request = WatchRequest(create_request=create).SerializeToString()
+    stream = channel.unary.stream(WATCH_PATH, request, connect_timeout_s=channel.config.timeout_s)
+    try:
+        async for raw in stream:
+            yield WatchResponse.FromString(raw)
+    finally:
+        await stream.aclose()
+
+
+async def _over_grpc(channel: Channel, create: Any) -> AsyncGenerator[Any, None]:
+    """The watch's responses over etcd3aio's gRPC stub (transport ``grpc``)."""
+    from etcd3aio._protobuf import WatchRequest
+
+    service = channel.svc().watch
+
+    async def requests() -> AsyncIterator[Any]:
+        yield WatchRequest(create_request=create)
+        await asyncio.Event().wait()  # keep the request side open
+
+    call = service._stub.Watch(requests(), metadata=service._metadata or None)
+    try:
+        async for resp in call:
+            yield resp
+    finally:
+        call.cancel()
 
 
 def _restarted(channel: Channel) -> None:

@@ -396,3 +396,82 @@ async def test_an_answer_over_the_receive_windows_is_read_as_they_are_given_back
         assert await c.call("Range", b"", timeout_s=5.0, retry=True) == answer
         await c.close()
     assert 0 in updates and 1 in updates  # both windows were given back
+
+
+WATCH = "/etcdserverpb.Watch/Watch"
+
+
+async def test_a_stream_yields_each_message_and_ends_with_the_server() -> None:
+    async def script(peer: Peer, _number: int) -> None:
+        kind, flags, stream, payload = await peer.frame()
+        while kind != HEADERS:
+            kind, flags, stream, payload = await peer.frame()
+        headers = cast(dict[str, str], dict(peer.decoder.decode(payload)))
+        assert "grpc-timeout" not in headers  # a watch has no deadline
+        kind, flags, _, body = await peer.frame()
+        assert kind == DATA and not flags & END_STREAM and body[5:] == b"create"  # request side open
+        framed = b"".join(b"\x00" + len(m).to_bytes(4, "big") + m for m in (b"one", b"two" * 5000, b"three"))
+        peer.send(peer.headers(stream, [(":status", "200"), ("content-type", "application/grpc")]))
+        for i in range(0, len(framed), 7000):  # messages cut across frames
+            peer.send(frame(DATA, 0, stream, framed[i : i + 7000]))
+        peer.send(peer.headers(stream, [("grpc-status", "0")], END_HEADERS | END_STREAM))
+
+    async with scripted(script) as (endpoint, _):
+        c = client(endpoint)
+        got = [m async for m in c.stream(WATCH, b"create", connect_timeout_s=2.0)]
+        assert got == [b"one", b"two" * 5000, b"three"]
+        await c.close()
+
+
+async def test_a_stream_closed_early_is_reset_and_a_failed_one_raises() -> None:
+    resets: list[int] = []
+
+    async def script(peer: Peer, number: int) -> None:
+        kind, _, stream, _ = await peer.frame()
+        while kind != DATA:
+            kind, _, stream, _ = await peer.frame()
+        if number == 1:
+            peer.send(
+                peer.headers(
+                    stream,
+                    [(":status", "200"), ("grpc-status", "7"), ("grpc-message", "permission denied")],
+                    END_HEADERS | END_STREAM,
+                )
+            )
+            return
+        peer.send(peer.headers(stream, [(":status", "200"), ("content-type", "application/grpc")]))
+        peer.send(frame(DATA, 0, stream, b"\x00\x00\x00\x00\x02hi"))
+        while kind != RST_STREAM:
+            kind, _, got, _ = await peer.frame()
+        resets.append(got)
+
+    async with scripted(script) as (endpoint, _):
+        c = client(endpoint)
+        async for message in c.stream(WATCH, b"w", connect_timeout_s=2.0):
+            assert message == b"hi"
+            break
+        c._leave(c._conn)  # type: ignore[arg-type]  # the second stream on a new connection
+        with pytest.raises(RpcError) as caught:
+            async for _ in c.stream(WATCH, b"w", connect_timeout_s=2.0):
+                pass
+        assert (caught.value.code, caught.value.details) == (7, "permission denied")
+        await c.close()
+    assert resets == [1]
+
+
+async def test_a_silent_connection_under_an_open_stream_is_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("tasklease.store_h2.KEEPALIVE_S", 0.2)
+    monkeypatch.setattr("tasklease.store_h2.PING_TIMEOUT_S", 0.2)
+
+    async def silent(peer: Peer, _number: int) -> None:
+        while True:  # takes the stream, then answers nothing, not even pings
+            await peer.frame()
+
+    async with scripted(silent) as (endpoint, _):
+        c = client(endpoint)
+        with pytest.raises(RpcError) as caught:
+            async with asyncio.timeout(5):
+                async for _ in c.stream(WATCH, b"w", connect_timeout_s=2.0):
+                    pass
+        assert caught.value.code == UNAVAILABLE
+        await c.close()
