@@ -46,7 +46,7 @@ from tasklease.models import Task, TaskState, check_type
 from tasklease.retry import RetryPolicy
 from tasklease.routing import Route, parse_requires
 from tasklease.runners import EXIT_OK, EXIT_RUNTIME
-from tasklease.store import DEFAULT_ENDPOINT, StoreConfig
+from tasklease.store import DEFAULT_ENDPOINT, TRANSPORTS, StoreConfig
 
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as the shell reports a tool killed by it
 EXIT_USAGE = 2
@@ -253,8 +253,6 @@ def _size(text: str) -> int:
 
 
 def _transport(text: str) -> str:
-    from tasklease.store import TRANSPORTS
-
     if text not in TRANSPORTS:
         raise argparse.ArgumentTypeError(f"must be one of {', '.join(TRANSPORTS)}, got {text!r}")
     return text
@@ -279,7 +277,7 @@ DEFAULTS: dict[str, Any] = {
     "etcd": DEFAULT_ENDPOINT,
     "namespace": "tasklease",
     "etcd_timeout": 5.0,
-    "etcd_transport": "h2",
+    "etcd_transport": TRANSPORTS[0],
 }
 
 
@@ -325,7 +323,9 @@ def _common(parser: argparse.ArgumentParser, *, top: bool) -> None:
         "--etcd-transport",
         type=_transport,
         default=d(None),
-        help=h("how reads and writes travel to etcd: h2 (default) or grpc (env TASKLEASE_ETCD_TRANSPORT)"),
+        help=h(
+            "how reads, writes and watches travel to etcd: h2 (default) or grpc (env TASKLEASE_ETCD_TRANSPORT)"
+        ),
     )
     parser.add_argument(
         "--json",

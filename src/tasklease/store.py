@@ -148,7 +148,8 @@ log = logging.getLogger("tasklease.store")
 READS_APART_VERSIONS = ((0, 0, 0), (3, 5, 5))
 # Range reads in flight for one read-only transaction sent apart.
 READS_IN_FLIGHT = 16
-# StoreConfig.transport: how KV calls travel (store_h2.py, or the gRPC library).
+# StoreConfig.transport: how KV calls and watches travel (store_h2.py, or the gRPC
+# library); the first is the default.
 TRANSPORTS = ("h2", "grpc")
 # Gets sent apart on such a version; more go through etcd's log.
 READS_APART_AT_MOST = 2
@@ -185,10 +186,10 @@ class StoreConfig:
         tls: Use TLS even without ``ca_file`` (the system's CA bundle).
         max_receive_bytes: Largest message the channel accepts (reads are paged
             to a quarter of it; a watch response over it resyncs the watch).
-        transport: How KV calls (reads, writes, transactions) travel: ``"h2"``
+        transport: How reads, writes, transactions and watches travel: ``"h2"``
             (the default: tasklease's own HTTP/2 client, :mod:`tasklease.store_h2`,
             less CPU and latency per call) or ``"grpc"`` (the gRPC library, as
-            watches and leases always do). ``TASKLEASE_ETCD_TRANSPORT``.
+            leases, auth and status always do). ``TASKLEASE_ETCD_TRANSPORT``.
     """
 
     endpoints: tuple[str, ...] = ("127.0.0.1:2379",)
@@ -202,7 +203,7 @@ class StoreConfig:
     tls_server_name: str | None = None
     tls: bool = False
     max_receive_bytes: int = MAX_RECEIVE_BYTES
-    transport: str = "h2"
+    transport: str = TRANSPORTS[0]
 
     @classmethod
     def from_text(cls, endpoints: str, **kwargs: Any) -> StoreConfig:
@@ -282,7 +283,7 @@ class StoreConfig:
             cert_file=get("_CERT"),
             key_file=get("_KEY"),
             tls_server_name=get("_TLS_SERVER_NAME"),
-            transport=get("_TRANSPORT") or "h2",
+            transport=get("_TRANSPORT") or TRANSPORTS[0],
         )
 
     def __post_init__(self) -> None:

@@ -3,9 +3,9 @@
 Owns :class:`Channel` (opening the clients: TLS material, the password file,
 endpoints dialled by IPv4 address, message limits, authentication; every
 request's deadline and error translation; closing). KV calls go through
-:meth:`Channel.kv`: over ``store_h2`` (transport ``h2``, the default) or
-etcd3aio's gRPC stub (``grpc``); watches, leases, auth and status always over
-etcd3aio. It also owns the conversions between
+:meth:`Channel.kv` and watches through ``store_watch``: over ``store_h2``
+(transport ``h2``, the default) or etcd3aio's gRPC stub (``grpc``); leases,
+auth and status always over etcd3aio. It also owns the conversions between
 the client's protobuf messages and :mod:`tasklease.store_types` values
 (:func:`decode_kv`, :func:`encode_compare`, :func:`encode_op`).
 

@@ -51,10 +51,8 @@ def wrap_error(exc: BaseException, what: str, config: StoreConfig) -> StoreError
         return StoreUnavailable(f"cannot reach etcd at {endpoints} ({what}){tls_hint(str(exc))}")
     if isinstance(exc, etcd3aio.EtcdTransientError | TimeoutError):
         return StoreUnavailable(f"etcd at {endpoints} did not answer {what} within {config.timeout_s:g} s")
-    if isinstance(exc, RpcError):  # store_h2's: gRPC's status codes as ints
-        return status_error(_status_codes().get(exc.code, grpc.StatusCode.UNKNOWN), exc.details, what, config)
-    if isinstance(exc, grpc.aio.AioRpcError):
-        return status_error(exc.code(), exc.details() or "", what, config)
+    if isinstance(exc, RpcError | grpc.aio.AioRpcError):  # store_h2's or the gRPC library's status
+        return status_error(*rpc_status(exc), what, config)
     if isinstance(exc, etcd3aio.EtcdError):
         if "space exceeded" in str(exc) or "too large" in str(exc):
             return size_or_space(what, str(exc))
